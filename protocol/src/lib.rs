@@ -1,0 +1,33 @@
+//! The wire protocol shared by the `mirrord-net` client and `mirrord-net-agent`.
+//!
+//! A session is one QUIC connection. IP packets travel in DATAGRAM frames exactly as the TUN
+//! device produced them (no header of ours: the IP header already says everything the other end
+//! needs). Everything else travels on streams as length-prefixed [`postcard`] frames
+//! ([`framing`]), starting with a versioned handshake on the first bidirectional stream
+//! ([`messages`], [`handshake`]).
+//!
+//! Trust ([`trust`]) is per session and needs no shared secret: each end makes a fresh
+//! self-signed certificate, and each end is told the SHA-256 of the other's certificate out of
+//! band (the client passes its own on the agent's command line; the agent prints its own on
+//! the [`ready`] line). A peer presenting any other certificate is refused during the TLS
+//! handshake.
+//!
+//! Nothing in this crate does I/O; the QUIC settings in [`transport`] are plain values.
+
+pub mod framing;
+pub mod handshake;
+pub mod messages;
+pub mod ready;
+pub mod transport;
+pub mod trust;
+
+/// Version of the session protocol. Bumped on any incompatible change to messages or to how
+/// datagrams are used; both ends must agree exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// ALPN token of the session protocol, so a QUIC peer of another kind fails the TLS handshake
+/// instead of misreading our streams.
+pub const ALPN: &[u8] = b"mirrord-net/1";
+
+/// Version of this build, reported in the handshake for error messages.
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");

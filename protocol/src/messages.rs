@@ -1,0 +1,63 @@
+//! Control messages exchanged on the session's first bidirectional stream.
+//!
+//! The client opens the stream and sends [`ClientMessage::Hello`]; the agent answers with
+//! [`AgentMessage::Hello`] (versions agree) or [`AgentMessage::Refused`] (they don't, or the
+//! agent cannot serve the session) and closes the connection. After the hello the stream stays
+//! open for later control messages; its end means the session is over.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+/// Messages the client sends on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Hello(ClientHello),
+}
+
+/// Messages the agent sends on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Hello(AgentHello),
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    pub protocol_version: u32,
+    /// The client's build version, only for error messages.
+    pub client_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHello {
+    pub protocol_version: u32,
+    pub agent_version: String,
+    pub target: TargetInfo,
+}
+
+/// Why an agent refused a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The two ends speak different protocol versions.
+    VersionMismatch {
+        agent_protocol: u32,
+        agent_version: String,
+    },
+    /// The agent could not prepare the session (e.g. the target exited).
+    Unavailable { reason: String },
+}
+
+/// What the session needs to know about the target to look like it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// The target's hostname (its UTS namespace).
+    pub hostname: String,
+    /// The target's own addresses, global scope, in the order the kernel lists them.
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+    /// The target's `/etc/resolv.conf` and `/etc/hosts`, as seen from its root; `None` when
+    /// the target has no such file.
+    pub resolv_conf: Option<Vec<u8>>,
+    pub hosts: Option<Vec<u8>>,
+}

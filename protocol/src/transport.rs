@@ -1,0 +1,130 @@
+//! QUIC settings of a session, per kind of path.
+//!
+//! The TUN device's MTU is the QUIC datagram size, so the UDP payload size decides how big the
+//! inner IP packets are, and packet size is most of throughput: each inner packet costs one
+//! TUN read, one encryption and one UDP send whatever its size. On loopback (a local target)
+//! the UDP payload can be almost 64 KiB, and inner TCP then moves ~64 KiB segments. On a real
+//! network the path MTU rules.
+//!
+//! The MTU is fixed (no discovery): the TUN MTU is set from the datagram size when the session
+//! starts, and a datagram size that later shrank below it would make quinn refuse packets the
+//! local kernel already sized to fit. `min_mtu` cannot simply equal the loopback MTU: QUIC pads
+//! Initial packets to `min_mtu`, and long-header packets carry a 14-bit length, so the floor
+//! stays under 16 KiB ([`PathProfile::min_udp_payload_size`]). Only black-hole detection (a
+//! burst of lost full-size packets) could lower the MTU to that floor; the tunnel pump treats
+//! a datagram that no longer fits as a path-MTU event, not a silent drop.
+//!
+//! Datagram buffers are large on purpose. The inner TCP stacks retransmit on loss, but the
+//! agent's userspace stack has a one-second minimum RTO, so a datagram dropped on a full
+//! queue costs a second; backpressure (`send_datagram_wait`) is used on the send side, and the
+//! receive side must simply never be the bottleneck.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::trust::{self, Fingerprint, SessionIdentity, TrustError};
+
+/// What lies between client and agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathProfile {
+    /// Both ends on one machine (a local `pid/` target): 64 KiB loopback MTU.
+    Loopback,
+    /// An ordinary network with a 1500-byte MTU (a Kubernetes pod network).
+    Network,
+}
+
+impl PathProfile {
+    /// The smallest UDP payload size QUIC may fall back to on this path.
+    pub fn min_udp_payload_size(self) -> u16 {
+        match self {
+            PathProfile::Loopback => 16_000,
+            PathProfile::Network => 1452,
+        }
+    }
+
+    /// The UDP payload size QUIC uses on this path.
+    pub fn udp_payload_size(self) -> u16 {
+        match self {
+            // Loopback's MTU is 65536: leave room for the IPv6 and UDP headers.
+            PathProfile::Loopback => 65_000,
+            // 1500 minus IPv6 (40) and UDP (8) headers.
+            PathProfile::Network => 1452,
+        }
+    }
+}
+
+/// How long a silent peer is kept. The agent exits this long after its client vanishes.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Keep-alives well inside [`IDLE_TIMEOUT`], so an idle but live session never times out.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(1000);
+
+const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024 * 1024;
+const DATAGRAM_SEND_BUFFER: usize = 16 * 1024 * 1024;
+
+/// Transport parameters for either end.
+pub fn transport_config(profile: PathProfile) -> quinn::TransportConfig {
+    let mtu = profile.udp_payload_size();
+    let mut config = quinn::TransportConfig::default();
+    config
+        .max_idle_timeout(Some(
+            IDLE_TIMEOUT.try_into().expect("idle timeout fits a varint"),
+        ))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .initial_mtu(mtu)
+        .min_mtu(profile.min_udp_payload_size())
+        .mtu_discovery_config(None)
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
+        .max_concurrent_bidi_streams(1024u32.into())
+        .max_concurrent_uni_streams(1024u32.into());
+    if profile == PathProfile::Loopback {
+        // Loopback does not lose packets to congestion; start with a window that fills it
+        // instead of probing up from 10 packets.
+        let mut cubic = quinn::congestion::CubicConfig::default();
+        cubic.initial_window(8 * 1024 * 1024);
+        config
+            .congestion_controller_factory(Arc::new(cubic))
+            .send_window(64 * 1024 * 1024)
+            .receive_window((64u32 * 1024 * 1024).into())
+            .stream_receive_window((16u32 * 1024 * 1024).into());
+    }
+    config
+}
+
+/// Endpoint settings: accept UDP payloads as large as the profile uses.
+pub fn endpoint_config(profile: PathProfile) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(profile.udp_payload_size().max(1472))
+        .expect("payload size within QUIC's limits");
+    config
+}
+
+/// The client's QUIC configuration for one session.
+pub fn client_config(
+    identity: &SessionIdentity,
+    agent: Fingerprint,
+    profile: PathProfile,
+) -> Result<quinn::ClientConfig, TrustError> {
+    let tls = trust::client_tls(identity, agent)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|_| TrustError::Tls(rustls::Error::General("no QUIC cipher suite".into())))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(profile)));
+    Ok(config)
+}
+
+/// The agent's QUIC configuration for one session.
+pub fn server_config(
+    identity: &SessionIdentity,
+    client: Fingerprint,
+    profile: PathProfile,
+) -> Result<quinn::ServerConfig, TrustError> {
+    let tls = trust::server_tls(identity, client)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|_| TrustError::Tls(rustls::Error::General("no QUIC cipher suite".into())))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(profile)));
+    config.migration(false);
+    Ok(config)
+}
