@@ -63,7 +63,7 @@ impl FrameDecoder {
     }
 
     /// How many more bytes the decoder needs before the next frame can be complete; at least 1
-    /// while a frame is incomplete, 0 when [`Self::next`] will yield one.
+    /// while a frame is incomplete, 0 when [`Self::next_message`] will yield one.
     pub fn bytes_wanted(&self) -> Result<usize, FrameError> {
         match self.frame_len()? {
             None => Ok(LEN_PREFIX - self.buffer.len()),
@@ -72,7 +72,7 @@ impl FrameDecoder {
     }
 
     /// The next whole message, if the buffer holds one.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let Some(len) = self.frame_len()? else {
             return Ok(None);
         };
@@ -121,7 +121,7 @@ mod tests {
             let mut got = Vec::new();
             for piece in wire.chunks(chunk) {
                 decoder.push(piece);
-                while let Some(message) = decoder.next::<ClientMessage>().unwrap() {
+                while let Some(message) = decoder.next_message::<ClientMessage>().unwrap() {
                     got.push(message);
                 }
             }
@@ -139,7 +139,7 @@ mod tests {
         let mut decoder = FrameDecoder::new();
         decoder.push(&u32::MAX.to_be_bytes());
         assert!(matches!(
-            decoder.next::<ClientMessage>(),
+            decoder.next_message::<ClientMessage>(),
             Err(FrameError::TooLarge(_))
         ));
     }
@@ -149,7 +149,7 @@ mod tests {
         let mut decoder = FrameDecoder::new();
         decoder.push(&[0, 0, 0, 2, 0xff, 0xff]);
         assert!(matches!(
-            decoder.next::<ClientMessage>(),
+            decoder.next_message::<ClientMessage>(),
             Err(FrameError::Malformed(_))
         ));
     }

@@ -128,3 +128,36 @@ pub fn server_config(
     config.migration(false);
     Ok(config)
 }
+
+// Socket buffer sizes for the tunnel's UDP socket: the one piece of this crate that touches a
+// socket, kept here because both ends need exactly the same setting.
+//
+// A 64 KiB datagram is one packet of the inner TCP; the default socket buffers (~200 KiB) hold
+// three of them, and a burst beyond that is dropped by the kernel before QUIC sees it. As root
+// the `*BUFFORCE` options exceed `net.core.rmem_max`; without root the plain options give what
+// the sysctl allows.
+const TUNNEL_SOCKET_BUFFER: usize = 16 * 1024 * 1024;
+
+/// Enlarges the send and receive buffers of the tunnel's UDP socket (best effort).
+pub fn enlarge_socket_buffers(socket: &impl std::os::fd::AsRawFd) {
+    let fd = socket.as_raw_fd();
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let size = TUNNEL_SOCKET_BUFFER as libc::c_int;
+        // SAFETY: setsockopt with a pointer to a c_int of the size we pass.
+        let set = |option| unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        };
+        if !set(force) && !set(plain) {
+            // Best effort: a smaller buffer costs speed, not correctness.
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The agent's end of the session: accept the one client, answer its hello, run the stack.
+//!
+//! One agent serves one session. The QUIC endpoint accepts connections until the pinned client
+//! completes a handshake (anything else fails TLS and is dropped); the first bidirectional
+//! stream carries the hello; then packets flow until the connection closes — because the
+//! client said so, or because it fell silent for the idle timeout — and the agent exits.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use mirrord_net_protocol::framing::{self, FrameDecoder};
+use mirrord_net_protocol::handshake;
+use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
+
+use crate::stack::{self, StackConfig};
+
+/// Waits for the pinned client and serves its session to the end.
+pub async fn serve_one_session(
+    endpoint: quinn::Endpoint,
+    target: TargetInfo,
+    accept_timeout: Duration,
+) -> anyhow::Result<()> {
+    let connection = tokio::time::timeout(accept_timeout, accept_pinned(&endpoint))
+        .await
+        .map_err(|_| anyhow!("no client connected within {accept_timeout:?}"))??;
+    tracing::debug!(peer = %connection.remote_address(), "client connected");
+
+    let (mut send, mut recv) = connection
+        .accept_bi()
+        .await
+        .context("client opened no control stream")?;
+    let hello: ClientMessage = read_message(&mut recv)
+        .await?
+        .ok_or_else(|| anyhow!("client closed the control stream before its hello"))?;
+    let ClientMessage::Hello(hello) = hello;
+    let answer = handshake::answer_client_hello(&hello, target);
+    let refused = matches!(answer, AgentMessage::Refused(_));
+    send.write_all(&framing::encode(&answer)?).await?;
+    if refused {
+        send.finish()?;
+        // Let the refusal reach the client before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+        return Err(anyhow!("refused client: {answer:?}"));
+    }
+
+    let mtu = connection
+        .max_datagram_size()
+        .ok_or_else(|| anyhow!("client does not accept datagrams"))?;
+    let config = StackConfig {
+        mtu,
+        ..StackConfig::default()
+    };
+    // The control stream stays open for the session's lifetime; the stack ends when the
+    // connection does.
+    let _control = (send, recv);
+    stack::serve(connection, config).await
+}
+
+async fn accept_pinned(endpoint: &quinn::Endpoint) -> anyhow::Result<quinn::Connection> {
+    loop {
+        let incoming = endpoint
+            .accept()
+            .await
+            .ok_or_else(|| anyhow!("endpoint closed"))?;
+        match incoming.await {
+            Ok(connection) => return Ok(connection),
+            // A peer without the pinned certificate: not our client. Keep waiting.
+            Err(err) => tracing::warn!("refused a connection: {err}"),
+        }
+    }
+}
+
+async fn read_message<T: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<Option<T>> {
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        if let Some(message) = decoder.next_message()? {
+            return Ok(Some(message));
+        }
+        match recv.read(&mut chunk).await? {
+            Some(n) => decoder.push(&chunk[..n]),
+            None if decoder.has_partial_frame() => {
+                return Err(anyhow!("control stream ended inside a message"))
+            }
+            None => return Ok(None),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The mirrord-net agent: the end of a session's tunnel inside the target's network namespace.
+//!
+//! The `mirrord-net-agent` binary binds its QUIC socket, enters the target's namespaces and
+//! serves one session. This library holds what the binary wires together:
+//!
+//! - [`namespaces`]: entering the target's network and UTS namespaces;
+//! - [`root_fs`]: reading the target's files as the target sees them;
+//! - [`target_info`]: the addresses, hostname and resolver files a session takes on;
+//! - [`control`]: accepting the one pinned client and its handshake;
+//! - [`stack`]: the userspace network stack that terminates the session's IP packets and
+//!   re-originates every flow from real sockets in the target's namespace.
+
+pub mod control;
+pub mod namespaces;
+pub mod root_fs;
+pub mod stack;
+pub mod target_info;

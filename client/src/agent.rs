@@ -1,0 +1,186 @@
+//! Starting the agent for a local target.
+//!
+//! The agent is a separate binary (`mirrord-net-agent`, next to `mirrord-net` or named by
+//! `$MIRRORD_NET_AGENT`). It is started with the client certificate's fingerprint, prints its
+//! ready line on stdout, and logs on stderr. `PR_SET_PDEATHSIG` ties it to this process: when
+//! the client dies, even by SIGKILL, the kernel kills the agent; the QUIC idle timeout is the
+//! second line of defence. The death signal fires when the *thread* that spawned the agent
+//! exits, so the agent must be spawned from the main thread (which lives as long as the
+//! process), never from a runtime worker or blocking-pool thread.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mirrord_net_protocol::ready::AgentReady;
+use mirrord_net_protocol::trust::Fingerprint;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long an agent may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of agent stderr kept to explain a failure.
+const STDERR_TAIL: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "cannot find the agent binary at {0} — install mirrord-net-agent next to mirrord-net \
+         or set MIRRORD_NET_AGENT to its path"
+    )]
+    NotFound(PathBuf),
+    #[error("cannot start the agent {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent failed: {0}")]
+    Failed(String),
+    #[error("the agent did not become ready within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A running local agent. Killed when dropped.
+pub struct LocalAgent {
+    child: Child,
+    pub ready: AgentReady,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl LocalAgent {
+    /// The agent's last words on stderr, for error messages.
+    pub fn last_error(&self) -> Option<String> {
+        last_line(&self.stderr_tail)
+    }
+
+    /// Waits up to `grace` for the agent to exit by itself (it does once the session's
+    /// connection closes), then kills it.
+    pub async fn finish(mut self, grace: Duration) {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+}
+
+/// Where the agent binary is.
+pub fn agent_path() -> Result<PathBuf, AgentError> {
+    let path = match std::env::var_os("MIRRORD_NET_AGENT") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("mirrord-net-agent")))
+            .unwrap_or_else(|| PathBuf::from("mirrord-net-agent")),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(AgentError::NotFound(path))
+    }
+}
+
+/// Starts an agent for local process `pid` that accepts only `client`.
+pub async fn start_local(
+    pid: u32,
+    client: Fingerprint,
+    log_filter: Option<&str>,
+) -> Result<LocalAgent, AgentError> {
+    let path = agent_path()?;
+    let mut command = Command::new(&path);
+    command
+        .arg("--target-pid")
+        .arg(pid.to_string())
+        .arg("--client-cert-sha256")
+        .arg(client.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group: a Ctrl-C meant for the user's command must not reach it.
+        .process_group(0);
+    if let Some(filter) = log_filter {
+        command.env("MIRRORD_NET_AGENT_LOG", filter);
+    }
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|source| AgentError::Spawn {
+        path: path.clone(),
+        source,
+    })?;
+
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr = child.stderr.take().expect("stderr piped");
+    tokio::spawn(collect_stderr(
+        stderr,
+        stderr_tail.clone(),
+        log_filter.is_some(),
+    ));
+
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(READY_TIMEOUT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(ready) = AgentReady::parse_line(&line) {
+                return Some(ready);
+            }
+        }
+        None
+    })
+    .await;
+    match ready {
+        Ok(Some(ready)) => Ok(LocalAgent {
+            child,
+            ready,
+            stderr_tail,
+        }),
+        Ok(None) => {
+            // The agent closed stdout without a ready line: it is exiting. Give its stderr
+            // reader a moment to catch the reason.
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(AgentError::Failed(last_line(&stderr_tail).unwrap_or_else(
+                || "it exited without saying why".to_owned(),
+            )))
+        }
+        Err(_) => Err(AgentError::Timeout(READY_TIMEOUT)),
+    }
+}
+
+async fn collect_stderr(
+    stderr: tokio::process::ChildStderr,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    echo: bool,
+) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if echo {
+            eprintln!("{line}");
+        }
+        let mut tail = tail.lock().expect("stderr tail lock");
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+fn last_line(tail: &Mutex<VecDeque<String>>) -> Option<String> {
+    let tail = tail.lock().expect("stderr tail lock");
+    tail.back().map(|line| {
+        line.strip_prefix("mirrord-net-agent: ")
+            .unwrap_or(line)
+            .to_owned()
+    })
+}

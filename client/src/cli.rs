@@ -1,0 +1,136 @@
+//! The command line of `mirrord-net`.
+
+use std::ffi::OsString;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::target::Target;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirrord-net",
+    version,
+    about = "Run a local process as if it were inside a target: its network, DNS and hostname",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a session on the target; exits with the command's exit code.
+    Exec {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// The command and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Start an interactive shell ($SHELL, else /bin/sh) in a session on the target.
+    Shell {
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// Start a throwaway local "pod" and run a command in a session on it (default: a probe
+    /// that prints what the session sees); the pod is removed afterwards.
+    Demo {
+        /// More logs on stderr (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides.
+        #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+        verbose: u8,
+        /// The command to run in the session instead of the probe, after `--`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// What to impersonate: pid/PID (a process on this machine).
+    #[arg(long, short = 't', value_name = "KIND/NAME")]
+    pub target: Target,
+    /// Run the command as root instead of the user who invoked sudo.
+    #[arg(long)]
+    pub as_root: bool,
+    /// More logs on stderr (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress line.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+impl Command {
+    /// The -v count of any subcommand.
+    pub fn verbose(&self) -> u8 {
+        match self {
+            Command::Exec { session, .. } | Command::Shell { session } => session.verbose,
+            Command::Demo { verbose, .. } => *verbose,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_takes_everything_after_the_separator_verbatim() {
+        let cli = Cli::try_parse_from([
+            "mirrord-net",
+            "exec",
+            "--target",
+            "pid/7",
+            "--",
+            "curl",
+            "-v",
+            "--target",
+            "x",
+        ])
+        .unwrap();
+        let Command::Exec { session, command } = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(session.target, Target::Pid(7));
+        assert_eq!(command, ["curl", "-v", "--target", "x"]);
+    }
+
+    #[test]
+    fn exec_without_a_command_is_an_error() {
+        assert!(Cli::try_parse_from(["mirrord-net", "exec", "--target", "pid/7"]).is_err());
+    }
+
+    #[test]
+    fn a_malformed_target_is_a_usage_error() {
+        let err = Cli::try_parse_from(["mirrord-net", "shell", "--target", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("KIND/NAME"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod demo_cli_tests {
+    use super::*;
+
+    #[test]
+    fn demo_takes_an_optional_command_after_the_separator() {
+        let cli =
+            Cli::try_parse_from(["mirrord-net", "demo", "-v", "--", "sh", "-c", "x -v"]).unwrap();
+        let Command::Demo { verbose, command } = cli.command else {
+            panic!("not demo")
+        };
+        assert_eq!(verbose, 1);
+        assert_eq!(command, ["sh", "-c", "x -v"]);
+        let cli = Cli::try_parse_from(["mirrord-net", "demo"]).unwrap();
+        assert!(matches!(cli.command, Command::Demo { command, .. } if command.is_empty()));
+    }
+}

@@ -1,0 +1,21 @@
+//! mirrord-net: run an unmodified local process as if it were inside a target's namespaces.
+//!
+//! The `mirrord-net` binary is a thin shell over these modules:
+//!
+//! - [`cli`]: the command line;
+//! - [`target`]: what `--target` names and how to check it exists;
+//! - [`agent`]: starting the agent for a local target and reading its ready line;
+//! - [`tunnel`]: the QUIC connection to the agent — handshake and the packet pump between the
+//!   session's TUN device and DATAGRAM frames;
+//! - [`session`]: the session's namespaces, TUN device and the user's command;
+//! - [`run`]: one session from start to exit code;
+//! - [`progress`]: the one status line shown while a session starts.
+
+pub mod agent;
+pub mod cli;
+pub mod demo;
+pub mod progress;
+pub mod run;
+pub mod session;
+pub mod target;
+pub mod tunnel;

@@ -1,0 +1,72 @@
+//! `mirrord-net`: the command-line entry. Parsing and wiring only; the work is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mirrord_net::cli::{Cli, Command};
+use mirrord_net::{demo, run};
+
+fn main() -> ExitCode {
+    // The session child re-executes this binary; it must not start a runtime or parse the
+    // user's arguments.
+    match std::env::args_os().nth(1) {
+        Some(arg) if arg == "__session" => mirrord_net::session::child_main(),
+        Some(arg) if arg == demo::POD_ARG => demo::pod_main(),
+        Some(arg) if arg == demo::PROBE_ARG => demo::probe_main(),
+        _ => {}
+    }
+    let cli = Cli::parse();
+    init_logging(cli.command.verbose());
+
+    // Children (the agent, the session) are spawned from this thread, inside `block_on`: their
+    // parent-death signal is tied to the spawning thread, and this one lives to the end.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("mirrord-net: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Exec { session, command } => run::run_session(&session, command)
+                .await
+                .map_err(anyhow::Error::from),
+            Command::Shell { session } => run::run_session(&session, run::shell_command())
+                .await
+                .map_err(anyhow::Error::from),
+            Command::Demo { verbose, command } => {
+                let command = (!command.is_empty()).then_some(command);
+                demo::run_demo(verbose, command)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+        Err(err) => {
+            eprintln!("mirrord-net: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,177 @@
+//! The session child: `mirrord-net __session FD`, from a fresh exec to the user's command.
+//!
+//! The client re-executes its own binary rather than forking: a fork of a multi-threaded
+//! tokio process may only call async-signal-safe functions, while this setup allocates,
+//! talks netlink and needs a single-threaded process for `unshare`. `main` dispatches here
+//! before it parses arguments or starts a runtime. FD is the child's end of the socketpair;
+//! stdin, stdout and stderr are the user's own and are never touched, except to print the
+//! one line a shell would print when the command cannot be run.
+//!
+//! Steps, each reported as a [`SetupStep`] if it fails:
+//!
+//! 1. Tie the process to the client (`PR_SET_PDEATHSIG`) and read the spec.
+//! 2. `unshare` the network, mount and UTS namespaces; make mounts private.
+//! 3. `lo` up, the TUN with its addresses and default routes ([`network`](super::network)).
+//! 4. resolv.conf and hosts ([`mounts`](super::mounts)); the hostname.
+//! 5. Send `Ready` with the TUN descriptor, close our copy, wait for `Go`. End of file here
+//!    means the client is gone: exit 1 without a word — the user already saw the client's
+//!    error, or the client was killed.
+//! 6. Drop privileges ([`identity`](super::identity)), build the environment, exec
+//!    ([`exec`](super::exec)).
+//!
+//! A failure in steps 1–5 is sent to the client as `Failed` and the child exits 1; the
+//! client shows it. After `Go` the client no longer listens, so the rare failure of a
+//! privilege-drop system call is printed here and ends the child with 126, the code of a
+//! command that cannot run.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+
+use super::channel::{self, ChannelError};
+use super::exec;
+use super::identity;
+use super::mounts;
+use super::namespaces;
+use super::network;
+use super::protocol::{
+    ChildMessage, ChildSpec, ParentMessage, SetupFailure, SetupStep, PROTOCOL_VERSION,
+};
+
+/// Status of a child that could not build the session or lost its client.
+const SETUP_FAILED: i32 = 1;
+
+/// Entry of the hidden `__session` subcommand. Never returns.
+pub fn child_main() -> ! {
+    std::process::exit(run())
+}
+
+fn run() -> i32 {
+    let Some(fd) = std::env::args_os()
+        .nth(2)
+        .and_then(|arg| arg.to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| fd > 2 && is_open(fd))
+    else {
+        eprintln!("mirrord-net: __session is started by mirrord-net itself, not by hand");
+        return 2;
+    };
+    // SAFETY: the client passed this descriptor to us and to nothing else; it is open (checked
+    // above) and owned by no other object in this process.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // It was inherited on purpose; the user's command must not inherit it again.
+    let _ = fcntl(&socket, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    let _ = namespaces::die_with_parent();
+    let parent = nix::unistd::getppid();
+
+    let spec = match channel::recv::<ParentMessage>(socket.as_fd()) {
+        Ok((ParentMessage::Spec(spec), _)) => spec,
+        Ok((other, _)) => {
+            fail(
+                &socket,
+                SetupFailure::other(
+                    SetupStep::Protocol,
+                    format!("expected the session spec, got {other:?}"),
+                ),
+            );
+            return SETUP_FAILED;
+        }
+        Err(ChannelError::Closed) => return SETUP_FAILED,
+        Err(err) => {
+            fail(
+                &socket,
+                SetupFailure::other(SetupStep::Protocol, err.to_string()),
+            );
+            return SETUP_FAILED;
+        }
+    };
+    if spec.command.is_empty() {
+        fail(
+            &socket,
+            SetupFailure::other(SetupStep::Protocol, "the spec has no command"),
+        );
+        return SETUP_FAILED;
+    }
+    if spec.version != PROTOCOL_VERSION {
+        fail(
+            &socket,
+            SetupFailure::other(
+                SetupStep::Protocol,
+                format!(
+                    "the client speaks session protocol {}, this binary {PROTOCOL_VERSION}",
+                    spec.version
+                ),
+            ),
+        );
+        return SETUP_FAILED;
+    }
+
+    let mut warnings = Vec::new();
+    let tun = match build(&spec, &mut warnings) {
+        Ok(tun) => tun,
+        Err(failure) => {
+            fail(&socket, failure);
+            return SETUP_FAILED;
+        }
+    };
+    let ready = ChildMessage::Ready {
+        tun_name: spec.tun_name.clone(),
+        warnings,
+    };
+    if channel::send(socket.as_fd(), &ready, &[tun.as_fd()]).is_err() {
+        return SETUP_FAILED;
+    }
+    // The client holds the device now; this copy would only keep it alive after the client.
+    drop(tun);
+    match channel::recv::<ParentMessage>(socket.as_fd()) {
+        Ok((ParentMessage::Go, _)) => {}
+        _ => return SETUP_FAILED,
+    }
+    drop(socket);
+
+    let identity_env = match &spec.user {
+        Some(user) => {
+            if let Err(err) = identity::become_user(user) {
+                eprintln!(
+                    "mirrord-net: cannot run the command as uid {} gid {}: {err}",
+                    user.uid, user.gid
+                );
+                return exec::CANNOT_EXECUTE;
+            }
+            // The credential change cleared the death signal: arm it again, and make sure
+            // the client did not die before that.
+            if !namespaces::still_tied_to(parent) {
+                return SETUP_FAILED;
+            }
+            identity::identity_env(user)
+        }
+        None => Vec::new(),
+    };
+    exec::install_env(exec::compose_env(
+        std::env::vars_os(),
+        spec.env.as_deref(),
+        &identity_env,
+    ));
+    exec::exec(&spec.command)
+}
+
+/// Steps 2–4: namespaces, network, files, hostname. Returns the TUN descriptor.
+fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<OwnedFd, SetupFailure> {
+    namespaces::enter_new_namespaces(spec.privileges)
+        .map_err(|err| SetupFailure::os(SetupStep::Namespaces, err))?;
+    mounts::make_private().map_err(|err| SetupFailure::os(SetupStep::MountPropagation, err))?;
+    let tun = network::build(spec, warnings)?;
+    mounts::overlay_files(&spec.files, warnings)?;
+    namespaces::set_hostname(&spec.hostname)
+        .map_err(|err| SetupFailure::os(SetupStep::Hostname, err))?;
+    Ok(tun)
+}
+
+/// Tells the client why the session could not be built (if it still listens).
+fn fail(socket: &OwnedFd, failure: SetupFailure) {
+    let _ = channel::send(socket.as_fd(), &ChildMessage::Failed(failure), &[]);
+}
+
+fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; on a closed number it fails (EBADF).
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}

@@ -1,0 +1,193 @@
+//! Running the user's command, and turning how it ended into an exit code, the way a shell
+//! does.
+//!
+//! The command replaces the session child (`execvp`), so it keeps the child's pid, its
+//! namespaces, its process group and the user's stdin/stdout/stderr. `argv[0]` is searched in
+//! the `PATH` of the command's own environment (the environment is installed before the
+//! search), as `env -i PATH=... cmd` would do.
+//!
+//! The child is a Rust program, and Rust ignores SIGPIPE at startup; an ignored signal stays
+//! ignored across `execve`, so it is set back to its default first — otherwise `yes | head`
+//! inside the session would spin on EPIPE instead of dying. Other dispositions are left as
+//! the client inherited them (a `nohup mirrord-net ...` keeps SIGHUP ignored, as a shell would).
+//!
+//! When `execvp` fails the child does what a shell does: prints `mirrord-net: CMD: command not
+//! found` and exits 127 when there is no such command, or prints the reason and exits 126
+//! when it exists but cannot run. Exit statuses follow the shell convention too: a normal exit
+//! gives its code, death by signal N gives 128+N.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::wait::WaitStatus;
+
+/// Exit code when the command does not exist.
+pub const NOT_FOUND: i32 = 127;
+/// Exit code when the command exists but cannot be run.
+pub const CANNOT_EXECUTE: i32 = 126;
+
+/// The command's environment: `spec_env` if given, else `inherited`; then the identity
+/// variables on top.
+pub fn compose_env(
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
+    spec_env: Option<&[(Vec<u8>, Vec<u8>)]>,
+    identity: &[(&str, &[u8])],
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = match spec_env {
+        Some(vars) => vars
+            .iter()
+            .map(|(key, value)| {
+                (
+                    OsStr::from_bytes(key).to_owned(),
+                    OsStr::from_bytes(value).to_owned(),
+                )
+            })
+            .collect(),
+        None => inherited.into_iter().collect(),
+    };
+    for (key, value) in identity {
+        env.retain(|(existing, _)| existing != key);
+        env.push((OsString::from(key), OsStr::from_bytes(value).to_owned()));
+    }
+    env
+}
+
+/// Replaces the process environment with `env`. The child is single-threaded here.
+pub fn install_env(env: Vec<(OsString, OsString)>) {
+    for (key, _) in std::env::vars_os() {
+        std::env::remove_var(key);
+    }
+    for (key, value) in env {
+        std::env::set_var(key, value);
+    }
+}
+
+/// Executes `argv`; if that fails, reports it like a shell and exits.
+pub fn exec(argv: &[Vec<u8>]) -> ! {
+    // SAFETY: restoring the default disposition of a signal has no preconditions.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let name = OsStr::from_bytes(&argv[0]).to_string_lossy().into_owned();
+    let args: Result<Vec<CString>, _> = argv.iter().map(|arg| CString::new(arg.clone())).collect();
+    let errno = match args {
+        Ok(args) => match nix::unistd::execvp(&args[0], &args) {
+            Ok(never) => match never {},
+            Err(errno) => errno,
+        },
+        Err(_) => Errno::EINVAL,
+    };
+    let (code, message) = exec_failure(&name, errno);
+    eprintln!("mirrord-net: {message}");
+    std::process::exit(code)
+}
+
+/// The exit code and message for a failed `execvp` of `name`.
+pub fn exec_failure(name: &str, errno: Errno) -> (i32, String) {
+    match errno {
+        Errno::ENOENT if !name.contains('/') => (NOT_FOUND, format!("{name}: command not found")),
+        Errno::ENOENT => (NOT_FOUND, format!("{name}: No such file or directory")),
+        // strerror text without io::Error's "(os error N)", as shells print it.
+        errno => (CANNOT_EXECUTE, format!("{name}: {}", errno.desc())),
+    }
+}
+
+/// The shell-style exit code of a finished process; `None` if `status` is not an exit.
+pub fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
+/// A finished process's status in words, for error messages.
+pub fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit code {code}"),
+        WaitStatus::Signaled(_, signal, _) => format!("killed by {signal}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::unistd::Pid;
+
+    use super::*;
+
+    #[test]
+    fn normal_exit_gives_its_code() {
+        let pid = Pid::from_raw(42);
+        assert_eq!(exit_code(WaitStatus::Exited(pid, 0)), Some(0));
+        assert_eq!(exit_code(WaitStatus::Exited(pid, 3)), Some(3));
+        assert_eq!(exit_code(WaitStatus::Exited(pid, 255)), Some(255));
+    }
+
+    #[test]
+    fn death_by_signal_gives_128_plus_signal() {
+        let pid = Pid::from_raw(42);
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(pid, Signal::SIGKILL, false)),
+            Some(137)
+        );
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(pid, Signal::SIGINT, false)),
+            Some(130)
+        );
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(pid, Signal::SIGSEGV, true)),
+            Some(139)
+        );
+        assert_eq!(exit_code(WaitStatus::StillAlive), None);
+    }
+
+    #[test]
+    fn missing_command_is_127_like_a_shell() {
+        assert_eq!(
+            exec_failure("nosuchcmd", Errno::ENOENT),
+            (127, "nosuchcmd: command not found".to_owned())
+        );
+        assert_eq!(
+            exec_failure("./nosuch", Errno::ENOENT),
+            (127, "./nosuch: No such file or directory".to_owned())
+        );
+    }
+
+    #[test]
+    fn command_that_cannot_run_is_126() {
+        assert_eq!(
+            exec_failure("/etc/passwd", Errno::EACCES),
+            (126, "/etc/passwd: Permission denied".to_owned())
+        );
+        assert_eq!(exec_failure("/bin/x", Errno::ENOEXEC).0, 126);
+    }
+
+    #[test]
+    fn spec_environment_replaces_the_inherited_one() {
+        let inherited = vec![
+            ("SECRET".into(), "host".into()),
+            ("PATH".into(), "/host".into()),
+        ];
+        let spec = vec![(b"PATH".to_vec(), b"/pod".to_vec())];
+        let env = compose_env(inherited, Some(&spec), &[]);
+        assert_eq!(env, [(OsString::from("PATH"), OsString::from("/pod"))]);
+    }
+
+    #[test]
+    fn identity_overrides_whatever_the_environment_says() {
+        let inherited = vec![
+            ("HOME".into(), "/root".into()),
+            ("TERM".into(), "xterm".into()),
+        ];
+        let env = compose_env(inherited, None, &[("HOME", b"/home/dev"), ("USER", b"dev")]);
+        assert_eq!(
+            env,
+            [
+                (OsString::from("TERM"), OsString::from("xterm")),
+                (OsString::from("HOME"), OsString::from("/home/dev")),
+                (OsString::from("USER"), OsString::from("dev")),
+            ]
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! The session: the namespaces, TUN device and files in which the user's command runs.
+//!
+//! The client (root, via sudo) stays in the host's namespaces, where it can reach the agent.
+//! It re-executes its own binary as a hidden `__session` child, which builds the session —
+//! new network, mount and UTS namespaces; `lo` up; a TUN device with the target's addresses,
+//! default routes and the tunnel's MTU; the target's resolv.conf and hosts; the target's
+//! hostname — and hands the TUN descriptor back over a socketpair. When the client says go,
+//! the child drops to the invoking user and becomes the user's command. The client pumps the
+//! TUN's packets through the tunnel and waits for the command's exit status, which becomes its
+//! own.
+//!
+//! Nothing of a session is named in the host's global state: its namespaces, interface and
+//! mounts disappear with its last process and the client's TUN descriptor, whatever ends them.
+//!
+//! One file per job:
+//!
+//! - `spec`: what the caller asks for ([`SessionSpec`], [`SessionOptions`]) and its checks;
+//! - `protocol`: the messages on the socketpair and their framing (pure, unit-tested);
+//! - `channel`: blocking frame I/O with descriptor passing;
+//! - `parent`: [`Session`] — starting the child, taking the TUN, waiting, signalling;
+//! - `child`: [`child_main`] — the child's steps, from exec to the user's command;
+//! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each.
+//!
+//! The privilege model is a seam ([`SessionPrivileges`]): today the client is root; a rootless
+//! mode makes the child unshare a user namespace first and adds one round trip to the protocol
+//! in which the client writes the child's uid/gid maps.
+
+mod channel;
+mod child;
+mod exec;
+mod identity;
+mod mounts;
+mod namespaces;
+mod netlink;
+mod network;
+mod parent;
+mod protocol;
+mod spec;
+
+pub use child::child_main;
+pub use identity::invoking_user;
+pub use parent::{Session, SessionError};
+pub use protocol::{IpFamily, SetupFailure, SetupStep};
+pub use spec::{
+    InvalidSpec, RunAs, SessionOptions, SessionPrivileges, SessionSpec, DEFAULT_TUN_NAME, HOSTS,
+    RESOLV_CONF,
+};

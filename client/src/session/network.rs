@@ -1,0 +1,169 @@
+//! The session's network: loopback, the TUN device, its addresses and default routes.
+//!
+//! Runs in the child, after `unshare(CLONE_NEWNET)`, so every interface, address and route
+//! made here exists only in the session's namespace. The order is deliberate:
+//!
+//! 1. `lo` up: a fresh namespace has it down, and many programs talk to 127.0.0.1.
+//! 2. The TUN is created with `IFF_NO_PI` (bare IP packets, which is what the tunnel carries).
+//!    Its descriptor goes to the client; the device lives as long as that descriptor.
+//! 3. MTU, and — only when IPv6 is wanted — `addrgenmode none`, in one `RTM_SETLINK` before
+//!    the link goes up: with it the kernel gives the TUN no link-local address, so it sends no
+//!    duplicate-address probes or router solicitations down the tunnel.
+//! 4. Link up, then the addresses: IPv4 as /32, IPv6 as /128 with `IFA_F_NODAD`, so they are
+//!    usable at once instead of "tentative" for a second (a connect() from a tentative address
+//!    fails with EADDRNOTAVAIL). No prefix is implied: the target's subnet is reached through
+//!    the default route like everything else.
+//! 5. A default route per family that has an address, `dev mnet0` without a gateway (a TUN is
+//!    point-to-point and has no neighbours to resolve). IPv4's is link-scoped, as `ip route add
+//!    default dev X` makes it; the kernel picks the TUN's address as the source.
+//!
+//! IPv6 is skipped, with a warning for the client's log, when it cannot work: the kernel has
+//! no IPv6 (`ipv6.disable=1`: no `/proc/sys/net/ipv6`) or the MTU is below IPv6's minimum of
+//! 1280 (the kernel would silently turn IPv6 off on the device). Otherwise `disable_ipv6` of
+//! the device is set to 0 in case the namespace inherited a host default of 1.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::path::Path;
+
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use super::netlink::Netlink;
+use super::protocol::{ChildSpec, IpFamily, SetupFailure, SetupStep};
+
+/// IPv6's minimum link MTU (RFC 8200).
+const IPV6_MIN_MTU: u16 = 1280;
+
+/// Builds the whole network of the session and returns the TUN descriptor.
+pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<OwnedFd, SetupFailure> {
+    let mut netlink =
+        Netlink::open().map_err(|err| SetupFailure::os(SetupStep::NetlinkSocket, err))?;
+    loopback_up(&mut netlink).map_err(|err| SetupFailure::os(SetupStep::Loopback, err))?;
+
+    let tun = tun_rs::DeviceBuilder::new()
+        .name(&spec.tun_name)
+        .packet_information(false)
+        // Up only once addrgenmode is set, or the kernel has already made a link-local.
+        .enable(false)
+        .build_sync()
+        .map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
+    let index = nix::net::if_::if_nametoindex(spec.tun_name.as_str())
+        .map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
+
+    let ipv6 = usable_ipv6(spec, warnings);
+    let mut link = LinkUnspec::new_with_index(index).mtu(u32::from(spec.mtu));
+    if !ipv6.is_empty() {
+        enable_ipv6(&spec.tun_name).map_err(|err| SetupFailure::os(SetupStep::Ipv6Sysctl, err))?;
+        link = link.append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
+    }
+    netlink
+        .change(RouteNetlinkMessage::SetLink(link.build()))
+        .map_err(|err| SetupFailure::os(SetupStep::TunLink, err))?;
+    netlink
+        .change(RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(index).up().build(),
+        ))
+        .map_err(|err| SetupFailure::os(SetupStep::TunLink, err))?;
+
+    for &addr in &spec.ipv4 {
+        add_ipv4(&mut netlink, index, addr)
+            .map_err(|err| SetupFailure::os(SetupStep::Address(IpAddr::V4(addr)), err))?;
+    }
+    for &addr in ipv6 {
+        add_ipv6(&mut netlink, index, addr)
+            .map_err(|err| SetupFailure::os(SetupStep::Address(IpAddr::V6(addr)), err))?;
+    }
+    if !spec.ipv4.is_empty() {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        netlink
+            .create(RouteNetlinkMessage::NewRoute(route))
+            .map_err(|err| SetupFailure::os(SetupStep::DefaultRoute(IpFamily::V4), err))?;
+    }
+    if !ipv6.is_empty() {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .output_interface(index)
+            .build();
+        netlink
+            .create(RouteNetlinkMessage::NewRoute(route))
+            .map_err(|err| SetupFailure::os(SetupStep::DefaultRoute(IpFamily::V6), err))?;
+    }
+    // SAFETY: into_raw_fd hands over the device's only descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(tun.into_raw_fd()) })
+}
+
+fn loopback_up(netlink: &mut Netlink) -> std::io::Result<()> {
+    let index = nix::net::if_::if_nametoindex("lo")?;
+    netlink.change(RouteNetlinkMessage::SetLink(
+        LinkUnspec::new_with_index(index).up().build(),
+    ))
+}
+
+/// The IPv6 addresses that can be configured, with a warning when some cannot.
+fn usable_ipv6<'a>(spec: &'a ChildSpec, warnings: &mut Vec<String>) -> &'a [Ipv6Addr] {
+    if spec.ipv6.is_empty() {
+        return &[];
+    }
+    if !Path::new("/proc/sys/net/ipv6").exists() {
+        warnings.push(format!(
+            "IPv6 is disabled in this kernel; the session has no IPv6 address (the target has {})",
+            list(&spec.ipv6)
+        ));
+        return &[];
+    }
+    if spec.mtu < IPV6_MIN_MTU {
+        warnings.push(format!(
+            "the tunnel's MTU {} is below IPv6's minimum of {IPV6_MIN_MTU}; the session has no \
+             IPv6 address (the target has {})",
+            spec.mtu,
+            list(&spec.ipv6)
+        ));
+        return &[];
+    }
+    &spec.ipv6
+}
+
+fn list(addrs: &[Ipv6Addr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Makes sure IPv6 is on for the device (a namespace may inherit `disable_ipv6=1`).
+fn enable_ipv6(device: &str) -> std::io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
+    if std::fs::read_to_string(&path)?.trim() == "0" {
+        return Ok(());
+    }
+    std::fs::write(&path, "0")
+}
+
+fn add_ipv4(netlink: &mut Netlink, index: u32, addr: Ipv4Addr) -> std::io::Result<()> {
+    let message = AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(index)
+        .address(addr, 32)
+        .build();
+    netlink.create(RouteNetlinkMessage::NewAddress(message))
+}
+
+fn add_ipv6(netlink: &mut Netlink, index: u32, addr: Ipv6Addr) -> std::io::Result<()> {
+    let mut message = AddressMessageBuilder::<Ipv6Addr>::new()
+        .index(index)
+        .address(addr, 128)
+        .build();
+    message.header.flags |= AddressHeaderFlags::Nodad;
+    message
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    netlink.create(RouteNetlinkMessage::NewAddress(message))
+}

@@ -1,0 +1,440 @@
+//! The client's side of a session: starting the child, taking its TUN, waiting for the end.
+//!
+//! [`Session::start`] checks the spec, looks the user up, and re-executes this binary as
+//! `__session FD` with the child's end of a socketpair; stdin, stdout and stderr are inherited
+//! untouched, so the command gets the user's terminal. The child is spawned from the calling
+//! task's thread, synchronously: its `PR_SET_PDEATHSIG` (set between fork and exec, so there
+//! is no window in which the client's death goes unnoticed) fires when the *thread* that
+//! forked it exits, so that thread must live as long as the session — the thread that runs
+//! `block_on` does. Never call `start` from a blocking-pool thread.
+//!
+//! The conversation of [`protocol`](super::protocol) then runs on a blocking-pool thread
+//! (it is a few blocking reads and writes on a socket that nothing else uses), under a
+//! timeout after which the child is killed. Once the TUN descriptor is in hand it is wrapped
+//! as a tokio [`tun_rs::AsyncDevice`] and only then is the child told to go, so the tunnel
+//! pump can start before the command sends its first packet.
+//!
+//! The child is tracked by a pidfd taken right after the spawn, while the child cannot have
+//! been reaped: signals go through `pidfd_send_signal`, which can never hit a recycled pid,
+//! and the exit is awaited by polling the pidfd with tokio's reactor (it becomes readable
+//! when the process exits) and then reaping it with `waitid(P_PIDFD, WNOHANG)` — no thread
+//! blocks in `waitpid`, and the wait is cancel-safe, so it can sit in a `select!` loop. If
+//! the [`Session`] is dropped before the command was reaped, the command is SIGKILLed and
+//! reaped on a short-lived thread: the session never outlives its owner.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::channel::{self, ChannelError};
+use super::exec;
+use super::identity;
+use super::protocol::{ChildMessage, ParentMessage, SetupFailure};
+use super::spec::{self, InvalidSpec, SessionOptions, SessionSpec};
+
+/// The program re-executed when [`SessionOptions::program`] is `None`.
+const SELF_EXE: &str = "/proc/self/exe";
+/// How long a child that ended the conversation early gets to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a session could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    InvalidSpec(#[from] InvalidSpec),
+    #[error("cannot look up uid {uid} to run the command as: {source}")]
+    User { uid: u32, source: io::Error },
+    #[error("cannot create the session's control socket: {0}")]
+    ControlSocket(io::Error),
+    #[error("cannot start the session process {}: {source}", program.display())]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Setup(#[from] SetupFailure),
+    #[error("the session process ended before the session was ready ({0})")]
+    ChildExited(String),
+    #[error("the session process broke the session protocol: {0}")]
+    Protocol(String),
+    #[error("cannot talk to the session process: {0}")]
+    Control(io::Error),
+    #[error("the session was not ready within {0:?}; its process was stopped")]
+    Timeout(Duration),
+    #[error("cannot use the session's TUN device: {0}")]
+    Tun(io::Error),
+}
+
+/// A running session: the user's command in its namespaces, and the TUN that carries its
+/// packets.
+pub struct Session {
+    child: ChildProcess,
+    tun: Arc<tun_rs::AsyncDevice>,
+    tun_name: String,
+}
+
+impl Session {
+    /// Starts the child and returns once the TUN fd is in hand and the child has been told
+    /// to go.
+    ///
+    /// Must be awaited on a thread that lives as long as the session (the `block_on` thread),
+    /// see the module documentation.
+    pub async fn start(spec: SessionSpec) -> Result<Session, SessionError> {
+        Self::start_with(spec, SessionOptions::default()).await
+    }
+
+    /// [`start`](Self::start) with non-default [`SessionOptions`].
+    pub async fn start_with(
+        spec: SessionSpec,
+        options: SessionOptions,
+    ) -> Result<Session, SessionError> {
+        let mut child_spec = spec::child_spec(&spec, &options, None)?;
+        if let Some(run_as) = spec.run_as {
+            let user = tokio::task::spawn_blocking(move || identity::resolve(run_as))
+                .await
+                .map_err(|err| io::Error::other(err.to_string()))
+                .and_then(|result| result)
+                .map_err(|source| SessionError::User {
+                    uid: run_as.uid,
+                    source,
+                })?;
+            child_spec.user = Some(user);
+        }
+
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|err| SessionError::ControlSocket(err.into()))?;
+        let program = options
+            .program
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SELF_EXE));
+        let mut child = spawn(&program, theirs)?;
+
+        let message = ParentMessage::Spec(Box::new(child_spec));
+        let conversation = tokio::task::spawn_blocking(move || converse(ours, &message));
+        let outcome = match tokio::time::timeout(options.setup_timeout, conversation).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(join)) => Err(Conversation::Broken(join.to_string())),
+            Err(_) => {
+                // Killing the child ends the blocked read on the other thread with EOF.
+                let _ = child.signal(Signal::SIGKILL);
+                child.wait_status().await;
+                return Err(SessionError::Timeout(options.setup_timeout));
+            }
+        };
+        let ready = match outcome {
+            Ok(ready) => ready,
+            Err(problem) => return Err(child.fail(problem).await),
+        };
+
+        for warning in &ready.warnings {
+            tracing::warn!("{warning}");
+        }
+        // SAFETY: the descriptor came from the child's TUNSETIFF with IFF_NO_PI and without
+        // IFF_VNET_HDR, and is owned by nothing else here.
+        let tun = unsafe { tun_rs::AsyncDevice::from_fd(ready.tun.into_raw_fd()) }
+            .map_err(SessionError::Tun)?;
+        if let Err(err) = channel::send(ready.socket.as_fd(), &ParentMessage::Go, &[]) {
+            return Err(child.fail(Conversation::from(err)).await);
+        }
+        tracing::debug!(pid = child.pid, tun = %ready.tun_name, "session started");
+        Ok(Session {
+            child,
+            tun: Arc::new(tun),
+            tun_name: ready.tun_name,
+        })
+    }
+
+    /// The session's TUN device, for the tunnel pump. Name-based queries on it (`name()`,
+    /// `mtu()`, ...) would look in the client's namespace: use [`tun_name`](Self::tun_name).
+    pub fn tun(&self) -> &Arc<tun_rs::AsyncDevice> {
+        &self.tun
+    }
+
+    /// Name of the TUN device inside the session.
+    pub fn tun_name(&self) -> &str {
+        &self.tun_name
+    }
+
+    /// Pid of the user's command (the session child became it).
+    pub fn child_pid(&self) -> u32 {
+        self.child.pid
+    }
+
+    /// Waits for the command to exit; returns the shell-style exit code (code, or 128+signal).
+    /// Cancel-safe; once the command has exited it returns the same code again.
+    pub async fn wait(&mut self) -> i32 {
+        let status = self.child.wait_status().await;
+        exec::exit_code(status).unwrap_or(1)
+    }
+
+    /// Sends `sig` to the command. Fails with `ESRCH` once it has been reaped.
+    pub fn signal(&self, sig: Signal) -> nix::Result<()> {
+        self.child.signal(sig)
+    }
+}
+
+/// What the conversation with the child gave.
+struct Ready {
+    socket: OwnedFd,
+    tun: OwnedFd,
+    tun_name: String,
+    warnings: Vec<String>,
+}
+
+/// How the conversation with the child went wrong.
+enum Conversation {
+    Failed(SetupFailure),
+    Closed,
+    Broken(String),
+    Io(io::Error),
+}
+
+impl From<ChannelError> for Conversation {
+    fn from(err: ChannelError) -> Self {
+        match err {
+            ChannelError::Closed => Conversation::Closed,
+            ChannelError::Io(err) => Conversation::Io(err),
+            ChannelError::Frame(err) => Conversation::Broken(err.to_string()),
+        }
+    }
+}
+
+/// Sends the spec and reads the child's answer. Blocking.
+fn converse(socket: OwnedFd, spec: &ParentMessage) -> Result<Ready, Conversation> {
+    channel::send(socket.as_fd(), spec, &[])?;
+    let (message, mut fds) = channel::recv::<ChildMessage>(socket.as_fd())?;
+    match message {
+        ChildMessage::Ready { tun_name, warnings } if fds.len() == 1 => Ok(Ready {
+            socket,
+            tun: fds.remove(0),
+            tun_name,
+            warnings,
+        }),
+        ChildMessage::Ready { .. } => Err(Conversation::Broken(format!(
+            "Ready came with {} descriptors instead of the TUN's one",
+            fds.len()
+        ))),
+        ChildMessage::Failed(failure) => Err(Conversation::Failed(failure)),
+    }
+}
+
+/// Starts `program __session FD` with `theirs` as FD.
+fn spawn(program: &PathBuf, theirs: OwnedFd) -> Result<ChildProcess, SessionError> {
+    let fd = theirs.as_raw_fd();
+    let mut command = Command::new(program);
+    command.arg("__session").arg(fd.to_string());
+    // SAFETY: only async-signal-safe calls (fcntl, prctl) run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // The socket is close-on-exec everywhere else; only this child keeps it.
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|source| SessionError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    drop(theirs);
+    let pid = child.id();
+    // The child is ours and unreaped, so its pid cannot have been reused yet.
+    let pidfd = pidfd_open(pid).and_then(|fd| {
+        // SAFETY: the AsyncFd owns the pidfd, which stays open and the same until it is
+        // dropped or taken back with into_inner.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+    });
+    match pidfd {
+        Ok(pidfd) => Ok(ChildProcess {
+            pid,
+            pidfd: Some(pidfd),
+            status: None,
+        }),
+        Err(source) => {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(SessionError::Spawn {
+                program: program.clone(),
+                source,
+            })
+        }
+    }
+}
+
+/// The session child (later the user's command), tracked by its pidfd.
+struct ChildProcess {
+    pid: u32,
+    /// `None` only while being dropped.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    status: Option<WaitStatus>,
+}
+
+impl ChildProcess {
+    fn pidfd(&self) -> &AsyncFd<OwnedFd> {
+        self.pidfd.as_ref().expect("pidfd is present until drop")
+    }
+
+    fn signal(&self, sig: Signal) -> nix::Result<()> {
+        if self.status.is_some() {
+            return Err(Errno::ESRCH);
+        }
+        pidfd_send_signal(self.pidfd().get_ref(), sig)
+    }
+
+    /// Reaps the process if it has exited.
+    fn try_reap(&mut self) -> nix::Result<Option<WaitStatus>> {
+        if self.status.is_none() {
+            self.status = reap(self.pidfd().get_ref())?;
+        }
+        Ok(self.status)
+    }
+
+    /// Waits for the process to exit and reaps it. Cancel-safe.
+    async fn wait_status(&mut self) -> WaitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let pidfd = self.pidfd.as_ref().expect("pidfd is present until drop");
+        let problem = loop {
+            // Readable means exited. The reap that follows collects it; a spurious wake-up
+            // finds the process still alive and waits again.
+            let mut guard = match pidfd.readable().await {
+                Ok(guard) => guard,
+                Err(err) => break err,
+            };
+            match reap(pidfd.get_ref()) {
+                Ok(Some(status)) => {
+                    self.status = Some(status);
+                    return status;
+                }
+                Ok(None) => guard.clear_ready(),
+                Err(Errno::EINTR) => {}
+                Err(err) => break err.into(),
+            }
+        };
+        self.wait_blocking(problem).await
+    }
+
+    /// Last resort when the reactor cannot watch the pidfd: a blocking `waitid` on the pool.
+    async fn wait_blocking(&mut self, why: io::Error) -> WaitStatus {
+        tracing::debug!(
+            pid = self.pid,
+            "cannot poll the session's pidfd ({why}); blocking"
+        );
+        let pidfd = match self.pidfd().get_ref().try_clone() {
+            Ok(fd) => fd,
+            Err(_) => return self.lost(),
+        };
+        let waited = tokio::task::spawn_blocking(move || loop {
+            match waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED) {
+                Err(Errno::EINTR) => continue,
+                other => return other,
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(status)) => {
+                self.status = Some(status);
+                status
+            }
+            _ => self.lost(),
+        }
+    }
+
+    /// The process can no longer be waited for (someone else reaped it): report a failure.
+    fn lost(&mut self) -> WaitStatus {
+        tracing::error!(pid = self.pid, "lost track of the session process");
+        let status = WaitStatus::Exited(nix::unistd::Pid::from_raw(self.pid as i32), 1);
+        self.status = Some(status);
+        status
+    }
+
+    /// Turns a failed conversation into the error to report, making sure the child is gone.
+    async fn fail(&mut self, problem: Conversation) -> SessionError {
+        let exited = tokio::time::timeout(EXIT_GRACE, self.wait_status()).await;
+        if exited.is_err() {
+            let _ = self.signal(Signal::SIGKILL);
+            self.wait_status().await;
+        }
+        match problem {
+            Conversation::Failed(failure) => SessionError::Setup(failure),
+            Conversation::Broken(what) => SessionError::Protocol(what),
+            Conversation::Io(err) => SessionError::Control(err),
+            Conversation::Closed => match exited {
+                Ok(status) => SessionError::ChildExited(exec::describe(status)),
+                Err(_) => SessionError::Protocol("the session process closed its socket".into()),
+            },
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if matches!(self.try_reap(), Ok(Some(_))) {
+            return;
+        }
+        let _ = pidfd_send_signal(self.pidfd().get_ref(), Signal::SIGKILL);
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
+        let pidfd = pidfd.into_inner();
+        // SIGKILL takes effect promptly, but not synchronously: reap off this thread.
+        let _ = std::thread::Builder::new()
+            .name("mirrord-net-reap".into())
+            .spawn(move || {
+                while let Err(Errno::EINTR) = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED)
+                {
+                }
+            });
+    }
+}
+
+/// `waitid(P_PIDFD, WEXITED | WNOHANG)`: the status if the process has exited.
+fn reap(pidfd: &OwnedFd) -> nix::Result<Option<WaitStatus>> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
+    match waitid(Id::PIDFd(pidfd.as_fd()), flags)? {
+        WaitStatus::StillAlive => Ok(None),
+        status => Ok(Some(status)),
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain system call; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open returned a new descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+fn pidfd_send_signal(pidfd: &OwnedFd, sig: Signal) -> nix::Result<()> {
+    // SAFETY: plain system call on a live pidfd with no siginfo; the result is checked.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(result).map(drop)
+}

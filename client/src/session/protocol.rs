@@ -1,0 +1,423 @@
+//! The messages between the client and its session child, and how they are framed.
+//!
+//! The client and the child talk over one `AF_UNIX` stream socketpair whose child end is the
+//! only descriptor the child inherits besides stdin/stdout/stderr (those stay the user's own,
+//! untouched). The conversation is short and always in this order:
+//!
+//! ```text
+//!   client                                   session child
+//!     │ ── ParentMessage::Spec(ChildSpec) ──────► │  unshare, lo, TUN, mounts, hostname
+//!     │ ◄─ ChildMessage::Ready + TUN fd ───────── │  (SCM_RIGHTS on the same sendmsg)
+//!     │        or ChildMessage::Failed(..)        │  then exit 1
+//!     │ ── ParentMessage::Go ───────────────────► │  drop privileges, exec the command
+//! ```
+//!
+//! End of file in place of a message means the other side died: the child then exits quietly
+//! with status 1, the client reports how the child ended. A rootless mode slots in between
+//! `Spec` and the rest of the setup: the child unshares a user namespace first, says
+//! `UserNamespaceReady`, the client writes its uid/gid maps and answers `IdMapsWritten`; the
+//! [`SessionPrivileges`] in the spec tells the child which path to take. Neither message exists
+//! yet; a child that gets a spec it cannot honour fails at the `Protocol` step.
+//!
+//! Frames are a 4-byte little-endian length followed by that many bytes of JSON. JSON keeps the
+//! messages readable in `strace` output; the spec carries byte strings (argv, environment, file
+//! contents) as byte arrays because none of them has to be UTF-8. Both ends are normally the
+//! same binary, but the spec still carries a version so that a stale binary named by
+//! [`SessionOptions::program`](super::SessionOptions::program) fails with a clear message
+//! instead of doing half a setup.
+//!
+//! Everything here is pure: no I/O, so it is unit-tested without root.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::SessionPrivileges;
+
+/// Version of the conversation; bumped whenever a message changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts. The spec is the only big message (environment, hosts);
+/// anything near this is a bug or garbage on the socket.
+pub const MAX_FRAME_LEN: usize = 64 << 20;
+
+/// Length of the frame header.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// Everything the child needs to build the session, in plain data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildSpec {
+    pub version: u32,
+    pub privileges: SessionPrivileges,
+    pub tun_name: String,
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+    pub mtu: u16,
+    pub hostname: String,
+    /// Files shown at a path inside the session in place of the host's.
+    pub files: Vec<FileOverlay>,
+    /// argv, non-empty.
+    pub command: Vec<Vec<u8>>,
+    /// Who the command runs as; `None` keeps root.
+    pub user: Option<ResolvedUser>,
+    /// The command's whole environment; `None` inherits the client's.
+    pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// A file whose contents replace what `target` shows inside the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOverlay {
+    /// Absolute path, as bytes.
+    pub target: Vec<u8>,
+    pub contents: Vec<u8>,
+}
+
+/// The user the command runs as, looked up by the client in the host's namespaces (where NSS
+/// works as usual) so that the child never has to consult NSS from inside the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups, the primary one included.
+    pub groups: Vec<u32>,
+    /// Login name, when the uid has a passwd entry (sets `USER` and `LOGNAME`).
+    pub name: Option<Vec<u8>>,
+    /// Home directory, when the uid has a passwd entry (sets `HOME`).
+    pub home: Option<Vec<u8>>,
+}
+
+/// Client → child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParentMessage {
+    Spec(Box<ChildSpec>),
+    /// The client holds the TUN and is ready: run the command.
+    Go,
+}
+
+/// Child → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChildMessage {
+    /// The session is built; the TUN descriptor rides on the same `sendmsg`.
+    Ready {
+        tun_name: String,
+        /// Things the child skipped (e.g. IPv6 on a kernel without it), for the client's log.
+        warnings: Vec<String>,
+    },
+    Failed(SetupFailure),
+}
+
+/// Which family a default route is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+/// The setup step that failed, named so that the user can tell what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetupStep {
+    /// The spec could not be read or asks for something this binary cannot do.
+    Protocol,
+    Namespaces,
+    MountPropagation,
+    NetlinkSocket,
+    Loopback,
+    TunDevice,
+    TunLink,
+    Ipv6Sysctl,
+    Address(IpAddr),
+    DefaultRoute(IpFamily),
+    ScratchMount,
+    File(String),
+    Hostname,
+    SendReady,
+}
+
+impl fmt::Display for SetupStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupStep::Protocol => f.write_str("cannot read the session spec"),
+            SetupStep::Namespaces => {
+                f.write_str("cannot create the session's network, mount and UTS namespaces")
+            }
+            SetupStep::MountPropagation => f.write_str("cannot make the session's mounts private"),
+            SetupStep::NetlinkSocket => f.write_str("cannot open a netlink socket"),
+            SetupStep::Loopback => f.write_str("cannot bring up the session's loopback interface"),
+            SetupStep::TunDevice => f.write_str("cannot create TUN device"),
+            SetupStep::TunLink => f.write_str("cannot set the TUN device's MTU and bring it up"),
+            SetupStep::Ipv6Sysctl => f.write_str("cannot enable IPv6 on the TUN device"),
+            SetupStep::Address(addr) => write!(f, "cannot add address {addr} to the TUN device"),
+            SetupStep::DefaultRoute(IpFamily::V4) => {
+                f.write_str("cannot add the IPv4 default route through the TUN device")
+            }
+            SetupStep::DefaultRoute(IpFamily::V6) => {
+                f.write_str("cannot add the IPv6 default route through the TUN device")
+            }
+            SetupStep::ScratchMount => {
+                f.write_str("cannot mount the scratch tmpfs for the session's files")
+            }
+            SetupStep::File(path) => write!(f, "cannot show the target's {path} in the session"),
+            SetupStep::Hostname => f.write_str("cannot set the session's hostname"),
+            SetupStep::SendReady => f.write_str("cannot hand the TUN device to the client"),
+        }
+    }
+}
+
+/// A failed setup step and why, as the child reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub struct SetupFailure {
+    pub step: SetupStep,
+    /// The OS error number, when the failure was a system call's.
+    pub errno: Option<i32>,
+    /// The error as text (for an OS error, `std::io::Error`'s rendering of it).
+    pub message: String,
+}
+
+impl SetupFailure {
+    pub fn os(step: SetupStep, err: impl Into<std::io::Error>) -> Self {
+        let err = err.into();
+        SetupFailure {
+            step,
+            errno: err.raw_os_error(),
+            message: err.to_string(),
+        }
+    }
+
+    pub fn other(step: SetupStep, message: impl Into<String>) -> Self {
+        SetupFailure {
+            step,
+            errno: None,
+            message: message.into(),
+        }
+    }
+
+    /// What the user can do about it, when that is clear from the step and the error.
+    pub fn hint(&self) -> Option<&'static str> {
+        const ROOT: i32 = libc::EPERM;
+        match (&self.step, self.errno) {
+            (SetupStep::TunDevice, Some(ROOT | libc::EACCES | libc::ENOENT | libc::ENODEV)) => {
+                Some("mirrord-net needs root (run it with sudo) and /dev/net/tun (modprobe tun)")
+            }
+            (
+                SetupStep::Namespaces
+                | SetupStep::MountPropagation
+                | SetupStep::ScratchMount
+                | SetupStep::File(_)
+                | SetupStep::Hostname
+                | SetupStep::Loopback
+                | SetupStep::TunLink,
+                Some(ROOT | libc::EACCES),
+            ) => Some("mirrord-net needs root (run it with sudo)"),
+            (SetupStep::Address(IpAddr::V6(_)) | SetupStep::Ipv6Sysctl, Some(_)) => {
+                Some("IPv6 may be disabled on this machine (ipv6.disable=1 or disable_ipv6)")
+            }
+            (SetupStep::Protocol, _) => {
+                Some("the session binary does not match this mirrord-net; reinstall mirrord-net")
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SetupFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)?;
+        if let Some(hint) = self.hint() {
+            write!(f, " — {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A frame that cannot be a message of this protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Encodes one message as a frame.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(message).expect("protocol messages always serialize");
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// The body length announced by a frame header.
+pub fn body_len(header: [u8; FRAME_HEADER_LEN]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body.
+pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(|err| FrameError::Malformed(err.to_string()))
+}
+
+/// Decodes the first frame of `buf`: `Ok(None)` while it is incomplete, otherwise the message
+/// and the number of bytes it used. The socket reader reads header and body separately; this
+/// whole-buffer form pins the framing in tests.
+#[cfg(test)]
+pub fn decode_frame<T: for<'de> Deserialize<'de>>(
+    buf: &[u8],
+) -> Result<Option<(T, usize)>, FrameError> {
+    let Some(header) = buf.get(..FRAME_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = body_len(
+        header
+            .try_into()
+            .expect("header slice has the header's length"),
+    )?;
+    let Some(body) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(body)?, FRAME_HEADER_LEN + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ChildSpec {
+        ChildSpec {
+            version: PROTOCOL_VERSION,
+            privileges: SessionPrivileges::Root,
+            tun_name: "mnet0".into(),
+            ipv4: vec![Ipv4Addr::new(10, 1, 2, 3)],
+            ipv6: vec!["fd00::7".parse().unwrap()],
+            mtu: 1400,
+            hostname: "pod-7".into(),
+            files: vec![FileOverlay {
+                target: b"/etc/resolv.conf".to_vec(),
+                contents: b"nameserver 10.96.0.10\n".to_vec(),
+            }],
+            command: vec![b"sh".to_vec(), b"-c".to_vec(), vec![0xff, 0xfe, b'x']],
+            user: Some(ResolvedUser {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![1000, 27],
+                name: Some(b"dev".to_vec()),
+                home: Some(b"/home/dev".to_vec()),
+            }),
+            env: Some(vec![(b"PATH".to_vec(), b"/usr/bin".to_vec())]),
+        }
+    }
+
+    #[test]
+    fn spec_round_trips_with_non_utf8_argv() {
+        let message = ParentMessage::Spec(Box::new(spec()));
+        let frame = encode(&message);
+        let (decoded, used) = decode_frame::<ParentMessage>(&frame).unwrap().unwrap();
+        assert_eq!(decoded, message);
+        assert_eq!(used, frame.len());
+    }
+
+    #[test]
+    fn go_and_ready_and_failed_round_trip() {
+        let go = encode(&ParentMessage::Go);
+        assert_eq!(
+            decode_frame::<ParentMessage>(&go).unwrap().unwrap().0,
+            ParentMessage::Go
+        );
+        let messages = [
+            ChildMessage::Ready {
+                tun_name: "mnet0".into(),
+                warnings: vec!["no IPv6".into()],
+            },
+            ChildMessage::Failed(SetupFailure::os(
+                SetupStep::Address("fd00::1".parse().unwrap()),
+                std::io::Error::from_raw_os_error(libc::EACCES),
+            )),
+            ChildMessage::Failed(SetupFailure::other(
+                SetupStep::DefaultRoute(IpFamily::V4),
+                "x",
+            )),
+        ];
+        for message in messages {
+            let frame = encode(&message);
+            assert_eq!(
+                decode_frame::<ChildMessage>(&frame).unwrap().unwrap().0,
+                message
+            );
+        }
+    }
+
+    #[test]
+    fn incomplete_frame_asks_for_more() {
+        let frame = encode(&ParentMessage::Go);
+        for cut in 0..frame.len() {
+            assert_eq!(decode_frame::<ParentMessage>(&frame[..cut]).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn two_frames_in_one_buffer_decode_one_at_a_time() {
+        let mut buf = encode(&ParentMessage::Spec(Box::new(spec())));
+        let first_len = buf.len();
+        buf.extend(encode(&ParentMessage::Go));
+        let (_, used) = decode_frame::<ParentMessage>(&buf).unwrap().unwrap();
+        assert_eq!(used, first_len);
+        let (second, _) = decode_frame::<ParentMessage>(&buf[used..])
+            .unwrap()
+            .unwrap();
+        assert_eq!(second, ParentMessage::Go);
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_reading_it() {
+        let header = ((MAX_FRAME_LEN + 1) as u32).to_le_bytes();
+        assert_eq!(
+            body_len(header),
+            Err(FrameError::TooLarge(MAX_FRAME_LEN + 1))
+        );
+        assert!(decode_frame::<ParentMessage>(&header).is_err());
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        let mut frame = 5u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(b"{nope");
+        assert!(matches!(
+            decode_frame::<ChildMessage>(&frame),
+            Err(FrameError::Malformed(_))
+        ));
+        // A parent message is not a child message.
+        let frame = encode(&ParentMessage::Go);
+        assert!(decode_frame::<ChildMessage>(&frame).is_err());
+    }
+
+    #[test]
+    fn tun_permission_failure_tells_the_user_what_to_do() {
+        let failure = SetupFailure::os(
+            SetupStep::TunDevice,
+            std::io::Error::from_raw_os_error(libc::EPERM),
+        );
+        assert_eq!(
+            failure.to_string(),
+            "cannot create TUN device: Operation not permitted (os error 1) — mirrord-net needs \
+             root (run it with sudo) and /dev/net/tun (modprobe tun)"
+        );
+    }
+
+    #[test]
+    fn failure_without_a_known_remedy_has_no_hint() {
+        let failure = SetupFailure::os(
+            SetupStep::DefaultRoute(IpFamily::V4),
+            std::io::Error::from_raw_os_error(libc::EEXIST),
+        );
+        assert_eq!(failure.hint(), None);
+        assert_eq!(
+            failure.to_string(),
+            "cannot add the IPv4 default route through the TUN device: File exists (os error 17)"
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The `Pod` fixture: two network namespaces, the servers, and the target.
+//!
+//! Building one (see the crate docs for the picture) takes these steps, each undone by `Drop`
+//! in reverse, also when the test panics:
+//!
+//! 1. sweep what dead test processes left, blackhole the test ranges on the host (once);
+//! 2. a scratch directory with the pod's files: resolv.conf, hosts, pages, scripts;
+//! 3. the services and pod namespaces, a veth between them, IPv4 and IPv6 (ULA) addresses,
+//!    the pod's default routes via the services end;
+//! 4. the servers, all spawned first and then waited for, so they start in parallel;
+//! 5. the target, in the pod namespace with its own mount and UTS namespaces.
+//!
+//! When a test panics, `Drop` prints the end of every server's log before cleaning up.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::netns::{self, Netns};
+use crate::process::Supervised;
+use crate::servers::{Server, SCRIPTS};
+use crate::sweep;
+use crate::target::Target;
+use crate::testdir::TestDir;
+use crate::topology::*;
+
+/// Which servers a pod runs. DNS and HTTP always; the rest on request.
+#[derive(Debug, Clone)]
+pub struct PodBuilder {
+    servers: Vec<Server>,
+}
+
+impl Default for PodBuilder {
+    fn default() -> Self {
+        PodBuilder {
+            servers: vec![Server::Dns, Server::Http],
+        }
+    }
+}
+
+impl PodBuilder {
+    pub fn udp_echo(self) -> Self {
+        self.with(Server::UdpEcho)
+    }
+
+    pub fn hold_echo(self) -> Self {
+        self.with(Server::HoldEcho)
+    }
+
+    pub fn postgres(self) -> Self {
+        self.with(Server::Postgres)
+    }
+
+    pub fn redis(self) -> Self {
+        self.with(Server::Redis)
+    }
+
+    pub fn with(mut self, server: Server) -> Self {
+        if !self.servers.contains(&server) {
+            self.servers.push(server);
+        }
+        self
+    }
+
+    /// Builds the pod; panics with the reason (and server logs) if any step fails.
+    #[track_caller]
+    pub fn build(self) -> Pod {
+        match self.try_build() {
+            Ok(pod) => pod,
+            Err(err) => panic!("building the pod failed: {err:#}"),
+        }
+    }
+
+    pub fn try_build(self) -> Result<Pod> {
+        let started = Instant::now();
+        sweep::sweep_once();
+        netns::guard_host_routes();
+        let name = sweep::unique_name();
+        let id = name.trim_start_matches(sweep::PREFIX).to_string();
+        let mut pod = Pod {
+            hostname: format!("pod-{id}"),
+            id,
+            servers: Vec::new(),
+            target: None,
+            pod_ns: None,
+            services_ns: None,
+            dir: None,
+            build_time: Duration::ZERO,
+        };
+        let dir = pod.dir.insert(TestDir::create(&name)?);
+        write_files(dir, &pod.id, &pod.hostname)?;
+
+        let services = pod
+            .services_ns
+            .insert(Netns::create(&format!("{name}-svc"))?);
+        let pod_ns = pod.pod_ns.insert(Netns::create(&format!("{name}-pod"))?);
+        wire(services, pod_ns)?;
+
+        for server in &self.servers {
+            let process = server.spawn(services, dir)?;
+            pod.servers.push((*server, process));
+        }
+        for (server, process) in &mut pod.servers {
+            if let Err(err) = server.wait_ready(services, dir) {
+                process.ensure_running()?;
+                return Err(err.context(format!(
+                    "log of {}:\n{}",
+                    process.name(),
+                    process.log_tail(30)
+                )));
+            }
+        }
+
+        pod.target = Some(Target::start(
+            pod_ns,
+            dir,
+            &dir.join("resolv.conf"),
+            &dir.join("hosts"),
+            &pod.hostname,
+        )?);
+        pod.build_time = started.elapsed();
+        Ok(pod)
+    }
+}
+
+/// The two namespaces joined by a veth, addressed, with the pod's default routes.
+fn wire(services: &Netns, pod: &Netns) -> Result<()> {
+    netns::veth_pair(pod, "eth0", services, "svc0")?;
+    services.ip_batch(&format!(
+        "link set lo up\n\
+         link set svc0 up\n\
+         addr add {SERVICES_V4}/{PREFIX_V4} dev svc0\n\
+         addr add {SERVICES_V6}/{PREFIX_V6} dev svc0 nodad\n"
+    ))?;
+    pod.ip_batch(&format!(
+        "link set lo up\n\
+         link set eth0 up\n\
+         addr add {POD_V4}/{PREFIX_V4} dev eth0\n\
+         addr add {POD_V6}/{PREFIX_V6} dev eth0 nodad\n\
+         route add default via {SERVICES_V4}\n\
+         route add default via {SERVICES_V6}\n"
+    ))
+}
+
+fn write_files(dir: &TestDir, id: &str, hostname: &str) -> Result<()> {
+    dir.write("index.html", index_body(id).as_bytes(), 0o644)?;
+    dir.write("data.json", data_json(id).as_bytes(), 0o644)?;
+    dir.write("resolv.conf", resolv_conf().as_bytes(), 0o644)?;
+    dir.write("hosts", hosts(hostname).as_bytes(), 0o644)?;
+    for (name, text) in SCRIPTS {
+        dir.write(name, text.as_bytes(), 0o755)?;
+    }
+    Ok(())
+}
+
+fn index_body(id: &str) -> String {
+    format!("hello from web in pod {id}\n")
+}
+
+fn data_json(id: &str) -> String {
+    format!("{{\"pod\": \"{id}\", \"service\": \"web\"}}\n")
+}
+
+/// The target's resolver configuration, as Kubernetes writes it for a pod.
+fn resolv_conf() -> String {
+    format!("nameserver {SERVICES_V4}\nsearch {SEARCH_DOMAIN}\noptions ndots:5\n")
+}
+
+fn hosts(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         {POD_V4}\t{hostname}\n\
+         {POD_V6}\t{hostname}\n\
+         {SERVICES_V4}\t{HOSTS_ONLY_NAME}\n"
+    )
+}
+
+/// A running pod. See the module docs.
+#[derive(Debug)]
+pub struct Pod {
+    id: String,
+    hostname: String,
+    servers: Vec<(Server, Supervised)>,
+    target: Option<Target>,
+    pod_ns: Option<Netns>,
+    services_ns: Option<Netns>,
+    dir: Option<TestDir>,
+    build_time: Duration,
+}
+
+impl Pod {
+    /// A pod with DNS and HTTP.
+    #[track_caller]
+    pub fn start() -> Pod {
+        Pod::builder().build()
+    }
+
+    pub fn builder() -> PodBuilder {
+        PodBuilder::default()
+    }
+
+    /// Unique among all live pods: `<test pid>-<n>`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The target's hostname, `pod-<id>`.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    pub fn target_pid(&self) -> u32 {
+        self.target().pid() as u32
+    }
+
+    fn target(&self) -> &Target {
+        self.target.as_ref().expect("a built pod has a target")
+    }
+
+    /// The pod's scratch directory (readable by every user).
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("a built pod has a directory")
+            .path()
+    }
+
+    /// The absolute path of one of the helper scripts (e.g. `many_connections.py`).
+    pub fn script(&self, name: &str) -> String {
+        assert!(
+            SCRIPTS.iter().any(|(script, _)| *script == name),
+            "no script {name}"
+        );
+        self.dir().join(name).to_string_lossy().into_owned()
+    }
+
+    /// What `GET /` returns.
+    pub fn index_body(&self) -> String {
+        index_body(&self.id)
+    }
+
+    /// The target's /etc/resolv.conf.
+    pub fn resolv_conf(&self) -> String {
+        resolv_conf()
+    }
+
+    /// The target's /etc/hosts.
+    pub fn hosts(&self) -> String {
+        hosts(&self.hostname)
+    }
+
+    pub fn pod_netns(&self) -> &Netns {
+        self.pod_ns.as_ref().expect("a built pod has a pod netns")
+    }
+
+    pub fn services_netns(&self) -> &Netns {
+        self.services_ns
+            .as_ref()
+            .expect("a built pod has a services netns")
+    }
+
+    /// The process groups of everything the fixture itself runs (target and servers), so
+    /// leftover checks can tell them apart from what a session left.
+    pub fn fixture_pgids(&self) -> Vec<i32> {
+        self.servers
+            .iter()
+            .map(|(_, process)| process.pgid())
+            .chain(self.target.iter().map(|target| target.process().pgid()))
+            .collect()
+    }
+
+    /// How long building the pod took.
+    pub fn build_time(&self) -> Duration {
+        self.build_time
+    }
+
+    /// The last lines of every server's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for (_, process) in &self.servers {
+            text.push_str(&format!(
+                "--- {} log:\n{}\n",
+                process.name(),
+                process.log_tail(20)
+            ));
+        }
+        text
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "pod {} (hostname {}), server logs:\n{}",
+                self.id,
+                self.hostname,
+                self.logs()
+            );
+        }
+        if let Some(mut target) = self.target.take() {
+            target.stop();
+        }
+        while let Some((_, mut process)) = self.servers.pop() {
+            process.stop();
+        }
+        // Deleting a namespace kills whatever else still runs in it (e.g. a stray agent).
+        self.pod_ns.take();
+        self.services_ns.take();
+        self.dir.take();
+    }
+}
