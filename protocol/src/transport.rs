@@ -80,6 +80,10 @@ pub fn transport_config(profile: PathProfile) -> quinn::TransportConfig {
     if profile == PathProfile::Loopback {
         // Loopback does not lose packets to congestion; start with a window that fills it
         // instead of probing up from 10 packets.
+        // A GSO batch of ~64 KiB datagrams exceeds what one UDP send may carry; the kernel loses
+        // such batches silently and quinn's black-hole detection then shrinks the MTU to the
+        // floor. Each datagram already fills a loopback packet, so batching gains nothing.
+        config.enable_segmentation_offload(false);
         let mut cubic = quinn::congestion::CubicConfig::default();
         cubic.initial_window(8 * 1024 * 1024);
         config

@@ -9,10 +9,10 @@
 //! Why anonymous mappings: the receive buffer sets the window the session's kernel may fill,
 //! so a bulk flow wants hundreds of KiB each way, while an idle flow wants almost nothing.
 //! smoltcp buffers are fixed at creation (the window scale is announced in the SYN-ACK), so
-//! each flow gets one `mmap(MAP_NORESERVE)` region for both rings: the kernel backs a page only
-//! when the ring first writes it, and `munmap` returns it all when the flow ends. (A heap
-//! allocation would be zeroed by `calloc` or recycled dirty by the allocator, and so be
-//! resident in full.)
+//! each flow gets one `mmap(MAP_NORESERVE)` region for both rings (`MADV_NOHUGEPAGE`: a
+//! write never backs 2 MiB at once): the kernel backs a page only when the ring first writes
+//! it, and `munmap` returns it all when the flow ends. (A heap allocation would be zeroed by
+//! `calloc` or recycled dirty by the allocator, and so be resident in full.)
 //!
 //! Rings drift: smoltcp's receive ring never rewinds, so a long-lived flow that trickles
 //! small requests walks through all its pages over time. The TCP code therefore gives pages
@@ -64,6 +64,11 @@ impl Mapping {
         }
         let ptr =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        // Where transparent huge pages are "always" on, one byte written would back 2 MiB.
+        // SAFETY: advice on the mapping just made; failure only loses the advice.
+        unsafe {
+            libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE);
+        }
         Ok(Self { ptr, len })
     }
 }

@@ -1120,40 +1120,44 @@ fn a_shrunk_tunnel_gets_fitting_packets_and_a_smaller_mss() {
     });
 }
 
+/// A connected pair of QUIC connections (client, agent) on loopback, with session keys.
+async fn quic_pair() -> (quinn::Connection, quinn::Connection) {
+    use mirrord_net_protocol::{transport, trust::SessionIdentity};
+    let profile = transport::PathProfile::Network;
+    let agent_id = SessionIdentity::generate().unwrap();
+    let client_id = SessionIdentity::generate().unwrap();
+    let server_config =
+        transport::server_config(&agent_id, client_id.fingerprint(), profile).unwrap();
+    let client_config =
+        transport::client_config(&client_id, agent_id.fingerprint(), profile).unwrap();
+    let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let agent_ep = quinn::Endpoint::new(
+        transport::endpoint_config(profile),
+        Some(server_config),
+        bind(),
+        runtime.clone(),
+    )
+    .unwrap();
+    let client_ep =
+        quinn::Endpoint::new(transport::endpoint_config(profile), None, bind(), runtime).unwrap();
+    let agent_addr = agent_ep.local_addr().unwrap();
+    tokio::join!(
+        async {
+            client_ep
+                .connect_with(client_config, agent_addr, "agent")
+                .unwrap()
+                .await
+                .unwrap()
+        },
+        async { agent_ep.accept().await.unwrap().await.unwrap() }
+    )
+}
+
 #[test]
 fn serve_carries_packets_over_quic_datagrams_and_ends_with_the_connection() {
     in_netns(|| async {
-        use mirrord_net_protocol::{transport, trust::SessionIdentity};
-        let profile = transport::PathProfile::Network;
-        let agent_id = SessionIdentity::generate().unwrap();
-        let client_id = SessionIdentity::generate().unwrap();
-        let server_config =
-            transport::server_config(&agent_id, client_id.fingerprint(), profile).unwrap();
-        let client_config =
-            transport::client_config(&client_id, agent_id.fingerprint(), profile).unwrap();
-        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let agent_ep = quinn::Endpoint::new(
-            transport::endpoint_config(profile),
-            Some(server_config),
-            bind(),
-            runtime.clone(),
-        )
-        .unwrap();
-        let client_ep =
-            quinn::Endpoint::new(transport::endpoint_config(profile), None, bind(), runtime)
-                .unwrap();
-        let agent_addr = agent_ep.local_addr().unwrap();
-        let (client_conn, agent_conn) = tokio::join!(
-            async {
-                client_ep
-                    .connect_with(client_config, agent_addr, "agent")
-                    .unwrap()
-                    .await
-                    .unwrap()
-            },
-            async { agent_ep.accept().await.unwrap().await.unwrap() }
-        );
+        let (client_conn, agent_conn) = quic_pair().await;
         let mtu = client_conn.max_datagram_size().unwrap();
         let config = StackConfig {
             mtu,
@@ -1183,6 +1187,63 @@ fn serve_carries_packets_over_quic_datagrams_and_ends_with_the_connection() {
             .unwrap()
             .unwrap();
         assert!(result.is_ok(), "{result:?}");
+    });
+}
+
+#[test]
+fn packets_larger_than_the_quic_datagram_size_are_fragmented_not_dropped() {
+    in_netns(|| async {
+        let (client_conn, agent_conn) = quic_pair().await;
+        let max = client_conn.max_datagram_size().unwrap();
+        // The stack believes in a bigger MTU than the connection carries, as after quinn
+        // lowered its datagram size under a running session.
+        let config = StackConfig {
+            mtu: 9000,
+            ..StackConfig::default()
+        };
+        let stats = config.stats.clone();
+        let link = super::link::QuinnLink::new(agent_conn, 9000, stats.clone());
+        tokio::spawn(serve_link(link, config));
+
+        // A server that answers a small request with a large reply.
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            loop {
+                let (_, from) = sock.recv_from(&mut buf).await.unwrap();
+                sock.send_to(&[buf[0]; 5000], from).await.unwrap();
+            }
+        });
+        let client = sa(CLIENT_V4, 5600);
+        for round in 0..2u8 {
+            let payload = vec![round; 5000];
+            client_conn
+                .send_datagram(Bytes::from(udp_datagram(client, server, &[round])))
+                .unwrap();
+            let mut whole = Vec::new();
+            loop {
+                let frag =
+                    tokio::time::timeout(Duration::from_secs(5), client_conn.read_datagram())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                assert!(frag.len() <= max);
+                let ip = Ipv4Packet::new_checked(&frag[..]).unwrap();
+                assert!(ip.verify_checksum());
+                assert_eq!(usize::from(ip.frag_offset()), whole.len());
+                whole.extend_from_slice(ip.payload());
+                if !ip.more_frags() {
+                    break;
+                }
+            }
+            let udp = UdpPacket::new_checked(&whole[..]).unwrap();
+            assert!(
+                udp.verify_checksum(&IpAddress::from(server.ip()), &IpAddress::from(client.ip()))
+            );
+            assert_eq!(udp.payload(), &payload[..]);
+        }
+        assert_eq!(stats.snapshot().dropped_too_large, 0);
     });
 }
 
