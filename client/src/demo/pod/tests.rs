@@ -6,7 +6,7 @@
 //! needs) turns the process into one of them when the launching test asks by environment.
 //! The look from inside uses a thread that joins the pod's network, UTS and mount namespaces
 //! and runs the probe's own checks, so it exercises the pod through the system resolver and
-//! plain sockets without the session and the agent. Without root the tests say so and pass.
+//! plain sockets without the session and the agent. Without root they fail: the suite runs as root.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -62,12 +62,13 @@ async fn start_test_pod() -> Pod {
         .expect("the demo pod starts")
 }
 
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: the demo pod needs root");
-    false
+/// The demo pod needs root (namespaces, mounts); the test suite runs as root, so anything
+/// else is a broken setup, not a reason to pass.
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the demo pod tests need root: run them as root (scripts/test.sh does)"
+    );
 }
 
 /// What the pod must not change on the host.
@@ -140,9 +141,7 @@ fn is_gone(pid: u32) -> bool {
 
 #[test]
 fn the_pod_serves_its_names_inside_its_namespaces_and_leaves_the_host_alone() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let before = HostState::now();
     let host_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let host_port = host_listener.local_addr().unwrap().port();
@@ -196,9 +195,7 @@ fn the_pod_serves_its_names_inside_its_namespaces_and_leaves_the_host_alone() {
 
 #[test]
 fn the_pod_dies_with_its_parent_even_on_sigkill() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let before = HostState::now();
     let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
         .args(NO_TESTS)
