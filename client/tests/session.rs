@@ -1,5 +1,5 @@
 //! Behaviour of real sessions, started with the built `mirrord-net` binary as the session
-//! child. Needs root and /dev/net/tun (as in CI); skipped otherwise. No agent runs here, so
+//! child. Needs root and /dev/net/tun (as in CI); fails without them. No agent runs here, so
 //! nobody reads the TUN: the tests look at the session's configuration, not at traffic.
 //!
 //! Commands write what they see to a file in a per-test directory (stdout stays the test's
@@ -17,12 +17,17 @@ use nix::sys::signal::Signal;
 const POD_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 7);
 const POD_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x1, 0x7);
 
+/// Asserts what every test here needs; returns true so call sites read as a precondition.
 fn can_run() -> bool {
-    let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/net/tun").exists();
-    if !ok {
-        eprintln!("skipped: needs root and /dev/net/tun");
-    }
-    ok
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests need root (run them with sudo)"
+    );
+    assert!(
+        Path::new("/dev/net/tun").exists(),
+        "these tests need /dev/net/tun (modprobe tun)"
+    );
+    true
 }
 
 fn options() -> SessionOptions {
@@ -299,10 +304,9 @@ async fn command_runs_as_the_requested_user_with_its_home() {
     if !can_run() {
         return;
     }
-    let Some(nobody) = nix::unistd::User::from_name("nobody").unwrap() else {
-        eprintln!("skipped: no user nobody");
-        return;
-    };
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("Debian has a user nobody");
     let scratch = Scratch::new("runas");
     let out = scratch.path("out");
     std::fs::write(&out, "").unwrap();
@@ -666,15 +670,19 @@ async fn child_that_never_answers_is_killed_after_the_timeout() {
 
 /// Env var naming the file where the helper below writes its command's pid.
 const HELPER_PID_FILE: &str = "MIRRORD_NET_TEST_SESSION_PID_FILE";
+/// Env var with a shell script for the helper's command to run instead of `sleep 60`.
+const HELPER_SCRIPT: &str = "MIRRORD_NET_TEST_SESSION_SCRIPT";
 
 #[tokio::test]
 #[ignore = "helper process of client_killed_by_sigkill_takes_the_command_with_it"]
 async fn helper_client_holding_a_session() {
-    let Some(pid_file) = std::env::var_os(HELPER_PID_FILE) else {
-        return;
-    };
+    let pid_file = std::env::var_os(HELPER_PID_FILE)
+        .expect("a helper process, started by client_killed_by_sigkill_takes_the_command_with_it");
     let mut spec = spec("", Path::new("/dev/null"));
-    spec.command = vec!["sleep".into(), "60".into()];
+    spec.command = match std::env::var_os(HELPER_SCRIPT) {
+        Some(script) => vec!["sh".into(), "-c".into(), script],
+        None => vec!["sleep".into(), "60".into()],
+    };
     let session = Session::start_with(spec, options()).await.unwrap();
     std::fs::write(pid_file, session.child_pid().to_string()).unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -693,14 +701,12 @@ fn is_gone(pid: &str) -> bool {
     }
 }
 
-#[test]
-fn client_killed_by_sigkill_takes_the_command_with_it() {
-    if !can_run() {
-        return;
-    }
-    let scratch = Scratch::new("sigkill");
+/// Starts [`helper_client_holding_a_session`] with `script` (or `sleep 60`) as its command;
+/// returns it and the pid of its session process once the session runs.
+fn start_helper_client(scratch: &Scratch, script: Option<&str>) -> (std::process::Child, String) {
     let pid_file = scratch.path("pid");
-    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
+    helper
         .args([
             "--ignored",
             "--exact",
@@ -708,9 +714,11 @@ fn client_killed_by_sigkill_takes_the_command_with_it() {
             "--nocapture",
         ])
         .env(HELPER_PID_FILE, &pid_file)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(std::process::Stdio::null());
+    if let Some(script) = script {
+        helper.env(HELPER_SCRIPT, script);
+    }
+    let helper = helper.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid = loop {
         if let Ok(pid) = std::fs::read_to_string(&pid_file) {
@@ -721,6 +729,16 @@ fn client_killed_by_sigkill_takes_the_command_with_it() {
         assert!(Instant::now() < deadline, "helper did not start a session");
         std::thread::sleep(Duration::from_millis(20));
     };
+    (helper, pid)
+}
+
+#[test]
+fn client_killed_by_sigkill_takes_the_command_with_it() {
+    if !can_run() {
+        return;
+    }
+    let scratch = Scratch::new("sigkill");
+    let (mut helper, pid) = start_helper_client(&scratch, None);
     assert!(!is_gone(&pid));
     helper.kill().unwrap();
     helper.wait().unwrap();
@@ -746,9 +764,13 @@ async fn helper_unprivileged_client() {
 
 #[test]
 fn without_root_the_error_names_the_step_and_says_to_use_sudo() {
-    if !can_run() || !Path::new("/usr/bin/setpriv").exists() {
+    if !can_run() {
         return;
     }
+    assert!(
+        Path::new("/usr/bin/setpriv").exists(),
+        "needs setpriv (Debian package util-linux)"
+    );
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     let out = std::process::Command::new("/usr/bin/setpriv")
         .arg(format!("--reuid={}", nobody.uid))
@@ -770,7 +792,109 @@ fn without_root_the_error_names_the_step_and_says_to_use_sudo() {
         .unwrap_or_else(|| panic!("helper said nothing: {stdout}"));
     assert_eq!(
         line,
-        "cannot create the session's network, mount and UTS namespaces: Operation not \
+        "cannot create the session's network, mount, UTS and PID namespaces: Operation not \
          permitted (os error 1) — mirrord-net needs root (run it with sudo)"
+    );
+}
+
+/// Host pids of the live processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<String> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|arg| [arg.as_bytes(), b"\0"])
+        .flatten()
+        .copied()
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| cmdline == wanted)
+        })
+        .filter(|pid| !is_gone(pid))
+        .collect()
+}
+
+#[tokio::test]
+async fn background_processes_die_when_the_command_exits() {
+    if !can_run() {
+        return;
+    }
+    // A duration no other test uses, so that only this session's sleep can match.
+    let sleeper = ["sleep", "987651"];
+    let scratch = Scratch::new("background");
+    let (code, output) = run_script(
+        &scratch,
+        &format!("{} & echo $!; sleep 0.2", sleeper.join(" ")),
+        |_| {},
+    )
+    .await;
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.trim().parse::<u32>().is_ok(),
+        "the sleeper started: {output}"
+    );
+    assert_eq!(
+        processes_running(&sleeper),
+        Vec::<String>::new(),
+        "the background sleep outlived the session"
+    );
+}
+
+#[test]
+fn background_processes_die_when_the_client_is_killed() {
+    if !can_run() {
+        return;
+    }
+    let sleeper = ["sleep", "987652"];
+    let scratch = Scratch::new("background-sigkill");
+    let (mut helper, _) =
+        start_helper_client(&scratch, Some(&format!("{} & sleep 60", sleeper.join(" "))));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sleepers = loop {
+        let found = processes_running(&sleeper);
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the background sleep did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sleepers.iter().all(|pid| is_gone(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "background sleep {sleepers:?} outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn the_command_sees_only_the_sessions_processes() {
+    if !can_run() {
+        return;
+    }
+    let scratch = Scratch::new("pidns");
+    let (code, output) = run_script(
+        &scratch,
+        "echo $$; ls /proc | grep -c '^[0-9][0-9]*$'; cat /proc/1/cmdline | tr '\\0' ' '",
+        |_| {},
+    )
+    .await;
+    assert_eq!(code, 0, "{output}");
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[0], "2", "the command is PID 2, after init: {output}");
+    let count: u32 = lines[1].parse().unwrap();
+    // init, the shell, and the pipeline's processes.
+    assert!(count <= 6, "{count} processes visible: {output}");
+    assert!(
+        lines[2].contains("__session"),
+        "PID 1 is the session's init: {output}"
     );
 }

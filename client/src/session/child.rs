@@ -10,27 +10,27 @@
 //! Steps, each reported as a [`SetupStep`] if it fails:
 //!
 //! 1. Tie the process to the client (`PR_SET_PDEATHSIG`) and read the spec.
-//! 2. `unshare` the network, mount and UTS namespaces; make mounts private.
+//! 2. `unshare` the network, mount, UTS and PID namespaces; make mounts private.
 //! 3. `lo` up, the TUN with its addresses and default routes ([`network`](super::network)).
 //! 4. resolv.conf and hosts ([`mounts`](super::mounts)); the hostname.
 //! 5. Send `Ready` with the TUN descriptor, close our copy, wait for `Go`. End of file here
 //!    means the client is gone: exit 1 without a word — the user already saw the client's
 //!    error, or the client was killed.
-//! 6. Drop privileges ([`identity`](super::identity)), build the environment, exec
-//!    ([`exec`](super::exec)).
+//! 6. Fork the PID namespace's init, which forks the command; the command drops privileges
+//!    ([`identity`](super::identity)), gets its environment and execs ([`exec`](super::exec)).
+//!    This process stays, waits for init and exits with its code ([`init`](super::init)).
 //!
 //! A failure in steps 1–5 is sent to the client as `Failed` and the child exits 1; the
-//! client shows it. After `Go` the client no longer listens, so the rare failure of a
-//! privilege-drop system call is printed here and ends the child with 126, the code of a
-//! command that cannot run.
+//! client shows it. After `Go` the client no longer listens, so the rare failure of a fork or
+//! of a privilege-drop system call is printed here and ends the session with 126, the code of
+//! a command that cannot run.
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
 use super::channel::{self, ChannelError};
-use super::exec;
-use super::identity;
+use super::init;
 use super::mounts;
 use super::namespaces;
 use super::network;
@@ -61,7 +61,6 @@ fn run() -> i32 {
     // It was inherited on purpose; the user's command must not inherit it again.
     let _ = fcntl(&socket, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     let _ = namespaces::die_with_parent();
-    let parent = nix::unistd::getppid();
 
     let spec = match channel::recv::<ParentMessage>(socket.as_fd()) {
         Ok((ParentMessage::Spec(spec), _)) => spec,
@@ -127,31 +126,7 @@ fn run() -> i32 {
         _ => return SETUP_FAILED,
     }
     drop(socket);
-
-    let identity_env = match &spec.user {
-        Some(user) => {
-            if let Err(err) = identity::become_user(user) {
-                eprintln!(
-                    "mirrord-net: cannot run the command as uid {} gid {}: {err}",
-                    user.uid, user.gid
-                );
-                return exec::CANNOT_EXECUTE;
-            }
-            // The credential change cleared the death signal: arm it again, and make sure
-            // the client did not die before that.
-            if !namespaces::still_tied_to(parent) {
-                return SETUP_FAILED;
-            }
-            identity::identity_env(user)
-        }
-        None => Vec::new(),
-    };
-    exec::install_env(exec::compose_env(
-        std::env::vars_os(),
-        spec.env.as_deref(),
-        &identity_env,
-    ));
-    exec::exec(&spec.command)
+    init::run(&spec)
 }
 
 /// Steps 2–4: namespaces, network, files, hostname. Returns the TUN descriptor.

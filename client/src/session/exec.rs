@@ -1,20 +1,23 @@
 //! Running the user's command, and turning how it ended into an exit code, the way a shell
 //! does.
 //!
-//! The command replaces the session child (`execvp`), so it keeps the child's pid, its
-//! namespaces, its process group and the user's stdin/stdout/stderr. `argv[0]` is searched in
-//! the `PATH` of the command's own environment (the environment is installed before the
-//! search), as `env -i PATH=... cmd` would do.
+//! The command is PID 2 of the session's PID namespace, forked by its init
+//! ([`init`](super::init)) and replaced by the user's program (`execvp`): it keeps the
+//! session's namespaces, the client's process group and the user's stdin/stdout/stderr.
+//! `argv[0]` is searched in the `PATH` of the command's own environment (the environment is
+//! installed before the search), as `env -i PATH=... cmd` would do.
 //!
-//! The child is a Rust program, and Rust ignores SIGPIPE at startup; an ignored signal stays
-//! ignored across `execve`, so it is set back to its default first — otherwise `yes | head`
-//! inside the session would spin on EPIPE instead of dying. Other dispositions are left as
-//! the client inherited them (a `nohup mirrord-net ...` keeps SIGHUP ignored, as a shell would).
+//! The session child is a Rust program, and Rust ignores SIGPIPE at startup; an ignored
+//! signal stays ignored across `execve`, so it is set back to its default first — otherwise
+//! `yes | head` inside the session would spin on EPIPE instead of dying. Other dispositions
+//! are left as the client inherited them (a `nohup mirrord-net ...` keeps SIGHUP ignored, as a
+//! shell would).
 //!
-//! When `execvp` fails the child does what a shell does: prints `mirrord-net: CMD: command not
-//! found` and exits 127 when there is no such command, or prints the reason and exits 126
-//! when it exists but cannot run. Exit statuses follow the shell convention too: a normal exit
-//! gives its code, death by signal N gives 128+N.
+//! When `execvp` fails the command's process does what a shell does: prints `mirrord-net:
+//! CMD: command not found` and exits 127 when there is no such command, or prints the reason
+//! and exits 126 when it exists but cannot run. Exit statuses follow the shell convention
+//! too: a normal exit gives its code, death by signal N gives 128+N. Init exits with the
+//! command's code and the session child with init's, so the client sees the command's.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -54,7 +57,7 @@ pub fn compose_env(
     env
 }
 
-/// Replaces the process environment with `env`. The child is single-threaded here.
+/// Replaces the process environment with `env`. The command's process is single-threaded.
 pub fn install_env(env: Vec<(OsString, OsString)>) {
     for (key, _) in std::env::vars_os() {
         std::env::remove_var(key);

@@ -2,15 +2,17 @@
 //!
 //! The client (root, via sudo) stays in the host's namespaces, where it can reach the agent.
 //! It re-executes its own binary as a hidden `__session` child, which builds the session —
-//! new network, mount and UTS namespaces; `lo` up; a TUN device with the target's addresses,
-//! default routes and the tunnel's MTU; the target's resolv.conf and hosts; the target's
-//! hostname — and hands the TUN descriptor back over a socketpair. When the client says go,
-//! the child drops to the invoking user and becomes the user's command. The client pumps the
-//! TUN's packets through the tunnel and waits for the command's exit status, which becomes its
-//! own.
+//! new network, mount, UTS and PID namespaces; `lo` up; a TUN device with the target's
+//! addresses, default routes and the tunnel's MTU; the target's resolv.conf and hosts; the
+//! target's hostname — and hands the TUN descriptor back over a socketpair. When the client
+//! says go, the child forks a minimal init, PID 1 of the session's PID namespace, which forks
+//! the user's command (PID 2, as the invoking user). The client pumps the TUN's packets
+//! through the tunnel and waits for the child, whose exit code is the command's and becomes
+//! the client's own.
 //!
 //! Nothing of a session is named in the host's global state: its namespaces, interface and
-//! mounts disappear with its last process and the client's TUN descriptor, whatever ends them.
+//! mounts disappear with its last process and the client's TUN descriptor, whatever ends them,
+//! and no process of it outlives its init, whose end is the command's.
 //!
 //! One file per job:
 //!
@@ -18,7 +20,8 @@
 //! - `protocol`: the messages on the socketpair and their framing (pure, unit-tested);
 //! - `channel`: blocking frame I/O with descriptor passing;
 //! - `parent`: [`Session`] — starting the child, taking the TUN, waiting, signalling;
-//! - `child`: [`child_main`] — the child's steps, from exec to the user's command;
+//! - `child`: [`child_main`] — the child's steps, from exec to `Go`;
+//! - `init`: after `Go` — the child, the namespace's init and the command, and their signals;
 //! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each.
 //!
 //! The privilege model is a seam ([`SessionPrivileges`]): today the client is root; a rootless
@@ -29,6 +32,7 @@ mod channel;
 mod child;
 mod exec;
 mod identity;
+mod init;
 mod mounts;
 mod namespaces;
 mod netlink;

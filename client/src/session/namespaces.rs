@@ -1,26 +1,28 @@
 //! The session child's namespaces and its tie to the client.
 //!
-//! The child leaves the host's network, mount and UTS namespaces with one `unshare`; it stays
-//! in the host's PID, IPC, cgroup and user namespaces, so the user's command sees the same
-//! processes and files and runs under the same uids as anything else on the machine. The
-//! namespaces have no name anywhere (no `ip netns add`, no bind mount under /run): they live
-//! exactly as long as a process or descriptor uses them — the command and its children, and
-//! the client's TUN descriptor — so no exit path, SIGKILL included, leaves one behind.
+//! The child leaves the host's network, mount, UTS and PID namespaces with one `unshare`; it
+//! stays in the host's IPC, cgroup and user namespaces, so the user's command sees the same
+//! files and runs under the same uids as anything else on the machine. The namespaces have no
+//! name anywhere (no `ip netns add`, no bind mount under /run): they live exactly as long as a
+//! process or descriptor uses them — the session's processes and the client's TUN descriptor
+//! — so no exit path, SIGKILL included, leaves one behind.
+//!
+//! `unshare(CLONE_NEWPID)` does not move the caller: it makes the caller's next child PID 1 of
+//! the new namespace, the session's init ([`init`](super::init)), and every process of the
+//! session descends from it. When init exits, the kernel kills what is left, so no process the
+//! command started in the background outlives the session.
 //!
 //! `unshare(CLONE_NEWNS)` implies `CLONE_FS`, which fails in a process whose threads share a
 //! `fs_struct`: this runs in the freshly executed child, which is single-threaded by
 //! construction (the client never forks itself to do this work).
 //!
 //! The child dies with the client (`PR_SET_PDEATHSIG` = SIGKILL): the client holds the TUN,
-//! and a session whose packets go nowhere is worse than no session. The kernel clears that
-//! setting whenever the child's credentials change, so it is set again after the privilege
-//! drop, and `getppid()` is compared with the original parent to close the window in which the
-//! client could have died unnoticed. The setting survives `execve` of an ordinary binary, so
-//! the user's command inherits it.
+//! and a session whose packets go nowhere is worse than no session. The child keeps root, so
+//! the setting stays; init ties itself to the child the same way, and the rest of the session
+//! dies with init.
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use super::spec::SessionPrivileges;
 
@@ -30,7 +32,10 @@ pub fn session_namespaces(privileges: SessionPrivileges) -> CloneFlags {
         // A rootless mode adds CLONE_NEWUSER here, and the child then pauses until the client
         // has written its uid/gid maps.
         SessionPrivileges::Root => {
-            CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS
+            CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWPID
         }
     }
 }
@@ -43,12 +48,6 @@ pub fn enter_new_namespaces(privileges: SessionPrivileges) -> nix::Result<()> {
 /// Asks the kernel to SIGKILL this process when its parent dies.
 pub fn die_with_parent() -> nix::Result<()> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-}
-
-/// Arms the death signal again (after a credential change cleared it) and says whether the
-/// parent is still `parent`.
-pub fn still_tied_to(parent: Pid) -> bool {
-    die_with_parent().is_ok() && nix::unistd::getppid() == parent
 }
 
 /// Sets the hostname of the session's UTS namespace; an empty name keeps the host's.
@@ -64,12 +63,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn root_sessions_leave_pid_and_user_namespaces_alone() {
+    fn root_sessions_get_a_pid_namespace_and_leave_the_user_namespace_alone() {
         let flags = session_namespaces(SessionPrivileges::Root);
         assert!(flags.contains(CloneFlags::CLONE_NEWNET));
         assert!(flags.contains(CloneFlags::CLONE_NEWNS));
         assert!(flags.contains(CloneFlags::CLONE_NEWUTS));
-        assert!(!flags.contains(CloneFlags::CLONE_NEWPID));
+        assert!(flags.contains(CloneFlags::CLONE_NEWPID));
         assert!(!flags.contains(CloneFlags::CLONE_NEWUSER));
     }
 }

@@ -19,8 +19,14 @@
 //! and the exit is awaited by polling the pidfd with tokio's reactor (it becomes readable
 //! when the process exits) and then reaping it with `waitid(P_PIDFD, WNOHANG)` — no thread
 //! blocks in `waitpid`, and the wait is cancel-safe, so it can sit in a `select!` loop. If
-//! the [`Session`] is dropped before the command was reaped, the command is SIGKILLed and
+//! the [`Session`] is dropped before the session child was reaped, it is SIGKILLed and
 //! reaped on a short-lived thread: the session never outlives its owner.
+//!
+//! The tracked process is the session child, which stays in the host's PID namespace as the
+//! parent of the session's init ([`init`](super::init)): its exit code is the command's, the
+//! signals sent to it that the command should see (SIGTERM, SIGHUP, ...) are passed on, and
+//! SIGKILL ends it, then init through its parent-death signal, then every process of the
+//! session with init.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -168,7 +174,9 @@ impl Session {
         &self.tun_name
     }
 
-    /// Pid of the user's command (the session child became it).
+    /// Pid of the session child, in the client's PID namespace. It is in the session's
+    /// network, mount and UTS namespaces, and the parent of the session's init, which is the
+    /// parent of the user's command.
     pub fn child_pid(&self) -> u32 {
         self.child.pid
     }
@@ -180,7 +188,9 @@ impl Session {
         exec::exit_code(status).unwrap_or(1)
     }
 
-    /// Sends `sig` to the command. Fails with `ESRCH` once it has been reaped.
+    /// Sends `sig` to the session: SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1 and SIGUSR2 are
+    /// passed on to the command, SIGKILL ends the whole session at once. Fails with `ESRCH`
+    /// once the session has been reaped.
     pub fn signal(&self, sig: Signal) -> nix::Result<()> {
         self.child.signal(sig)
     }
@@ -278,7 +288,7 @@ fn spawn(program: &PathBuf, theirs: OwnedFd) -> Result<ChildProcess, SessionErro
     }
 }
 
-/// The session child (later the user's command), tracked by its pidfd.
+/// The session child, tracked by its pidfd.
 struct ChildProcess {
     pid: u32,
     /// `None` only while being dropped.

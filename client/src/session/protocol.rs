@@ -139,7 +139,7 @@ impl fmt::Display for SetupStep {
         match self {
             SetupStep::Protocol => f.write_str("cannot read the session spec"),
             SetupStep::Namespaces => {
-                f.write_str("cannot create the session's network, mount and UTS namespaces")
+                f.write_str("cannot create the session's network, mount, UTS and PID namespaces")
             }
             SetupStep::MountPropagation => f.write_str("cannot make the session's mounts private"),
             SetupStep::NetlinkSocket => f.write_str("cannot open a netlink socket"),
