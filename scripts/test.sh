@@ -24,6 +24,9 @@ cargo fmt --all -- --check
 step "linting"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "benchmark harness, smoke mode (checks it runs; no timing assertions)"
+cargo run --release -p mirrord-net-bench -- --smoke --runs 1
+
 step "running unit and end-to-end tests"
 # tests/nextest.toml: per-test timeouts, and the heavy tests one at a time.
 cargo nextest run --workspace --release --no-fail-fast \

@@ -1,0 +1,80 @@
+//! The bench's pod: the tests crate's [`Pod`] (services and pod namespaces joined by a veth, a
+//! target process in the pod namespace, names unique to this process) plus the bench's own
+//! servers in the services namespace.
+//!
+//! Everything is owned here and released in `Drop`: the servers' process group first, then
+//! the pod, whose `Drop` kills whatever still runs in its namespaces and deletes them. If the
+//! harness itself is SIGKILLed, the next pod anyone builds (a test or a bench) sweeps the
+//! names of dead processes, as the tests crate does for its own.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mirrord_net_tests::process::Supervised;
+use mirrord_net_tests::Pod;
+use nix::sys::signal::Signal;
+
+use crate::ports;
+
+pub struct Fixture {
+    // Declared first so it is dropped before the pod's namespaces go.
+    servers: Supervised,
+    pod: Pod,
+}
+
+impl Fixture {
+    pub fn start() -> Result<Fixture> {
+        let pod = Pod::builder().try_build().context("building the pod")?;
+        let exe = std::env::current_exe()?;
+        let mut command = pod
+            .services_netns()
+            .command(&exe.to_string_lossy())
+            .context("preparing the servers")?;
+        command.arg("__serve");
+        let servers = Supervised::spawn(
+            "bench-servers",
+            command,
+            &pod.dir().join("bench-servers.log"),
+            Signal::SIGTERM,
+        )?;
+        let mut fixture = Fixture { servers, pod };
+        fixture.wait_ready()?;
+        Ok(fixture)
+    }
+
+    /// Waits until every TCP server accepts a connection from the pod namespace (the path
+    /// every client takes).
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &port in ports::TCP_PORTS {
+            loop {
+                let reachable = self.pod.pod_netns().run(|| {
+                    TcpStream::connect_timeout(&ports::addr(port), Duration::from_millis(200))
+                        .is_ok()
+                })?;
+                if reachable {
+                    break;
+                }
+                self.servers.ensure_running()?;
+                if Instant::now() >= deadline {
+                    bail!(
+                        "bench server on port {port} not ready in 10 s; log:\n{}",
+                        self.servers.log_tail(20)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
+    /// Fails with the servers' log if they died during a run.
+    pub fn check(&mut self) -> Result<()> {
+        self.servers.ensure_running()
+    }
+}

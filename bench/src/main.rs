@@ -1,0 +1,156 @@
+//! `mirrord-net-bench`: measures the same client directly inside a pod namespace, through
+//! `mirrord-net exec`, and optionally under any wrapper command, and prints a Markdown table
+//! of medians and ratios to direct (plus JSON on request). See docs/benchmarks.md.
+//!
+//! The binary has three roles: the harness (default), the bench servers (`__serve`, inside the
+//! services namespace) and the client (`__client JOB`, in whichever mode is measured).
+
+mod cleanup;
+mod client;
+mod fixture;
+mod job;
+mod limits;
+mod modes;
+mod plan;
+mod ports;
+mod report;
+mod runner;
+mod server;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::fixture::Fixture;
+use crate::modes::{Launcher, Mode};
+use crate::plan::Sizes;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirrord-net-bench",
+    about = "Benchmarks mirrord-net against the direct path"
+)]
+struct Args {
+    /// Every workload with tiny sizes, to check the harness works (figures mean nothing).
+    #[arg(long)]
+    smoke: bool,
+    /// How many alternating runs of every workload in every mode.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// A third mode: the client under this command line (run by `sh -c`, the client's
+    /// arguments appended). `{target_pid}`, `{pod_netns}`, `{services_netns}` and `{pod_dir}` are
+    /// replaced.
+    #[arg(long)]
+    wrapper: Option<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Run mirrord-net with `-v` and show its counters after each run.
+    #[arg(long)]
+    verbose: bool,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    #[command(name = "__serve", hide = true)]
+    Serve,
+    #[command(name = "__client", hide = true)]
+    Client { job: String },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match &args.role {
+        Some(Role::Serve) => server::serve(),
+        Some(Role::Client { job }) => client::run(job),
+        None => harness(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mirrord-net-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn harness(args: &Args) -> Result<()> {
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "mirrord-net-bench must run as root (it creates network namespaces)"
+    );
+    // Fails early, naming the build command, if the binaries are missing.
+    let client_binary = mirrord_net_tests::session::client_binary();
+    limits::raise_nofile();
+    cleanup::install()?;
+    let started = Instant::now();
+    let fixture = Fixture::start()?;
+    let launcher = Launcher {
+        target_pid: fixture.pod().target_pid(),
+        pod_netns: fixture.pod().pod_netns().name().to_string(),
+        services_netns: fixture.pod().services_netns().name().to_string(),
+        pod_dir: fixture.pod().dir().to_path_buf(),
+        exe: std::env::current_exe()?,
+        wrapper: args.wrapper.clone(),
+        verbose: args.verbose,
+    };
+    eprintln!(
+        "pod {} ready in {:.2?} (target pid {}), {} run(s){}",
+        fixture.pod().id(),
+        fixture.pod().build_time(),
+        launcher.target_pid,
+        args.runs,
+        if args.smoke { ", smoke sizes" } else { "" }
+    );
+    cleanup::own(fixture);
+
+    let sizes = if args.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    let mut modes = vec![Mode::Direct, Mode::MirrordNet];
+    if args.wrapper.is_some() {
+        modes.push(Mode::Wrapper);
+    }
+    let outcome = runner::run_all(&launcher, &sizes, args.runs, &modes);
+    cleanup::release();
+
+    let table = report::markdown(&outcome, args.wrapper.is_some());
+    println!("{table}");
+    println!(
+        "{} run(s), {} idle flows, medians over runs; finished in {:.1?}",
+        args.runs,
+        sizes.idle_flows,
+        started.elapsed()
+    );
+    if let Some(path) = &args.json {
+        let context = serde_json::json!({
+            "smoke": args.smoke,
+            "runs": args.runs,
+            "idle_flows": sizes.idle_flows,
+            "wrapper": args.wrapper,
+            "client_binary": client_binary,
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+            "elapsed_s": started.elapsed().as_secs_f64(),
+        });
+        let json = report::json(&outcome, context);
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !outcome.errors.is_empty() {
+        anyhow::bail!(
+            "{} workload run(s) failed:\n{}",
+            outcome.errors.len(),
+            outcome.errors.join("\n")
+        );
+    }
+    Ok(())
+}

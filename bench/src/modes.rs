@@ -1,0 +1,253 @@
+//! The three ways a client runs, and running one.
+//!
+//! - **direct**: `nsenter` into the target's network, mount and UTS namespaces — the client
+//!   sits where the target sits, so this is the physical limit of the path;
+//! - **mirrord-net**: `mirrord-net exec -q --as-root --target pid/<target> -- …`;
+//! - **wrapper**: any command line the user gives (e.g. a preload tool), run by `sh -c` with
+//!   the client's arguments appended; `{target_pid}`, `{pod_netns}`, `{services_netns}` and
+//!   `{pod_dir}` in it are replaced first (see `bench/wrappers/`).
+//!
+//! Direct and mirrord-net commands come from the tests crate's [`Invocation`], so the bench
+//! starts them exactly as the end-to-end tests do (clean environment, system PATH). Every run
+//! leads its own process group, which a watchdog kills when the run overruns its deadline and
+//! the Ctrl-C handler kills on interruption.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mirrord_net_tests::procfs;
+use mirrord_net_tests::Invocation;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::cleanup;
+use crate::job::{Answer, Job};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Direct,
+    MirrordNet,
+    Wrapper,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::MirrordNet => "mirrord-net",
+            Mode::Wrapper => "wrapper",
+        }
+    }
+}
+
+/// What every run needs to know about the fixture and the options.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub target_pid: u32,
+    pub pod_netns: String,
+    pub services_netns: String,
+    pub pod_dir: PathBuf,
+    pub exe: PathBuf,
+    pub wrapper: Option<String>,
+    pub verbose: bool,
+}
+
+/// What one run produced.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub answer: Answer,
+    pub wall: Duration,
+    pub stderr: String,
+    /// Resident memory while idle flows were open, KiB: (client, agent).
+    pub rss_kib: Option<(u64, Option<u64>)>,
+}
+
+impl Launcher {
+    /// `program args…` in `mode`, ready to spawn.
+    fn command(&self, mode: Mode, args: &[&str]) -> Result<Command> {
+        Ok(match mode {
+            Mode::Direct => {
+                cleanup::with_fixture(|fixture| Invocation::in_pod(fixture.pod(), args).command())?
+            }
+            Mode::MirrordNet => {
+                let mut invocation =
+                    Invocation::session_on(self.target_pid, args).client_flag("--as-root");
+                if self.verbose {
+                    invocation = invocation.client_flag("-v");
+                }
+                invocation.command()
+            }
+            Mode::Wrapper => {
+                let wrapper = self
+                    .wrapper
+                    .as_deref()
+                    .context("no --wrapper given")?
+                    .replace("{target_pid}", &self.target_pid.to_string())
+                    .replace("{pod_netns}", &self.pod_netns)
+                    .replace("{services_netns}", &self.services_netns)
+                    .replace("{pod_dir}", &self.pod_dir.to_string_lossy());
+                let mut command = Command::new("/bin/sh");
+                command
+                    .arg("-c")
+                    .arg(format!("{wrapper} \"$@\""))
+                    .arg("mirrord-net-bench")
+                    .args(args);
+                command
+            }
+        })
+    }
+
+    /// Runs the client with `job` in `mode`, within `timeout`.
+    pub fn client(&self, mode: Mode, job: &Job, timeout: Duration) -> Result<Run> {
+        let exe = self.exe.to_string_lossy().into_owned();
+        let job_text = serde_json::to_string(job)?;
+        let command = self.command(mode, &[&exe, "__client", &job_text])?;
+        let holds_flows = matches!(job, Job::IdleFlows { .. });
+        run(command, timeout, |child_pid, stdout, stdin| {
+            let mut line = String::new();
+            stdout.read_line(&mut line)?;
+            let answer: Answer = serde_json::from_str(line.trim())
+                .with_context(|| format!("the client printed {line:?}"))?;
+            let mut rss = None;
+            if holds_flows {
+                // Let the stacks settle (buffers shrink, timers fire) before reading memory.
+                std::thread::sleep(Duration::from_secs(1));
+                rss = Some(self.rss(mode, child_pid));
+                writeln!(stdin, "done")?;
+            }
+            Ok((answer, rss))
+        })
+    }
+
+    /// Wall time of `true` started in `mode`, from spawn to exit.
+    pub fn start_true(&self, mode: Mode, timeout: Duration) -> Result<Duration> {
+        let command = self.command(mode, &["true"])?;
+        Ok(run(command, timeout, |_, _, _| Ok((Answer::default(), None)))?.wall)
+    }
+
+    /// (client, agent) resident memory in KiB. For mirrord-net the client is the
+    /// `mirrord-net` process and the agent its `mirrord-net-agent` child; otherwise the
+    /// client is the process started, and there is no agent.
+    fn rss(&self, mode: Mode, pid: i32) -> (u64, Option<u64>) {
+        let client = rss_kib(pid).unwrap_or(0);
+        let agent = (mode == Mode::MirrordNet)
+            .then(|| {
+                procfs::all()
+                    .into_iter()
+                    .filter(|proc| proc.comm.starts_with("mirrord-net-age"))
+                    .find(|proc| descends_from(proc.pid, pid))
+                    .and_then(|proc| rss_kib(proc.pid))
+            })
+            .flatten();
+        (client, agent)
+    }
+}
+
+fn descends_from(mut pid: i32, ancestor: i32) -> bool {
+    for _ in 0..64 {
+        if pid == ancestor {
+            return true;
+        }
+        match procfs::stat(pid) {
+            Some(proc) if proc.ppid > 1 => pid = proc.ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+type Talk<'a> = dyn FnOnce(
+        i32,
+        &mut BufReader<std::process::ChildStdout>,
+        &mut std::process::ChildStdin,
+    ) -> Result<(Answer, Option<(u64, Option<u64>)>)>
+    + 'a;
+
+/// Spawns `command` as its own process group, lets `talk` read its stdout and write its stdin
+/// while it runs, and waits for it; a watchdog kills the group at `timeout`.
+fn run(
+    mut command: Command,
+    timeout: Duration,
+    talk: impl FnOnce(
+        i32,
+        &mut BufReader<std::process::ChildStdout>,
+        &mut std::process::ChildStdin,
+    ) -> Result<(Answer, Option<(u64, Option<u64>)>)>,
+) -> Result<Run> {
+    let talk: Box<Talk> = Box::new(talk);
+    let start = Instant::now();
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let pid = child.id() as i32;
+    cleanup::set_running(pid);
+    let (cancel, cancelled) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if cancelled.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            return true;
+        }
+        false
+    });
+    let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let talked = talk(pid, &mut stdout, &mut stdin);
+    drop(stdin);
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest);
+    let status = child.wait()?;
+    let wall = start.elapsed();
+    let _ = cancel.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    // Whatever the run left in its group (nothing, normally) goes with it.
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    cleanup::set_running(0);
+    let stderr = stderr_reader.join().unwrap_or_default();
+    if timed_out {
+        bail!("timed out after {timeout:?}; stderr:\n{}", tail(&stderr));
+    }
+    if !status.success() {
+        let last = stderr.lines().last().unwrap_or_default();
+        bail!("{status}: {last}\nstderr:\n{}", tail(&stderr));
+    }
+    let (answer, rss_kib) = talked.with_context(|| format!("stderr:\n{}", tail(&stderr)))?;
+    Ok(Run {
+        answer,
+        wall,
+        stderr,
+        rss_kib,
+    })
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}

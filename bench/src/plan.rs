@@ -1,0 +1,290 @@
+//! The workloads, their sizes (full and smoke), the metrics each yields, and the targets the
+//! table checks.
+//!
+//! A workload is one client job (or, for session start, a series of `true` starts); a metric
+//! is one row of the table. Targets compare the mirrord-net column with the direct one (a
+//! ratio), with an absolute bound, or with another row of the same column (8 flows against
+//! one flow). Targets are reported, never enforced: the harness fails only on errors.
+
+use serde::Serialize;
+
+use crate::job::Job;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    PingPong,
+    KeepAlive,
+    NewConnection,
+    BulkUpload1,
+    BulkDownload1,
+    BulkUpload8,
+    BulkDownload8,
+    Udp,
+    SessionStart,
+    IdleFlows,
+}
+
+pub const WORKLOADS: &[Workload] = &[
+    Workload::PingPong,
+    Workload::KeepAlive,
+    Workload::NewConnection,
+    Workload::BulkUpload1,
+    Workload::BulkDownload1,
+    Workload::BulkUpload8,
+    Workload::BulkDownload8,
+    Workload::Udp,
+    Workload::SessionStart,
+    Workload::IdleFlows,
+];
+
+/// Sizes for one harness invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub ping_pong: usize,
+    pub requests: usize,
+    pub new_connections: usize,
+    pub bulk_ms: u64,
+    pub bulk_max_bytes: u64,
+    pub udp: usize,
+    pub warmup: usize,
+    pub session_starts: usize,
+    pub idle_flows: usize,
+}
+
+impl Sizes {
+    pub fn full() -> Sizes {
+        Sizes {
+            ping_pong: 5000,
+            requests: 2000,
+            new_connections: 500,
+            bulk_ms: 2000,
+            bulk_max_bytes: u64::MAX,
+            udp: 2000,
+            warmup: 100,
+            session_starts: 10,
+            idle_flows: 10_000,
+        }
+    }
+
+    pub fn smoke() -> Sizes {
+        Sizes {
+            ping_pong: 20,
+            requests: 20,
+            new_connections: 5,
+            bulk_ms: 2000,
+            bulk_max_bytes: 4 << 20,
+            udp: 20,
+            warmup: 2,
+            session_starts: 2,
+            idle_flows: 100,
+        }
+    }
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::PingPong => "tcp ping-pong",
+            Workload::KeepAlive => "http keep-alive",
+            Workload::NewConnection => "new connection",
+            Workload::BulkUpload1 => "bulk upload x1",
+            Workload::BulkDownload1 => "bulk download x1",
+            Workload::BulkUpload8 => "bulk upload x8",
+            Workload::BulkDownload8 => "bulk download x8",
+            Workload::Udp => "udp request/response",
+            Workload::SessionStart => "session start",
+            Workload::IdleFlows => "idle flows",
+        }
+    }
+
+    /// The client job, or `None` for session start (which runs `true`).
+    pub fn job(self, sizes: &Sizes) -> Option<Job> {
+        let bulk = |flows: usize| (flows, sizes.bulk_ms, sizes.bulk_max_bytes / flows as u64);
+        Some(match self {
+            Workload::PingPong => Job::PingPong {
+                count: sizes.ping_pong,
+                warmup: sizes.warmup,
+            },
+            Workload::KeepAlive => Job::HttpKeepAlive {
+                count: sizes.requests,
+                warmup: sizes.warmup,
+            },
+            Workload::NewConnection => Job::NewConnection {
+                count: sizes.new_connections,
+            },
+            Workload::BulkUpload1 | Workload::BulkUpload8 => {
+                let flows = if self == Workload::BulkUpload1 { 1 } else { 8 };
+                let (flows, duration_ms, max_bytes) = bulk(flows);
+                Job::BulkUpload {
+                    flows,
+                    duration_ms,
+                    max_bytes,
+                }
+            }
+            Workload::BulkDownload1 | Workload::BulkDownload8 => {
+                let flows = if self == Workload::BulkDownload1 {
+                    1
+                } else {
+                    8
+                };
+                let (flows, duration_ms, max_bytes) = bulk(flows);
+                Job::BulkDownload {
+                    flows,
+                    duration_ms,
+                    max_bytes,
+                }
+            }
+            Workload::Udp => Job::UdpRequestResponse {
+                count: sizes.udp,
+                warmup: sizes.warmup,
+            },
+            Workload::SessionStart => return None,
+            Workload::IdleFlows => Job::IdleFlows {
+                flows: sizes.idle_flows,
+            },
+        })
+    }
+}
+
+/// What a row is checked against.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// mirrord-net / direct at most this.
+    RatioAtMost { ratio: f64 },
+    /// mirrord-net / direct at least this.
+    RatioAtLeast { ratio: f64 },
+    /// The mirrord-net figure itself at most this.
+    AtMost { value: f64 },
+    /// The mirrord-net figure at least the mirrord-net figure of another row.
+    NotBelowRow { row: &'static str },
+}
+
+impl Target {
+    pub fn describe(self) -> String {
+        match self {
+            Target::RatioAtMost { ratio } => format!("≤{ratio}× direct"),
+            Target::RatioAtLeast { ratio } => format!("≥{:.0}% of direct", ratio * 100.0),
+            Target::AtMost { value } => format!("≤{value}"),
+            Target::NotBelowRow { row } => format!("≥ {row}"),
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub workload: Workload,
+    pub target: Option<Target>,
+}
+
+const fn metric(
+    name: &'static str,
+    unit: &'static str,
+    workload: Workload,
+    target: Option<Target>,
+) -> Metric {
+    Metric {
+        name,
+        unit,
+        workload,
+        target,
+    }
+}
+
+pub const UPLOAD_1: &str = "bulk upload, 1 flow";
+pub const DOWNLOAD_1: &str = "bulk download, 1 flow";
+
+pub const METRICS: &[Metric] = &[
+    metric(
+        "TCP ping-pong 64 B, p50",
+        "µs",
+        Workload::PingPong,
+        Some(Target::RatioAtMost { ratio: 2.5 }),
+    ),
+    metric(
+        "TCP ping-pong 64 B, p99",
+        "µs",
+        Workload::PingPong,
+        Some(Target::RatioAtMost { ratio: 3.0 }),
+    ),
+    metric(
+        "HTTP keep-alive GET 1 KiB, p50",
+        "µs",
+        Workload::KeepAlive,
+        Some(Target::RatioAtMost { ratio: 1.6 }),
+    ),
+    metric(
+        "HTTP keep-alive GET 1 KiB, p99",
+        "µs",
+        Workload::KeepAlive,
+        None,
+    ),
+    metric(
+        "new connection + GET + close, p50",
+        "µs",
+        Workload::NewConnection,
+        Some(Target::RatioAtMost { ratio: 2.0 }),
+    ),
+    metric(
+        "new connection + GET + close, p99",
+        "µs",
+        Workload::NewConnection,
+        None,
+    ),
+    metric(
+        UPLOAD_1,
+        "Gbit/s",
+        Workload::BulkUpload1,
+        Some(Target::RatioAtLeast { ratio: 0.4 }),
+    ),
+    metric(
+        DOWNLOAD_1,
+        "Gbit/s",
+        Workload::BulkDownload1,
+        Some(Target::RatioAtLeast { ratio: 0.4 }),
+    ),
+    metric(
+        "bulk upload, 8 flows",
+        "Gbit/s",
+        Workload::BulkUpload8,
+        Some(Target::NotBelowRow { row: UPLOAD_1 }),
+    ),
+    metric(
+        "bulk download, 8 flows",
+        "Gbit/s",
+        Workload::BulkDownload8,
+        Some(Target::NotBelowRow { row: DOWNLOAD_1 }),
+    ),
+    metric("UDP request/response 64 B, p50", "µs", Workload::Udp, None),
+    metric(
+        "session start (`true`), median",
+        "ms",
+        Workload::SessionStart,
+        Some(Target::AtMost { value: 60.0 }),
+    ),
+    metric(IDLE_OPEN, "s", Workload::IdleFlows, None),
+    metric(
+        IDLE_CLIENT,
+        "MiB",
+        Workload::IdleFlows,
+        Some(Target::AtMost { value: 100.0 }),
+    ),
+    metric(
+        IDLE_AGENT,
+        "MiB",
+        Workload::IdleFlows,
+        Some(Target::AtMost { value: 150.0 }),
+    ),
+];
+
+pub const IDLE_OPEN: &str = "idle TCP flows: time to open all";
+pub const IDLE_CLIENT: &str = "idle TCP flows: client RSS";
+pub const IDLE_AGENT: &str = "idle TCP flows: agent RSS";
+
+/// Whether a smaller figure is better (latency, time, memory) or a larger one (throughput).
+pub fn lower_is_better(unit: &str) -> bool {
+    unit != "Gbit/s"
+}

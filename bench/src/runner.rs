@@ -1,0 +1,176 @@
+//! Runs every workload in every mode, `runs` times, alternating the order of the modes from
+//! one run to the next so that drift of the machine (other jobs, frequency, caches) hits all
+//! modes alike; collects one figure per metric, mode and run.
+//!
+//! A run that fails is recorded as an error and the harness goes on with the rest; the caller
+//! exits non-zero if any error was recorded.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::cleanup;
+use crate::modes::{Launcher, Mode, Run};
+use crate::plan::{
+    Metric, Sizes, Workload, IDLE_AGENT, IDLE_CLIENT, IDLE_OPEN, METRICS, WORKLOADS,
+};
+use crate::stats::{median, percentile};
+
+/// How long any single client run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a single `true` start may take.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Figures per metric name, per mode: one per run.
+pub type Figures = BTreeMap<&'static str, BTreeMap<Mode, Vec<f64>>>;
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub figures: Figures,
+    pub errors: Vec<String>,
+}
+
+pub fn run_all(launcher: &Launcher, sizes: &Sizes, runs: usize, modes: &[Mode]) -> Outcome {
+    let mut outcome = Outcome::default();
+    for run in 0..runs {
+        let mut order = modes.to_vec();
+        order.rotate_left(run % modes.len());
+        for &workload in WORKLOADS {
+            for &mode in &order {
+                if cleanup::stopping() {
+                    cleanup::wait_for_stop();
+                }
+                // Idle flows measure mirrord-net's memory; direct runs for comparison of
+                // the opening time. A wrapper's memory is not ours to read.
+                if workload == Workload::IdleFlows && mode == Mode::Wrapper {
+                    continue;
+                }
+                let result = measure(launcher, sizes, workload, mode).and_then(|figures| {
+                    cleanup::with_fixture(|fixture| fixture.check())?
+                        .context("the bench servers died")?;
+                    Ok(figures)
+                });
+                match result {
+                    Ok(figures) => {
+                        let shown: Vec<String> = figures
+                            .iter()
+                            .map(|(metric, value)| {
+                                format!("{} {value:.1} {}", metric.name, metric.unit)
+                            })
+                            .collect();
+                        eprintln!(
+                            "run {}/{runs} {:<22} {:<12} {}",
+                            run + 1,
+                            workload.name(),
+                            mode.label(),
+                            shown.join(", ")
+                        );
+                        for (metric, value) in figures {
+                            outcome
+                                .figures
+                                .entry(metric.name)
+                                .or_default()
+                                .entry(mode)
+                                .or_default()
+                                .push(value);
+                        }
+                    }
+                    Err(_) if cleanup::stopping() => cleanup::wait_for_stop(),
+                    Err(err) => {
+                        let text = format!(
+                            "run {} {} {}: {err:#}",
+                            run + 1,
+                            workload.name(),
+                            mode.label()
+                        );
+                        eprintln!("ERROR {text}");
+                        outcome.errors.push(text);
+                    }
+                }
+            }
+        }
+    }
+    outcome
+}
+
+fn metric(name: &str) -> &'static Metric {
+    METRICS
+        .iter()
+        .find(|metric| metric.name == name)
+        .expect("a known metric")
+}
+
+fn metrics_of(workload: Workload) -> impl Iterator<Item = &'static Metric> {
+    METRICS
+        .iter()
+        .filter(move |metric| metric.workload == workload)
+}
+
+/// One workload in one mode: the figure of each of its metrics.
+fn measure(
+    launcher: &Launcher,
+    sizes: &Sizes,
+    workload: Workload,
+    mode: Mode,
+) -> Result<Vec<(&'static Metric, f64)>> {
+    let Some(job) = workload.job(sizes) else {
+        let mut walls = Vec::with_capacity(sizes.session_starts);
+        for _ in 0..sizes.session_starts {
+            let wall = launcher.start_true(mode, START_TIMEOUT)?;
+            walls.push(wall.as_secs_f64() * 1000.0);
+        }
+        let only = metrics_of(workload).next().expect("a session start metric");
+        return Ok(vec![(only, median(&walls))]);
+    };
+    let run = launcher.client(mode, &job, RUN_TIMEOUT)?;
+    if launcher.verbose && mode == Mode::MirrordNet {
+        print_counters(&run);
+    }
+    let answer = &run.answer;
+    Ok(match workload {
+        Workload::IdleFlows => {
+            let mut figures = vec![(
+                metric(IDLE_OPEN),
+                answer.open_s.context("the client reported no open time")?,
+            )];
+            // Memory is a mirrord-net figure only: its client and its agent.
+            if let (Mode::MirrordNet, Some((client, agent))) = (mode, run.rss_kib) {
+                let agent = agent.context("no mirrord-net-agent process found")?;
+                figures.push((metric(IDLE_CLIENT), client as f64 / 1024.0));
+                figures.push((metric(IDLE_AGENT), agent as f64 / 1024.0));
+            }
+            figures
+        }
+        _ if answer.gbit_per_s.is_some() => {
+            let only = metrics_of(workload).next().expect("a bulk metric");
+            vec![(only, answer.gbit_per_s.unwrap_or_default())]
+        }
+        _ => {
+            anyhow::ensure!(!answer.samples_us.is_empty(), "the client measured nothing");
+            metrics_of(workload)
+                .map(|metric| {
+                    let p = if metric.name.ends_with("p99") {
+                        99.0
+                    } else {
+                        50.0
+                    };
+                    (metric, percentile(&answer.samples_us, p))
+                })
+                .collect()
+        }
+    })
+}
+
+/// With `--verbose`: the client's and agent's log lines about packets and counters.
+fn print_counters(run: &Run) {
+    for line in run.stderr.lines() {
+        let lower = line.to_ascii_lowercase();
+        if ["packets", "stats", "counters", "datagrams"]
+            .iter()
+            .any(|word| lower.contains(word))
+        {
+            eprintln!("    {line}");
+        }
+    }
+}
