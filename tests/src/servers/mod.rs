@@ -30,6 +30,10 @@ pub const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../../scripts/many_connections.py"),
     ),
     ("udp_sendto.py", include_str!("../../scripts/udp_sendto.py")),
+    (
+        "interactive_shell.py",
+        include_str!("../../scripts/interactive_shell.py"),
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,4 +11,5 @@ mod isolation;
 mod lifecycle;
 mod network;
 mod preload_blind_spots;
+mod shell;
 mod transfer;
