@@ -685,6 +685,13 @@ pod_cgroup_pids() {
     done | sort -u
 }
 
+# Whether PID is a live process (a zombie waiting for its reaper counts as gone).
+pid_alive() {
+    local state
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+
 # Stops PIDs: TERM, then KILL after SECONDS.
 stop_pids() { # SECONDS PID...
     local limit=$1 pid deadline alive
@@ -694,7 +701,7 @@ stop_pids() { # SECONDS PID...
     deadline=$(($(date +%s) + limit))
     while :; do
         alive=()
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        for pid in "$@"; do pid_alive "$pid" && alive+=("$pid"); done
         [ "${#alive[@]}" -eq 0 ] && return 0
         [ "$(date +%s)" -ge "$deadline" ] && break
         sleep 0.1
@@ -702,7 +709,7 @@ stop_pids() { # SECONDS PID...
     kill -KILL "${alive[@]}" 2>/dev/null || true
     for _ in $(seq 50); do
         alive=()
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        for pid in "$@"; do pid_alive "$pid" && alive+=("$pid"); done
         [ "${#alive[@]}" -eq 0 ] && return 0
         sleep 0.1
     done
@@ -789,16 +796,21 @@ cmd_down() {
     if [ -e "/run/netns/$NETNS" ]; then
         # 1. Pods through the API, so that CRI and CNI tear their sandboxes down properly.
         delete_workloads
+        log "pods deleted ($(elapsed "$t0") s)"
     fi
     # 2. The daemons, in order, by PID.
-    local d pid
+    local d pid t1
     for d in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver etcd; do
         pid=$(daemon_pid "$d")
-        [ -n "$pid" ] && stop_pids 10 "$pid"
+        [ -n "$pid" ] || continue
+        t1=$(now)
+        stop_pids 10 "$pid"
+        log "stopped $d ($(elapsed "$t1") s)"
     done
     kill_containerd_tasks
     pid=$(daemon_pid containerd)
     [ -n "$pid" ] && stop_pids 10 "$pid"
+    log "daemons stopped ($(elapsed "$t0") s)"
     # 3. Whatever is left: shims (their command line names our socket), containers, strays.
     local pids
     mapfile -t pids < <(cluster_pids; pod_cgroup_pids)
@@ -932,7 +944,7 @@ snapshot() {
     echo "## cgroups"
     find /sys/fs/cgroup -maxdepth 2 -type d | sort
     echo "## iptables"
-    iptables-save 2>/dev/null | grep -v '^#' | sed 's/\[[0-9:]*\]//' | sort
+    iptables-save 2>/dev/null | grep -v '^#' | sed 's/\[[0-9:]*\]//' | sort || true
 }
 
 # build, up, selfcheck, down, then proves nothing is left: the checks of verify-clean plus a

@@ -139,7 +139,7 @@ else
     fail "Deployment rollout"
 fi
 cluster_ip=$(k -n "$NS" get service echo -o 'jsonpath={.spec.clusterIP}')
-out=$(retry 15 k -n "$NS" exec web -- wget -q -T 2 -O - "http://$cluster_ip/" || true)
+out=$(retry 15 k -n "$NS" exec web -- timeout 5 wget -q -O - "http://$cluster_ip/" || true)
 expect "$out" hello-from-echo "ClusterIP $cluster_ip reachable from a pod"
 out=$(retry 15 curl -fsS --max-time 2 "http://$cluster_ip/" || true)
 expect "$out" hello-from-echo "ClusterIP reachable from the host"
