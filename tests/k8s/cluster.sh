@@ -658,6 +658,9 @@ build_dir_cached() {
 # down
 ########################################################################################
 
+# A process's command line with spaces for NULs (nothing if it is gone).
+cmdline_of() { { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null; }
+
 # Inode of the cluster namespace, or empty.
 netns_inode() { stat -L -c %i "/run/netns/$NETNS" 2>/dev/null || true; }
 
@@ -671,7 +674,7 @@ cluster_pids() {
         [ "$pid" = $$ ] && continue
         if [ -n "$ino" ] && [ "$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null)" = "$ino" ]; then
             echo "$pid"
-        elif tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$S/"; then
+        elif cmdline_of "$pid" | grep -qF -- "$S/"; then
             echo "$pid"
         fi
     done
@@ -720,8 +723,8 @@ stop_pids() { # SECONDS PID...
 daemon_pid() { # NAME
     local pid
     pid=$(cat "$S/pids/$1" 2>/dev/null) || return 0
-    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 0
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$S/" && echo "$pid"
+    [ -n "$pid" ] || return 0
+    cmdline_of "$pid" | grep -qF -- "$S/" && echo "$pid"
     return 0
 }
 
@@ -878,7 +881,7 @@ cmd_verify_clean() {
     local pid cmd
     for pid in /proc/[0-9]*; do
         pid=${pid#/proc/}
-        cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+        cmd=$(cmdline_of "$pid") || continue
         case $cmd in
             *"$STATE_ROOT/"* | *"$CACHE/out/"*) add "process $pid: $cmd" ;;
             *containerd-shim*) add "process $pid: $cmd" ;;
