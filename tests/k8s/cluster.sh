@@ -45,8 +45,8 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 need_root() { [ "$(id -u)" -eq 0 ] || die "must run as root"; }
 
 check_name() {
-    [[ ${1:-} =~ ^[a-z][a-z0-9-]{0,11}$ ]] ||
-        die "cluster NAME must be 1-12 characters [a-z0-9-], starting with a letter (got '${1:-}')"
+    [[ ${1:-} =~ ^[a-z][a-z0-9-]{0,10}$ ]] ||
+        die "cluster NAME must be 1-11 characters [a-z0-9-], starting with a letter (got '${1:-}')"
 }
 
 ########################################################################################
