@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Writes a single-layer OCI image-layout tar from a root directory, for `ctr images import`.
+
+usage: oci-image.py ROOTFS NAME OUT.tar [CMD...]
+
+NAME is the reference containerd records (io.containerd.image.name), e.g. localhost/busybox:local.
+The output is deterministic: file times, owners and the gzip header are fixed.
+"""
+import gzip
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+
+
+def normalized(info):
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mtime = 0
+    return info
+
+
+def layer_tar(rootfs):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(os.listdir(rootfs)):
+            tar.add(os.path.join(rootfs, entry), arcname=entry, filter=normalized)
+    return buf.getvalue()
+
+
+def add_bytes(tar, name, data):
+    info = normalized(tarfile.TarInfo(name))
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def main():
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    rootfs, name, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+    raw = layer_tar(rootfs)
+    gz = gzip.compress(raw, compresslevel=6, mtime=0)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": cmd or None,
+        },
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
+    }
+    config_blob = json.dumps(config, sort_keys=True).encode()
+
+    def desc(media_type, blob):
+        return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+                "size": len(blob)}
+
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": desc("application/vnd.oci.image.config.v1+json", config_blob),
+        "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", gz)],
+    }
+    manifest_blob = json.dumps(manifest, sort_keys=True).encode()
+    index_entry = desc("application/vnd.oci.image.manifest.v1+json", manifest_blob)
+    index_entry["annotations"] = {
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1],
+    }
+    index = {"schemaVersion": 2, "manifests": [index_entry]}
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add_bytes(tar, "index.json", json.dumps(index, sort_keys=True).encode())
+        for blob in (gz, config_blob, manifest_blob):
+            add_bytes(tar, "blobs/sha256/" + hashlib.sha256(blob).hexdigest(), blob)
+
+
+if __name__ == "__main__":
+    main()
