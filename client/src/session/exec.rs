@@ -31,30 +31,59 @@ pub const NOT_FOUND: i32 = 127;
 /// Exit code when the command exists but cannot be run.
 pub const CANNOT_EXECUTE: i32 = 126;
 
-/// The command's environment: `spec_env` if given, else `inherited`; then the identity
-/// variables on top.
+/// The command's environment, in layers, later ones winning: `spec_env` if given, else
+/// `inherited`; then the identity variables of the user the command runs as; then the
+/// caller's explicit `overrides` (`--env-file`, `-e`), in order.
 pub fn compose_env(
     inherited: impl IntoIterator<Item = (OsString, OsString)>,
     spec_env: Option<&[(Vec<u8>, Vec<u8>)]>,
     identity: &[(&str, &[u8])],
+    overrides: &[(Vec<u8>, Vec<u8>)],
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = match spec_env {
         Some(vars) => vars
             .iter()
-            .map(|(key, value)| {
-                (
-                    OsStr::from_bytes(key).to_owned(),
-                    OsStr::from_bytes(value).to_owned(),
-                )
-            })
+            .map(|(key, value)| os_pair(key, value))
             .collect(),
         None => inherited.into_iter().collect(),
     };
-    for (key, value) in identity {
-        env.retain(|(existing, _)| existing != key);
-        env.push((OsString::from(key), OsStr::from_bytes(value).to_owned()));
+    let identity = identity
+        .iter()
+        .map(|(key, value)| os_pair(key.as_bytes(), value));
+    let overrides = overrides.iter().map(|(key, value)| os_pair(key, value));
+    for (key, value) in identity.chain(overrides) {
+        env.retain(|(existing, _)| *existing != key);
+        env.push((key, value));
     }
     env
+}
+
+fn os_pair(key: &[u8], value: &[u8]) -> (OsString, OsString) {
+    (
+        OsStr::from_bytes(key).to_owned(),
+        OsStr::from_bytes(value).to_owned(),
+    )
+}
+
+/// The environment a session's command would get, composed exactly as the session does it
+/// (for `mirrord-net env`, which shows it without starting a session). Blocking: looks the
+/// user up (NSS).
+pub fn command_env(
+    spec_env: Option<&[(Vec<u8>, Vec<u8>)]>,
+    overrides: &[(Vec<u8>, Vec<u8>)],
+    run_as: Option<super::RunAs>,
+) -> std::io::Result<Vec<(OsString, OsString)>> {
+    let user = run_as.map(super::identity::resolve).transpose()?;
+    let identity = user
+        .as_ref()
+        .map(super::identity::identity_env)
+        .unwrap_or_default();
+    Ok(compose_env(
+        std::env::vars_os(),
+        spec_env,
+        &identity,
+        overrides,
+    ))
 }
 
 /// Replaces the process environment with `env`. The command's process is single-threaded.
@@ -173,7 +202,7 @@ mod tests {
             ("PATH".into(), "/host".into()),
         ];
         let spec = vec![(b"PATH".to_vec(), b"/pod".to_vec())];
-        let env = compose_env(inherited, Some(&spec), &[]);
+        let env = compose_env(inherited, Some(&spec), &[], &[]);
         assert_eq!(env, [(OsString::from("PATH"), OsString::from("/pod"))]);
     }
 
@@ -183,13 +212,45 @@ mod tests {
             ("HOME".into(), "/root".into()),
             ("TERM".into(), "xterm".into()),
         ];
-        let env = compose_env(inherited, None, &[("HOME", b"/home/dev"), ("USER", b"dev")]);
+        let env = compose_env(
+            inherited,
+            None,
+            &[("HOME", b"/home/dev"), ("USER", b"dev")],
+            &[],
+        );
         assert_eq!(
             env,
             [
                 (OsString::from("TERM"), OsString::from("xterm")),
                 (OsString::from("HOME"), OsString::from("/home/dev")),
                 (OsString::from("USER"), OsString::from("dev")),
+            ]
+        );
+    }
+
+    #[test]
+    fn overrides_win_over_identity_and_environment() {
+        let spec = vec![
+            (b"HOME".to_vec(), b"/root".to_vec()),
+            (b"APP".to_vec(), b"pod".to_vec()),
+        ];
+        let overrides = vec![
+            (b"HOME".to_vec(), b"/srv/override".to_vec()),
+            (b"APP".to_vec(), b"first".to_vec()),
+            (b"APP".to_vec(), b"last".to_vec()),
+        ];
+        let env = compose_env(
+            Vec::new(),
+            Some(&spec),
+            &[("HOME", b"/home/dev"), ("USER", b"dev")],
+            &overrides,
+        );
+        assert_eq!(
+            env,
+            [
+                (OsString::from("USER"), OsString::from("dev")),
+                (OsString::from("HOME"), OsString::from("/srv/override")),
+                (OsString::from("APP"), OsString::from("last")),
             ]
         );
     }

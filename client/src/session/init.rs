@@ -220,6 +220,7 @@ fn run_command(spec: &ChildSpec, inherited: &Inherited) -> ! {
         std::env::vars_os(),
         spec.env.as_deref(),
         &identity_env,
+        &spec.env_overrides,
     ));
     // SAFETY: restoring the disposition the process started with.
     let _ = unsafe { sigaction(Signal::SIGCHLD, &inherited.sigchld) };
