@@ -9,11 +9,14 @@
 //!   entry; empty entries (two NULs in a row) are skipped;
 //! - a name that appears twice keeps its first value, as `getenv` would return.
 
+use std::collections::HashSet;
+
 use crate::Var;
 
 /// The variables of an environ block, in order.
 pub fn parse(block: &[u8]) -> Vec<Var> {
     let mut vars: Vec<Var> = Vec::new();
+    let mut seen: HashSet<&[u8]> = HashSet::new();
     for entry in block.split(|&b| b == 0) {
         let Some(eq) = entry.iter().position(|&b| b == b'=') else {
             continue;
@@ -22,7 +25,7 @@ pub fn parse(block: &[u8]) -> Vec<Var> {
             continue;
         }
         let name = &entry[..eq];
-        if vars.iter().any(|(existing, _)| existing == name) {
+        if !seen.insert(name) {
             continue;
         }
         vars.push((name.to_vec(), entry[eq + 1..].to_vec()));

@@ -24,6 +24,8 @@
 //! target variables are taken), [`dotenv`] (reading and writing dotenv files), [`json`]
 //! (JSON output).
 
+use std::collections::HashMap;
+
 pub mod dotenv;
 pub mod environ;
 pub mod filter;
@@ -55,10 +57,19 @@ pub fn compose(local: impl IntoIterator<Item = Var>, target: &[Var], filter: &Fi
 /// Sets each variable of `layer` in `env`: replaces the value of an existing name in place,
 /// appends a new name. A name given twice in `layer` ends with its last value.
 pub fn set_all(env: &mut Vec<Var>, layer: impl IntoIterator<Item = Var>) {
+    // An index by name keeps this linear: targets with thousands of variables exist.
+    let mut index: HashMap<Vec<u8>, usize> = env
+        .iter()
+        .enumerate()
+        .map(|(position, (name, _))| (name.clone(), position))
+        .collect();
     for (name, value) in layer {
-        match env.iter_mut().find(|(existing, _)| *existing == name) {
-            Some(slot) => slot.1 = value,
-            None => env.push((name, value)),
+        match index.get(&name) {
+            Some(&position) => env[position].1 = value,
+            None => {
+                index.insert(name.clone(), env.len());
+                env.push((name, value));
+            }
         }
     }
 }

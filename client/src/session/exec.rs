@@ -4,8 +4,8 @@
 //! The command is PID 2 of the session's PID namespace, forked by its init
 //! ([`init`](super::init)) and replaced by the user's program (`execvp`): it keeps the
 //! session's namespaces, the client's process group and the user's stdin/stdout/stderr.
-//! `argv[0]` is searched in the `PATH` of the command's own environment (the environment is
-//! installed before the search), as `env -i PATH=... cmd` would do.
+//! `argv[0]` is searched in the `PATH` of the command's own environment, as
+//! `env -i PATH=... cmd` would do.
 //!
 //! The session child is a Rust program, and Rust ignores SIGPIPE at startup; an ignored
 //! signal stays ignored across `execve`, so it is set back to its default first — otherwise
@@ -86,28 +86,39 @@ pub fn command_env(
     ))
 }
 
-/// Replaces the process environment with `env`. The command's process is single-threaded.
-pub fn install_env(env: Vec<(OsString, OsString)>) {
-    for (key, _) in std::env::vars_os() {
-        std::env::remove_var(key);
-    }
-    for (key, value) in env {
-        std::env::set_var(key, value);
-    }
-}
-
-/// Executes `argv`; if that fails, reports it like a shell and exits.
-pub fn exec(argv: &[Vec<u8>]) -> ! {
+/// Executes `argv` with exactly the environment `env`; if that fails, reports it like a shell
+/// and exits.
+///
+/// The environment goes to `execve` as one array, not through `setenv`: glibc's `setenv`
+/// scans and reallocates the whole environment on every call, which costs tens of
+/// milliseconds for a target with a thousand variables. Only PATH is set in this process,
+/// because `execvpe` searches the caller's PATH; that makes the search use the command's own
+/// PATH (or the default search path when it has none), as a shell would.
+pub fn exec(argv: &[Vec<u8>], env: &[(OsString, OsString)]) -> ! {
     // SAFETY: restoring the default disposition of a signal has no preconditions.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     let name = OsStr::from_bytes(&argv[0]).to_string_lossy().into_owned();
+    match env.iter().rev().find(|(key, _)| key == "PATH") {
+        Some((_, path)) => std::env::set_var("PATH", path),
+        None => std::env::remove_var("PATH"),
+    }
     let args: Result<Vec<CString>, _> = argv.iter().map(|arg| CString::new(arg.clone())).collect();
-    let errno = match args {
-        Ok(args) => match nix::unistd::execvp(&args[0], &args) {
+    let envp: Result<Vec<CString>, _> = env
+        .iter()
+        .map(|(key, value)| {
+            let mut entry = Vec::with_capacity(key.len() + value.len() + 1);
+            entry.extend_from_slice(key.as_bytes());
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            CString::new(entry)
+        })
+        .collect();
+    let errno = match (args, envp) {
+        (Ok(args), Ok(envp)) => match nix::unistd::execvpe(&args[0], &args, &envp) {
             Ok(never) => match never {},
             Err(errno) => errno,
         },
-        Err(_) => Errno::EINVAL,
+        _ => Errno::EINVAL,
     };
     let (code, message) = exec_failure(&name, errno);
     eprintln!("mirrord-net: {message}");
