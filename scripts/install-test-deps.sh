@@ -8,7 +8,9 @@ set -euo pipefail
 
 PACKAGES=(
     iproute2        # ip: namespaces, veth, addresses, routes
-    util-linux      # nsenter, unshare, mount
+    util-linux      # nsenter, unshare
+    mount           # mount (the target fixture's bind mounts)
+    hostname        # hostname -i in the identity tests
     nftables        # nft
     dnsmasq-base    # the pod's DNS server (the binary only: no service)
     socat           # UDP echo and UDP client

@@ -78,7 +78,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     // From here on, this thread (and every thread it starts) lives in the target's namespaces.
     namespaces.enter(pid)?;
-    let target = target_info::gather(&root)?;
+    let target = target_info::gather(&root, pid)?;
     tracing::debug!(?target.ipv4, ?target.ipv6, hostname = %target.hostname, "target");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

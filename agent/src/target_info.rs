@@ -1,18 +1,26 @@
-//! What a session needs to know about its target: addresses, hostname, resolver files.
+//! What a session needs to know about its target: addresses, hostname, resolver files,
+//! environment.
 //!
 //! Gathered once, after the agent has entered the target's namespaces: the addresses are those
-//! of the interfaces the agent now sees, the hostname is the UTS namespace's, and the resolver
-//! files are read from the target's root (see [`crate::root_fs`]).
+//! of the interfaces the agent now sees, the hostname is the UTS namespace's, the resolver
+//! files are read from the target's root (see [`crate::root_fs`]) and the environment from
+//! `/proc/PID/environ` (the agent keeps the host's /proc: it never enters the target's mount
+//! namespace).
 
 use std::net::IpAddr;
 use std::path::Path;
 
+use mirrord_net_env_injector::Var;
 use mirrord_net_protocol::messages::TargetInfo;
 
 use crate::root_fs::TargetRoot;
 
 /// resolv.conf and hosts larger than this are cut (real ones are a few KiB).
 const RESOLVER_FILE_LIMIT: u64 = 1024 * 1024;
+
+/// A larger environment is refused rather than cut (a cut would change the last value); real
+/// ones are a few KiB, and the kernel's own limit for `execve` is a quarter of the stack limit.
+const ENVIRON_LIMIT: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetInfoError {
@@ -25,10 +33,14 @@ pub enum TargetInfoError {
         path: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot read the environment of process {pid}: {source}")]
+    Environ { pid: u32, source: std::io::Error },
+    #[error("the environment of process {pid} is larger than {ENVIRON_LIMIT} bytes")]
+    EnvironTooLarge { pid: u32 },
 }
 
-/// Describes the target whose namespaces the calling thread is in.
-pub fn gather(root: &TargetRoot) -> Result<TargetInfo, TargetInfoError> {
+/// Describes the target `pid`, whose namespaces the calling thread is in.
+pub fn gather(root: &TargetRoot, pid: u32) -> Result<TargetInfo, TargetInfoError> {
     let mut ipv4 = Vec::new();
     let mut ipv6 = Vec::new();
     let addrs = nix::ifaddrs::getifaddrs().map_err(TargetInfoError::Addresses)?;
@@ -63,7 +75,22 @@ pub fn gather(root: &TargetRoot) -> Result<TargetInfo, TargetInfoError> {
         ipv6,
         resolv_conf: read("/etc/resolv.conf")?,
         hosts: read("/etc/hosts")?,
+        environ: environ_of(pid)?,
     })
+}
+
+/// The environment `pid` was started with (as `execve` left it; a process that later
+/// `setenv`s changes only its own memory, which is what `/proc/PID/environ` shows too).
+fn environ_of(pid: u32) -> Result<Vec<Var>, TargetInfoError> {
+    use std::io::Read;
+    let mut block = Vec::new();
+    std::fs::File::open(format!("/proc/{pid}/environ"))
+        .and_then(|file| file.take(ENVIRON_LIMIT + 1).read_to_end(&mut block))
+        .map_err(|source| TargetInfoError::Environ { pid, source })?;
+    if block.len() as u64 > ENVIRON_LIMIT {
+        return Err(TargetInfoError::EnvironTooLarge { pid });
+    }
+    Ok(mirrord_net_env_injector::environ::parse(&block))
 }
 
 /// Addresses a packet from the target could carry as its source: not loopback, not
@@ -80,6 +107,21 @@ fn is_global_v6(ip: std::net::Ipv6Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environ_of_this_process_is_its_environment() {
+        let environ = environ_of(std::process::id()).unwrap();
+        let expected: Vec<Var> = std::env::vars_os()
+            .map(|(k, v)| {
+                use std::os::unix::ffi::OsStrExt;
+                (k.as_bytes().to_vec(), v.as_bytes().to_vec())
+            })
+            .collect();
+        // Entries set after exec are not in /proc/PID/environ; the test harness sets none.
+        for var in &expected {
+            assert!(environ.contains(var), "{var:?} missing");
+        }
+    }
 
     #[test]
     fn only_routable_addresses_describe_the_target() {

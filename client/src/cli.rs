@@ -4,6 +4,7 @@ use std::ffi::OsString;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::environment::{EnvArgs, EnvFormat};
 use crate::target::Target;
 
 #[derive(Debug, Parser)]
@@ -38,6 +39,14 @@ pub enum Command {
         #[command(flatten)]
         session: SessionArgs,
     },
+    /// Print the environment a session's command would get on the target, and exit.
+    Env {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// How to print it: dotenv (reads back with --env-file or `set -a; . FILE`) or json.
+        #[arg(long, value_enum, default_value_t = EnvFormat::Dotenv)]
+        format: EnvFormat,
+    },
     /// Start a throwaway local "pod" and run a command in a session on it (default: a probe
     /// that prints what the session sees); the pod is removed afterwards.
     Demo {
@@ -68,13 +77,17 @@ pub struct SessionArgs {
     /// No progress line.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub env: EnvArgs,
 }
 
 impl Command {
     /// The -v count of any subcommand.
     pub fn verbose(&self) -> u8 {
         match self {
-            Command::Exec { session, .. } | Command::Shell { session } => session.verbose,
+            Command::Exec { session, .. }
+            | Command::Shell { session }
+            | Command::Env { session, .. } => session.verbose,
             Command::Demo { verbose, .. } => *verbose,
         }
     }

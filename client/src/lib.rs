@@ -9,11 +9,13 @@
 //!   session's TUN device and DATAGRAM frames;
 //! - [`session`]: the session's namespaces, TUN device and the user's command;
 //! - [`run`]: one session from start to exit code;
+//! - [`environment`]: the command's environment (flags, composition) and `mirrord-net env`;
 //! - [`progress`]: the one status line shown while a session starts.
 
 pub mod agent;
 pub mod cli;
 pub mod demo;
+pub mod environment;
 pub mod progress;
 pub mod run;
 pub mod session;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mirrord_net::cli::{Cli, Command};
-use mirrord_net::{demo, run};
+use mirrord_net::{demo, environment, run};
 
 fn main() -> ExitCode {
     // The session child re-executes this binary; it must not start a runtime or parse the
@@ -37,6 +37,9 @@ fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from),
             Command::Shell { session } => run::run_session(&session, run::shell_command())
+                .await
+                .map_err(anyhow::Error::from),
+            Command::Env { session, format } => environment::print_env(&session, format)
                 .await
                 .map_err(anyhow::Error::from),
             Command::Demo { verbose, command } => {

@@ -15,12 +15,13 @@ use mirrord_net_protocol::trust::{SessionIdentity, TrustError};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::agent::{self, AgentError};
+use crate::agent::{self, AgentError, LocalAgent};
 use crate::cli::SessionArgs;
+use crate::environment::CommandEnv;
 use crate::progress::Progress;
 use crate::session::{self, Session, SessionError, SessionSpec};
 use crate::target::{Target, TargetError};
-use crate::tunnel::{self, pump, TunnelError};
+use crate::tunnel::{self, pump, Tunnel, TunnelError};
 
 /// How long the user's command gets to exit after the agent is lost, before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_secs(3);
@@ -28,8 +29,8 @@ const TERMINATE_GRACE: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(
-        "mirrord-net needs root to create network namespaces and a TUN device for pid/ \
-         targets: run it with sudo"
+        "mirrord-net needs root to enter the namespaces of pid/ targets and to create a \
+         session's: run it with sudo"
     )]
     NeedRoot,
     #[error("/dev/net/tun is missing: load the tun module (modprobe tun) or run where TUN devices are allowed")]
@@ -46,11 +47,67 @@ pub enum RunError {
     Trust(#[from] TrustError),
     #[error("{0}; the session was stopped")]
     AgentLost(pump::PumpError),
+    #[error("cannot look up the invoking user: {0}")]
+    UserLookup(std::io::Error),
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
 }
 
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
     preflight()?;
+    let (agent, tunnel) = start_agent_and_connect(args).await?;
+    let mut progress = Progress::new(args.quiet);
+
+    progress.step("creating the session");
+    let env = CommandEnv::for_target(&args.env, &tunnel.target.environ);
+    let spec = SessionSpec {
+        ipv4: tunnel.target.ipv4.clone(),
+        ipv6: tunnel.target.ipv6.clone(),
+        mtu: tunnel.mtu,
+        hostname: tunnel.target.hostname.clone(),
+        resolv_conf: tunnel.target.resolv_conf.clone(),
+        hosts: tunnel.target.hosts.as_deref().map(|hosts| {
+            session::hosts::with_hostname_entry(
+                hosts,
+                &tunnel.target.hostname,
+                tunnel.target.ipv4.first().copied(),
+                tunnel.target.ipv6.first().copied(),
+            )
+        }),
+        command,
+        run_as: if args.as_root {
+            None
+        } else {
+            session::invoking_user()
+        },
+        env: Some(env.base_os()),
+        env_overrides: env.overrides_os(),
+    };
+    progress.clear();
+    let mut session = Session::start(spec).await?;
+
+    let stats = Arc::new(pump::PumpStats::default());
+    let mut pump_task = tokio::spawn(pump::pump(
+        session.tun().clone(),
+        tunnel.connection.clone(),
+        tunnel.mtu,
+        stats.clone(),
+    ));
+
+    let outcome = supervise(&mut session, &mut pump_task).await;
+    pump_task.abort();
+    tracing::info!("packets: {}", stats.summary());
+    tunnel.close().await;
+    agent.finish(Duration::from_secs(2)).await;
+    outcome
+}
+
+/// Starts the agent for `args.target` and connects to it: the first half of a session, which
+/// `mirrord-net env` shares.
+pub(crate) async fn start_agent_and_connect(
+    args: &SessionArgs,
+) -> Result<(LocalAgent, Tunnel), RunError> {
     args.target.check_exists()?;
     let Target::Pid(pid) = args.target;
 
@@ -82,43 +139,12 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         hostname = %tunnel.target.hostname,
         ipv4 = ?tunnel.target.ipv4,
         ipv6 = ?tunnel.target.ipv6,
+        environ = tunnel.target.environ.len(),
         mtu = tunnel.mtu,
         "connected to the agent"
     );
-
-    progress.step("creating the session");
-    let spec = SessionSpec {
-        ipv4: tunnel.target.ipv4.clone(),
-        ipv6: tunnel.target.ipv6.clone(),
-        mtu: tunnel.mtu,
-        hostname: tunnel.target.hostname.clone(),
-        resolv_conf: tunnel.target.resolv_conf.clone(),
-        hosts: tunnel.target.hosts.clone(),
-        command,
-        run_as: if args.as_root {
-            None
-        } else {
-            session::invoking_user()
-        },
-        env: None,
-    };
     progress.clear();
-    let mut session = Session::start(spec).await?;
-
-    let stats = Arc::new(pump::PumpStats::default());
-    let mut pump_task = tokio::spawn(pump::pump(
-        session.tun().clone(),
-        tunnel.connection.clone(),
-        tunnel.mtu,
-        stats.clone(),
-    ));
-
-    let outcome = supervise(&mut session, &mut pump_task).await;
-    pump_task.abort();
-    tracing::info!("packets: {}", stats.summary());
-    tunnel.close().await;
-    agent.finish(Duration::from_secs(2)).await;
-    outcome
+    Ok((agent, tunnel))
 }
 
 /// Waits for the command while relaying signals; stops it if the agent goes away.
@@ -158,11 +184,17 @@ async fn supervise(
 }
 
 fn preflight() -> Result<(), RunError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(RunError::NeedRoot);
-    }
+    check_root()?;
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err(RunError::NoTunDevice);
+    }
+    Ok(())
+}
+
+/// Entering a local target's namespaces takes root.
+pub(crate) fn check_root() -> Result<(), RunError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(RunError::NeedRoot);
     }
     Ok(())
 }

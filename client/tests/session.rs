@@ -83,6 +83,7 @@ fn spec(script: &str, out: &Path) -> SessionSpec {
         ],
         run_as: None,
         env: None,
+        env_overrides: Vec::new(),
     }
 }
 

@@ -83,6 +83,7 @@ mod tests {
             ipv6: vec![],
             resolv_conf: Some(b"nameserver 10.0.0.2\n".to_vec()),
             hosts: None,
+            environ: vec![(b"APP_MODE".to_vec(), b"prod".to_vec())],
         }
     }
 

@@ -60,4 +60,7 @@ pub struct TargetInfo {
     /// the target has no such file.
     pub resolv_conf: Option<Vec<u8>>,
     pub hosts: Option<Vec<u8>>,
+    /// The target process's environment (`/proc/PID/environ`), in its order: names and values
+    /// are bytes, not necessarily UTF-8.
+    pub environ: Vec<(Vec<u8>, Vec<u8>)>,
 }

@@ -12,6 +12,7 @@
 //!
 //! When a test panics, `Drop` prints the end of every server's log before cleaning up.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,17 +30,34 @@ use crate::topology::*;
 #[derive(Debug, Clone)]
 pub struct PodBuilder {
     servers: Vec<Server>,
+    target_env: Vec<(OsString, OsString)>,
+    hosts_names_hostname: bool,
 }
 
 impl Default for PodBuilder {
     fn default() -> Self {
         PodBuilder {
             servers: vec![Server::Dns, Server::Http],
+            target_env: Vec::new(),
+            hosts_names_hostname: true,
         }
     }
 }
 
 impl PodBuilder {
+    /// Starts the target with `name=value` in its environment, on top of the test's own.
+    /// Names and values are bytes: anything but NUL (and `=` in names).
+    pub fn target_env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.target_env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The target's /etc/hosts has no line for its own hostname (as in a plain container).
+    pub fn hosts_without_hostname(mut self) -> Self {
+        self.hosts_names_hostname = false;
+        self
+    }
+
     pub fn udp_echo(self) -> Self {
         self.with(Server::UdpEcho)
     }
@@ -80,6 +98,7 @@ impl PodBuilder {
         let id = name.trim_start_matches(sweep::PREFIX).to_string();
         let mut pod = Pod {
             hostname: format!("pod-{id}"),
+            hosts_names_hostname: self.hosts_names_hostname,
             id,
             servers: Vec::new(),
             target: None,
@@ -88,8 +107,9 @@ impl PodBuilder {
             dir: None,
             build_time: Duration::ZERO,
         };
+        let hosts = pod.hosts();
         let dir = pod.dir.insert(TestDir::create(&name)?);
-        write_files(dir, &pod.id, &pod.hostname)?;
+        write_files(dir, &pod.id, &hosts)?;
 
         let services = pod
             .services_ns
@@ -118,6 +138,7 @@ impl PodBuilder {
             &dir.join("resolv.conf"),
             &dir.join("hosts"),
             &pod.hostname,
+            &self.target_env,
         )?);
         pod.build_time = started.elapsed();
         Ok(pod)
@@ -143,11 +164,11 @@ fn wire(services: &Netns, pod: &Netns) -> Result<()> {
     ))
 }
 
-fn write_files(dir: &TestDir, id: &str, hostname: &str) -> Result<()> {
+fn write_files(dir: &TestDir, id: &str, hosts: &str) -> Result<()> {
     dir.write("index.html", index_body(id).as_bytes(), 0o644)?;
     dir.write("data.json", data_json(id).as_bytes(), 0o644)?;
     dir.write("resolv.conf", resolv_conf().as_bytes(), 0o644)?;
-    dir.write("hosts", hosts(hostname).as_bytes(), 0o644)?;
+    dir.write("hosts", hosts.as_bytes(), 0o644)?;
     for (name, text) in SCRIPTS {
         dir.write(name, text.as_bytes(), 0o755)?;
     }
@@ -167,12 +188,16 @@ fn resolv_conf() -> String {
     format!("nameserver {SERVICES_V4}\nsearch {SEARCH_DOMAIN}\noptions ndots:5\n")
 }
 
-fn hosts(hostname: &str) -> String {
+fn hosts(hostname: &str, names_hostname: bool) -> String {
+    let own = if names_hostname {
+        format!("{POD_V4}\t{hostname}\n{POD_V6}\t{hostname}\n")
+    } else {
+        String::new()
+    };
     format!(
         "127.0.0.1\tlocalhost\n\
          ::1\tlocalhost ip6-localhost ip6-loopback\n\
-         {POD_V4}\t{hostname}\n\
-         {POD_V6}\t{hostname}\n\
+         {own}\
          {SERVICES_V4}\t{HOSTS_ONLY_NAME}\n"
     )
 }
@@ -182,6 +207,7 @@ fn hosts(hostname: &str) -> String {
 pub struct Pod {
     id: String,
     hostname: String,
+    hosts_names_hostname: bool,
     servers: Vec<(Server, Supervised)>,
     target: Option<Target>,
     pod_ns: Option<Netns>,
@@ -248,7 +274,7 @@ impl Pod {
 
     /// The target's /etc/hosts.
     pub fn hosts(&self) -> String {
-        hosts(&self.hostname)
+        hosts(&self.hostname, self.hosts_names_hostname)
     }
 
     pub fn pod_netns(&self) -> &Netns {

@@ -63,6 +63,8 @@ pub fn run_in_pod(pod: &Pod, args: &[&str]) -> Outcome {
 enum Via {
     Session,
     Nsenter,
+    /// `mirrord-net ARGS` itself, any subcommand.
+    Client,
 }
 
 /// One command to run, with its options.
@@ -86,6 +88,12 @@ impl Invocation {
     /// Through a session on any PID (also one that does not exist).
     pub fn session_on(target_pid: u32, args: &[&str]) -> Invocation {
         Invocation::new(Via::Session, target_pid, args)
+    }
+
+    /// `mirrord-net ARGS` (e.g. `env --target ...`), with the same environment a session's
+    /// client gets.
+    pub fn client(args: &[&str]) -> Invocation {
+        Invocation::new(Via::Client, 0, args)
     }
 
     /// Directly in the pod's target namespaces, for comparison.
@@ -163,6 +171,7 @@ impl Invocation {
                 command.arg("--");
                 command
             }
+            Via::Client => Command::new(client_binary()),
         };
         command.args(&self.args);
         command.env_clear();
@@ -181,7 +190,7 @@ impl Invocation {
                 command.env(key, value);
             }
         }
-        if let (Via::Session, Some((uid, gid))) = (self.via, self.user) {
+        if let (Via::Session | Via::Client, Some((uid, gid))) = (self.via, self.user) {
             command
                 .env("SUDO_UID", uid.to_string())
                 .env("SUDO_GID", gid.to_string());

@@ -7,9 +7,13 @@
 //! target's mount namespace (propagation is private), so a session that shows them must have
 //! taken them from the target.
 //!
+//! The target's environment is the fixture's (PATH and LANG), plus what the test asks for; the script names every
+//! program by its absolute path, so a test may give the target a PATH of its own.
+//!
 //! `unshare` and `sh` both exec rather than fork, so the spawned PID ends up being the
 //! `sleep`: it is ready when its comm says so, which only happens if every mount succeeded.
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,29 +33,33 @@ pub struct Target {
 }
 
 impl Target {
-    /// Starts the target in `ns` with the given files and hostname, and waits until it is
-    /// set up.
+    /// Starts the target in `ns` with the given files, hostname and extra environment, and
+    /// waits until it is set up.
     pub fn start(
         ns: &Netns,
         dir: &TestDir,
         resolv_conf: &Path,
         hosts: &Path,
         hostname: &str,
+        env: &[(OsString, OsString)],
     ) -> Result<Target> {
         let script = format!(
             "set -e\n\
-             mount --bind '{resolv}' /etc/resolv.conf\n\
-             mount --bind '{hosts}' /etc/hosts\n\
-             mount -t sysfs sysfs /sys\n\
+             '{mount}' --bind '{resolv}' /etc/resolv.conf\n\
+             '{mount}' --bind '{hosts}' /etc/hosts\n\
+             '{mount}' -t sysfs sysfs /sys\n\
              echo '{hostname}' > /proc/sys/kernel/hostname\n\
-             exec sleep infinity\n",
+             exec '{sleep}' infinity\n",
+            mount = tool("mount"),
+            sleep = tool("sleep"),
             resolv = resolv_conf.display(),
             hosts = hosts.display(),
         );
         let mut command = ns.command(&tool("unshare"))?;
         command
             .args(["--mount", "--uts", "--propagation", "private", "--"])
-            .args([&tool("sh"), "-c", &script]);
+            .args([&tool("sh"), "-c", &script])
+            .envs(env.iter().map(|(name, value)| (name, value)));
         let mut process =
             Supervised::spawn("target", command, &dir.join("target.log"), Signal::SIGKILL)?;
         let pid = process.pid();

@@ -28,6 +28,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("getent", "libc-bin"),
     ("sha256sum", "coreutils"),
     ("id", "coreutils"),
+    ("env", "coreutils"),
+    ("printenv", "coreutils"),
+    ("sleep", "coreutils"),
+    ("od", "coreutils"),
+    ("cat", "coreutils"),
+    ("mount", "mount"),
+    ("hostname", "hostname"),
 ];
 
 /// The absolute path of `name` on [`SYSTEM_PATH`]; panics naming the package if it is missing.

@@ -130,6 +130,7 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         as_root: true,
         verbose,
         quiet: false,
+        env: Default::default(),
     };
     let outcome = run::run_session(&args, command).await;
     drop(host_listener);

@@ -4,8 +4,8 @@
 //! The command is PID 2 of the session's PID namespace, forked by its init
 //! ([`init`](super::init)) and replaced by the user's program (`execvp`): it keeps the
 //! session's namespaces, the client's process group and the user's stdin/stdout/stderr.
-//! `argv[0]` is searched in the `PATH` of the command's own environment (the environment is
-//! installed before the search), as `env -i PATH=... cmd` would do.
+//! `argv[0]` is searched in the `PATH` of the command's own environment, as
+//! `env -i PATH=... cmd` would do.
 //!
 //! The session child is a Rust program, and Rust ignores SIGPIPE at startup; an ignored
 //! signal stays ignored across `execve`, so it is set back to its default first — otherwise
@@ -31,54 +31,94 @@ pub const NOT_FOUND: i32 = 127;
 /// Exit code when the command exists but cannot be run.
 pub const CANNOT_EXECUTE: i32 = 126;
 
-/// The command's environment: `spec_env` if given, else `inherited`; then the identity
-/// variables on top.
+/// The command's environment, in layers, later ones winning: `spec_env` if given, else
+/// `inherited`; then the identity variables of the user the command runs as; then the
+/// caller's explicit `overrides` (`--env-file`, `-e`), in order.
 pub fn compose_env(
     inherited: impl IntoIterator<Item = (OsString, OsString)>,
     spec_env: Option<&[(Vec<u8>, Vec<u8>)]>,
     identity: &[(&str, &[u8])],
+    overrides: &[(Vec<u8>, Vec<u8>)],
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = match spec_env {
         Some(vars) => vars
             .iter()
-            .map(|(key, value)| {
-                (
-                    OsStr::from_bytes(key).to_owned(),
-                    OsStr::from_bytes(value).to_owned(),
-                )
-            })
+            .map(|(key, value)| os_pair(key, value))
             .collect(),
         None => inherited.into_iter().collect(),
     };
-    for (key, value) in identity {
-        env.retain(|(existing, _)| existing != key);
-        env.push((OsString::from(key), OsStr::from_bytes(value).to_owned()));
+    let identity = identity
+        .iter()
+        .map(|(key, value)| os_pair(key.as_bytes(), value));
+    let overrides = overrides.iter().map(|(key, value)| os_pair(key, value));
+    for (key, value) in identity.chain(overrides) {
+        env.retain(|(existing, _)| *existing != key);
+        env.push((key, value));
     }
     env
 }
 
-/// Replaces the process environment with `env`. The command's process is single-threaded.
-pub fn install_env(env: Vec<(OsString, OsString)>) {
-    for (key, _) in std::env::vars_os() {
-        std::env::remove_var(key);
-    }
-    for (key, value) in env {
-        std::env::set_var(key, value);
-    }
+fn os_pair(key: &[u8], value: &[u8]) -> (OsString, OsString) {
+    (
+        OsStr::from_bytes(key).to_owned(),
+        OsStr::from_bytes(value).to_owned(),
+    )
 }
 
-/// Executes `argv`; if that fails, reports it like a shell and exits.
-pub fn exec(argv: &[Vec<u8>]) -> ! {
+/// The environment a session's command would get, composed exactly as the session does it
+/// (for `mirrord-net env`, which shows it without starting a session). Blocking: looks the
+/// user up (NSS).
+pub fn command_env(
+    spec_env: Option<&[(Vec<u8>, Vec<u8>)]>,
+    overrides: &[(Vec<u8>, Vec<u8>)],
+    run_as: Option<super::RunAs>,
+) -> std::io::Result<Vec<(OsString, OsString)>> {
+    let user = run_as.map(super::identity::resolve).transpose()?;
+    let identity = user
+        .as_ref()
+        .map(super::identity::identity_env)
+        .unwrap_or_default();
+    Ok(compose_env(
+        std::env::vars_os(),
+        spec_env,
+        &identity,
+        overrides,
+    ))
+}
+
+/// Executes `argv` with exactly the environment `env`; if that fails, reports it like a shell
+/// and exits.
+///
+/// The environment goes to `execve` as one array, not through `setenv`: glibc's `setenv`
+/// scans and reallocates the whole environment on every call, which costs tens of
+/// milliseconds for a target with a thousand variables. Only PATH is set in this process,
+/// because `execvpe` searches the caller's PATH; that makes the search use the command's own
+/// PATH (or the default search path when it has none), as a shell would.
+pub fn exec(argv: &[Vec<u8>], env: &[(OsString, OsString)]) -> ! {
     // SAFETY: restoring the default disposition of a signal has no preconditions.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     let name = OsStr::from_bytes(&argv[0]).to_string_lossy().into_owned();
+    match env.iter().rev().find(|(key, _)| key == "PATH") {
+        Some((_, path)) => std::env::set_var("PATH", path),
+        None => std::env::remove_var("PATH"),
+    }
     let args: Result<Vec<CString>, _> = argv.iter().map(|arg| CString::new(arg.clone())).collect();
-    let errno = match args {
-        Ok(args) => match nix::unistd::execvp(&args[0], &args) {
+    let envp: Result<Vec<CString>, _> = env
+        .iter()
+        .map(|(key, value)| {
+            let mut entry = Vec::with_capacity(key.len() + value.len() + 1);
+            entry.extend_from_slice(key.as_bytes());
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            CString::new(entry)
+        })
+        .collect();
+    let errno = match (args, envp) {
+        (Ok(args), Ok(envp)) => match nix::unistd::execvpe(&args[0], &args, &envp) {
             Ok(never) => match never {},
             Err(errno) => errno,
         },
-        Err(_) => Errno::EINVAL,
+        _ => Errno::EINVAL,
     };
     let (code, message) = exec_failure(&name, errno);
     eprintln!("mirrord-net: {message}");
@@ -173,7 +213,7 @@ mod tests {
             ("PATH".into(), "/host".into()),
         ];
         let spec = vec![(b"PATH".to_vec(), b"/pod".to_vec())];
-        let env = compose_env(inherited, Some(&spec), &[]);
+        let env = compose_env(inherited, Some(&spec), &[], &[]);
         assert_eq!(env, [(OsString::from("PATH"), OsString::from("/pod"))]);
     }
 
@@ -183,13 +223,45 @@ mod tests {
             ("HOME".into(), "/root".into()),
             ("TERM".into(), "xterm".into()),
         ];
-        let env = compose_env(inherited, None, &[("HOME", b"/home/dev"), ("USER", b"dev")]);
+        let env = compose_env(
+            inherited,
+            None,
+            &[("HOME", b"/home/dev"), ("USER", b"dev")],
+            &[],
+        );
         assert_eq!(
             env,
             [
                 (OsString::from("TERM"), OsString::from("xterm")),
                 (OsString::from("HOME"), OsString::from("/home/dev")),
                 (OsString::from("USER"), OsString::from("dev")),
+            ]
+        );
+    }
+
+    #[test]
+    fn overrides_win_over_identity_and_environment() {
+        let spec = vec![
+            (b"HOME".to_vec(), b"/root".to_vec()),
+            (b"APP".to_vec(), b"pod".to_vec()),
+        ];
+        let overrides = vec![
+            (b"HOME".to_vec(), b"/srv/override".to_vec()),
+            (b"APP".to_vec(), b"first".to_vec()),
+            (b"APP".to_vec(), b"last".to_vec()),
+        ];
+        let env = compose_env(
+            Vec::new(),
+            Some(&spec),
+            &[("HOME", b"/home/dev"), ("USER", b"dev")],
+            &overrides,
+        );
+        assert_eq!(
+            env,
+            [
+                (OsString::from("USER"), OsString::from("dev")),
+                (OsString::from("HOME"), OsString::from("/srv/override")),
+                (OsString::from("APP"), OsString::from("last")),
             ]
         );
     }

@@ -216,16 +216,17 @@ fn run_command(spec: &ChildSpec, inherited: &Inherited) -> ! {
         }
         None => Vec::new(),
     };
-    exec::install_env(exec::compose_env(
+    let env = exec::compose_env(
         std::env::vars_os(),
         spec.env.as_deref(),
         &identity_env,
-    ));
+        &spec.env_overrides,
+    );
     // SAFETY: restoring the disposition the process started with.
     let _ = unsafe { sigaction(Signal::SIGCHLD, &inherited.sigchld) };
     // Signals passed on before this point are delivered now, at their default dispositions.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&inherited.mask), None);
-    exec::exec(&spec.command)
+    exec::exec(&spec.command, &env)
 }
 
 /// A signal taken with `sigwaitinfo`.

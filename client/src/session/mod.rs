@@ -22,7 +22,8 @@
 //! - `parent`: [`Session`] — starting the child, taking the TUN, waiting, signalling;
 //! - `child`: [`child_main`] — the child's steps, from exec to `Go`;
 //! - `init`: after `Go` — the child, the namespace's init and the command, and their signals;
-//! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each.
+//! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each;
+//! - `hosts`: the target's hosts file with an entry for its own name (pure).
 //!
 //! The privilege model is a seam ([`SessionPrivileges`]): today the client is root; a rootless
 //! mode makes the child unshare a user namespace first and adds one round trip to the protocol
@@ -31,6 +32,7 @@
 mod channel;
 mod child;
 mod exec;
+pub mod hosts;
 mod identity;
 mod init;
 mod mounts;
@@ -42,6 +44,7 @@ mod protocol;
 mod spec;
 
 pub use child::child_main;
+pub use exec::command_env;
 pub use identity::invoking_user;
 pub use parent::{Session, SessionError};
 pub use protocol::{IpFamily, SetupFailure, SetupStep};

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::spec::SessionPrivileges;
 
 /// Version of the conversation; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts. The spec is the only big message (environment, hosts);
 /// anything near this is a bug or garbage on the socket.
@@ -63,6 +63,10 @@ pub struct ChildSpec {
     pub user: Option<ResolvedUser>,
     /// The command's whole environment; `None` inherits the client's.
     pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Set after the identity variables (HOME, USER, LOGNAME), in order: the user's explicit
+    /// `--env-file` and `-e` assignments.
+    #[serde(default)]
+    pub env_overrides: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A file whose contents replace what `target` shows inside the session.
@@ -309,6 +313,7 @@ mod tests {
                 home: Some(b"/home/dev".to_vec()),
             }),
             env: Some(vec![(b"PATH".to_vec(), b"/usr/bin".to_vec())]),
+            env_overrides: vec![(b"HOME".to_vec(), b"/srv".to_vec())],
         }
     }
 

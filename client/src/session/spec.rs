@@ -49,6 +49,9 @@ pub struct SessionSpec {
     pub run_as: Option<RunAs>,
     /// The command's whole environment; `None` inherits the client's.
     pub env: Option<Vec<(OsString, OsString)>>,
+    /// Assignments applied after the identity variables (HOME, USER, LOGNAME of `run_as`), in
+    /// order, so that they win over everything: `--env-file` and `-e`.
+    pub env_overrides: Vec<(OsString, OsString)>,
 }
 
 /// A uid and primary gid to run the command as.
@@ -135,8 +138,8 @@ pub(crate) fn child_spec(
     {
         return Err(InvalidSpec::NulInArgument(index));
     }
-    if let Some(env) = &spec.env {
-        for (key, value) in env {
+    for (key, value) in spec.env.iter().flatten().chain(&spec.env_overrides) {
+        {
             let key_bytes = key.as_bytes();
             if key_bytes.is_empty()
                 || key_bytes.contains(&b'=')
@@ -209,6 +212,11 @@ pub(crate) fn child_spec(
                 .map(|(key, value)| (key.as_bytes().to_vec(), value.as_bytes().to_vec()))
                 .collect()
         }),
+        env_overrides: spec
+            .env_overrides
+            .iter()
+            .map(|(key, value)| (key.as_bytes().to_vec(), value.as_bytes().to_vec()))
+            .collect(),
     })
 }
 
@@ -227,6 +235,7 @@ mod tests {
             command: vec!["true".into()],
             run_as: None,
             env: None,
+            env_overrides: Vec::new(),
         }
     }
 
@@ -279,6 +288,13 @@ mod tests {
 
         let mut bad = spec();
         bad.env = Some(vec![("A=B".into(), "c".into())]);
+        assert!(matches!(
+            child_spec(&bad, &options, None),
+            Err(InvalidSpec::BadEnvironment(_))
+        ));
+
+        let mut bad = spec();
+        bad.env_overrides = vec![("".into(), "c".into())];
         assert!(matches!(
             child_spec(&bad, &options, None),
             Err(InvalidSpec::BadEnvironment(_))

@@ -6,6 +6,7 @@
 mod clients;
 mod concurrency;
 mod dns;
+mod environment;
 mod exit_codes;
 mod isolation;
 mod lifecycle;
