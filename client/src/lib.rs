@@ -8,12 +8,14 @@
 //! - [`tunnel`]: the QUIC connection to the agent — handshake and the packet pump between the
 //!   session's TUN device and DATAGRAM frames;
 //! - [`session`]: the session's namespaces, TUN device and the user's command;
+//! - [`files`]: which of the target's paths the session shows, and where its root is mounted;
 //! - [`run`]: one session from start to exit code;
 //! - [`progress`]: the one status line shown while a session starts.
 
 pub mod agent;
 pub mod cli;
 pub mod demo;
+pub mod files;
 pub mod progress;
 pub mod run;
 pub mod session;

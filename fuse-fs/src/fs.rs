@@ -456,6 +456,23 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         });
     }
 
+    // Extended attributes are not carried: ENOSYS tells the kernel once, and it answers
+    // EOPNOTSUPP itself from then on, without a round trip.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         self.spawn(|remote, _| async move {
             match remote.statfs(ino.0).await {

@@ -130,6 +130,9 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         as_root: true,
         verbose,
         quiet: false,
+        fs_mode: crate::files::FsMode::Read,
+        fs_remote: Vec::new(),
+        fs_local: Vec::new(),
     };
     let outcome = run::run_session(&args, command).await;
     drop(host_listener);

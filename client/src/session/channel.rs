@@ -208,6 +208,7 @@ mod tests {
             command: vec![b"true".to_vec()],
             user: None,
             env: Some(env),
+            remote_files: None,
         };
         let message = ParentMessage::Spec(Box::new(spec));
         send(a.as_fd(), &message, &[]).unwrap();

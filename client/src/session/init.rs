@@ -216,10 +216,14 @@ fn run_command(spec: &ChildSpec, inherited: &Inherited) -> ! {
         }
         None => Vec::new(),
     };
+    let mut session_env = identity_env;
+    if let Some(files) = &spec.remote_files {
+        session_env.push((crate::files::REMOTE_ROOT_ENV, files.mount_point.as_slice()));
+    }
     exec::install_env(exec::compose_env(
         std::env::vars_os(),
         spec.env.as_deref(),
-        &identity_env,
+        &session_env,
     ));
     // SAFETY: restoring the disposition the process started with.
     let _ = unsafe { sigaction(Signal::SIGCHLD, &inherited.sigchld) };

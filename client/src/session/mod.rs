@@ -22,7 +22,8 @@
 //! - `parent`: [`Session`] — starting the child, taking the TUN, waiting, signalling;
 //! - `child`: [`child_main`] — the child's steps, from exec to `Go`;
 //! - `init`: after `Go` — the child, the namespace's init and the command, and their signals;
-//! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each.
+//! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each;
+//! - `remote_files`: the FUSE mount of the target's root and the binds of its paths.
 //!
 //! The privilege model is a seam ([`SessionPrivileges`]): today the client is root; a rootless
 //! mode makes the child unshare a user namespace first and adds one round trip to the protocol
@@ -39,6 +40,7 @@ mod netlink;
 mod network;
 mod parent;
 mod protocol;
+mod remote_files;
 mod spec;
 
 pub use child::child_main;
@@ -46,6 +48,6 @@ pub use identity::invoking_user;
 pub use parent::{Session, SessionError};
 pub use protocol::{IpFamily, SetupFailure, SetupStep};
 pub use spec::{
-    InvalidSpec, RunAs, SessionOptions, SessionPrivileges, SessionSpec, DEFAULT_TUN_NAME, HOSTS,
-    RESOLV_CONF,
+    InvalidSpec, RemoteFiles, RunAs, ServeFiles, SessionOptions, SessionPrivileges, SessionSpec,
+    DEFAULT_TUN_NAME, HOSTS, RESOLV_CONF,
 };
