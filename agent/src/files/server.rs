@@ -137,8 +137,11 @@ impl FileServer {
             } => {
                 let name = sys::component(&name)?;
                 let dir = self.node(parent)?;
-                let flags = open_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW;
-                let file = sys::open_beneath(dir.as_fd(), &name, flags, mode)?;
+                // O_EXCL stays: `open(O_CREAT | O_EXCL)` must fail on an existing file.
+                let flags =
+                    flags & !(libc::O_NOCTTY | libc::O_CLOEXEC) | libc::O_CREAT | libc::O_NOFOLLOW;
+                // openat2 refuses file type bits in the mode, which the kernel sends.
+                let file = sys::open_beneath(dir.as_fd(), &name, flags, mode & 0o7777)?;
                 give_to(&caller, file.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
                 let attr = self.lookup(parent, &name)?;
                 let handle = self.add_handle(file);

@@ -211,7 +211,7 @@ fn write_mode_creates_writes_renames_and_removes() {
         .handle(FsRequest::Create {
             parent: etc,
             name: b"new.txt".to_vec(),
-            mode: 0o640,
+            mode: libc::S_IFREG | 0o640,
             flags: libc::O_WRONLY,
             caller: Caller { uid, gid: uid },
         })

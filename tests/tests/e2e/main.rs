@@ -7,6 +7,7 @@ mod clients;
 mod concurrency;
 mod dns;
 mod exit_codes;
+mod files;
 mod isolation;
 mod lifecycle;
 mod network;
