@@ -287,3 +287,31 @@ fn processes_in_mount_namespace(mnt: &str) -> usize {
         })
         .count()
 }
+
+#[test]
+fn a_file_changed_on_the_target_is_seen_within_the_ttl() {
+    let (pod, files) = pod_with_files(false);
+    let config = files.path("config.yaml");
+    let script = format!("cat '{config}'; echo read-once; sleep 2; cat '{config}'");
+    let mut running = Invocation::session(&pod, &sh(&script)).start();
+    assert!(
+        running.wait_for_stdout("read-once", Duration::from_secs(30)),
+        "the session did not start:\n{}",
+        running.stderr_so_far()
+    );
+    // Same size, so only the mtime tells the kernel its cached pages are stale.
+    let changed = CONFIG.replace("8080", "9090");
+    Invocation::in_pod(
+        &pod,
+        &sh(&format!(
+            "printf '{}' > '{config}'",
+            changed.replace('\n', "\\n")
+        )),
+    )
+    .run()
+    .assert_success();
+    let out = running
+        .finish(Duration::from_secs(30))
+        .expect("session ends");
+    assert_eq!(out.stdout, format!("{CONFIG}read-once\n{changed}"), "{out}");
+}
