@@ -43,11 +43,12 @@ drop
     TIMEFORMAT=%R
     c1=\$( { time cat $data/big.bin >/dev/null; } 2>&1 )
     c2=\$( { time cat $data/big.bin >/dev/null; } 2>&1 )
+    c3=\$( { time cat $data/big.bin >/dev/null; } 2>&1 )
     f1=\$( { time find $data/tree -printf '%s %m\n' >/dev/null; } 2>&1 )
     sleep 1.1
     f2=\$( { time find $data/tree -printf '%s %m\n' >/dev/null; } 2>&1 )
     f3=\$( { time find $data/tree -printf '%s %m\n' >/dev/null; } 2>&1 )
-    echo \"session: cat cold \${c1}s warm \${c2}s; find+stat cold \${f1}s warm (after TTL) \${f2}s warm (within TTL) \${f3}s\"
+    echo \"session: cat cold \${c1}s warm \${c2}s, \${c3}s; find+stat cold \${f1}s warm (after TTL) \${f2}s warm (within TTL) \${f3}s\"
 "
 
 for mode in off read; do
