@@ -4,6 +4,8 @@
 //! completes a handshake (anything else fails TLS and is dropped); the first bidirectional
 //! stream carries the hello; then packets flow until the connection closes — because the
 //! client said so, or because it fell silent for the idle timeout — and the agent exits.
+//! Every later bidirectional stream starts with a `StreamKind` byte and is dispatched by it
+//! (today: one file request per stream, answered by [`files`](crate::files)).
 
 use std::time::Duration;
 
@@ -12,13 +14,17 @@ use mirrord_net_protocol::framing::{self, FrameDecoder};
 use mirrord_net_protocol::handshake;
 use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
 
+use crate::files::{self, FileServer};
 use crate::stack::{self, StackConfig};
+use mirrord_net_protocol::fs::StreamKind;
+use std::sync::Arc;
 
 /// Waits for the pinned client and serves its session to the end.
 pub async fn serve_one_session(
     endpoint: quinn::Endpoint,
     target: TargetInfo,
     accept_timeout: Duration,
+    files: Option<Arc<FileServer>>,
 ) -> anyhow::Result<()> {
     let connection = tokio::time::timeout(accept_timeout, accept_pinned(&endpoint))
         .await
@@ -53,7 +59,36 @@ pub async fn serve_one_session(
     // The control stream stays open for the session's lifetime; the stack ends when the
     // connection does.
     let _control = (send, recv);
+    tokio::spawn(accept_streams(connection.clone(), files));
     stack::serve(connection, config).await
+}
+
+/// Accepts the client's further streams and dispatches each by its kind byte.
+async fn accept_streams(connection: quinn::Connection, files: Option<Arc<FileServer>>) {
+    while let Ok((send, mut recv)) = connection.accept_bi().await {
+        let files = files.clone();
+        tokio::spawn(async move {
+            let mut kind = [0u8; 1];
+            if recv.read_exact(&mut kind).await.is_err() {
+                return;
+            }
+            let result = match (StreamKind::from_byte(kind[0]), files) {
+                (Some(StreamKind::Files), Some(server)) => {
+                    files::serve_stream(server, send, recv).await
+                }
+                (Some(StreamKind::Files), None) => {
+                    // Files are off for this session: refuse the stream outright.
+                    let mut send = send;
+                    let _ = send.reset(quinn::VarInt::from_u32(1));
+                    Ok(())
+                }
+                (None, _) => Err(anyhow!("unknown stream kind {}", kind[0])),
+            };
+            if let Err(err) = result {
+                tracing::debug!("stream: {err:#}");
+            }
+        });
+    }
 }
 
 async fn accept_pinned(endpoint: &quinn::Endpoint) -> anyhow::Result<quinn::Connection> {

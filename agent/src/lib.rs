@@ -6,11 +6,14 @@
 //! - [`namespaces`]: entering the target's network and UTS namespaces;
 //! - [`root_fs`]: reading the target's files as the target sees them;
 //! - [`target_info`]: the addresses, hostname and resolver files a session takes on;
+//! - [`files`]: the file server that answers the session's FUSE requests from the target's
+//!   root;
 //! - [`control`]: accepting the one pinned client and its handshake;
 //! - [`stack`]: the userspace network stack that terminates the session's IP packets and
 //!   re-originates every flow from real sockets in the target's namespace.
 
 pub mod control;
+pub mod files;
 pub mod namespaces;
 pub mod root_fs;
 pub mod stack;

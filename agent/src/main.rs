@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mirrord_net_agent::control;
+use mirrord_net_agent::files::{Access, FileServer};
 use mirrord_net_agent::namespaces::TargetNamespaces;
 use mirrord_net_agent::root_fs::TargetRoot;
 use mirrord_net_agent::target_info;
@@ -33,6 +34,10 @@ struct Args {
     /// What lies between client and agent: `loopback` or `network`.
     #[arg(long, default_value = "loopback", value_parser = parse_profile)]
     path: PathProfile,
+    /// The target's files for the session: `read` (changes fail with EROFS), `write` or
+    /// `off` (no file requests are answered).
+    #[arg(long, default_value = "read", value_parser = ["read", "write", "off"])]
+    fs_mode: String,
     /// Give up when no client connects within this many seconds.
     #[arg(long, default_value_t = 30)]
     accept_timeout_secs: u64,
@@ -73,6 +78,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     let namespaces = TargetNamespaces::open(pid)?;
     let root = TargetRoot::of_pid(pid)
         .with_context(|| format!("cannot open the root of process {pid}"))?;
+    let access = match args.fs_mode.as_str() {
+        "write" => Some(Access::ReadWrite),
+        "off" => None,
+        _ => Some(Access::ReadOnly),
+    };
+    let files = match access {
+        Some(access) => Some(std::sync::Arc::new(
+            FileServer::open(std::path::Path::new(&format!("/proc/{pid}/root")), access)
+                .with_context(|| format!("cannot serve the files of process {pid}"))?,
+        )),
+        None => None,
+    };
     let socket = bind_socket(args.listen)?;
     let identity = SessionIdentity::generate()?;
 
@@ -103,6 +120,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             endpoint,
             target,
             Duration::from_secs(args.accept_timeout_secs),
+            files,
         )
         .await
     })

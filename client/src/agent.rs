@@ -89,6 +89,7 @@ pub async fn start_local(
     pid: u32,
     client: Fingerprint,
     log_filter: Option<&str>,
+    fs_mode: crate::files::FsMode,
 ) -> Result<LocalAgent, AgentError> {
     let path = agent_path()?;
     let mut command = Command::new(&path);
@@ -97,6 +98,8 @@ pub async fn start_local(
         .arg(pid.to_string())
         .arg("--client-cert-sha256")
         .arg(client.to_string())
+        .arg("--fs-mode")
+        .arg(fs_mode.as_arg())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -5,7 +5,9 @@ use std::ffi::OsString;
 use clap::{Args, Parser, Subcommand};
 
 use crate::environment::{EnvArgs, EnvFormat};
+use crate::files::FsMode;
 use crate::target::Target;
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +81,16 @@ pub struct SessionArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub env: EnvArgs,
+    /// The target's files: `read` (changes fail with EROFS), `write` (changes go to the
+    /// target) or `off` (no remote files).
+    #[arg(long, value_enum, default_value_t = FsMode::Read, value_name = "MODE")]
+    pub fs_mode: FsMode,
+    /// Also show this path from the target (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub fs_remote: Vec<PathBuf>,
+    /// Keep this path local even if the target has a mount there (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub fs_local: Vec<PathBuf>,
 }
 
 impl Command {

@@ -126,11 +126,15 @@ pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, Run
     };
     let base = env.base.clone();
     let overrides = env.overrides.clone();
-    let composed =
-        tokio::task::spawn_blocking(move || session::command_env(Some(&base), &overrides, run_as))
-            .await
-            .expect("the user lookup does not panic")
-            .map_err(RunError::UserLookup)?;
+    // The session's command also learns where the target's root is mounted.
+    let remote_root =
+        (args.fs_mode != crate::files::FsMode::Off).then(|| crate::files::REMOTE_ROOT.as_bytes());
+    let composed = tokio::task::spawn_blocking(move || {
+        session::command_env(Some(&base), &overrides, run_as, remote_root)
+    })
+    .await
+    .expect("the user lookup does not panic")
+    .map_err(RunError::UserLookup)?;
     let composed: Vec<Var> = composed
         .into_iter()
         .map(|(name, value)| (name.into_vec(), value.into_vec()))

@@ -8,6 +8,7 @@
 //! - [`tunnel`]: the QUIC connection to the agent — handshake and the packet pump between the
 //!   session's TUN device and DATAGRAM frames;
 //! - [`session`]: the session's namespaces, TUN device and the user's command;
+//! - [`files`]: which of the target's paths the session shows, and where its root is mounted;
 //! - [`run`]: one session from start to exit code;
 //! - [`environment`]: the command's environment (flags, composition) and `mirrord-net env`;
 //! - [`progress`]: the one status line shown while a session starts.
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod environment;
+pub mod files;
 pub mod progress;
 pub mod run;
 pub mod session;

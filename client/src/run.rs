@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::agent::{self, AgentError, LocalAgent};
 use crate::cli::SessionArgs;
 use crate::environment::CommandEnv;
+use crate::files::{self, FsMode};
 use crate::progress::Progress;
 use crate::session::{self, Session, SessionError, SessionSpec};
 use crate::target::{Target, TargetError};
@@ -35,6 +36,8 @@ pub enum RunError {
     NeedRoot,
     #[error("/dev/net/tun is missing: load the tun module (modprobe tun) or run where TUN devices are allowed")]
     NoTunDevice,
+    #[error("/dev/fuse is missing, which the target's files need: load the fuse module (modprobe fuse), or run with --fs-mode off")]
+    NoFuseDevice,
     #[error("{0}")]
     Target(#[from] TargetError),
     #[error("{0}")]
@@ -56,6 +59,9 @@ pub enum RunError {
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
     preflight()?;
+    if args.fs_mode != FsMode::Off && !std::path::Path::new("/dev/fuse").exists() {
+        return Err(RunError::NoFuseDevice);
+    }
     let (agent, tunnel) = start_agent_and_connect(args).await?;
     let mut progress = Progress::new(args.quiet);
 
@@ -84,8 +90,11 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         env: Some(env.base_os()),
         env_overrides: env.overrides_os(),
     };
+    let Target::Pid(pid) = args.target;
+    let files = remote_files(args, pid, &tunnel.connection);
     progress.clear();
-    let mut session = Session::start(spec).await?;
+    let mut session =
+        Session::start_with_files(spec, session::SessionOptions::default(), files).await?;
 
     let stats = Arc::new(pump::PumpStats::default());
     let mut pump_task = tokio::spawn(pump::pump(
@@ -114,8 +123,13 @@ pub(crate) async fn start_agent_and_connect(
     let mut progress = Progress::new(args.quiet);
     progress.step(&format!("starting the agent for {}", args.target));
     let identity = SessionIdentity::generate()?;
-    let agent =
-        agent::start_local(pid, identity.fingerprint(), agent_log_filter(args.verbose)).await?;
+    let agent = agent::start_local(
+        pid,
+        identity.fingerprint(),
+        agent_log_filter(args.verbose),
+        args.fs_mode,
+    )
+    .await?;
 
     progress.step("connecting to the agent");
     let tunnel = match tunnel::connect(
@@ -145,6 +159,48 @@ pub(crate) async fn start_agent_and_connect(
     );
     progress.clear();
     Ok((agent, tunnel))
+}
+
+/// The target's files for the session: its root at [`files::REMOTE_ROOT`], its own mounts
+/// (and `--fs-remote` paths) over the local ones, served over the session's connection.
+fn remote_files(
+    args: &SessionArgs,
+    pid: u32,
+    connection: &quinn::Connection,
+) -> Option<session::RemoteFiles> {
+    if args.fs_mode == FsMode::Off {
+        return None;
+    }
+    let read = |path: String| {
+        std::fs::read_to_string(&path).unwrap_or_else(|err| {
+            tracing::warn!("cannot read {path}: {err}; no mounts of the target are shown");
+            String::new()
+        })
+    };
+    let chosen = files::choose(
+        &files::parse_mountinfo(&read(format!("/proc/{pid}/mountinfo"))),
+        &files::parse_mountinfo(&read("/proc/self/mountinfo".into())),
+        &args.fs_remote,
+        &args.fs_local,
+    );
+    tracing::info!(remote = ?chosen.remote, keep_local = ?chosen.keep_local, "target paths");
+    let transport = mirrord_net_fuse_fs::QuicTransport::new(connection.clone());
+    let runtime = tokio::runtime::Handle::current();
+    Some(session::RemoteFiles {
+        mount_point: files::REMOTE_ROOT.into(),
+        writable: args.fs_mode == FsMode::Write,
+        binds: chosen.remote,
+        keep_local: chosen.keep_local,
+        serve: Box::new(move |device| {
+            let server = mirrord_net_fuse_fs::serve(
+                device,
+                transport,
+                runtime,
+                mirrord_net_fuse_fs::DEFAULT_TTL,
+            )?;
+            Ok(Box::new(server) as Box<dyn std::any::Any + Send>)
+        }),
+    })
 }
 
 /// Waits for the command while relaying signals; stops it if the agent goes away.

@@ -12,9 +12,13 @@
 //! the [`ready`] line). A peer presenting any other certificate is refused during the TLS
 //! handshake.
 //!
+//! File requests of the session's FUSE file system ride on further bidirectional streams
+//! ([`fs`]), one stream per request, each opened with a stream-kind byte.
+//!
 //! Nothing in this crate does I/O; the QUIC settings in [`transport`] are plain values.
 
 pub mod framing;
+pub mod fs;
 pub mod handshake;
 pub mod messages;
 pub mod ready;

@@ -37,6 +37,7 @@ pub mod servers;
 pub mod session;
 pub mod sweep;
 pub mod target;
+pub mod target_files;
 pub mod testdir;
 pub mod tools;
 pub mod topology;

@@ -131,6 +131,9 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         verbose,
         quiet: false,
         env: Default::default(),
+        fs_mode: crate::files::FsMode::Read,
+        fs_remote: Vec::new(),
+        fs_local: Vec::new(),
     };
     let outcome = run::run_session(&args, command).await;
     drop(host_listener);

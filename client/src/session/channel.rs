@@ -209,6 +209,7 @@ mod tests {
             user: None,
             env: Some(env),
             env_overrides: Vec::new(),
+            remote_files: None,
         };
         let message = ParentMessage::Spec(Box::new(spec));
         send(a.as_fd(), &message, &[]).unwrap();

@@ -37,6 +37,7 @@ use super::network;
 use super::protocol::{
     ChildMessage, ChildSpec, ParentMessage, SetupFailure, SetupStep, PROTOCOL_VERSION,
 };
+use super::remote_files::{self, KeptLocal};
 
 /// Status of a child that could not build the session or lost its client.
 const SETUP_FAILED: i32 = 1;
@@ -105,8 +106,8 @@ fn run() -> i32 {
     }
 
     let mut warnings = Vec::new();
-    let tun = match build(&spec, &mut warnings) {
-        Ok(tun) => tun,
+    let (tun, root) = match build(&spec, &mut warnings) {
+        Ok(built) => built,
         Err(failure) => {
             fail(&socket, failure);
             return SETUP_FAILED;
@@ -116,11 +117,32 @@ fn run() -> i32 {
         tun_name: spec.tun_name.clone(),
         warnings,
     };
-    if channel::send(socket.as_fd(), &ready, &[tun.as_fd()]).is_err() {
+    let mut fds = vec![tun.as_fd()];
+    fds.extend(root.as_ref().map(|(device, _)| device.as_fd()));
+    if channel::send(socket.as_fd(), &ready, &fds).is_err() {
         return SETUP_FAILED;
     }
-    // The client holds the device now; this copy would only keep it alive after the client.
+    drop(fds);
+    // The client holds the devices now; these copies would only keep them alive after the
+    // client (a FUSE connection whose server died must abort, not hang its callers).
     drop(tun);
+    if let (Some(files), Some((device, kept))) = (&spec.remote_files, root) {
+        drop(device);
+        match channel::recv::<ParentMessage>(socket.as_fd()) {
+            Ok((ParentMessage::BindRemote, _)) => {}
+            _ => return SETUP_FAILED,
+        }
+        let answer = match remote_files::bind_paths(files, kept) {
+            Ok(warnings) => ChildMessage::Bound { warnings },
+            Err(failure) => {
+                fail(&socket, failure);
+                return SETUP_FAILED;
+            }
+        };
+        if channel::send(socket.as_fd(), &answer, &[]).is_err() {
+            return SETUP_FAILED;
+        }
+    }
     match channel::recv::<ParentMessage>(socket.as_fd()) {
         Ok((ParentMessage::Go, _)) => {}
         _ => return SETUP_FAILED,
@@ -129,16 +151,26 @@ fn run() -> i32 {
     init::run(&spec)
 }
 
-/// Steps 2–4: namespaces, network, files, hostname. Returns the TUN descriptor.
-fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<OwnedFd, SetupFailure> {
+/// Steps 2–4: namespaces, network, files, hostname. Returns the TUN descriptor and, with
+/// remote files, the mounted FUSE device.
+fn build(
+    spec: &ChildSpec,
+    warnings: &mut Vec<String>,
+) -> Result<(OwnedFd, Option<(OwnedFd, KeptLocal)>), SetupFailure> {
     namespaces::enter_new_namespaces(spec.privileges)
         .map_err(|err| SetupFailure::os(SetupStep::Namespaces, err))?;
     mounts::make_private().map_err(|err| SetupFailure::os(SetupStep::MountPropagation, err))?;
+    // Only after the mounts are private: the FUSE mount must never reach the host.
+    let root = spec
+        .remote_files
+        .as_ref()
+        .map(remote_files::mount_root)
+        .transpose()?;
     let tun = network::build(spec, warnings)?;
     mounts::overlay_files(&spec.files, warnings)?;
     namespaces::set_hostname(&spec.hostname)
         .map_err(|err| SetupFailure::os(SetupStep::Hostname, err))?;
-    Ok(tun)
+    Ok((tun, root))
 }
 
 /// Tells the client why the session could not be built (if it still listens).

@@ -72,16 +72,20 @@ pub fn command_env(
     spec_env: Option<&[(Vec<u8>, Vec<u8>)]>,
     overrides: &[(Vec<u8>, Vec<u8>)],
     run_as: Option<super::RunAs>,
+    remote_root: Option<&[u8]>,
 ) -> std::io::Result<Vec<(OsString, OsString)>> {
     let user = run_as.map(super::identity::resolve).transpose()?;
-    let identity = user
+    let mut session_env = user
         .as_ref()
         .map(super::identity::identity_env)
         .unwrap_or_default();
+    if let Some(root) = remote_root {
+        session_env.push((crate::files::REMOTE_ROOT_ENV, root));
+    }
     Ok(compose_env(
         std::env::vars_os(),
         spec_env,
-        &identity,
+        &session_env,
         overrides,
     ))
 }

@@ -216,10 +216,16 @@ fn run_command(spec: &ChildSpec, inherited: &Inherited) -> ! {
         }
         None => Vec::new(),
     };
+    // The session's own variables sit with the identity: over the target's, under the user's
+    // explicit overrides. `command_env` (for `mirrord-net env`) layers them the same way.
+    let mut session_env = identity_env;
+    if let Some(files) = &spec.remote_files {
+        session_env.push((crate::files::REMOTE_ROOT_ENV, files.mount_point.as_slice()));
+    }
     let env = exec::compose_env(
         std::env::vars_os(),
         spec.env.as_deref(),
-        &identity_env,
+        &session_env,
         &spec.env_overrides,
     );
     // SAFETY: restoring the disposition the process started with.

@@ -24,6 +24,7 @@
 //! - `init`: after `Go` — the child, the namespace's init and the command, and their signals;
 //! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each;
 //! - `hosts`: the target's hosts file with an entry for its own name (pure).
+//! - `remote_files`: the FUSE mount of the target's root and the binds of its paths.
 //!
 //! The privilege model is a seam ([`SessionPrivileges`]): today the client is root; a rootless
 //! mode makes the child unshare a user namespace first and adds one round trip to the protocol
@@ -41,6 +42,7 @@ mod netlink;
 mod network;
 mod parent;
 mod protocol;
+mod remote_files;
 mod spec;
 
 pub use child::child_main;
@@ -49,6 +51,6 @@ pub use identity::invoking_user;
 pub use parent::{Session, SessionError};
 pub use protocol::{IpFamily, SetupFailure, SetupStep};
 pub use spec::{
-    InvalidSpec, RunAs, SessionOptions, SessionPrivileges, SessionSpec, DEFAULT_TUN_NAME, HOSTS,
-    RESOLV_CONF,
+    InvalidSpec, RemoteFiles, RunAs, ServeFiles, SessionOptions, SessionPrivileges, SessionSpec,
+    DEFAULT_TUN_NAME, HOSTS, RESOLV_CONF,
 };

@@ -47,7 +47,7 @@ use super::channel::{self, ChannelError};
 use super::exec;
 use super::identity;
 use super::protocol::{ChildMessage, ParentMessage, SetupFailure};
-use super::spec::{self, InvalidSpec, SessionOptions, SessionSpec};
+use super::spec::{self, InvalidSpec, RemoteFiles, SessionOptions, SessionSpec};
 
 /// The program re-executed when [`SessionOptions::program`] is `None`.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -77,6 +77,8 @@ pub enum SessionError {
     Timeout(Duration),
     #[error("cannot use the session's TUN device: {0}")]
     Tun(io::Error),
+    #[error("cannot serve the target's files: {0}")]
+    ServeFiles(io::Error),
 }
 
 /// A running session: the user's command in its namespaces, and the TUN that carries its
@@ -85,6 +87,8 @@ pub struct Session {
     child: ChildProcess,
     tun: Arc<tun_rs::AsyncDevice>,
     tun_name: String,
+    /// The FUSE server of the target's files, when there is one.
+    _files: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Session {
@@ -102,7 +106,18 @@ impl Session {
         spec: SessionSpec,
         options: SessionOptions,
     ) -> Result<Session, SessionError> {
+        Self::start_with_files(spec, options, None).await
+    }
+
+    /// [`start_with`](Self::start_with), with the target's files mounted in the session.
+    pub async fn start_with_files(
+        spec: SessionSpec,
+        options: SessionOptions,
+        files: Option<RemoteFiles>,
+    ) -> Result<Session, SessionError> {
         let mut child_spec = spec::child_spec(&spec, &options, None)?;
+        child_spec.remote_files = files.as_ref().map(RemoteFiles::wire);
+        let fds_expected = 1 + usize::from(files.is_some());
         if let Some(run_as) = spec.run_as {
             let user = tokio::task::spawn_blocking(move || identity::resolve(run_as))
                 .await
@@ -129,7 +144,8 @@ impl Session {
         let mut child = spawn(&program, theirs)?;
 
         let message = ParentMessage::Spec(Box::new(child_spec));
-        let conversation = tokio::task::spawn_blocking(move || converse(ours, &message));
+        let conversation =
+            tokio::task::spawn_blocking(move || converse(ours, &message, fds_expected));
         let outcome = match tokio::time::timeout(options.setup_timeout, conversation).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(join)) => Err(Conversation::Broken(join.to_string())),
@@ -148,6 +164,14 @@ impl Session {
         for warning in &ready.warnings {
             tracing::warn!("{warning}");
         }
+        let mut ready = ready;
+        let mut served = None;
+        if let (Some(files), Some(device)) = (files, ready.fuse.take()) {
+            match serve_and_bind(&ready.socket, files, device, options.setup_timeout).await {
+                Ok(guard) => served = Some(guard),
+                Err(problem) => return Err(child.fail(problem).await),
+            }
+        }
         // SAFETY: the descriptor came from the child's TUNSETIFF with IFF_NO_PI and without
         // IFF_VNET_HDR, and is owned by nothing else here.
         let tun = unsafe { tun_rs::AsyncDevice::from_fd(ready.tun.into_raw_fd()) }
@@ -160,6 +184,7 @@ impl Session {
             child,
             tun: Arc::new(tun),
             tun_name: ready.tun_name,
+            _files: served,
         })
     }
 
@@ -200,6 +225,7 @@ impl Session {
 struct Ready {
     socket: OwnedFd,
     tun: OwnedFd,
+    fuse: Option<OwnedFd>,
     tun_name: String,
     warnings: Vec<String>,
 }
@@ -210,6 +236,7 @@ enum Conversation {
     Closed,
     Broken(String),
     Io(io::Error),
+    Serve(io::Error),
 }
 
 impl From<ChannelError> for Conversation {
@@ -223,21 +250,70 @@ impl From<ChannelError> for Conversation {
 }
 
 /// Sends the spec and reads the child's answer. Blocking.
-fn converse(socket: OwnedFd, spec: &ParentMessage) -> Result<Ready, Conversation> {
+fn converse(
+    socket: OwnedFd,
+    spec: &ParentMessage,
+    fds_expected: usize,
+) -> Result<Ready, Conversation> {
     channel::send(socket.as_fd(), spec, &[])?;
     let (message, mut fds) = channel::recv::<ChildMessage>(socket.as_fd())?;
     match message {
-        ChildMessage::Ready { tun_name, warnings } if fds.len() == 1 => Ok(Ready {
-            socket,
-            tun: fds.remove(0),
-            tun_name,
-            warnings,
-        }),
+        ChildMessage::Ready { tun_name, warnings } if fds.len() == fds_expected => {
+            let tun = fds.remove(0);
+            Ok(Ready {
+                socket,
+                tun,
+                fuse: fds.pop(),
+                tun_name,
+                warnings,
+            })
+        }
         ChildMessage::Ready { .. } => Err(Conversation::Broken(format!(
-            "Ready came with {} descriptors instead of the TUN's one",
+            "Ready came with {} descriptors instead of {fds_expected}",
             fds.len()
         ))),
         ChildMessage::Failed(failure) => Err(Conversation::Failed(failure)),
+        other => Err(Conversation::Broken(format!(
+            "expected Ready, got {other:?}"
+        ))),
+    }
+}
+
+/// Starts the FUSE server on `device`, then has the child bind the remote paths (each bind
+/// looks its path up, so the server must run first).
+async fn serve_and_bind(
+    socket: &OwnedFd,
+    files: RemoteFiles,
+    device: OwnedFd,
+    timeout: Duration,
+) -> Result<Box<dyn std::any::Any + Send>, Conversation> {
+    let serve = files.serve;
+    // Reads the kernel's INIT from the device: blocking, but already queued.
+    let guard = tokio::task::spawn_blocking(move || serve(device))
+        .await
+        .map_err(|join| Conversation::Broken(join.to_string()))?
+        .map_err(Conversation::Serve)?;
+    let socket = socket.try_clone().map_err(Conversation::Io)?;
+    let bind = tokio::task::spawn_blocking(move || {
+        channel::send(socket.as_fd(), &ParentMessage::BindRemote, &[])?;
+        channel::recv::<ChildMessage>(socket.as_fd()).map(|(message, _)| message)
+    });
+    match tokio::time::timeout(timeout, bind).await {
+        Ok(Ok(Ok(ChildMessage::Bound { warnings }))) => {
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
+            Ok(guard)
+        }
+        Ok(Ok(Ok(ChildMessage::Failed(failure)))) => Err(Conversation::Failed(failure)),
+        Ok(Ok(Ok(other))) => Err(Conversation::Broken(format!(
+            "expected Bound, got {other:?}"
+        ))),
+        Ok(Ok(Err(err))) => Err(err.into()),
+        Ok(Err(join)) => Err(Conversation::Broken(join.to_string())),
+        Err(_) => Err(Conversation::Broken(format!(
+            "the remote paths were not bound within {timeout:?}"
+        ))),
     }
 }
 
@@ -387,6 +463,7 @@ impl ChildProcess {
             Conversation::Failed(failure) => SessionError::Setup(failure),
             Conversation::Broken(what) => SessionError::Protocol(what),
             Conversation::Io(err) => SessionError::Control(err),
+            Conversation::Serve(err) => SessionError::ServeFiles(err),
             Conversation::Closed => match exited {
                 Ok(status) => SessionError::ChildExited(exec::describe(status)),
                 Err(_) => SessionError::Protocol("the session process closed its socket".into()),

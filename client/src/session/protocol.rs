@@ -12,6 +12,11 @@
 //!     │ ── ParentMessage::Go ───────────────────► │  drop privileges, exec the command
 //! ```
 //!
+//! With remote files, the child also mounts `/dev/fuse` and sends its descriptor after the
+//! TUN's on `Ready`; the client starts serving it and says `BindRemote`; the child binds the
+//! remote paths over the local ones (which needs the server: each bind looks its path up)
+//! and answers `Bound` (or `Failed`) before the `Go`.
+//!
 //! End of file in place of a message means the other side died: the child then exits quietly
 //! with status 1, the client reports how the child ended. A rootless mode slots in between
 //! `Spec` and the rest of the setup: the child unshares a user namespace first, says
@@ -67,6 +72,21 @@ pub struct ChildSpec {
     /// `--env-file` and `-e` assignments.
     #[serde(default)]
     pub env_overrides: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The target's files in the session; `None` when files are off.
+    #[serde(default)]
+    pub remote_files: Option<RemoteFilesSpec>,
+}
+
+/// Where the target's root is mounted and which of its paths are shown over local ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteFilesSpec {
+    /// Absolute path of the FUSE mount of the target's root.
+    pub mount_point: Vec<u8>,
+    pub writable: bool,
+    /// Absolute paths bound from under `mount_point` over the same local path.
+    pub binds: Vec<Vec<u8>>,
+    /// Local paths inside a bound one, put back over it.
+    pub keep_local: Vec<Vec<u8>>,
 }
 
 /// A file whose contents replace what `target` shows inside the session.
@@ -95,6 +115,8 @@ pub struct ResolvedUser {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ParentMessage {
     Spec(Box<ChildSpec>),
+    /// The client serves the FUSE device: bind the remote paths.
+    BindRemote,
     /// The client holds the TUN and is ready: run the command.
     Go,
 }
@@ -106,6 +128,10 @@ pub enum ChildMessage {
     Ready {
         tun_name: String,
         /// Things the child skipped (e.g. IPv6 on a kernel without it), for the client's log.
+        warnings: Vec<String>,
+    },
+    /// The remote paths are bound (answer to `BindRemote`).
+    Bound {
         warnings: Vec<String>,
     },
     Failed(SetupFailure),
@@ -136,6 +162,10 @@ pub enum SetupStep {
     File(String),
     Hostname,
     SendReady,
+    /// Opening or mounting `/dev/fuse` for the target's files.
+    FuseDevice,
+    /// Binding a remote path over the local one.
+    RemotePath(String),
 }
 
 impl fmt::Display for SetupStep {
@@ -164,6 +194,10 @@ impl fmt::Display for SetupStep {
             SetupStep::File(path) => write!(f, "cannot show the target's {path} in the session"),
             SetupStep::Hostname => f.write_str("cannot set the session's hostname"),
             SetupStep::SendReady => f.write_str("cannot hand the TUN device to the client"),
+            SetupStep::FuseDevice => {
+                f.write_str("cannot mount the target's files (FUSE device /dev/fuse)")
+            }
+            SetupStep::RemotePath(path) => write!(f, "cannot show the target's {path}"),
         }
     }
 }
@@ -215,6 +249,12 @@ impl SetupFailure {
             ) => Some("mirrord-net needs root (run it with sudo)"),
             (SetupStep::Address(IpAddr::V6(_)) | SetupStep::Ipv6Sysctl, Some(_)) => {
                 Some("IPv6 may be disabled on this machine (ipv6.disable=1 or disable_ipv6)")
+            }
+            (SetupStep::FuseDevice, _) => {
+                Some("load the fuse module (modprobe fuse) and run as root, or use --fs-mode off")
+            }
+            (SetupStep::RemotePath(_), _) => {
+                Some("keep the path local with --fs-local PATH, or use --fs-mode off")
             }
             (SetupStep::Protocol, _) => {
                 Some("the session binary does not match this mirrord-net; reinstall mirrord-net")
@@ -314,6 +354,7 @@ mod tests {
             }),
             env: Some(vec![(b"PATH".to_vec(), b"/usr/bin".to_vec())]),
             env_overrides: vec![(b"HOME".to_vec(), b"/srv".to_vec())],
+            remote_files: None,
         }
     }
 

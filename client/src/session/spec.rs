@@ -103,6 +103,32 @@ impl Default for SessionOptions {
     }
 }
 
+/// Starts serving the session's FUSE device; what it returns is kept as long as the session.
+pub type ServeFiles =
+    Box<dyn FnOnce(std::os::fd::OwnedFd) -> std::io::Result<Box<dyn std::any::Any + Send>> + Send>;
+
+/// The target's files in the session: where its root is mounted, what is shown over local
+/// paths, and who serves the FUSE device the child mounts.
+pub struct RemoteFiles {
+    pub mount_point: PathBuf,
+    pub writable: bool,
+    pub binds: Vec<PathBuf>,
+    pub keep_local: Vec<PathBuf>,
+    pub serve: ServeFiles,
+}
+
+impl RemoteFiles {
+    pub(crate) fn wire(&self) -> super::protocol::RemoteFilesSpec {
+        let bytes = |path: &PathBuf| path.as_os_str().as_bytes().to_vec();
+        super::protocol::RemoteFilesSpec {
+            mount_point: bytes(&self.mount_point),
+            writable: self.writable,
+            binds: self.binds.iter().map(bytes).collect(),
+            keep_local: self.keep_local.iter().map(bytes).collect(),
+        }
+    }
+}
+
 /// A spec the child could not honour, found before starting it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidSpec {
@@ -217,6 +243,7 @@ pub(crate) fn child_spec(
             .iter()
             .map(|(key, value)| (key.as_bytes().to_vec(), value.as_bytes().to_vec()))
             .collect(),
+        remote_files: None,
     })
 }
 

@@ -8,6 +8,7 @@ mod concurrency;
 mod dns;
 mod environment;
 mod exit_codes;
+mod files;
 mod isolation;
 mod lifecycle;
 mod network;

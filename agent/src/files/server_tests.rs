@@ -1,0 +1,351 @@
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+
+use mirrord_net_protocol::fs::{Caller, FsRequest, FsResponse, SetAttr, ROOT_NODE};
+
+use super::*;
+
+struct TempRoot(PathBuf);
+
+impl TempRoot {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mnet-files-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etc/app")).unwrap();
+        std::fs::write(dir.join("etc/app/config.yaml"), b"port: 8080\n").unwrap();
+        std::os::unix::fs::symlink("/etc/app/config.yaml", dir.join("etc/abs-link")).unwrap();
+        std::os::unix::fs::symlink("app/config.yaml", dir.join("etc/rel-link")).unwrap();
+        let sparse = std::fs::File::create(dir.join("sparse")).unwrap();
+        sparse.set_len(1 << 33).unwrap();
+        use std::os::unix::fs::FileExt;
+        sparse.write_all_at(b"tail", (1 << 33) - 4).unwrap();
+        TempRoot(dir)
+    }
+
+    fn server(&self, access: Access) -> FileServer {
+        FileServer::open(&self.0, access).unwrap()
+    }
+}
+
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn lookup(server: &FileServer, parent: u64, name: &str) -> Result<Attr, i32> {
+    match server
+        .handle(FsRequest::Lookup {
+            parent,
+            name: name.as_bytes().to_vec(),
+        })
+        .response
+    {
+        FsResponse::Entry(attr) => Ok(attr),
+        FsResponse::Error(errno) => Err(errno),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn walk(server: &FileServer, path: &str) -> Result<Attr, i32> {
+    let mut attr = Attr {
+        node: ROOT_NODE,
+        ..Attr::default()
+    };
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        attr = lookup(server, attr.node, part)?;
+    }
+    Ok(attr)
+}
+
+fn open(server: &FileServer, node: u64, flags: i32) -> Result<u64, i32> {
+    match server.handle(FsRequest::Open { node, flags }).response {
+        FsResponse::Opened { handle, .. } => Ok(handle),
+        FsResponse::Error(errno) => Err(errno),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn read(server: &FileServer, handle: u64, offset: u64, size: u32) -> Vec<u8> {
+    let answer = server.handle(FsRequest::Read {
+        handle,
+        offset,
+        size,
+    });
+    let FsResponse::Data { len } = answer.response else {
+        panic!("unexpected {:?}", answer.response)
+    };
+    let data = answer.data.unwrap();
+    assert_eq!(len as usize, data.len());
+    data
+}
+
+#[test]
+fn stat_fields_are_the_files_own() {
+    let root = TempRoot::new("stat");
+    let server = root.server(Access::ReadOnly);
+    let attr = walk(&server, "etc/app/config.yaml").unwrap();
+    let meta = std::fs::symlink_metadata(root.0.join("etc/app/config.yaml")).unwrap();
+    assert_eq!(attr.size, meta.size());
+    assert_eq!(attr.mode, meta.mode());
+    assert_eq!((attr.uid, attr.gid), (meta.uid(), meta.gid()));
+    assert_eq!(attr.nlink as u64, meta.nlink());
+    assert_eq!(attr.mtime.secs, meta.mtime());
+    assert_eq!(attr.mtime.nanos as i64, meta.mtime_nsec());
+    assert_eq!(attr.blocks, meta.blocks());
+
+    let sparse = walk(&server, "sparse").unwrap();
+    assert_eq!(sparse.size, 1 << 33);
+    assert!(
+        sparse.blocks * 512 < 1 << 20,
+        "sparse file reports few blocks"
+    );
+}
+
+#[test]
+fn reads_at_any_offset_of_a_sparse_file() {
+    let root = TempRoot::new("read");
+    let server = root.server(Access::ReadOnly);
+    let node = walk(&server, "sparse").unwrap().node;
+    let handle = open(&server, node, libc::O_RDONLY).unwrap();
+    assert_eq!(read(&server, handle, (1 << 33) - 4, 1 << 20), b"tail");
+    assert_eq!(read(&server, handle, 1 << 32, 8), vec![0u8; 8]);
+    assert!(
+        read(&server, handle, 1 << 34, 100).is_empty(),
+        "past the end"
+    );
+    server.handle(FsRequest::Release { handle });
+    let answer = server.handle(FsRequest::Read {
+        handle,
+        offset: 0,
+        size: 1,
+    });
+    assert_eq!(answer.response, FsResponse::Error(libc::EBADF));
+}
+
+#[test]
+fn symlinks_are_given_back_as_written() {
+    let root = TempRoot::new("links");
+    let server = root.server(Access::ReadOnly);
+    for (name, target) in [
+        ("etc/abs-link", "/etc/app/config.yaml"),
+        ("etc/rel-link", "app/config.yaml"),
+    ] {
+        let attr = walk(&server, name).unwrap();
+        assert_eq!(attr.mode & libc::S_IFMT, libc::S_IFLNK);
+        assert_eq!(
+            server
+                .handle(FsRequest::ReadLink { node: attr.node })
+                .response,
+            FsResponse::Link(target.as_bytes().to_vec())
+        );
+    }
+}
+
+#[test]
+fn errors_are_errnos() {
+    let root = TempRoot::new("errors");
+    let server = root.server(Access::ReadOnly);
+    assert_eq!(walk(&server, "etc/missing"), Err(libc::ENOENT));
+    assert_eq!(walk(&server, "etc/app/config.yaml/x"), Err(libc::ENOTDIR));
+    // Names that would leave the root are not names.
+    assert_eq!(lookup(&server, ROOT_NODE, ".."), Err(libc::EINVAL));
+    assert_eq!(lookup(&server, ROOT_NODE, "etc/app"), Err(libc::EINVAL));
+    // A node the client never got.
+    assert_eq!(
+        server.handle(FsRequest::GetAttr { node: 999 }).response,
+        FsResponse::Error(libc::ESTALE)
+    );
+}
+
+#[test]
+fn read_only_refuses_every_change_with_erofs() {
+    let root = TempRoot::new("ro");
+    let server = root.server(Access::ReadOnly);
+    let file = walk(&server, "etc/app/config.yaml").unwrap().node;
+    assert_eq!(open(&server, file, libc::O_WRONLY), Err(libc::EROFS));
+    assert_eq!(
+        open(&server, file, libc::O_RDONLY | libc::O_TRUNC),
+        Err(libc::EROFS)
+    );
+    for request in [
+        FsRequest::Create {
+            parent: ROOT_NODE,
+            name: b"new".to_vec(),
+            mode: 0o644,
+            flags: libc::O_WRONLY,
+            caller: Caller::default(),
+        },
+        FsRequest::Unlink {
+            parent: ROOT_NODE,
+            name: b"sparse".to_vec(),
+        },
+        FsRequest::SetAttr {
+            node: file,
+            handle: None,
+            set: SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+        },
+    ] {
+        assert_eq!(
+            server.handle(request).response,
+            FsResponse::Error(libc::EROFS)
+        );
+    }
+    assert_eq!(
+        std::fs::read(root.0.join("etc/app/config.yaml")).unwrap(),
+        b"port: 8080\n"
+    );
+    assert!(root.0.join("sparse").exists());
+}
+
+#[test]
+fn write_mode_creates_writes_renames_and_removes() {
+    let root = TempRoot::new("rw");
+    let server = root.server(Access::ReadWrite);
+    let etc = walk(&server, "etc").unwrap().node;
+    let uid = 4321;
+    let FsResponse::Created { handle, attr } = server
+        .handle(FsRequest::Create {
+            parent: etc,
+            name: b"new.txt".to_vec(),
+            mode: libc::S_IFREG | 0o640,
+            flags: libc::O_WRONLY,
+            caller: Caller { uid, gid: uid },
+        })
+        .response
+    else {
+        panic!("not created")
+    };
+    assert_eq!(attr.uid, uid);
+    assert_eq!(
+        server
+            .handle(FsRequest::Write {
+                handle,
+                offset: 0,
+                data: b"hello".to_vec(),
+            })
+            .response,
+        FsResponse::Written(5)
+    );
+    server.handle(FsRequest::Fsync {
+        handle,
+        datasync: false,
+    });
+    server.handle(FsRequest::Release { handle });
+    assert_eq!(
+        server
+            .handle(FsRequest::Rename {
+                parent: etc,
+                name: b"new.txt".to_vec(),
+                new_parent: ROOT_NODE,
+                new_name: b"moved.txt".to_vec(),
+                flags: 0,
+            })
+            .response,
+        FsResponse::Ok
+    );
+    assert_eq!(std::fs::read(root.0.join("moved.txt")).unwrap(), b"hello");
+    let meta = std::fs::metadata(root.0.join("moved.txt")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.uid(), uid);
+
+    let moved = walk(&server, "moved.txt").unwrap().node;
+    let FsResponse::Attr(attr) = server
+        .handle(FsRequest::SetAttr {
+            node: moved,
+            handle: None,
+            set: SetAttr {
+                mode: Some(0o600),
+                size: Some(2),
+                ..SetAttr::default()
+            },
+        })
+        .response
+    else {
+        panic!("no attr")
+    };
+    assert_eq!((attr.size, attr.mode & 0o777), (2, 0o600));
+
+    let FsResponse::Entry(dir) = server
+        .handle(FsRequest::Mkdir {
+            parent: ROOT_NODE,
+            name: b"d".to_vec(),
+            mode: 0o755,
+            caller: Caller::default(),
+        })
+        .response
+    else {
+        panic!("no dir")
+    };
+    assert_eq!(dir.mode & libc::S_IFMT, libc::S_IFDIR);
+    assert_eq!(
+        server
+            .handle(FsRequest::Rmdir {
+                parent: ROOT_NODE,
+                name: b"d".to_vec()
+            })
+            .response,
+        FsResponse::Ok
+    );
+    assert_eq!(
+        server
+            .handle(FsRequest::Unlink {
+                parent: ROOT_NODE,
+                name: b"moved.txt".to_vec()
+            })
+            .response,
+        FsResponse::Ok
+    );
+    assert!(!root.0.join("moved.txt").exists());
+}
+
+#[test]
+fn readdir_plus_lists_everything_across_pages_and_counts_lookups() {
+    let root = TempRoot::new("dir");
+    let many = root.0.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..300 {
+        std::fs::write(many.join(format!("f{i}")), b"x").unwrap();
+    }
+    let server = root.server(Access::ReadOnly);
+    let dir = walk(&server, "many").unwrap().node;
+    let before = server.node_count();
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let FsResponse::Dir(entries) = server
+            .handle(FsRequest::ReadDir {
+                node: dir,
+                offset,
+                plus: true,
+                max_entries: 32,
+            })
+            .response
+        else {
+            panic!("not a listing")
+        };
+        if entries.is_empty() {
+            break;
+        }
+        assert!(entries.len() <= 32);
+        for entry in entries {
+            offset = entry.next_offset;
+            let dots = entry.name == b"." || entry.name == b"..";
+            assert_eq!(entry.attr.is_none(), dots);
+            if let Some(attr) = entry.attr {
+                assert_eq!(attr.size, 1);
+                server.handle(FsRequest::Forget {
+                    node: attr.node,
+                    count: 1,
+                });
+            }
+            names.push(String::from_utf8(entry.name).unwrap());
+        }
+    }
+    names.sort();
+    assert_eq!(names.len(), 302, "300 files, . and ..");
+    assert_eq!(server.node_count(), before, "every lookup given back");
+}

@@ -1,0 +1,511 @@
+//! The `fuser::Filesystem`: each kernel request is answered from a tokio task.
+//!
+//! fuser reads a request from `/dev/fuse` and calls a method here on its own thread; the
+//! method moves the reply object into a task on the session's runtime and returns at once,
+//! so the reading thread is free for the next request and any number are in flight (a slow
+//! read of one file never holds up a `stat` of another). The task asks the agent
+//! ([`Remote`]) and answers the kernel.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
+};
+use mirrord_net_protocol::fs::{Attr, Caller, SetAttr, SetTime, Timestamp, MAX_IO};
+use tokio::runtime::Handle;
+
+use crate::ops::{self, Remote};
+use crate::transport::Transport;
+
+/// Entries asked of the agent per `readdir`: a kernel buffer (one page) holds about 25
+/// `readdirplus` records; the few that do not fit are forgotten again.
+const DIR_BATCH: u32 = 32;
+
+/// The session's file system.
+pub struct RemoteFs<T> {
+    remote: Arc<Remote<T>>,
+    runtime: Handle,
+    ttl: Duration,
+}
+
+impl<T: Transport> RemoteFs<T> {
+    /// Answers from tasks on `runtime`; attributes and entries stay valid in the kernel for
+    /// `ttl`, so a change on the target is seen within that long.
+    pub fn new(transport: T, runtime: Handle, ttl: Duration) -> Self {
+        RemoteFs {
+            remote: Arc::new(Remote::new(transport)),
+            runtime,
+            ttl,
+        }
+    }
+
+    /// Runs `work` against the agent on the runtime.
+    fn spawn<F, Fut>(&self, work: F)
+    where
+        F: FnOnce(Arc<Remote<T>>, Duration) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(work(self.remote.clone(), self.ttl));
+    }
+}
+
+/// The kernel's attributes of the agent's.
+pub fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.node),
+        size: attr.size,
+        blocks: attr.blocks,
+        atime: system_time(attr.atime),
+        mtime: system_time(attr.mtime),
+        ctime: system_time(attr.ctime),
+        crtime: system_time(attr.ctime),
+        kind: file_type(attr.mode),
+        perm: (attr.mode & 0o7777) as u16,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev,
+        blksize: attr.blksize,
+        flags: 0,
+    }
+}
+
+pub fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn system_time(at: Timestamp) -> SystemTime {
+    if at.secs >= 0 {
+        UNIX_EPOCH + Duration::new(at.secs as u64, at.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(at.secs.unsigned_abs())
+            + Duration::from_nanos(at.nanos.into())
+    }
+}
+
+fn timestamp(time: SystemTime) -> Timestamp {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => Timestamp {
+            secs: after.as_secs() as i64,
+            nanos: after.subsec_nanos(),
+        },
+        Err(before) => {
+            let before = before.duration();
+            Timestamp {
+                secs: -(before.as_secs() as i64) - i64::from(before.subsec_nanos() > 0),
+                nanos: (1_000_000_000 - before.subsec_nanos()) % 1_000_000_000,
+            }
+        }
+    }
+}
+
+fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
+    time.map(|time| match time {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(at) => SetTime::At(timestamp(at)),
+    })
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn open_flags(opened: &ops::Opened) -> FopenFlags {
+    if opened.keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl<T: Transport> Filesystem for RemoteFs<T> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each capability only if the kernel has it; none is needed for correctness.
+        for wanted in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            let _ = config.add_capabilities(wanted);
+        }
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_bytes(name);
+        self.spawn(|remote, ttl| async move {
+            match remote.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.spawn(|remote, _| async move { remote.forget(ino.0, nlookup).await });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(|remote, ttl| async move {
+            match remote.getattr(ino.0).await {
+                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        self.spawn(|remote, ttl| async move {
+            match remote.setattr(ino.0, fh.map(|fh| fh.0), set).await {
+                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(|remote, _| async move {
+            match remote.readlink(ino.0).await {
+                Ok(target) => reply.data(&target),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (name, caller) = (name_bytes(name), caller(req));
+        self.spawn(|remote, ttl| async move {
+            match remote.mkdir(parent.0, &name, mode, caller).await {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(|remote, _| async move {
+            match remote.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(|remote, _| async move {
+            match remote.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, caller) = (name_bytes(link_name), caller(req));
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(|remote, ttl| async move {
+            match remote.symlink(parent.0, &name, &target, caller).await {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = (name_bytes(name), name_bytes(newname));
+        self.spawn(|remote, _| async move {
+            match remote
+                .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(|remote, _| async move {
+            match remote.open(ino.0, flags.0).await {
+                Ok(opened) => reply.opened(FileHandle(opened.handle), open_flags(&opened)),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(|remote, _| async move {
+            match remote.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(|remote, _| async move {
+            match remote.write(fh.0, offset, data).await {
+                Ok(written) => reply.written(written),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes are sent as they happen; nothing is buffered here.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+        self.spawn(|remote, _| async move { remote.release(fh.0).await });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|remote, _| async move {
+            match remote.fsync(fh.0, datasync).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.spawn(|remote, _| async move {
+            match remote.readdir(ino.0, offset, false, DIR_BATCH * 4).await {
+                Ok(entries) => {
+                    ops::fill_dir(entries, |entry| {
+                        reply.add(
+                            INodeNo(entry.attr.map_or(ino.0, |attr| attr.node)),
+                            entry.next_offset,
+                            file_type(entry.kind),
+                            OsStr::from_bytes(&entry.name),
+                        )
+                    });
+                    reply.ok();
+                }
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.spawn(|remote, ttl| async move {
+            match remote.readdir(ino.0, offset, true, DIR_BATCH).await {
+                Ok(entries) => {
+                    let unseen = ops::fill_dir(entries, |entry| {
+                        // `.` and `..` carry no attributes; the kernel ignores them for those.
+                        let attr = entry.attr.unwrap_or(Attr {
+                            node: ino.0,
+                            mode: entry.kind,
+                            ..Attr::default()
+                        });
+                        reply.add(
+                            INodeNo(attr.node),
+                            entry.next_offset,
+                            OsStr::from_bytes(&entry.name),
+                            &ttl,
+                            &file_attr(&attr),
+                            Generation(0),
+                        )
+                    });
+                    reply.ok();
+                    for node in unseen {
+                        remote.forget(node, 1).await;
+                    }
+                }
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    // Extended attributes are not carried: ENOSYS tells the kernel once, and it answers
+    // EOPNOTSUPP itself from then on, without a round trip.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(|remote, _| async move {
+            match remote.statfs(ino.0).await {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (name, caller) = (name_bytes(name), caller(req));
+        self.spawn(|remote, ttl| async move {
+            match remote.create(parent.0, &name, mode, flags, caller).await {
+                Ok(opened) => reply.created(
+                    &ttl,
+                    &file_attr(&opened.attr),
+                    Generation(0),
+                    FileHandle(opened.handle),
+                    FopenFlags::empty(),
+                ),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }
+        });
+    }
+}
