@@ -81,8 +81,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let target = target_info::gather(&root)?;
     tracing::debug!(?target.ipv4, ?target.ipv6, hostname = %target.hostname, "target");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {

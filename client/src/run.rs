@@ -116,8 +116,9 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     let outcome = supervise(&mut session, &mut pump_task).await;
     pump_task.abort();
     tracing::info!("packets: {}", stats.summary());
-    tunnel.close().await;
-    agent.finish(Duration::from_secs(2)).await;
+    tunnel
+        .close_until(agent.finish(Duration::from_secs(2)))
+        .await;
     outcome
 }
 
