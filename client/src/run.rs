@@ -104,6 +104,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     };
     progress.clear();
     let mut session = Session::start(spec).await?;
+    tunnel::release_with_namespace(session.tun().as_ref());
 
     let stats = Arc::new(pump::PumpStats::default());
     let mut pump_task = tokio::spawn(pump::pump(
