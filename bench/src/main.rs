@@ -90,6 +90,7 @@ fn harness(args: &Args) -> Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "mirrord-net-bench must run as root (it creates network namespaces)"
     );
+    let workloads = plan::select(&args.only)?;
     // Fails early, naming the build command, if the binaries are missing.
     let client_binary = mirrord_net_tests::session::client_binary();
     limits::raise_nofile();
@@ -124,7 +125,6 @@ fn harness(args: &Args) -> Result<()> {
     if args.wrapper.is_some() {
         modes.push(Mode::Wrapper);
     }
-    let workloads = plan::select(&args.only)?;
     let outcome = runner::run_all(&launcher, &sizes, args.runs, &modes, &workloads);
     cleanup::release();
 
