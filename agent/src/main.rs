@@ -81,6 +81,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let target = target_info::gather(&root)?;
     tracing::debug!(?target.ipv4, ?target.ipv6, hostname = %target.hostname, "target");
 
+    // One thread, for the same reason as the client's: no cross-thread wake-ups between the
+    // stack's engine and quinn's tasks on every packet.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
