@@ -98,8 +98,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let target = target_info::gather(&root, pid)?;
     tracing::debug!(?target.ipv4, ?target.ipv6, hostname = %target.hostname, "target");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread, for the same reason as the client's: no cross-thread wake-ups between the
+    // stack's engine and quinn's tasks on every packet.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {

@@ -52,6 +52,10 @@ struct Args {
     /// Run mirrord-net with `-v` and show its counters after each run.
     #[arg(long)]
     verbose: bool,
+    /// Run only the workloads whose name contains one of these words (comma-separated,
+    /// e.g. `--only ping,udp`); every workload when absent.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -86,6 +90,7 @@ fn harness(args: &Args) -> Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "mirrord-net-bench must run as root (it creates network namespaces)"
     );
+    let workloads = plan::select(&args.only)?;
     // Fails early, naming the build command, if the binaries are missing.
     let client_binary = mirrord_net_tests::session::client_binary();
     limits::raise_nofile();
@@ -120,7 +125,7 @@ fn harness(args: &Args) -> Result<()> {
     if args.wrapper.is_some() {
         modes.push(Mode::Wrapper);
     }
-    let outcome = runner::run_all(&launcher, &sizes, args.runs, &modes);
+    let outcome = runner::run_all(&launcher, &sizes, args.runs, &modes, &workloads);
     cleanup::release();
 
     let table = report::markdown(&outcome, args.wrapper.is_some());

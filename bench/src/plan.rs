@@ -37,6 +37,33 @@ pub const WORKLOADS: &[Workload] = &[
     Workload::IdleFlows,
 ];
 
+/// The workloads whose name contains one of `words` (all of them when `words` is empty).
+pub fn select(words: &[String]) -> anyhow::Result<Vec<Workload>> {
+    if words.is_empty() {
+        return Ok(WORKLOADS.to_vec());
+    }
+    let chosen: Vec<Workload> = WORKLOADS
+        .iter()
+        .copied()
+        .filter(|workload| {
+            words
+                .iter()
+                .any(|word| workload.name().contains(word.as_str()))
+        })
+        .collect();
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "--only {:?} matches no workload; names are: {}",
+        words.join(","),
+        WORKLOADS
+            .iter()
+            .map(|workload| workload.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(chosen)
+}
+
 /// Sizes for one harness invocation.
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {

@@ -12,9 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::cleanup;
 use crate::modes::{Launcher, Mode, Run};
-use crate::plan::{
-    Metric, Sizes, Workload, IDLE_AGENT, IDLE_CLIENT, IDLE_OPEN, METRICS, WORKLOADS,
-};
+use crate::plan::{Metric, Sizes, Workload, IDLE_AGENT, IDLE_CLIENT, IDLE_OPEN, METRICS};
 use crate::stats::{median, percentile};
 
 /// How long any single client run may take.
@@ -31,12 +29,18 @@ pub struct Outcome {
     pub errors: Vec<String>,
 }
 
-pub fn run_all(launcher: &Launcher, sizes: &Sizes, runs: usize, modes: &[Mode]) -> Outcome {
+pub fn run_all(
+    launcher: &Launcher,
+    sizes: &Sizes,
+    runs: usize,
+    modes: &[Mode],
+    workloads: &[Workload],
+) -> Outcome {
     let mut outcome = Outcome::default();
     for run in 0..runs {
         let mut order = modes.to_vec();
         order.rotate_left(run % modes.len());
-        for &workload in WORKLOADS {
+        for &workload in workloads {
             for &mode in &order {
                 if cleanup::stopping() {
                     cleanup::wait_for_stop();

@@ -20,8 +20,9 @@ fn main() -> ExitCode {
 
     // Children (the agent, the session) are spawned from this thread, inside `block_on`: their
     // parent-death signal is tied to the spawning thread, and this one lives to the end.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a packet crosses several tasks (pump, quinn's connection and endpoint), and
+    // on worker threads each hand-over could cost a cross-thread wake-up (docs/architecture.md).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

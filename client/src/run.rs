@@ -95,6 +95,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     progress.clear();
     let mut session =
         Session::start_with_files(spec, session::SessionOptions::default(), files).await?;
+    tunnel::release_with_namespace(session.tun().as_ref());
 
     let stats = Arc::new(pump::PumpStats::default());
     let mut pump_task = tokio::spawn(pump::pump(
@@ -107,8 +108,9 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     let outcome = supervise(&mut session, &mut pump_task).await;
     pump_task.abort();
     tracing::info!("packets: {}", stats.summary());
-    tunnel.close().await;
-    agent.finish(Duration::from_secs(2)).await;
+    tunnel
+        .close_until(agent.finish(Duration::from_secs(2)))
+        .await;
     outcome
 }
 

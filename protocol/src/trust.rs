@@ -109,8 +109,15 @@ impl fmt::Debug for SessionIdentity {
     }
 }
 
+/// ring's provider with AES-128-GCM first: QUIC packet protection is a large share of the
+/// tunnel's CPU on bulk transfers, and AES-128 does 10 rounds per block where AES-256 does 14.
+/// Both ends prefer it, so it is what every session negotiates.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// TLS settings of the client end: present `identity`, accept only the agent pinned by

@@ -69,6 +69,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest delay before re-polling a socket that asks to be polled "now" but had nothing
 /// to send (keeps a confused socket from spinning the task).
 const MIN_REPOLL: Duration = Duration::from_millis(1);
+/// How long an ACK may wait for data going the same way (smoltcp's default is 10 ms; kept
+/// short so a sender that waits for ACKs — Nagle — is barely held up).
+const ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// Per-flow TCP parameters.
 #[derive(Debug, Clone, Copy)]
@@ -655,7 +658,10 @@ fn accept(
     };
     let listened = endpoint.with_socket(|s| {
         s.set_nagle_enabled(false);
-        s.set_ack_delay(None);
+        // A short delayed ACK lets the reply carry the ACK of a request: with none, every
+        // request cost a pure ACK datagram through the tunnel (one more wake-up of agent and
+        // client) before the reply. smoltcp still ACKs every second full segment at once.
+        s.set_ack_delay(Some(ACK_DELAY));
         s.set_congestion_control(settings.congestion);
         s.set_timeout(Some(HANDSHAKE_TIMEOUT));
         s.listen(key.server)

@@ -6,5 +6,7 @@
 
 mod connect;
 pub mod pump;
+mod release;
 
 pub use connect::{connect, Tunnel, TunnelError};
+pub use release::release_with_namespace;

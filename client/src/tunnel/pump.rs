@@ -6,9 +6,10 @@
 //!
 //! Uplink uses `send_datagram_wait`: when QUIC's send buffer is full the loop stops reading
 //! the TUN, the TUN's queue fills, and the local kernel's TCP slows down — backpressure instead
-//! of drops inside the tunnel. Read buffers are carved from one `BytesMut` that reclaims its
-//! memory once QUIC has sent (and dropped) earlier packets, so steady state allocates nothing
-//! per packet.
+//! of drops inside the tunnel. The TUN is read into one scratch buffer that stays initialised
+//! (zeroing an MTU-sized buffer per read cost more than copying a small packet out of it), and
+//! each packet is copied into a `BytesMut` that reclaims its memory once QUIC has sent (and
+//! dropped) earlier packets, so steady state allocates nothing per packet.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,12 +76,12 @@ async fn uplink(
     stats: Arc<PumpStats>,
 ) -> Result<(), PumpError> {
     let mtu = usize::from(mtu);
+    let mut scratch = vec![0u8; mtu];
     let mut buffer = BytesMut::with_capacity(mtu * 16);
     loop {
-        buffer.reserve(mtu);
-        buffer.resize(mtu, 0);
-        let len = tun.recv(&mut buffer).await.map_err(PumpError::Tun)?;
-        buffer.truncate(len);
+        let len = tun.recv(&mut scratch).await.map_err(PumpError::Tun)?;
+        buffer.reserve(len);
+        buffer.extend_from_slice(&scratch[..len]);
         let packet = buffer.split().freeze();
         match connection.send_datagram_wait(packet).await {
             Ok(()) => {
