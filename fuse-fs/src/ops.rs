@@ -11,7 +11,7 @@ use mirrord_net_protocol::fs::{
     Attr, Caller, DirEntry, FsRequest, FsResponse, SetAttr, StatFs, Timestamp,
 };
 
-use crate::transport::{Reply, Transport};
+use crate::transport::{Reply, Transport, TransportError};
 
 /// An open file as the kernel should treat it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,12 @@ impl<T: Transport> Remote<T> {
                 ..
             }) => Err(errno),
             Ok(reply) => Ok(reply),
+            // The connection ends with the session, while the kernel may still be sending
+            // releases and forgets; an agent lost mid-session is reported by the client.
+            Err(err @ TransportError::Connection(_)) => {
+                tracing::debug!("file request failed: {err}");
+                Err(libc::EIO)
+            }
             Err(err) => {
                 tracing::warn!("file request failed: {err}");
                 Err(libc::EIO)

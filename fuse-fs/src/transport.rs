@@ -50,29 +50,47 @@ fn stream_err(err: impl std::fmt::Display) -> TransportError {
     TransportError::Stream(err.to_string())
 }
 
+/// A failed write: the connection's end (the session is over) is told apart from a stream's.
+fn write_err(err: quinn::WriteError) -> TransportError {
+    match err {
+        quinn::WriteError::ConnectionLost(lost) => TransportError::Connection(lost),
+        other => stream_err(other),
+    }
+}
+
+/// A failed read, told apart the same way.
+fn read_err(err: quinn::ReadExactError) -> TransportError {
+    match err {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(lost)) => {
+            TransportError::Connection(lost)
+        }
+        other => stream_err(other),
+    }
+}
+
 impl Transport for QuicTransport {
     async fn call(&self, request: FsRequest) -> Result<Reply, TransportError> {
         let (mut send, mut recv) = self.connection.open_bi().await?;
         let mut out = vec![StreamKind::Files as u8];
         framing::encode_into(&request, &mut out)
             .map_err(|err| TransportError::Protocol(err.to_string()))?;
-        send.write_all(&out).await.map_err(stream_err)?;
+        send.write_all(&out).await.map_err(write_err)?;
         send.finish().map_err(stream_err)?;
 
         let mut header = [0u8; 4];
-        recv.read_exact(&mut header).await.map_err(stream_err)?;
+        recv.read_exact(&mut header).await.map_err(read_err)?;
         let len = u32::from_be_bytes(header) as usize;
         if len > framing::MAX_FRAME_LEN {
             return Err(TransportError::Protocol(format!("frame of {len} bytes")));
         }
         let mut body = vec![0u8; len];
-        recv.read_exact(&mut body).await.map_err(stream_err)?;
+        recv.read_exact(&mut body).await.map_err(read_err)?;
         let response: FsResponse = decode_response(&body)?;
         let data = match response {
             FsResponse::Data { len } if len <= MAX_IO => {
                 // Read straight into the buffer the kernel's reply is written from.
                 let mut data = vec![0u8; len as usize];
-                recv.read_exact(&mut data).await.map_err(stream_err)?;
+                recv.read_exact(&mut data).await.map_err(read_err)?;
                 data
             }
             FsResponse::Data { len } => {

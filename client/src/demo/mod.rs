@@ -207,8 +207,9 @@ fn summary(command: Option<&str>, code: i32) -> String {
         (None, 0) => format!(
             "\n\
 Every line above came from a process started on this host, outside the pod: the pod's
-hostname, its resolver, its service by short name over IPv4 and IPv6, and not the host's
-loopback. Its packets left from the pod's network namespace through the mirrord-net agent.
+hostname, its resolver, its service by short name over IPv4 and IPv6, not the host's
+loopback, the pod's environment and a file of the pod's own volume. Its packets left from
+the pod's network namespace through the mirrord-net agent.
 {removed}
 Try your own command: mirrord-net demo -- sh
 "

@@ -65,6 +65,14 @@ const PEER_LINK: &str = "cluster0";
 /// `ip route … table local`.
 const RT_TABLE_LOCAL: u32 = 255;
 
+/// A variable only the pod's environment has.
+pub(crate) const GREETING_VAR: &str = "DEMO_GREETING";
+
+/// The value of [`GREETING_VAR`], and the greeting in [`CONFIG_FILE`].
+pub(crate) fn greeting() -> String {
+    format!("Hello from {POD_HOSTNAME}")
+}
+
 /// The pod's environment: what a process of a Kubernetes pod with a `hello` service finds.
 fn pod_env() -> Vec<(String, String)> {
     let service = SERVICE_NAME.to_ascii_uppercase();
@@ -74,7 +82,7 @@ fn pod_env() -> Vec<(String, String)> {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ),
         ("HOSTNAME".into(), POD_HOSTNAME.into()),
-        ("DEMO_GREETING".into(), format!("Hello from {POD_HOSTNAME}")),
+        (GREETING_VAR.into(), greeting()),
         (format!("{service}_SERVICE_HOST"), SERVICE_IPV4.to_string()),
         (format!("{service}_SERVICE_PORT"), SERVICE_PORT.to_string()),
     ]
@@ -297,7 +305,8 @@ fn hosts() -> String {
 fn config() -> String {
     format!(
         "# The configuration of the mirrord-net demo pod, mounted like a ConfigMap.\n\
-         greeting = Hello from {POD_HOSTNAME}\nservice = http://{SERVICE_NAME}/\n"
+         greeting = {}\nservice = http://{SERVICE_NAME}/\n",
+        greeting()
     )
 }
 

@@ -12,7 +12,10 @@
 //!    HTTP client would), whose answer says where it saw the connection come from;
 //! 5. the service answers at its IPv4 and at its IPv6 address alike;
 //! 6. the host's loopback is not this process's: a listener the demo opened on the host's
-//!    127.0.0.1:HOST_PORT cannot be reached.
+//!    127.0.0.1:HOST_PORT cannot be reached;
+//! 7. the pod's environment variable `DEMO_GREETING` is in this process's environment;
+//! 8. the pod's own volume shows at its path: `/srv/demo/config.txt`, a file only the pod's
+//!    mount namespace has, reads as the pod wrote it.
 //!
 //! The exit code is 0 when every check holds and 1 otherwise. Network steps have deadlines so
 //! that a broken session shows up as a failed line, not a hang.
@@ -100,6 +103,8 @@ pub fn run_checks(host_port: u16, out: &mut dyn Write) -> Vec<Check> {
     report(family_check(&addresses, false));
     report(family_check(&addresses, true));
     report(host_loopback(host_port));
+    report(environment());
+    report(pod_file());
     checks
 }
 
@@ -189,6 +194,36 @@ fn http_finding(label: &'static str, address: SocketAddr, response: &HttpRespons
         .map(str::to_owned)
         .collect();
     check
+}
+
+fn environment() -> Check {
+    const LABEL: &str = "environment";
+    let var = super::pod::GREETING_VAR;
+    match std::env::var(var) {
+        Ok(value) => Check::new(
+            value == super::pod::greeting(),
+            LABEL,
+            format!("{var}={value}"),
+        ),
+        Err(_) => Check::new(false, LABEL, format!("{var} is not set")),
+    }
+}
+
+fn pod_file() -> Check {
+    const LABEL: &str = "pod's file";
+    let path = super::pod::CONFIG_FILE;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let wanted = format!("greeting = {}", super::pod::greeting());
+            let found = text.lines().find(|line| line.starts_with("greeting"));
+            Check::new(
+                found == Some(wanted.as_str()),
+                LABEL,
+                format!("{path}: {}", found.unwrap_or("no greeting line")),
+            )
+        }
+        Err(err) => Check::new(false, LABEL, format!("cannot read {path}: {err}")),
+    }
 }
 
 fn host_loopback(port: u16) -> Check {

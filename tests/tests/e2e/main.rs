@@ -5,6 +5,7 @@
 
 mod clients;
 mod concurrency;
+mod demo;
 mod dns;
 mod environment;
 mod exit_codes;

@@ -161,8 +161,16 @@ fn the_pod_serves_its_names_inside_its_namespaces_and_leaves_the_host_alone() {
         )
     });
     println!("{output}");
-    assert_eq!(checks.len(), 7, "{output}");
-    assert!(checks.iter().all(|check| check.ok), "{output}");
+    assert_eq!(checks.len(), 9, "{output}");
+    // This thread entered the pod's namespaces but has the test's environment, not the pod's:
+    // only a session brings the pod's variables along.
+    assert!(
+        checks
+            .iter()
+            .filter(|check| check.label != "environment")
+            .all(|check| check.ok),
+        "{output}"
+    );
     let http = &checks[3];
     assert!(
         http.more
