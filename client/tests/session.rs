@@ -669,24 +669,32 @@ async fn child_that_never_answers_is_killed_after_the_timeout() {
     );
 }
 
-/// Env var naming the file where the helper below writes its command's pid.
+/// Env var naming the file where a helper client writes its command's pid. Set only in a copy
+/// of this test binary that a test started to play its client (see [`start_helper_client`]).
 const HELPER_PID_FILE: &str = "MIRRORD_NET_TEST_SESSION_PID_FILE";
 /// Env var with a shell script for the helper's command to run instead of `sleep 60`.
 const HELPER_SCRIPT: &str = "MIRRORD_NET_TEST_SESSION_SCRIPT";
+/// Env var set in the copy of this test binary that plays an unprivileged client.
+const HELPER_UNPRIVILEGED: &str = "MIRRORD_NET_TEST_SESSION_UNPRIVILEGED";
 
-#[tokio::test]
-#[ignore = "helper process of client_killed_by_sigkill_takes_the_command_with_it"]
-async fn helper_client_holding_a_session() {
-    let pid_file = std::env::var_os(HELPER_PID_FILE)
-        .expect("a helper process, started by client_killed_by_sigkill_takes_the_command_with_it");
-    let mut spec = spec("", Path::new("/dev/null"));
-    spec.command = match std::env::var_os(HELPER_SCRIPT) {
-        Some(script) => vec!["sh".into(), "-c".into(), script],
-        None => vec!["sleep".into(), "60".into()],
+/// In a copy started by [`start_helper_client`]: holds a session for 60 s and returns true.
+/// In the test itself: returns false.
+fn played_helper_client() -> bool {
+    let Some(pid_file) = std::env::var_os(HELPER_PID_FILE) else {
+        return false;
     };
-    let session = Session::start_with(spec, options()).await.unwrap();
-    std::fs::write(pid_file, session.child_pid().to_string()).unwrap();
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut spec = spec("", Path::new("/dev/null"));
+        spec.command = match std::env::var_os(HELPER_SCRIPT) {
+            Some(script) => vec!["sh".into(), "-c".into(), script],
+            None => vec!["sleep".into(), "60".into()],
+        };
+        let session = Session::start_with(spec, options()).await.unwrap();
+        std::fs::write(pid_file, session.child_pid().to_string()).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    true
 }
 
 fn is_gone(pid: &str) -> bool {
@@ -702,18 +710,18 @@ fn is_gone(pid: &str) -> bool {
     }
 }
 
-/// Starts [`helper_client_holding_a_session`] with `script` (or `sleep 60`) as its command;
-/// returns it and the pid of its session process once the session runs.
-fn start_helper_client(scratch: &Scratch, script: Option<&str>) -> (std::process::Child, String) {
+/// Starts a copy of this test binary running only `test`, which plays the client there
+/// ([`played_helper_client`]) with `script` (or `sleep 60`) as its command; returns it and the
+/// pid of its session process once the session runs.
+fn start_helper_client(
+    scratch: &Scratch,
+    test: &str,
+    script: Option<&str>,
+) -> (std::process::Child, String) {
     let pid_file = scratch.path("pid");
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
     helper
-        .args([
-            "--ignored",
-            "--exact",
-            "helper_client_holding_a_session",
-            "--nocapture",
-        ])
+        .args(["--exact", test, "--nocapture"])
         .env(HELPER_PID_FILE, &pid_file)
         .stdout(std::process::Stdio::null());
     if let Some(script) = script {
@@ -735,11 +743,15 @@ fn start_helper_client(scratch: &Scratch, script: Option<&str>) -> (std::process
 
 #[test]
 fn client_killed_by_sigkill_takes_the_command_with_it() {
-    if !can_run() {
+    if played_helper_client() || !can_run() {
         return;
     }
     let scratch = Scratch::new("sigkill");
-    let (mut helper, pid) = start_helper_client(&scratch, None);
+    let (mut helper, pid) = start_helper_client(
+        &scratch,
+        "client_killed_by_sigkill_takes_the_command_with_it",
+        None,
+    );
     assert!(!is_gone(&pid));
     helper.kill().unwrap();
     helper.wait().unwrap();
@@ -753,18 +765,18 @@ fn client_killed_by_sigkill_takes_the_command_with_it() {
     }
 }
 
-#[tokio::test]
-#[ignore = "helper process of without_root_the_error_names_the_step_and_says_to_use_sudo"]
-async fn helper_unprivileged_client() {
-    let spec = spec("true", Path::new("/dev/null"));
-    match Session::start_with(spec, options()).await {
-        Ok(_) => println!("UNPRIVILEGED-RESULT: started"),
-        Err(err) => println!("UNPRIVILEGED-RESULT: {err}"),
-    }
-}
-
 #[test]
 fn without_root_the_error_names_the_step_and_says_to_use_sudo() {
+    // The copy started below, as nobody: tries a session and says what happened.
+    if std::env::var_os(HELPER_UNPRIVILEGED).is_some() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let spec = spec("true", Path::new("/dev/null"));
+        match runtime.block_on(Session::start_with(spec, options())) {
+            Ok(_) => println!("UNPRIVILEGED-RESULT: started"),
+            Err(err) => println!("UNPRIVILEGED-RESULT: {err}"),
+        }
+        return;
+    }
     if !can_run() {
         return;
     }
@@ -779,11 +791,11 @@ fn without_root_the_error_names_the_step_and_says_to_use_sudo() {
         .arg("--clear-groups")
         .arg(std::env::current_exe().unwrap())
         .args([
-            "--ignored",
             "--exact",
-            "helper_unprivileged_client",
+            "without_root_the_error_names_the_step_and_says_to_use_sudo",
             "--nocapture",
         ])
+        .env(HELPER_UNPRIVILEGED, "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -845,13 +857,16 @@ async fn background_processes_die_when_the_command_exits() {
 
 #[test]
 fn background_processes_die_when_the_client_is_killed() {
-    if !can_run() {
+    if played_helper_client() || !can_run() {
         return;
     }
     let sleeper = ["sleep", "987652"];
     let scratch = Scratch::new("background-sigkill");
-    let (mut helper, _) =
-        start_helper_client(&scratch, Some(&format!("{} & sleep 60", sleeper.join(" "))));
+    let (mut helper, _) = start_helper_client(
+        &scratch,
+        "background_processes_die_when_the_client_is_killed",
+        Some(&format!("{} & sleep 60", sleeper.join(" "))),
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     let sleepers = loop {
         let found = processes_running(&sleeper);
