@@ -28,17 +28,17 @@ use crate::session;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct EnvArgs {
     /// Take only the target's variables whose names match PATTERN (`*`, `?`, `\`; repeatable).
-    #[arg(long = "env-include", value_name = "PATTERN", value_parser = PatternParser)]
+    #[arg(long = "env-include", value_name = "PATTERN", value_parser = RawParser(parse_pattern))]
     pub include: Vec<Pattern>,
     /// Do not take the target's variables whose names match PATTERN; wins over --env-include
     /// (repeatable).
-    #[arg(long = "env-exclude", value_name = "PATTERN", value_parser = PatternParser)]
+    #[arg(long = "env-exclude", value_name = "PATTERN", value_parser = RawParser(parse_pattern))]
     pub exclude: Vec<Pattern>,
     /// Set NAME to VALUE for the command, over everything else (repeatable; the last wins).
-    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", value_parser = AssignmentParser)]
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", value_parser = RawParser(parse_assignment))]
     pub set: Vec<Var>,
     /// Set the variables of a dotenv FILE (repeatable, in order; -e wins over them).
-    #[arg(long = "env-file", value_name = "FILE", value_parser = EnvFileParser)]
+    #[arg(long = "env-file", value_name = "FILE", value_parser = RawParser(parse_env_file))]
     pub files: Vec<EnvFile>,
 }
 
@@ -164,57 +164,40 @@ pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, Run
     Ok(0)
 }
 
+/// A clap value parser from a function of the flag's raw bytes; its error becomes a usage
+/// error naming the flag.
 #[derive(Clone)]
-struct PatternParser;
+struct RawParser<T>(fn(&OsStr) -> Result<T, String>);
 
-impl TypedValueParser for PatternParser {
-    type Value = Pattern;
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for RawParser<T> {
+    type Value = T;
 
     fn parse_ref(
         &self,
         cmd: &clap::Command,
         arg: Option<&clap::Arg>,
         value: &OsStr,
-    ) -> Result<Pattern, clap::Error> {
-        Pattern::parse(value.as_bytes()).map_err(|err| invalid(cmd, arg, err))
+    ) -> Result<T, clap::Error> {
+        (self.0)(value).map_err(|why| invalid(cmd, arg, why))
     }
 }
 
-#[derive(Clone)]
-struct AssignmentParser;
-
-impl TypedValueParser for AssignmentParser {
-    type Value = Var;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &OsStr,
-    ) -> Result<Var, clap::Error> {
-        injector::parse_assignment(value.as_bytes()).map_err(|err| invalid(cmd, arg, err))
-    }
+fn parse_pattern(value: &OsStr) -> Result<Pattern, String> {
+    Pattern::parse(value.as_bytes()).map_err(|err| err.to_string())
 }
 
-#[derive(Clone)]
-struct EnvFileParser;
+fn parse_assignment(value: &OsStr) -> Result<Var, String> {
+    injector::parse_assignment(value.as_bytes()).map_err(|err| err.to_string())
+}
 
-impl TypedValueParser for EnvFileParser {
-    type Value = EnvFile;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &OsStr,
-    ) -> Result<EnvFile, clap::Error> {
-        let path = PathBuf::from(value);
-        let contents = std::fs::read(&path)
-            .map_err(|err| invalid(cmd, arg, format!("cannot read {}: {err}", path.display())))?;
-        let vars = dotenv::parse(&contents)
-            .map_err(|err| invalid(cmd, arg, format!("{} {err}", path.display())))?;
-        Ok(EnvFile { path, vars })
-    }
+/// Reads and parses the file while the command line is parsed, so a bad file is a usage error
+/// before anything starts.
+fn parse_env_file(value: &OsStr) -> Result<EnvFile, String> {
+    let path = PathBuf::from(value);
+    let contents =
+        std::fs::read(&path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let vars = dotenv::parse(&contents).map_err(|err| format!("{} {err}", path.display()))?;
+    Ok(EnvFile { path, vars })
 }
 
 /// A usage error (exit code 2) naming the flag and what is wrong with its value.
