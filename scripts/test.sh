@@ -28,6 +28,33 @@ step "benchmark harness, smoke mode (checks it runs; no timing assertions)"
 cargo run --release -p mirrord-net-bench -- --smoke --runs 1
 
 step "running unit and end-to-end tests"
-# tests/nextest.toml: per-test timeouts, and the heavy tests one at a time.
-cargo nextest run --workspace --release --no-fail-fast \
-    --tool-config-file "mirrord-net-tests:$PWD/tests/nextest.toml"
+# tests/nextest.toml: per-test timeouts, and the heavy tests one at a time. The Kubernetes
+# tests run afterwards, against a cluster that exists only for them.
+status=0
+nextest() {
+    cargo nextest run --workspace --release --no-fail-fast \
+        --tool-config-file "mirrord-net-tests:$PWD/tests/nextest.toml" "$@"
+}
+nextest -E 'not binary_id(mirrord-net-tests::k8s)' || status=$?
+
+step "starting the Kubernetes test cluster (tests/k8s/cluster.sh; cached build in /var/cache)"
+bash tests/k8s/cluster.sh build
+# A run that was killed may have left its cluster: take down whatever exists first.
+for name in $(bash tests/k8s/cluster.sh status || true); do
+    bash tests/k8s/cluster.sh down "$name"
+done
+trap 'bash tests/k8s/cluster.sh down e2e' EXIT
+bash tests/k8s/cluster.sh up e2e >/dev/null
+# shellcheck disable=SC1091
+source /var/lib/mirrord-net-k8s/e2e/env
+bash scripts/build-agent-image.sh --import "$K8S_CONTAINERD_SOCK"
+bash tests/k8s/test-images.sh import "$K8S_CONTAINERD_SOCK"
+
+step "running the Kubernetes end-to-end tests"
+nextest -E 'binary_id(mirrord-net-tests::k8s)' || status=$?
+
+step "removing the Kubernetes test cluster"
+trap - EXIT
+bash tests/k8s/cluster.sh down e2e
+bash tests/k8s/cluster.sh verify-clean
+exit "$status"

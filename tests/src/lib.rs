@@ -27,6 +27,7 @@
 //! which is exact only then. Everything needs root.
 
 pub mod exec;
+pub mod kube;
 pub mod leftovers;
 pub mod netns;
 pub mod pod;

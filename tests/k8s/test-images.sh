@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Builds the images the Kubernetes end-to-end tests run besides busybox, from this machine's
+# Debian packages (there is no registry), and imports them into a test cluster's containerd.
+#
+#   tests/k8s/test-images.sh import CONTAINERD_SOCK
+#
+# localhost/postgres:local   PostgreSQL 15 (Debian's postgresql-15) with busybox for its shell:
+#                            the binaries, every shared library they load (ldd), the share and lib
+#                            directories, and a `postgres` user. Its command (see the tests'
+#                            manifests) runs initdb into /tmp and starts the server.
+#
+# The tars are cached next to the cluster build (MIRRORD_K8S_CACHE), keyed by the package
+# version and this script's text, so a second run only imports.
+set -euo pipefail
+
+CACHE=${MIRRORD_K8S_CACHE:-/var/cache/mirrord-net-k8s}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+log() { printf '[test-images %(%T)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+
+# Copies FILE and every shared library it loads into ROOT, at the same paths.
+copy_with_libs() {
+    local root=$1 file=$2 lib
+    install -D -m 0755 "$file" "$root$file"
+    for lib in $(ldd "$file" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
+        [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+    done
+}
+
+build_postgres() {
+    local out=$1 pg_version bin root
+    pg_version=$(ls /usr/lib/postgresql | sort -n | tail -1)
+    [ -n "$pg_version" ] || die "no PostgreSQL server installed (scripts/install-test-deps.sh installs it)"
+    bin=/usr/lib/postgresql/$pg_version/bin
+    root=$(mktemp -d)
+
+    install -D -m 0755 /bin/busybox "$root/bin/busybox"
+    for applet in sh echo cat mkdir ls sleep; do ln -s busybox "$root/bin/$applet"; done
+    for file in "$bin/postgres" "$bin/initdb" "$bin/pg_ctl"; do copy_with_libs "$root" "$file"; done
+    for file in /usr/lib/postgresql/"$pg_version"/lib/*.so; do copy_with_libs "$root" "$file"; done
+    mkdir -p "$root/usr/share/postgresql" "$root/usr/share/zoneinfo" "$root/etc"
+    cp -a /usr/share/postgresql/"$pg_version" "$root/usr/share/postgresql/"
+    cp -a /usr/share/zoneinfo/UTC "$root/usr/share/zoneinfo/UTC"
+    mkdir -p "$root/usr/share/zoneinfo/Etc" && cp -a /usr/share/zoneinfo/UTC "$root/usr/share/zoneinfo/Etc/UTC"
+    printf 'root:x:0:0:root:/:/bin/sh\npostgres:x:999:999:postgres:/tmp:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\npostgres:x:999:\n' >"$root/etc/group"
+    install -d -m 1777 "$root/tmp"
+    install -d -m 1777 "$root/var/run/postgresql"
+    ln -s "$bin" "$root/pgbin"
+    python3 "$HERE/oci-image.py" "$root" localhost/postgres:local "$out"
+    rm -rf "$root"
+}
+
+cmd_import() {
+    local sock=${1:?usage: test-images.sh import CONTAINERD_SOCK} version key out
+    command -v ctr >/dev/null || die "ctr (containerd) is missing: tests/k8s/cluster.sh build installs it"
+    version=$(dpkg-query -W -f='${Version}' postgresql-15 2>/dev/null || true)
+    [ -n "$version" ] || die "postgresql-15 is not installed (scripts/install-test-deps.sh installs it)"
+    key=$(printf '%s\n' "$version" | cat - "${BASH_SOURCE[0]}" "$HERE/oci-image.py" | sha256sum | cut -c1-16)
+    out=$CACHE/test-images/postgres-$key.tar
+    if [ ! -s "$out" ]; then
+        log "building localhost/postgres:local (postgresql-15 $version)"
+        mkdir -p "$CACHE/test-images"
+        rm -f "$CACHE"/test-images/postgres-*.tar
+        build_postgres "$out.tmp"
+        mv "$out.tmp" "$out"
+    fi
+    ctr -a "$sock" -n k8s.io images import "$out" >/dev/null \
+        || die "cannot import $out into $sock"
+    log "imported localhost/postgres:local ($(du -h "$out" | cut -f1))"
+}
+
+case "${1:-}" in
+    import) shift; cmd_import "$@" ;;
+    *) echo "usage: $0 import CONTAINERD_SOCK" >&2; exit 2 ;;
+esac

@@ -1,0 +1,84 @@
+//! Access: a user whose RBAC role lacks a permission the job agent needs gets an error that
+//! names the verb, the resource and the namespace, and nothing is created.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mirrord_net_tests::kube::{eventually, Namespace};
+
+use crate::{agent_objects, manifests};
+
+/// A kubeconfig that authenticates as service account `name` of `ns`, bound to a Role with
+/// `rules` (YAML list items). Readable by any user, for the rootless client.
+pub fn service_account_kubeconfig(ns: &Namespace, name: &str, rules: &str) -> PathBuf {
+    ns.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}}}\nrules:\n{rules}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}}}\n\
+         subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\n",
+        ns = ns.name()
+    ));
+    // Kubernetes 1.20 makes a token Secret for every service account, a moment later.
+    let mut secret = String::new();
+    eventually("service account token", Duration::from_secs(30), || {
+        secret = ns.field(&format!("serviceaccount/{name}"), "{.secrets[0].name}");
+        !secret.is_empty()
+    });
+    let token = ns.field(&format!("secret/{secret}"), "{.data.token}");
+    let ca = ns.field(&format!("secret/{secret}"), "{.data.ca\\.crt}");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{{name: test, cluster: {{server: {server}, certificate-authority-data: {ca}}}}}]\n\
+         users: [{{name: {name}, user: {{token: {token}}}}}]\n\
+         contexts: [{{name: {name}, context: {{cluster: test, user: {name}, namespace: {ns}}}}}]\n\
+         current-context: {name}\n",
+        server = ns.cluster.var("K8S_API"),
+        token = decode_base64(&token),
+        ns = ns.name(),
+    );
+    let path = std::env::temp_dir().join(format!("mirrord-net-{}-{name}.kubeconfig", ns.name()));
+    std::fs::write(&path, config).expect("write the kubeconfig");
+    path
+}
+
+fn decode_base64(text: &str) -> String {
+    let output = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("base64 -d");
+    String::from_utf8(output.stdout).expect("a token is ASCII")
+}
+
+#[test]
+fn an_rbac_denial_names_the_missing_permission() {
+    let ns = Namespace::create("rbac");
+    ns.apply(manifests::APP);
+    ns.wait_ready("app=app");
+    // May find the target, but not start an agent.
+    let rules = "- apiGroups: [\"\"]\n  resources: [pods, pods/log]\n  verbs: [get, list, watch]";
+    let kubeconfig = service_account_kubeconfig(&ns, "reader", rules);
+    let out = ns
+        .session("pod/app", &[], &["true"])
+        .env("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))
+        .run();
+    let _ = std::fs::remove_file(&kubeconfig);
+    assert_ne!(out.code(), Some(0), "{out}");
+    let stderr = out.stderr.trim();
+    assert!(
+        stderr.contains("`create`") && stderr.contains("jobs") && stderr.contains(ns.name()),
+        "names verb, resource and namespace:\n{out}"
+    );
+    assert!(agent_objects(&ns).is_empty(), "nothing was created");
+}
