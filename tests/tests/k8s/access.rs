@@ -1,5 +1,6 @@
-//! Access: a user whose RBAC role lacks a permission the job agent needs gets an error that
-//! names the verb, the resource and the namespace, and nothing is created.
+//! Access: the RBAC Role documented in docs/kubernetes/rbac-job-agent.yaml is enough for a
+//! session over either transport; a user whose role lacks a permission the job agent needs
+//! gets an error that names the verb, the resource and the namespace, and nothing is created.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,15 +9,17 @@ use mirrord_net_tests::kube::{eventually, Namespace};
 
 use crate::{agent_objects, manifests};
 
-/// A kubeconfig that authenticates as service account `name` of `ns`, bound to a Role with
-/// `rules` (YAML list items). Readable by any user, for the rootless client.
-pub fn service_account_kubeconfig(ns: &Namespace, name: &str, rules: &str) -> PathBuf {
+/// The Role of docs/kubernetes/rbac-job-agent.yaml (and its ClusterRole), applied in `ns`.
+const DOCUMENTED_RBAC: &str = include_str!("../../../docs/kubernetes/rbac-job-agent.yaml");
+
+/// A kubeconfig that authenticates as a new service account `name` of `ns`, bound to the
+/// existing Role `role`. Readable by any user, for the rootless client.
+pub fn service_account_kubeconfig(ns: &Namespace, name: &str, role: &str) -> PathBuf {
     ns.apply(&format!(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}}}\nrules:\n{rules}\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}}}\n\
          subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]\n\
-         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\n",
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {role}}}\n",
         ns = ns.name()
     ));
     // Kubernetes 1.20 makes a token Secret for every service account, a moment later.
@@ -67,8 +70,11 @@ fn an_rbac_denial_names_the_missing_permission() {
     ns.apply(manifests::APP);
     ns.wait_ready("app=app");
     // May find the target, but not start an agent.
-    let rules = "- apiGroups: [\"\"]\n  resources: [pods, pods/log]\n  verbs: [get, list, watch]";
-    let kubeconfig = service_account_kubeconfig(&ns, "reader", rules);
+    ns.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: reader}\nrules:\n\
+         - apiGroups: [\"\"]\n  resources: [pods, pods/log]\n  verbs: [get, list, watch]\n",
+    );
+    let kubeconfig = service_account_kubeconfig(&ns, "reader", "reader");
     let out = ns
         .session("pod/app", &[], &["true"])
         .env("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))
@@ -81,4 +87,36 @@ fn an_rbac_denial_names_the_missing_permission() {
         "names verb, resource and namespace:\n{out}"
     );
     assert!(agent_objects(&ns).is_empty(), "nothing was created");
+}
+
+#[test]
+fn the_documented_role_is_enough_for_both_transports() {
+    let (ns, service_ip, _) = crate::app_and_web("documented-role");
+    ns.apply(DOCUMENTED_RBAC);
+    let kubeconfig = service_account_kubeconfig(&ns, "developer", "mirrord-net");
+    let url = format!("http://{service_ip}/");
+    for transport in ["direct", "port-forward"] {
+        let out = ns
+            .session(
+                "deploy/web",
+                &["--transport", transport],
+                &["curl", "-sS", "--max-time", "10", &url],
+            )
+            .env("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))
+            .run();
+        assert!(
+            out.assert_success().starts_with("web "),
+            "{transport}:\n{out}"
+        );
+    }
+    let out = ns
+        .cluster
+        .client(&["ls", "-n", ns.name()])
+        .env("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))
+        .run();
+    assert!(out.assert_success().contains("deploy/web"), "{out}");
+    let _ = std::fs::remove_file(&kubeconfig);
+    eventually("agent Jobs removed", Duration::from_secs(30), || {
+        agent_objects(&ns).is_empty()
+    });
 }
