@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Writes a single-layer OCI image-layout tar from a root directory, for `ctr images import`.
 
-usage: oci-image.py ROOTFS NAME OUT.tar [CMD...]
+usage: oci-image.py [--entrypoint] ROOTFS NAME OUT.tar [CMD...]
 
 NAME is the reference containerd records (io.containerd.image.name), e.g. localhost/busybox:local.
+With --entrypoint, CMD is the image's Entrypoint (which a pod's `args` do not replace) instead
+of its Cmd.
 The output is deterministic: file times, owners and the gzip header are fixed.
 """
 import gzip
@@ -38,9 +40,13 @@ def add_bytes(tar, name, data):
 
 
 def main():
-    if len(sys.argv) < 4:
+    argv = sys.argv[1:]
+    entrypoint = bool(argv) and argv[0] == "--entrypoint"
+    if entrypoint:
+        argv = argv[1:]
+    if len(argv) < 3:
         sys.exit(__doc__)
-    rootfs, name, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+    rootfs, name, out, cmd = argv[0], argv[1], argv[2], argv[3:]
     raw = layer_tar(rootfs)
     gz = gzip.compress(raw, compresslevel=6, mtime=0)
     config = {
@@ -48,7 +54,8 @@ def main():
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": cmd or None,
+            "Cmd": None if entrypoint else (cmd or None),
+            "Entrypoint": cmd if entrypoint else None,
         },
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
     }
