@@ -9,6 +9,8 @@ use std::time::Duration;
 use crate::agent::LocalAgent;
 use crate::kubernetes::KubeAgent;
 
+// One per session, moved a handful of times: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum SessionAgent {
     Local(LocalAgent),
     Kubernetes(KubeAgent),

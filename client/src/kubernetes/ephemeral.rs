@@ -224,7 +224,7 @@ mod tests {
         let err = start(&client, &target, &settings()).await.err().unwrap();
         assert!(
             err.to_string().starts_with(
-                "mirrord-net needs `patch` on `pods/ephemeralcontainers` in namespace team \
+                "not allowed: needs `patch` on `pods/ephemeralcontainers` in namespace team \
                  (Kubernetes said: pods \"web-7d9f\" is forbidden"
             ),
             "{err}"

@@ -80,19 +80,19 @@ impl KubeAgent {
         self.log_tail.as_ref().and_then(agent_pod::last_line)
     }
 
-    /// Ends the agent's life: waits up to `grace` for its log to end (it exits once the
-    /// session's connection closes), then removes what the session created.
-    pub async fn finish(mut self, grace: Duration) {
-        if let Some(task) = self.log_task.take() {
-            if tokio::time::timeout(grace, task).await.is_err() {
-                tracing::debug!("the agent's log did not end within {grace:?}");
-            }
-        }
+    /// Ends the agent's life: removes what the session created. The agent needs no grace
+    /// period: the session's connection is closed already, and deleting its Job stops it
+    /// (the deletion's round trip also gives the close time to leave). `grace` bounds how long
+    /// a local agent is waited for; here it bounds nothing.
+    pub async fn finish(mut self, _grace: Duration) {
+        let cleanup = std::mem::replace(&mut self.cleanup, Cleanup::Nothing);
+        delete(self.client.clone(), cleanup).await;
         if let Some(forwarder) = self.port_forward.take() {
             forwarder.abort();
         }
-        let cleanup = std::mem::replace(&mut self.cleanup, Cleanup::Nothing);
-        delete(self.client.clone(), cleanup).await;
+        if let Some(task) = self.log_task.take() {
+            task.abort();
+        }
     }
 }
 

@@ -53,7 +53,7 @@ pub fn describe_denial(status: &Status, operation: &Operation) -> String {
         status.message.clone()
     };
     format!(
-        "mirrord-net needs `{}` on `{}` {scope} (Kubernetes said: {said})",
+        "not allowed: needs `{}` on `{}` {scope} (Kubernetes said: {said})",
         operation.verb, operation.resource
     )
 }
@@ -80,7 +80,7 @@ mod tests {
         let line = describe_denial(&status, &Operation::new("create", "pods", "mnk-rbac"));
         assert_eq!(
             line,
-            "mirrord-net needs `create` on `pods` in namespace mnk-rbac (Kubernetes said: pods \
+            "not allowed: needs `create` on `pods` in namespace mnk-rbac (Kubernetes said: pods \
              is forbidden: User \"system:serviceaccount:mnk-rbac:limited\" cannot create \
              resource \"pods\" in API group \"\" in the namespace \"mnk-rbac\")"
         );
@@ -90,7 +90,7 @@ mod tests {
     fn subresources_and_groups_are_spelled_as_rbac_rules_spell_them() {
         let status = forbidden("jobs.batch is forbidden");
         let line = describe_denial(&status, &Operation::new("create", "jobs.batch", "team"));
-        assert!(line.starts_with("mirrord-net needs `create` on `jobs.batch` in namespace team"));
+        assert!(line.starts_with("not allowed: needs `create` on `jobs.batch` in namespace team"));
         let line = describe_denial(&status, &Operation::new("create", "pods/portforward", "t"));
         assert!(line.contains("`create` on `pods/portforward`"), "{line}");
     }
@@ -105,7 +105,7 @@ mod tests {
         let line = describe_denial(&forbidden(""), &operation);
         assert_eq!(
             line,
-            "mirrord-net needs `list` on `namespaces` cluster-wide (Kubernetes said: Forbidden)"
+            "not allowed: needs `list` on `namespaces` cluster-wide (Kubernetes said: Forbidden)"
         );
     }
 }
