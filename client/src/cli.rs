@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::environment::{EnvArgs, EnvFormat};
 use crate::files::FsMode;
+use crate::kubernetes::{ClusterArgs, KubeArgs};
 use crate::target::Target;
 use std::path::PathBuf;
 
@@ -49,6 +50,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = EnvFormat::Dotenv)]
         format: EnvFormat,
     },
+    /// List the Kubernetes targets of a namespace: running pods (with their containers) and
+    /// workloads, as --target takes them.
+    Ls {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON: {"namespace": …, "targets": [{"target": "pod/x", "containers": […]}, …]}.
+        #[arg(long)]
+        json: bool,
+        /// More logs on stderr (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides.
+        #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
     /// Start a throwaway local "pod" and run a command in a session on it (default: a probe
     /// that prints what the session sees); the pod is removed afterwards.
     Demo {
@@ -67,7 +80,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct SessionArgs {
-    /// What to impersonate: pid/PID (a process on this machine).
+    /// What to impersonate: pod/NAME, deploy/NAME, statefulset/NAME, daemonset/NAME,
+    /// job/NAME, replicaset/NAME (Kubernetes), or pid/PID (a process on this machine).
     #[arg(long, short = 't', value_name = "KIND/NAME")]
     pub target: Target,
     /// Run the command as root instead of the user who invoked sudo.
@@ -91,6 +105,8 @@ pub struct SessionArgs {
     /// Keep this path local even if the target has a mount there (repeatable).
     #[arg(long, value_name = "PATH")]
     pub fs_local: Vec<PathBuf>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 impl Command {
@@ -100,7 +116,7 @@ impl Command {
             Command::Exec { session, .. }
             | Command::Shell { session }
             | Command::Env { session, .. } => session.verbose,
-            Command::Demo { verbose, .. } => *verbose,
+            Command::Demo { verbose, .. } | Command::Ls { verbose, .. } => *verbose,
         }
     }
 }
@@ -128,6 +144,51 @@ mod tests {
         };
         assert_eq!(session.target, Target::Pid(7));
         assert_eq!(command, ["curl", "-v", "--target", "x"]);
+    }
+
+    #[test]
+    fn kubernetes_flags_parse_next_to_the_session_flags() {
+        use crate::kubernetes::{AgentMode, TransportMode};
+        let cli = Cli::try_parse_from([
+            "mirrord-net",
+            "exec",
+            "-t",
+            "deploy/web",
+            "-n",
+            "team",
+            "--context",
+            "prod",
+            "--kubeconfig",
+            "/k",
+            "-c",
+            "app",
+            "--agent",
+            "ephemeral",
+            "--agent-image",
+            "img",
+            "--agent-namespace",
+            "agents",
+            "--transport",
+            "port-forward",
+            "--",
+            "curl",
+        ])
+        .unwrap();
+        let Command::Exec { session, .. } = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(session.target.to_string(), "deploy/web");
+        let kube = session.kube;
+        assert_eq!(kube.cluster.namespace.as_deref(), Some("team"));
+        assert_eq!(kube.cluster.context.as_deref(), Some("prod"));
+        assert_eq!(kube.cluster.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(kube.container.as_deref(), Some("app"));
+        assert_eq!(kube.agent, AgentMode::Ephemeral);
+        assert_eq!(kube.agent_image.as_deref(), Some("img"));
+        assert_eq!(kube.agent_namespace.as_deref(), Some("agents"));
+        assert_eq!(kube.transport, TransportMode::PortForward);
+        let cli = Cli::try_parse_from(["mirrord-net", "ls", "-n", "team", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Ls { json: true, .. }));
     }
 
     #[test]

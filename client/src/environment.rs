@@ -113,7 +113,7 @@ fn to_os(vars: &[Var]) -> Vec<(OsString, OsString)> {
 /// `mirrord-net env`: starts the agent and connects as a session does, prints the
 /// environment the session's command would get, and exits. No namespaces, no TUN.
 pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, RunError> {
-    run::check_root()?;
+    run::check_root_for_agent(&args.target)?;
     let (agent, tunnel) = run::start_agent_and_connect(args).await?;
     let env = CommandEnv::for_target(&args.env, &tunnel.target.environ);
     tunnel.close().await;

@@ -5,6 +5,9 @@
 //! - [`cli`]: the command line;
 //! - [`target`]: what `--target` names and how to check it exists;
 //! - [`agent`]: starting the agent for a local target and reading its ready line;
+//! - [`kubernetes`]: Kubernetes targets — kubeconfig, resolving `pod/`/`deploy/`…, the agent as
+//!   a Job or ephemeral container, direct or port-forward transport, `mirrord-net ls`;
+//! - [`agent_handle`]: the session's agent, local or in a cluster, behind one type;
 //! - [`tunnel`]: the QUIC connection to the agent — handshake and the packet pump between the
 //!   session's TUN device and DATAGRAM frames;
 //! - [`session`]: the session's namespaces, TUN device and the user's command;
@@ -14,10 +17,12 @@
 //! - [`progress`]: the one status line shown while a session starts.
 
 pub mod agent;
+pub mod agent_handle;
 pub mod cli;
 pub mod demo;
 pub mod environment;
 pub mod files;
+pub mod kubernetes;
 pub mod progress;
 pub mod run;
 pub mod session;

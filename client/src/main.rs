@@ -43,6 +43,9 @@ fn main() -> ExitCode {
             Command::Env { session, format } => environment::print_env(&session, format)
                 .await
                 .map_err(anyhow::Error::from),
+            Command::Ls { cluster, json, .. } => mirrord_net::kubernetes::ls::run(&cluster, json)
+                .await
+                .map_err(anyhow::Error::from),
             Command::Demo { verbose, command } => {
                 let command = (!command.is_empty()).then_some(command);
                 demo::run_demo(verbose, command)

@@ -15,10 +15,12 @@ use mirrord_net_protocol::trust::{SessionIdentity, TrustError};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::agent::{self, AgentError, LocalAgent};
+use crate::agent::{self, AgentError};
+use crate::agent_handle::SessionAgent;
 use crate::cli::SessionArgs;
 use crate::environment::CommandEnv;
 use crate::files::{self, FsMode};
+use crate::kubernetes::{self, KubeError};
 use crate::progress::Progress;
 use crate::session::{self, Session, SessionError, SessionSpec};
 use crate::target::{Target, TargetError};
@@ -43,6 +45,8 @@ pub enum RunError {
     #[error("{0}")]
     Agent(#[from] AgentError),
     #[error("{0}")]
+    Kubernetes(#[from] KubeError),
+    #[error("{0}")]
     Tunnel(#[from] TunnelError),
     #[error("{0}")]
     Session(#[from] SessionError),
@@ -58,7 +62,7 @@ pub enum RunError {
 
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
-    preflight()?;
+    preflight(&args.target)?;
     if args.fs_mode != FsMode::Off && !std::path::Path::new("/dev/fuse").exists() {
         return Err(RunError::NoFuseDevice);
     }
@@ -90,8 +94,11 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         env: Some(env.base_os()),
         env_overrides: env.overrides_os(),
     };
-    let Target::Pid(pid) = args.target;
-    let files = remote_files(args, pid, &tunnel.connection);
+    let target_pid = match args.target {
+        Target::Pid(pid) => Some(pid),
+        Target::Kubernetes(_) => None,
+    };
+    let files = remote_files(args, target_pid, &tunnel.connection);
     progress.clear();
     let mut session =
         Session::start_with_files(spec, session::SessionOptions::default(), files).await?;
@@ -118,9 +125,27 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
 /// `mirrord-net env` shares.
 pub(crate) async fn start_agent_and_connect(
     args: &SessionArgs,
-) -> Result<(LocalAgent, Tunnel), RunError> {
+) -> Result<(SessionAgent, Tunnel), RunError> {
     args.target.check_exists()?;
-    let Target::Pid(pid) = args.target;
+    let pid = match &args.target {
+        Target::Pid(pid) => *pid,
+        Target::Kubernetes(target) => {
+            let mut progress = Progress::new(args.quiet);
+            let identity = SessionIdentity::generate()?;
+            let (agent, tunnel) = kubernetes::start_agent_and_connect(
+                &args.kube,
+                target,
+                &identity,
+                args.fs_mode,
+                agent_log_filter(args.verbose),
+                &mut |step| progress.step(step),
+            )
+            .await?;
+            log_connected(&tunnel);
+            progress.clear();
+            return Ok((SessionAgent::Kubernetes(agent), tunnel));
+        }
+    };
 
     let mut progress = Progress::new(args.quiet);
     progress.step(&format!("starting the agent for {}", args.target));
@@ -151,6 +176,12 @@ pub(crate) async fn start_agent_and_connect(
             });
         }
     };
+    log_connected(&tunnel);
+    progress.clear();
+    Ok((SessionAgent::Local(agent), tunnel))
+}
+
+fn log_connected(tunnel: &Tunnel) {
     tracing::info!(
         hostname = %tunnel.target.hostname,
         ipv4 = ?tunnel.target.ipv4,
@@ -159,15 +190,15 @@ pub(crate) async fn start_agent_and_connect(
         mtu = tunnel.mtu,
         "connected to the agent"
     );
-    progress.clear();
-    Ok((agent, tunnel))
 }
 
 /// The target's files for the session: its root at [`files::REMOTE_ROOT`], its own mounts
 /// (and `--fs-remote` paths) over the local ones, served over the session's connection.
+/// A local target's mounts are read from /proc/PID/mountinfo; a Kubernetes target's are not
+/// visible from here, so only its root and the `--fs-remote` paths are shown.
 fn remote_files(
     args: &SessionArgs,
-    pid: u32,
+    pid: Option<u32>,
     connection: &quinn::Connection,
 ) -> Option<session::RemoteFiles> {
     if args.fs_mode == FsMode::Off {
@@ -180,7 +211,9 @@ fn remote_files(
         })
     };
     let chosen = files::choose(
-        &files::parse_mountinfo(&read(format!("/proc/{pid}/mountinfo"))),
+        &files::parse_mountinfo(
+            &pid.map_or_else(String::new, |pid| read(format!("/proc/{pid}/mountinfo"))),
+        ),
         &files::parse_mountinfo(&read("/proc/self/mountinfo".into())),
         &args.fs_remote,
         &args.fs_local,
@@ -241,12 +274,32 @@ async fn supervise(
     }
 }
 
-fn preflight() -> Result<(), RunError> {
-    check_root()?;
+fn preflight(target: &Target) -> Result<(), RunError> {
+    if session_needs_root(target) {
+        check_root()?;
+    }
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err(RunError::NoTunDevice);
     }
     Ok(())
+}
+
+/// Whether a session on `target` needs root: a local target's agent enters its namespaces,
+/// and the session's own namespaces and TUN device are made as root. (Made inside a user
+/// namespace instead, a Kubernetes target's session would need none: this is the place.)
+fn session_needs_root(target: &Target) -> bool {
+    match target {
+        Target::Pid(_) => true,
+        Target::Kubernetes(_) => true,
+    }
+}
+
+/// Starting the agent needs root only for a local target, whose namespaces it enters.
+pub(crate) fn check_root_for_agent(target: &Target) -> Result<(), RunError> {
+    match target {
+        Target::Pid(_) => check_root(),
+        Target::Kubernetes(_) => Ok(()),
+    }
 }
 
 /// Entering a local target's namespaces takes root.

@@ -1,49 +1,45 @@
 //! Targets: what `--target` names.
 //!
 //! `pid/PID` is any process on this machine: a container, a service, a process inside another
-//! network namespace. Kubernetes kinds (`pod/`, `deploy/`, …) are recognised so that naming
-//! one gives a precise error instead of a parse failure.
+//! network namespace. `pod/NAME`, `deploy/NAME` and the other Kubernetes kinds name a
+//! container in a cluster; `crate::kubernetes::target` resolves them.
 
 use std::fmt;
 use std::str::FromStr;
+
+use crate::kubernetes::target::{Kind, KubeTarget};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A local process.
     Pid(u32),
+    /// A pod or workload in a Kubernetes cluster.
+    Kubernetes(KubeTarget),
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Pid(pid) => write!(f, "pid/{pid}"),
+            Target::Kubernetes(target) => target.fmt(f),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
-    #[error("target {0:?} is not of the form KIND/NAME (e.g. pid/1234)")]
+    #[error("target {0:?} is not of the form KIND/NAME (e.g. pod/web or pid/1234)")]
     Malformed(String),
     #[error("{0:?} is not a process id")]
     BadPid(String),
-    #[error("Kubernetes targets ({0}/…) are not supported by this build; use pid/PID")]
-    Kubernetes(String),
-    #[error("unknown target kind {0:?} (supported: pid)")]
+    #[error(
+        "unknown target kind {0:?} (supported: pod, deploy, statefulset, daemonset, job, \
+         replicaset, pid)"
+    )]
     UnknownKind(String),
     #[error("target pid/{0} does not exist (no process {0} on this machine)")]
     NoSuchProcess(u32),
 }
-
-const KUBERNETES_KINDS: &[&str] = &[
-    "pod",
-    "deploy",
-    "deployment",
-    "statefulset",
-    "daemonset",
-    "job",
-    "replicaset",
-];
 
 impl FromStr for Target {
     type Err = TargetError;
@@ -62,10 +58,13 @@ impl FromStr for Target {
                 .filter(|pid| *pid > 0)
                 .map(Target::Pid)
                 .ok_or_else(|| TargetError::BadPid(name.to_owned())),
-            kind if KUBERNETES_KINDS.contains(&kind) => {
-                Err(TargetError::Kubernetes(kind.to_owned()))
-            }
-            other => Err(TargetError::UnknownKind(other.to_owned())),
+            kind => match Kind::from_prefix(kind) {
+                Some(kind) => Ok(Target::Kubernetes(KubeTarget {
+                    kind,
+                    name: name.to_owned(),
+                })),
+                None => Err(TargetError::UnknownKind(kind.to_owned())),
+            },
         }
     }
 }
@@ -81,6 +80,8 @@ impl Target {
                     Err(TargetError::NoSuchProcess(*pid))
                 }
             }
+            // Looked up in the cluster when the session starts.
+            Target::Kubernetes(_) => Ok(()),
         }
     }
 }
@@ -93,6 +94,26 @@ mod tests {
     fn pid_targets_parse() {
         assert_eq!("pid/42".parse(), Ok(Target::Pid(42)));
         assert_eq!(Target::Pid(42).to_string(), "pid/42");
+    }
+
+    #[test]
+    fn kubernetes_targets_parse_with_their_aliases() {
+        for (text, kind, shown) in [
+            ("pod/web", Kind::Pod, "pod/web"),
+            ("deployment/web", Kind::Deployment, "deploy/web"),
+            ("deploy/web", Kind::Deployment, "deploy/web"),
+            ("sts/db", Kind::StatefulSet, "statefulset/db"),
+            ("daemonset/log", Kind::DaemonSet, "daemonset/log"),
+            ("job/migrate", Kind::Job, "job/migrate"),
+            ("rs/web-1", Kind::ReplicaSet, "replicaset/web-1"),
+        ] {
+            let target: Target = text.parse().unwrap();
+            let Target::Kubernetes(kube) = &target else {
+                panic!("{text} is not a Kubernetes target")
+            };
+            assert_eq!(kube.kind, kind);
+            assert_eq!(target.to_string(), shown);
+        }
     }
 
     #[test]
@@ -110,8 +131,8 @@ mod tests {
             Err(TargetError::BadPid("0".into()))
         );
         assert_eq!(
-            "pod/web".parse::<Target>(),
-            Err(TargetError::Kubernetes("pod".into()))
+            "pod/".parse::<Target>(),
+            Err(TargetError::Malformed("pod/".into()))
         );
         assert_eq!(
             "vm/a".parse::<Target>(),
