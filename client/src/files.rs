@@ -25,7 +25,9 @@
 //! The mount point is a fixed directory, created once on the host (`mkdir -p`, mode 0755, left
 //! empty). Every session mounts on it in its own mount namespace, so sessions never see each
 //! other's mount, and nothing is mounted on it in the host's: a SIGKILL leaves only this empty
-//! directory, on `/run`, a tmpfs that is gone at reboot.
+//! directory, on `/run`, a tmpfs that is gone at reboot. A session without root cannot create
+//! `/run/mirrord-net`: it uses a directory of the user's own ([`remote_root`]), in
+//! `$XDG_RUNTIME_DIR` (also a tmpfs, the user's) or else in `/tmp`.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -33,6 +35,17 @@ use std::path::{Component, Path, PathBuf};
 pub const REMOTE_ROOT: &str = "/run/mirrord-net/root";
 /// The variable that names [`REMOTE_ROOT`] to the command.
 pub const REMOTE_ROOT_ENV: &str = "MIRRORD_NET_REMOTE_ROOT";
+
+/// Where the target's root is mounted: [`REMOTE_ROOT`] for a root session; for a session
+/// without root of user `uid`, `$XDG_RUNTIME_DIR/mirrord-net/root` when `runtime_dir` (that
+/// variable) is an absolute path, else `/tmp/mirrord-net-UID/root`.
+pub fn remote_root(rootless_uid: Option<u32>, runtime_dir: Option<&Path>) -> PathBuf {
+    match (rootless_uid, runtime_dir) {
+        (None, _) => PathBuf::from(REMOTE_ROOT),
+        (Some(_), Some(dir)) if dir.is_absolute() => dir.join("mirrord-net/root"),
+        (Some(uid), _) => PathBuf::from(format!("/tmp/mirrord-net-{uid}/root")),
+    }
+}
 
 /// Path prefixes never shown from the target.
 const NEVER_REMOTE: &[&str] = &["/proc", "/sys", "/dev", "/run/mirrord-net"];
@@ -121,12 +134,14 @@ pub struct RemotePaths {
     pub keep_local: Vec<PathBuf>,
 }
 
-/// Chooses the paths: the target's own mounts, plus `extra_remote`, minus `local`.
+/// Chooses the paths: the target's own mounts, plus `extra_remote`, minus `local`, never
+/// anything under `remote_root` (the mount point itself).
 pub fn choose(
     target: &[MountLine],
     host: &[MountLine],
     extra_remote: &[PathBuf],
     local: &[PathBuf],
+    remote_root: &Path,
 ) -> RemotePaths {
     let target_only = target
         .iter()
@@ -138,6 +153,7 @@ pub fn choose(
             path.is_absolute()
                 && path != Path::new("/")
                 && !NEVER_REMOTE.iter().any(|prefix| path.starts_with(prefix))
+                && !path.starts_with(remote_root)
                 && !SHOWN_ALREADY.iter().any(|shown| path == Path::new(shown))
                 && !local.iter().any(|keep| path.starts_with(normalize(keep)))
         })
@@ -210,7 +226,13 @@ mod tests {
              43 40 0:53 / /srv/secrets/nested rw - tmpfs tmpfs rw\n\
              44 22 0:54 / / rw - overlay overlay rw"
         );
-        let chosen = choose(&lines(&target), &lines(HOST), &[], &[]);
+        let chosen = choose(
+            &lines(&target),
+            &lines(HOST),
+            &[],
+            &[],
+            Path::new(REMOTE_ROOT),
+        );
         assert_eq!(chosen.remote, vec![PathBuf::from("/srv/secrets")]);
         assert!(chosen.keep_local.is_empty());
     }
@@ -221,8 +243,51 @@ mod tests {
             "0:6 / /run rw shared:3 - tmpfs tmpfs",
             "0:60 / /run rw - tmpfs pod-run",
         );
-        let chosen = choose(&lines(&target), &lines(HOST), &[], &[]);
+        let chosen = choose(
+            &lines(&target),
+            &lines(HOST),
+            &[],
+            &[],
+            Path::new(REMOTE_ROOT),
+        );
         assert_eq!(chosen.remote, vec![PathBuf::from("/run")]);
+    }
+
+    #[test]
+    fn a_session_without_root_mounts_in_a_directory_of_the_users() {
+        assert_eq!(remote_root(None, None), Path::new(REMOTE_ROOT));
+        assert_eq!(
+            remote_root(None, Some(Path::new("/run/user/1000"))),
+            Path::new(REMOTE_ROOT)
+        );
+        assert_eq!(
+            remote_root(Some(1000), Some(Path::new("/run/user/1000"))),
+            Path::new("/run/user/1000/mirrord-net/root")
+        );
+        assert_eq!(
+            remote_root(Some(1000), Some(Path::new("relative"))),
+            Path::new("/tmp/mirrord-net-1000/root")
+        );
+        assert_eq!(
+            remote_root(Some(1000), None),
+            Path::new("/tmp/mirrord-net-1000/root")
+        );
+    }
+
+    #[test]
+    fn the_mount_point_is_never_bound_from_the_target() {
+        let root = Path::new("/tmp/mirrord-net-1000/root");
+        let chosen = choose(
+            &lines(HOST),
+            &lines(HOST),
+            &[
+                PathBuf::from("/tmp/mirrord-net-1000/root/etc"),
+                PathBuf::from("/srv"),
+            ],
+            &[],
+            root,
+        );
+        assert_eq!(chosen.remote, vec![PathBuf::from("/srv")]);
     }
 
     #[test]
@@ -233,6 +298,7 @@ mod tests {
             &lines(HOST),
             &[PathBuf::from("/opt/app/"), PathBuf::from("/proc/1")],
             &[PathBuf::from("/srv/secrets")],
+            Path::new(REMOTE_ROOT),
         );
         assert_eq!(chosen.remote, vec![PathBuf::from("/opt/app")]);
 
@@ -241,6 +307,7 @@ mod tests {
             &lines(HOST),
             &[PathBuf::from("/opt")],
             &[PathBuf::from("/opt/cache")],
+            Path::new(REMOTE_ROOT),
         );
         assert_eq!(chosen.remote, vec![PathBuf::from("/opt")]);
         assert_eq!(chosen.keep_local, vec![PathBuf::from("/opt/cache")]);

@@ -5,8 +5,14 @@
 //! datagram, then the user's command. Every step that fails leaves nothing behind: the agent
 //! dies with its `LocalAgent` handle (and with this process), the session's namespaces die
 //! with its last process.
+//!
+//! The preflight decides the session's privileges ([`session_privileges`]): a root client
+//! builds a root session as always; a client without root gets a rootless one (its own user
+//! namespace) where the target allows it, after checks that name what the machine forbids
+//! before anything is started.
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +28,7 @@ use crate::environment::CommandEnv;
 use crate::files::{self, FsMode};
 use crate::kubernetes::{self, KubeError};
 use crate::progress::Progress;
-use crate::session::{self, Session, SessionError, SessionSpec};
+use crate::session::{self, userns, Session, SessionError, SessionPrivileges, SessionSpec};
 use crate::target::{Target, TargetError};
 use crate::tunnel::{self, pump, Tunnel, TunnelError};
 
@@ -40,6 +46,12 @@ pub enum RunError {
     NoTunDevice,
     #[error("/dev/fuse is missing, which the target's files need: load the fuse module (modprobe fuse), or run with --fs-mode off")]
     NoFuseDevice,
+    #[error("{0}")]
+    UserNamespacesDisabled(&'static str),
+    #[error("/dev/net/tun is not readable and writable by you: a session without root needs it mode 0666 (as Debian's udev makes it; `chmod 0666 /dev/net/tun`), or run mirrord-net with sudo")]
+    TunNotAccessible,
+    #[error("/dev/fuse is not readable and writable by you: a session without root needs it mode 0666 for the target's files (`chmod 0666 /dev/fuse`), or run with --fs-mode off")]
+    FuseNotAccessible,
     #[error("{0}")]
     Target(#[from] TargetError),
     #[error("{0}")]
@@ -62,10 +74,7 @@ pub enum RunError {
 
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
-    preflight(&args.target)?;
-    if args.fs_mode != FsMode::Off && !std::path::Path::new("/dev/fuse").exists() {
-        return Err(RunError::NoFuseDevice);
-    }
+    let privileges = preflight(args)?;
     let (agent, tunnel) = start_agent_and_connect(args).await?;
     let mut progress = Progress::new(args.quiet);
 
@@ -98,10 +107,13 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         Target::Pid(pid) => Some(pid),
         Target::Kubernetes(_) => None,
     };
-    let files = remote_files(args, target_pid, &tunnel.connection);
+    let files = remote_files(args, target_pid, &tunnel.connection, privileges);
     progress.clear();
-    let mut session =
-        Session::start_with_files(spec, session::SessionOptions::default(), files).await?;
+    let options = session::SessionOptions {
+        privileges,
+        ..session::SessionOptions::default()
+    };
+    let mut session = Session::start_with_files(spec, options, files).await?;
     tunnel::release_with_namespace(session.tun().as_ref());
 
     let stats = Arc::new(pump::PumpStats::default());
@@ -192,7 +204,7 @@ fn log_connected(tunnel: &Tunnel) {
     );
 }
 
-/// The target's files for the session: its root at [`files::REMOTE_ROOT`], its own mounts
+/// The target's files for the session: its root at [`files::remote_root`], its own mounts
 /// (and `--fs-remote` paths) over the local ones, served over the session's connection.
 /// A local target's mounts are read from /proc/PID/mountinfo; a Kubernetes target's are not
 /// visible from here, so only its root and the `--fs-remote` paths are shown.
@@ -200,10 +212,21 @@ fn remote_files(
     args: &SessionArgs,
     pid: Option<u32>,
     connection: &quinn::Connection,
+    privileges: SessionPrivileges,
 ) -> Option<session::RemoteFiles> {
     if args.fs_mode == FsMode::Off {
         return None;
     }
+    let rootless_uid = match privileges {
+        SessionPrivileges::Root => None,
+        SessionPrivileges::Rootless(maps) => Some(maps.uid.outside),
+    };
+    let mount_point = files::remote_root(
+        rootless_uid,
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .as_deref()
+            .map(std::path::Path::new),
+    );
     let read = |path: String| {
         std::fs::read_to_string(&path).unwrap_or_else(|err| {
             tracing::warn!("cannot read {path}: {err}; no mounts of the target are shown");
@@ -217,12 +240,13 @@ fn remote_files(
         &files::parse_mountinfo(&read("/proc/self/mountinfo".into())),
         &args.fs_remote,
         &args.fs_local,
+        &mount_point,
     );
     tracing::info!(remote = ?chosen.remote, keep_local = ?chosen.keep_local, "target paths");
     let transport = mirrord_net_fuse_fs::QuicTransport::new(connection.clone());
     let runtime = tokio::runtime::Handle::current();
     Some(session::RemoteFiles {
-        mount_point: files::REMOTE_ROOT.into(),
+        mount_point,
         writable: args.fs_mode == FsMode::Write,
         binds: chosen.remote,
         keep_local: chosen.keep_local,
@@ -274,24 +298,60 @@ async fn supervise(
     }
 }
 
-fn preflight(target: &Target) -> Result<(), RunError> {
-    if session_needs_root(target) {
-        check_root()?;
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
+/// Checks what the session needs before anything is started, and chooses its privileges.
+fn preflight(args: &SessionArgs) -> Result<SessionPrivileges, RunError> {
+    let privileges = session_privileges(&args.target, args.as_root)?;
+    if !Path::new(TUN).exists() {
         return Err(RunError::NoTunDevice);
     }
-    Ok(())
+    let files = args.fs_mode != FsMode::Off;
+    if files && !Path::new(FUSE).exists() {
+        return Err(RunError::NoFuseDevice);
+    }
+    if let SessionPrivileges::Rootless(_) = privileges {
+        if let Some(reason) = userns::Sysctls::read().forbids() {
+            return Err(RunError::UserNamespacesDisabled(reason));
+        }
+        // Capabilities in a user namespace never override the modes of these devices.
+        if !read_writable(TUN) {
+            return Err(RunError::TunNotAccessible);
+        }
+        if files && !read_writable(FUSE) {
+            return Err(RunError::FuseNotAccessible);
+        }
+    }
+    Ok(privileges)
 }
 
-/// Whether a session on `target` needs root: a local target's agent enters its namespaces,
-/// and the session's own namespaces and TUN device are made as root. (Made inside a user
-/// namespace instead, a Kubernetes target's session would need none: this is the place.)
-fn session_needs_root(target: &Target) -> bool {
-    match target {
-        Target::Pid(_) => true,
-        Target::Kubernetes(_) => true,
+const TUN: &str = "/dev/net/tun";
+const FUSE: &str = "/dev/fuse";
+
+/// Root sessions for a root client; without root, a rootless session (its own user
+/// namespace) unless the target needs root.
+fn session_privileges(target: &Target, as_root: bool) -> Result<SessionPrivileges, RunError> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(SessionPrivileges::Root);
     }
+    if target_needs_root(target) {
+        return Err(RunError::NeedRoot);
+    }
+    Ok(SessionPrivileges::Rootless(session::IdMaps::current_user(
+        as_root,
+    )))
+}
+
+/// A `pid/` target's agent runs here and enters the target's namespaces, which takes root.
+/// Targets whose agent runs elsewhere (in a cluster) need none.
+fn target_needs_root(target: &Target) -> bool {
+    matches!(target, Target::Pid(_))
+}
+
+fn read_writable(path: &str) -> bool {
+    nix::unistd::access(
+        path,
+        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+    )
+    .is_ok()
 }
 
 /// Starting the agent needs root only for a local target, whose namespaces it enters.

@@ -18,16 +18,18 @@ pub enum MountError {
     Mount { path: String, source: io::Error },
 }
 
-/// The mount data: root-owned connection, any user may use it, and the kernel checks
-/// permissions against the attributes the agent reports.
-pub fn mount_data(fd: i32) -> String {
+/// The mount data: a connection owned by `uid`/`gid` (root's in a root session; in a user
+/// namespace they must be ids mapped in it), any user may use it (in a user namespace: any
+/// process of it), and the kernel checks permissions against the attributes the agent reports.
+pub fn mount_data(fd: i32, uid: u32, gid: u32) -> String {
     format!(
-        "fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions,max_read={}",
+        "fd={fd},rootmode=40000,user_id={uid},group_id={gid},allow_other,default_permissions,max_read={}",
         mirrord_net_protocol::fs::MAX_IO
     )
 }
 
-/// Opens `/dev/fuse` and mounts it on `mount_point`; the descriptor is the connection.
+/// Opens `/dev/fuse` and mounts it on `mount_point` as the caller's effective uid and gid; the
+/// descriptor is the connection.
 pub fn mount_device(mount_point: &Path, writable: bool) -> Result<OwnedFd, MountError> {
     let device: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
@@ -44,7 +46,14 @@ pub fn mount_device(mount_point: &Path, writable: bool) -> Result<OwnedFd, Mount
         mount_point,
         Some(FS_TYPE),
         flags,
-        Some(mount_data(device.as_raw_fd()).as_str()),
+        Some(
+            mount_data(
+                device.as_raw_fd(),
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+            .as_str(),
+        ),
     )
     .map_err(|err| MountError::Mount {
         path: mount_point.display().to_string(),

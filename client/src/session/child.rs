@@ -10,7 +10,9 @@
 //! Steps, each reported as a [`SetupStep`] if it fails:
 //!
 //! 1. Tie the process to the client (`PR_SET_PDEATHSIG`) and read the spec.
-//! 2. `unshare` the network, mount, UTS and PID namespaces; make mounts private.
+//! 2. Rootless only: `unshare` a user namespace and map the user's ids into it
+//!    ([`userns`](super::userns)). Then `unshare` the network, mount, UTS and PID namespaces;
+//!    make mounts private.
 //! 3. `lo` up, the TUN with its addresses and default routes ([`network`](super::network)).
 //! 4. resolv.conf and hosts ([`mounts`](super::mounts)); the hostname.
 //! 5. Send `Ready` with the TUN descriptor, close our copy, wait for `Go`. End of file here
@@ -62,6 +64,7 @@ fn run() -> i32 {
     // It was inherited on purpose; the user's command must not inherit it again.
     let _ = fcntl(&socket, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     let _ = namespaces::die_with_parent();
+    let client = nix::unistd::getppid();
 
     let spec = match channel::recv::<ParentMessage>(socket.as_fd()) {
         Ok((ParentMessage::Spec(spec), _)) => spec,
@@ -106,7 +109,7 @@ fn run() -> i32 {
     }
 
     let mut warnings = Vec::new();
-    let (tun, root) = match build(&spec, &mut warnings) {
+    let (tun, root) = match build(&spec, client, &mut warnings) {
         Ok(built) => built,
         Err(failure) => {
             fail(&socket, failure);
@@ -155,10 +158,10 @@ fn run() -> i32 {
 /// remote files, the mounted FUSE device.
 fn build(
     spec: &ChildSpec,
+    client: nix::unistd::Pid,
     warnings: &mut Vec<String>,
 ) -> Result<(OwnedFd, Option<(OwnedFd, KeptLocal)>), SetupFailure> {
-    namespaces::enter_new_namespaces(spec.privileges)
-        .map_err(|err| SetupFailure::os(SetupStep::Namespaces, err))?;
+    namespaces::enter_new_namespaces(spec.privileges, client)?;
     mounts::make_private().map_err(|err| SetupFailure::os(SetupStep::MountPropagation, err))?;
     // Only after the mounts are private: the FUSE mount must never reach the host.
     let root = spec

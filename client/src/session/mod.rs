@@ -25,10 +25,13 @@
 //! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each;
 //! - `hosts`: the target's hosts file with an entry for its own name (pure).
 //! - `remote_files`: the FUSE mount of the target's root and the binds of its paths.
+//! - `userns`: what a session without root does differently: its user namespace and id maps,
+//!   and the errors of a machine that forbids them.
 //!
-//! The privilege model is a seam ([`SessionPrivileges`]): today the client is root; a rootless
-//! mode makes the child unshare a user namespace first and adds one round trip to the protocol
-//! in which the client writes the child's uid/gid maps.
+//! The privilege model is a seam ([`SessionPrivileges`]): a root client (via sudo) builds the
+//! session in the host's user namespace and drops to the invoking user for the command; a
+//! client without root has its child make a user namespace of its own first and build the same
+//! session inside it (`userns`), the command keeping the user's own uid.
 
 mod channel;
 mod child;
@@ -44,6 +47,7 @@ mod parent;
 mod protocol;
 mod remote_files;
 mod spec;
+pub mod userns;
 
 pub use child::child_main;
 pub use exec::command_env;
@@ -54,3 +58,4 @@ pub use spec::{
     InvalidSpec, RemoteFiles, RunAs, ServeFiles, SessionOptions, SessionPrivileges, SessionSpec,
     DEFAULT_TUN_NAME, HOSTS, RESOLV_CONF,
 };
+pub use userns::{IdMap, IdMaps};

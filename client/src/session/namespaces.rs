@@ -1,8 +1,11 @@
 //! The session child's namespaces and its tie to the client.
 //!
 //! The child leaves the host's network, mount, UTS and PID namespaces with one `unshare`; it
-//! stays in the host's IPC, cgroup and user namespaces, so the user's command sees the same
-//! files and runs under the same uids as anything else on the machine. The namespaces have no
+//! stays in the host's IPC and cgroup namespaces, and a root session in the host's user
+//! namespace too, so the user's command sees the same files and runs under the same uids as
+//! anything else on the machine. A rootless session first makes a user namespace that maps
+//! the user's own ids ([`userns`](super::userns)) and unshares the others from inside it, so
+//! that they belong to it. The namespaces have no
 //! name anywhere (no `ip netns add`, no bind mount under /run): they live exactly as long as a
 //! process or descriptor uses them — the session's processes and the client's TUN descriptor
 //! — so no exit path, SIGKILL included, leaves one behind.
@@ -24,25 +27,35 @@
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
+use super::protocol::{SetupFailure, SetupStep};
 use super::spec::SessionPrivileges;
+use super::userns;
 
-/// Namespaces every session gets.
-pub fn session_namespaces(privileges: SessionPrivileges) -> CloneFlags {
-    match privileges {
-        // A rootless mode adds CLONE_NEWUSER here, and the child then pauses until the client
-        // has written its uid/gid maps.
-        SessionPrivileges::Root => {
-            CloneFlags::CLONE_NEWNET
-                | CloneFlags::CLONE_NEWNS
-                | CloneFlags::CLONE_NEWUTS
-                | CloneFlags::CLONE_NEWPID
+/// Namespaces every session gets (a rootless one inside its user namespace, made before).
+pub const SESSION_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNET
+    .union(CloneFlags::CLONE_NEWNS)
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWPID);
+
+/// Moves the calling (single-threaded) process into new namespaces; `parent` is the pid of
+/// the client, which a rootless child checks it still has after entering its user namespace.
+pub fn enter_new_namespaces(
+    privileges: SessionPrivileges,
+    parent: nix::unistd::Pid,
+) -> Result<(), SetupFailure> {
+    if let SessionPrivileges::Rootless(maps) = privileges {
+        userns::enter(&maps)?;
+        // See the module documentation of `userns`: the tie survives, but need not hang on
+        // that. A parent gone meanwhile is a client gone.
+        if die_with_parent().is_err() || nix::unistd::getppid() != parent {
+            return Err(SetupFailure::other(
+                SetupStep::UserNamespace,
+                "the client exited during the setup",
+            ));
         }
     }
-}
-
-/// Moves the calling (single-threaded) process into new namespaces.
-pub fn enter_new_namespaces(privileges: SessionPrivileges) -> nix::Result<()> {
-    nix::sched::unshare(session_namespaces(privileges))
+    nix::sched::unshare(SESSION_NAMESPACES)
+        .map_err(|err| SetupFailure::os(SetupStep::Namespaces, err))
 }
 
 /// Asks the kernel to SIGKILL this process when its parent dies.
@@ -63,8 +76,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn root_sessions_get_a_pid_namespace_and_leave_the_user_namespace_alone() {
-        let flags = session_namespaces(SessionPrivileges::Root);
+    fn sessions_get_a_pid_namespace_and_the_user_namespace_is_a_separate_step() {
+        let flags = SESSION_NAMESPACES;
         assert!(flags.contains(CloneFlags::CLONE_NEWNET));
         assert!(flags.contains(CloneFlags::CLONE_NEWNS));
         assert!(flags.contains(CloneFlags::CLONE_NEWUTS));

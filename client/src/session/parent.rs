@@ -48,6 +48,7 @@ use super::exec;
 use super::identity;
 use super::protocol::{ChildMessage, ParentMessage, SetupFailure};
 use super::spec::{self, InvalidSpec, RemoteFiles, SessionOptions, SessionSpec};
+use super::userns;
 
 /// The program re-executed when [`SessionOptions::program`] is `None`.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -67,6 +68,12 @@ pub enum SessionError {
     Spawn { program: PathBuf, source: io::Error },
     #[error("{0}")]
     Setup(#[from] SetupFailure),
+    /// A rootless session's failed step, with the hint that fits a session without root.
+    #[error("{message}")]
+    RootlessSetup {
+        failure: SetupFailure,
+        message: String,
+    },
     #[error("the session process ended before the session was ready ({0})")]
     ChildExited(String),
     #[error("the session process broke the session protocol: {0}")]
@@ -111,6 +118,17 @@ impl Session {
 
     /// [`start_with`](Self::start_with), with the target's files mounted in the session.
     pub async fn start_with_files(
+        spec: SessionSpec,
+        options: SessionOptions,
+        files: Option<RemoteFiles>,
+    ) -> Result<Session, SessionError> {
+        let privileges = options.privileges;
+        Self::start_inner(spec, options, files)
+            .await
+            .map_err(|err| userns::explain(err, privileges))
+    }
+
+    async fn start_inner(
         spec: SessionSpec,
         options: SessionOptions,
         files: Option<RemoteFiles>,

@@ -18,11 +18,9 @@
 //! and answers `Bound` (or `Failed`) before the `Go`.
 //!
 //! End of file in place of a message means the other side died: the child then exits quietly
-//! with status 1, the client reports how the child ended. A rootless mode slots in between
-//! `Spec` and the rest of the setup: the child unshares a user namespace first, says
-//! `UserNamespaceReady`, the client writes its uid/gid maps and answers `IdMapsWritten`; the
-//! [`SessionPrivileges`] in the spec tells the child which path to take. Neither message exists
-//! yet; a child that gets a spec it cannot honour fails at the `Protocol` step.
+//! with status 1, the client reports how the child ended. A rootless session
+//! ([`SessionPrivileges::Rootless`]) has the same conversation: the child makes its user
+//! namespace and writes its own id maps (see [`userns`](super::userns)) before anything else.
 //!
 //! Frames are a 4-byte little-endian length followed by that many bytes of JSON. JSON keeps the
 //! messages readable in `strace` output; the spec carries byte strings (argv, environment, file
@@ -41,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::spec::SessionPrivileges;
 
 /// Version of the conversation; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts. The spec is the only big message (environment, hosts);
 /// anything near this is a bug or garbage on the socket.
@@ -149,6 +147,10 @@ pub enum IpFamily {
 pub enum SetupStep {
     /// The spec could not be read or asks for something this binary cannot do.
     Protocol,
+    /// A rootless session's user namespace.
+    UserNamespace,
+    /// A rootless session's `uid_map`, `gid_map` or `setgroups`.
+    IdMaps,
     Namespaces,
     MountPropagation,
     NetlinkSocket,
@@ -172,6 +174,10 @@ impl fmt::Display for SetupStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SetupStep::Protocol => f.write_str("cannot read the session spec"),
+            SetupStep::UserNamespace => f.write_str("cannot create the session's user namespace"),
+            SetupStep::IdMaps => {
+                f.write_str("cannot map your uid and gid into the session's user namespace")
+            }
             SetupStep::Namespaces => {
                 f.write_str("cannot create the session's network, mount, UTS and PID namespaces")
             }

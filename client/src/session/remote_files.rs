@@ -3,8 +3,10 @@
 //! Two steps, because the second needs the client's FUSE server and the first provides the
 //! device it serves:
 //!
-//! 1. [`mount_root`] (during the build, before `Ready`): create the fixed mount point on the
-//!    host if it is missing (an empty directory, see `crate::files`), open `/dev/fuse` and
+//! 1. [`mount_root`] (during the build, before `Ready`): create the mount point on the host if
+//!    it is missing (an empty directory, see `crate::files::remote_root`; it and its parent must
+//!    be real directories of this process's user, since a user's may sit in the world-writable
+//!    /tmp), open `/dev/fuse` and
 //!    mount it there, in the session's mount namespace only (mounts were made private
 //!    before). Local paths to keep inside remote ones are cloned now (`open_tree`), before
 //!    anything covers them.
@@ -68,13 +70,25 @@ pub fn mount_root(spec: &RemoteFilesSpec) -> Result<(OwnedFd, KeptLocal), SetupF
     Ok((device, KeptLocal(kept)))
 }
 
-/// `mkdir -p` with mode 0755; an existing directory is fine.
+/// `mkdir -p` with mode 0755; an existing directory is fine if it and its parent are
+/// directories (not symlinks) of this process's user.
 fn create_mount_point(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(path)
+        .create(path)?;
+    let uid = nix::unistd::geteuid().as_raw();
+    for dir in [Some(path), path.parent()].into_iter().flatten() {
+        let meta = std::fs::symlink_metadata(dir)?;
+        if !meta.is_dir() || meta.uid() != uid {
+            return Err(io::Error::other(format!(
+                "{} is not a directory of uid {uid}; remove it",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Step 2: binds the remote paths over the local ones; returns warnings.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{ChildSpec, FileOverlay, ResolvedUser, PROTOCOL_VERSION};
+use super::userns::IdMaps;
 
 /// Where the session shows the target's resolver configuration.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -62,16 +63,16 @@ pub struct RunAs {
 }
 
 /// How the session child gets the privileges it needs for namespaces and the TUN.
-///
-/// Only `Root` exists: the client runs as root (via sudo) and the child inherits that. A
-/// rootless mode becomes a second variant: the child adds `CLONE_NEWUSER` to its `unshare`,
-/// tells the client, waits while the client writes its `uid_map`/`gid_map`, and then does the
-/// same setup as root-in-its-own-user-namespace; the privilege drop becomes a no-op (the user
-/// already is who they are outside).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionPrivileges {
+    /// The client is root (via sudo) and the child inherits that; the command drops to
+    /// [`SessionSpec::run_as`].
     #[default]
     Root,
+    /// The client is an ordinary user: the child makes a user namespace of its own with these
+    /// maps and builds the session inside it ([`userns`](super::userns)). The command runs as
+    /// the map's inside uid; [`SessionSpec::run_as`] must be `None`.
+    Rootless(IdMaps),
 }
 
 /// Knobs of [`Session::start_with`](super::Session::start_with) that ordinary callers leave
@@ -146,6 +147,11 @@ pub enum InvalidSpec {
     BadFileTarget(PathBuf),
     #[error("MTU {0} is below the IPv4 minimum of 68")]
     MtuTooSmall(u16),
+    #[error(
+        "a session without root runs the command as its own user (or as root inside with \
+         --as-root); it cannot switch to uid {0}"
+    )]
+    RunAsWithoutRoot(u32),
 }
 
 /// Checks `spec` and `options`, and builds the child's wire spec.
@@ -193,6 +199,9 @@ pub(crate) fn child_spec(
     }
     if spec.mtu < 68 {
         return Err(InvalidSpec::MtuTooSmall(spec.mtu));
+    }
+    if let (SessionPrivileges::Rootless(_), Some(run_as)) = (options.privileges, spec.run_as) {
+        return Err(InvalidSpec::RunAsWithoutRoot(run_as.uid));
     }
 
     let mut files = Vec::new();
@@ -351,5 +360,17 @@ mod tests {
             child_spec(&spec(), &relative, None),
             Err(InvalidSpec::BadFileTarget(_))
         ));
+
+        let rootless = SessionOptions {
+            privileges: SessionPrivileges::Rootless(IdMaps::new(1000, 1000, false)),
+            ..SessionOptions::default()
+        };
+        let mut other_user = spec();
+        other_user.run_as = Some(RunAs { uid: 0, gid: 0 });
+        assert_eq!(
+            child_spec(&other_user, &rootless, None),
+            Err(InvalidSpec::RunAsWithoutRoot(0))
+        );
+        assert!(child_spec(&spec(), &rootless, None).is_ok());
     }
 }
