@@ -90,8 +90,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         env: Some(env.base_os()),
         env_overrides: env.overrides_os(),
     };
-    let Target::Pid(pid) = args.target;
-    let files = remote_files(args, pid, &tunnel.connection);
+    let files = remote_files(args, &tunnel.target.mountinfo, &tunnel.connection);
     progress.clear();
     let mut session =
         Session::start_with_files(spec, session::SessionOptions::default(), files).await?;
@@ -134,14 +133,32 @@ pub(crate) async fn start_agent_and_connect(
     .await?;
 
     progress.step("connecting to the agent");
-    let tunnel = match tunnel::connect(
-        agent.ready.addr,
-        &identity,
-        agent.ready.cert_sha256,
-        PathProfile::Loopback,
-    )
-    .await
-    {
+    let transport = local_transport();
+    let connected = match transport {
+        LocalTransport::Udp => {
+            tunnel::connect(
+                agent.ready.addr,
+                &identity,
+                agent.ready.cert_sha256,
+                PathProfile::Loopback,
+            )
+            .await
+        }
+        LocalTransport::Stream => match tokio::net::TcpStream::connect(agent.ready.addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                tunnel::connect_over_stream(
+                    stream,
+                    &identity,
+                    agent.ready.cert_sha256,
+                    PathProfile::Stream,
+                )
+                .await
+            }
+            Err(err) => Err(TunnelError::Socket(err)),
+        },
+    };
+    let tunnel = match connected {
         Ok(tunnel) => tunnel,
         Err(err) => {
             // The agent usually knows better why (e.g. the target exited meanwhile).
@@ -157,31 +174,56 @@ pub(crate) async fn start_agent_and_connect(
         ipv6 = ?tunnel.target.ipv6,
         environ = tunnel.target.environ.len(),
         mtu = tunnel.mtu,
+        ?transport,
         "connected to the agent"
     );
     progress.clear();
     Ok((agent, tunnel))
 }
 
+/// How the client reaches a local agent: QUIC over UDP, or QUIC framed on a TCP connection
+/// to the agent's same port (`MIRRORD_NET_LOCAL_TRANSPORT=stream`), the path a Kubernetes
+/// port-forward takes, which this exercises and measures without a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalTransport {
+    Udp,
+    Stream,
+}
+
+const LOCAL_TRANSPORT_ENV: &str = "MIRRORD_NET_LOCAL_TRANSPORT";
+
+fn local_transport() -> LocalTransport {
+    match std::env::var(LOCAL_TRANSPORT_ENV).as_deref() {
+        Ok("stream") => LocalTransport::Stream,
+        Ok("udp") | Ok("") | Err(_) => LocalTransport::Udp,
+        Ok(other) => {
+            tracing::warn!("{LOCAL_TRANSPORT_ENV}={other:?} is neither udp nor stream; using udp");
+            LocalTransport::Udp
+        }
+    }
+}
+
 /// The target's files for the session: its root at [`files::REMOTE_ROOT`], its own mounts
 /// (and `--fs-remote` paths) over the local ones, served over the session's connection.
+/// `target_mountinfo` is the target's mount table as the agent read it (the target may be on
+/// another machine).
 fn remote_files(
     args: &SessionArgs,
-    pid: u32,
+    target_mountinfo: &str,
     connection: &quinn::Connection,
 ) -> Option<session::RemoteFiles> {
     if args.fs_mode == FsMode::Off {
         return None;
     }
-    let read = |path: String| {
-        std::fs::read_to_string(&path).unwrap_or_else(|err| {
-            tracing::warn!("cannot read {path}: {err}; no mounts of the target are shown");
-            String::new()
-        })
-    };
+    let own_mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_else(|err| {
+        tracing::warn!(
+            "cannot read /proc/self/mountinfo: {err}; all the target's mounts are shown"
+        );
+        String::new()
+    });
     let chosen = files::choose(
-        &files::parse_mountinfo(&read(format!("/proc/{pid}/mountinfo"))),
-        &files::parse_mountinfo(&read("/proc/self/mountinfo".into())),
+        &files::parse_mountinfo(target_mountinfo),
+        &files::parse_mountinfo(&own_mountinfo),
         &args.fs_remote,
         &args.fs_local,
     );

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Writes a single-layer OCI image-layout tar from a root directory, for `ctr images import`.
 
-usage: oci-image.py ROOTFS NAME OUT.tar [CMD...]
+usage: oci-image.py [--entrypoint PATH] ROOTFS NAME OUT.tar [CMD...]
 
 NAME is the reference containerd records (io.containerd.image.name), e.g. localhost/busybox:local.
-The output is deterministic: file times, owners and the gzip header are fixed.
+With --entrypoint, PATH is the image's Entrypoint and CMD its default arguments (a pod's `args`
+then replace only the arguments). The output is deterministic: file times, owners and the gzip
+header are fixed.
 """
 import gzip
 import hashlib
@@ -38,9 +40,15 @@ def add_bytes(tar, name, data):
 
 
 def main():
-    if len(sys.argv) < 4:
+    args = sys.argv[1:]
+    entrypoint = None
+    if args[:1] == ["--entrypoint"]:
+        if len(args) < 2:
+            sys.exit(__doc__)
+        entrypoint, args = [args[1]], args[2:]
+    if len(args) < 3:
         sys.exit(__doc__)
-    rootfs, name, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+    rootfs, name, out, cmd = args[0], args[1], args[2], args[3:]
     raw = layer_tar(rootfs)
     gz = gzip.compress(raw, compresslevel=6, mtime=0)
     config = {
@@ -52,6 +60,8 @@ def main():
         },
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
     }
+    if entrypoint:
+        config["config"]["Entrypoint"] = entrypoint
     config_blob = json.dumps(config, sort_keys=True).encode()
 
     def desc(media_type, blob):
