@@ -1,61 +1,69 @@
 #!/usr/bin/env bash
-# Builds the agent's container image from this repository, with no registry and no container
-# engine: a statically linked mirrord-net-agent in an otherwise empty image, written as an
-# OCI image-layout tar, and optionally imported into a containerd.
+# Builds the agent image without Docker or a registry: a static mirrord-net-agent in an
+# otherwise empty image (what agent/Dockerfile describes), written as an OCI image-layout tar
+# tagged localhost/mirrord-net-agent:<workspace version>, and optionally imported into a
+# containerd.
 #
-#   scripts/build-agent-image.sh [--out FILE.tar] [--import CONTAINERD_SOCK]
+# usage: scripts/build-agent-image.sh [--out FILE.tar] [--import CONTAINERD_SOCK]
 #
-# The image is tagged localhost/mirrord-net-agent:VERSION (the workspace version), the
-# client's default --agent-image; its entrypoint is /mirrord-net-agent. agent/Dockerfile makes
-# the same image with docker or buildah from the static binary, for registries:
+#   --out FILE.tar          where to write the image (default:
+#                           target/agent-image/mirrord-net-agent-<version>.tar)
+#   --import SOCK           also load it into the containerd at SOCK, in the k8s.io namespace
+#                           where the kubelet looks (pods then use imagePullPolicy: Never)
 #
-#   docker build -f agent/Dockerfile -t REGISTRY/mirrord-net-agent:VERSION \
-#       target/x86_64-unknown-linux-gnu/release
-#
-# The binary links glibc statically (crt-static): the agent resolves no names and looks up no
-# users, the two things static glibc cannot do. The explicit --target keeps this build apart
-# from the host's (target/x86_64-unknown-linux-gnu/), so its RUSTFLAGS do not rebuild the
-# client or the tests.
+# The binary is glibc-static (`+crt-static`), built for the explicit target
+# x86_64-unknown-linux-gnu so that its flags and its output directory
+# (target/x86_64-unknown-linux-gnu/release) leave the host build alone.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-out=target/mirrord-net-agent-image.tar
-import=
+TARGET=x86_64-unknown-linux-gnu
+out=""
+containerd_sock=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --out) out=$2; shift 2 ;;
-        --import) import=$2; shift 2 ;;
-        *) echo "usage: $0 [--out FILE.tar] [--import CONTAINERD_SOCK]" >&2; exit 2 ;;
+        --out) out="${2:?--out needs a file name}"; shift 2 ;;
+        --import) containerd_sock="${2:?--import needs a containerd socket}"; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "build-agent-image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
-log() { printf '[build-agent-image %(%T)T] %s\n' -1 "$*" >&2; }
+# `cargo pkgid` prints path+file:///…/agent#mirrord-net-agent@0.1.0
+version="$(cargo pkgid -p mirrord-net-agent)"
+version="${version##*@}"
+image="localhost/mirrord-net-agent:$version"
+out="${out:-target/agent-image/mirrord-net-agent-$version.tar}"
 
-triple=x86_64-unknown-linux-gnu
-version=$(cargo metadata --no-deps --format-version 1 \
-    | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "mirrord-net-agent"))')
-image=localhost/mirrord-net-agent:$version
-
-log "building the static agent ($triple, crt-static)"
+echo "building the static agent ($TARGET, release)" >&2
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release -p mirrord-net-agent --target "$triple" --quiet
-binary=target/$triple/release/mirrord-net-agent
-# A dynamically linked binary names its loader in a PT_INTERP header; a static one has none.
-if readelf --program-headers "$binary" | grep -q INTERP; then
-    echo "error: $binary is not statically linked" >&2
+    cargo build --release --locked -p mirrord-net-agent --target "$TARGET"
+binary="target/$TARGET/release/mirrord-net-agent"
+
+# Static means no program interpreter: a dynamic binary would fail in the empty image with a
+# baffling "no such file or directory".
+if readelf --program-headers "$binary" | grep -q 'INTERP'; then
+    echo "build-agent-image.sh: $binary is not static (it has a program interpreter)" >&2
+    exit 1
+fi
+if ! "$binary" --version >/dev/null; then
+    echo "build-agent-image.sh: $binary does not run" >&2
     exit 1
 fi
 
-root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
-install -m 0755 "$binary" "$root/mirrord-net-agent"
-# /tmp for anything that wants a scratch directory; the agent itself writes nothing.
-install -d -m 1777 "$root/tmp"
-mkdir -p "$(dirname "$out")"
-python3 tests/k8s/oci-image.py --entrypoint "$root" "$image" "$out" /mirrord-net-agent
-log "wrote $image to $out ($(du -h "$out" | cut -f1), binary $(du -h "$binary" | cut -f1))"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/rootfs"
+# The image carries symbols but not the line tables (a third of the size): an agent's panic
+# still names its functions.
+objcopy --strip-debug "$binary" "$work/rootfs/mirrord-net-agent"
+chmod 0755 "$work/rootfs/mirrord-net-agent"
 
-if [ -n "$import" ]; then
-    ctr -a "$import" -n k8s.io images import "$out" >/dev/null
-    log "imported $image into $import"
+mkdir -p "$(dirname "$out")"
+python3 tests/k8s/oci-image.py --entrypoint /mirrord-net-agent "$work/rootfs" "$image" "$out"
+echo "wrote $image to $out ($(du -h "$out" | cut -f1))" >&2
+
+if [ -n "$containerd_sock" ]; then
+    ctr -a "$containerd_sock" -n k8s.io images import "$out" >&2
+    echo "imported $image into the containerd at $containerd_sock" >&2
 fi

@@ -16,8 +16,16 @@ use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
 
 use crate::files::{self, FileServer};
 use crate::stack::{self, StackConfig};
+use crate::stream_relay::StreamPeer;
 use mirrord_net_protocol::fs::StreamKind;
 use std::sync::Arc;
+
+/// The QUIC settings for a client that comes through the stream relay, which the endpoint
+/// knows by the relay's address.
+pub struct StreamClients {
+    pub peer: StreamPeer,
+    pub config: Arc<quinn::ServerConfig>,
+}
 
 /// Waits for the pinned client and serves its session to the end.
 pub async fn serve_one_session(
@@ -25,8 +33,10 @@ pub async fn serve_one_session(
     target: TargetInfo,
     accept_timeout: Duration,
     files: Option<Arc<FileServer>>,
+    stream_clients: Option<StreamClients>,
 ) -> anyhow::Result<()> {
-    let connection = tokio::time::timeout(accept_timeout, accept_pinned(&endpoint))
+    let accept = accept_pinned(&endpoint, stream_clients.as_ref());
+    let connection = tokio::time::timeout(accept_timeout, accept)
         .await
         .map_err(|_| anyhow!("no client connected within {accept_timeout:?}"))??;
     tracing::debug!(peer = %connection.remote_address(), "client connected");
@@ -91,13 +101,29 @@ async fn accept_streams(connection: quinn::Connection, files: Option<Arc<FileSer
     }
 }
 
-async fn accept_pinned(endpoint: &quinn::Endpoint) -> anyhow::Result<quinn::Connection> {
+async fn accept_pinned(
+    endpoint: &quinn::Endpoint,
+    stream_clients: Option<&StreamClients>,
+) -> anyhow::Result<quinn::Connection> {
     loop {
         let incoming = endpoint
             .accept()
             .await
             .ok_or_else(|| anyhow!("endpoint closed"))?;
-        match incoming.await {
+        let connecting = match stream_clients {
+            Some(stream) if incoming.remote_address() == stream.peer.0 => {
+                incoming.accept_with(stream.config.clone())
+            }
+            _ => incoming.accept(),
+        };
+        let connecting = match connecting {
+            Ok(connecting) => connecting,
+            Err(err) => {
+                tracing::warn!("refused a connection: {err}");
+                continue;
+            }
+        };
+        match connecting.await {
             Ok(connection) => return Ok(connection),
             // A peer without the pinned certificate: not our client. Keep waiting.
             Err(err) => tracing::warn!("refused a connection: {err}"),

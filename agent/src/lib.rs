@@ -3,18 +3,23 @@
 //! The `mirrord-net-agent` binary binds its QUIC socket, enters the target's namespaces and
 //! serves one session. This library holds what the binary wires together:
 //!
+//! - [`container`]: finding a Kubernetes container's main process by its container ID;
 //! - [`namespaces`]: entering the target's network and UTS namespaces;
 //! - [`root_fs`]: reading the target's files as the target sees them;
 //! - [`target_info`]: the addresses, hostname and resolver files a session takes on;
 //! - [`files`]: the file server that answers the session's FUSE requests from the target's
 //!   root;
+//! - [`stream_relay`]: the TCP listener that relays QUIC datagrams framed on a byte stream
+//!   (the Kubernetes port-forward) to the agent's QUIC socket;
 //! - [`control`]: accepting the one pinned client and its handshake;
 //! - [`stack`]: the userspace network stack that terminates the session's IP packets and
 //!   re-originates every flow from real sockets in the target's namespace.
 
+pub mod container;
 pub mod control;
 pub mod files;
 pub mod namespaces;
 pub mod root_fs;
 pub mod stack;
+pub mod stream_relay;
 pub mod target_info;

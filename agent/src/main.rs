@@ -1,19 +1,27 @@
 //! `mirrord-net-agent`: the far end of a mirrord-net session.
 //!
 //! Started by the client (local targets) or as a pod (Kubernetes), it binds its QUIC socket
-//! where the client can reach it, then enters the target's namespaces, prints its ready line
-//! and serves exactly one session.
+//! (UDP) and a TCP listener on the same address and port where the client can reach it, then
+//! enters the target's namespaces, prints its ready line and serves exactly one session, to a
+//! client that comes over UDP or over a byte stream (see `stream_relay`).
+//!
+//! The target is a process (`--target-pid`) or, for an agent pod on the target's node, a
+//! container ID from the pod status (`--target-container-id`), which names the container's
+//! main process (see `container`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mirrord_net_agent::container::{self, ContainerId};
 use mirrord_net_agent::control;
 use mirrord_net_agent::files::{Access, FileServer};
 use mirrord_net_agent::namespaces::TargetNamespaces;
 use mirrord_net_agent::root_fs::TargetRoot;
+use mirrord_net_agent::stream_relay::StreamRelay;
 use mirrord_net_agent::target_info;
 use mirrord_net_protocol::ready::AgentReady;
 use mirrord_net_protocol::transport::{self, PathProfile};
@@ -21,14 +29,21 @@ use mirrord_net_protocol::trust::{Fingerprint, SessionIdentity};
 
 #[derive(Debug, Parser)]
 #[command(name = "mirrord-net-agent", version, about)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["target_pid", "target_container_id"])))]
 struct Args {
     /// The process whose network namespace, hostname and files the session takes on.
     #[arg(long, value_name = "PID")]
-    target_pid: u32,
+    target_pid: Option<u32>,
+    /// Or: the container whose main process is the target, as the pod status writes its ID
+    /// (`containerd://<64 hex>`, `cri-o://…`, `docker://…` or the bare hex). Needs the
+    /// node's processes in sight (a hostPID pod).
+    #[arg(long, value_name = "ID", value_parser = parse_container_id)]
+    target_container_id: Option<ContainerId>,
     /// SHA-256 of the only client certificate this agent accepts.
     #[arg(long, value_name = "HEX")]
     client_cert_sha256: Fingerprint,
-    /// Where to listen for the client (bound before entering the target's namespace).
+    /// Where to listen for the client, on UDP and TCP (same port; bound before entering the
+    /// target's namespace).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// What lies between client and agent: `loopback` or `network`.
@@ -41,6 +56,10 @@ struct Args {
     /// Give up when no client connects within this many seconds.
     #[arg(long, default_value_t = 30)]
     accept_timeout_secs: u64,
+}
+
+fn parse_container_id(value: &str) -> Result<ContainerId, String> {
+    ContainerId::parse(value).map_err(|err| err.to_string())
 }
 
 fn parse_profile(value: &str) -> Result<PathProfile, String> {
@@ -74,7 +93,16 @@ fn init_logging() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let pid = args.target_pid;
+    let pid = match (&args.target_container_id, args.target_pid) {
+        (Some(id), _) => {
+            let pid = container::find_main_process(std::path::Path::new("/proc"), id)?;
+            // Said on every start: the pod's log then shows which process the session is about.
+            eprintln!("container {id} is process {pid} on this node");
+            pid
+        }
+        (None, Some(pid)) => pid,
+        (None, None) => unreachable!("clap requires a target"),
+    };
     let namespaces = TargetNamespaces::open(pid)?;
     let root = TargetRoot::of_pid(pid)
         .with_context(|| format!("cannot open the root of process {pid}"))?;
@@ -90,7 +118,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let socket = bind_socket(args.listen)?;
+    let (socket, relay) = bind_sockets(args.listen)?;
+    let stream_peer = relay.peer()?;
     let identity = SessionIdentity::generate()?;
 
     // From here on, this thread (and every thread it starts) lives in the target's namespaces.
@@ -106,8 +135,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let server_config =
             transport::server_config(&identity, args.client_cert_sha256, args.path)?;
+        let stream_clients = control::StreamClients {
+            peer: stream_peer,
+            config: Arc::new(transport::server_config(
+                &identity,
+                args.client_cert_sha256,
+                PathProfile::Stream,
+            )?),
+        };
         let endpoint = quinn::Endpoint::new(
-            transport::endpoint_config(args.path),
+            transport::agent_endpoint_config(args.path),
             Some(server_config),
             socket,
             quinn::default_runtime().context("no async runtime")?,
@@ -116,14 +153,47 @@ fn run(args: Args) -> anyhow::Result<()> {
             addr: endpoint.local_addr()?,
             cert_sha256: identity.fingerprint(),
         };
+        let relay = tokio::spawn(relay.serve());
         announce(&ready)?;
-        control::serve_one_session(
+        let served = control::serve_one_session(
             endpoint,
             target,
             Duration::from_secs(args.accept_timeout_secs),
             files,
+            Some(stream_clients),
         )
-        .await
+        .await;
+        relay.abort();
+        served
+    })
+}
+
+/// How often a free UDP port is tried for TCP too, when the kernel picks the port.
+const PORT_ATTEMPTS: usize = 20;
+
+/// Binds the QUIC socket and, on the same address and port, the stream relay's listener.
+fn bind_sockets(addr: SocketAddr) -> anyhow::Result<(std::net::UdpSocket, StreamRelay)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let socket = bind_socket(addr)?;
+        let bound = socket.local_addr()?;
+        match StreamRelay::bind(bound) {
+            Ok(relay) => return Ok((socket, relay)),
+            // The kernel's free UDP port may be taken on TCP: try another one.
+            Err(err) if addr.port() == 0 && attempt < PORT_ATTEMPTS && is_addr_in_use(&err) => {
+                continue
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn is_addr_in_use(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
     })
 }
 

@@ -6,17 +6,23 @@
 //! before the async runtime starts its workers. Sockets made *before* the switch stay in the
 //! namespace they were made in: that is how the agent's QUIC socket stays reachable by its
 //! client while everything upstream happens inside the target.
+//!
+//! A namespace the agent already shares with the target is not entered again. An agent in an
+//! ephemeral container of the target's pod is already in the pod's network and UTS
+//! namespaces, and usually lacks the CAP_SYS_ADMIN that `setns` needs: comparing the
+//! namespaces' identities (device and inode of `/proc/…/ns/KIND`) lets it run unprivileged.
 
 use std::fs::File;
 use std::io;
 
 use nix::sched::{setns, CloneFlags};
 
-/// The namespaces of a target, opened but not yet entered.
+/// The namespaces of a target, opened but not yet entered; `None` where the agent already is
+/// in the target's namespace.
 #[derive(Debug)]
 pub struct TargetNamespaces {
-    net: File,
-    uts: File,
+    net: Option<File>,
+    uts: Option<File>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,24 +54,76 @@ impl TargetNamespaces {
                 }
             })
         };
+        let foreign = |kind: &'static str| -> Result<Option<File>, NamespaceError> {
+            let target = open(kind)?;
+            let own = File::open(format!("/proc/thread-self/ns/{kind}"))
+                .and_then(|own| same_namespace(&own, &target));
+            // Not knowing our own namespace only costs a setns that may be needless.
+            Ok(if own.unwrap_or(false) {
+                None
+            } else {
+                Some(target)
+            })
+        };
         Ok(Self {
-            net: open("net")?,
-            uts: open("uts")?,
+            net: foreign("net")?,
+            uts: foreign("uts")?,
         })
+    }
+
+    /// True when the calling thread already is in the target's network namespace.
+    pub fn shares_network(&self) -> bool {
+        self.net.is_none()
     }
 
     /// Moves the calling thread into the target's network and UTS namespaces.
     pub fn enter(self, pid: u32) -> Result<(), NamespaceError> {
-        setns(&self.net, CloneFlags::CLONE_NEWNET).map_err(|source| NamespaceError::Enter {
-            pid,
-            kind: "network",
-            source,
-        })?;
-        setns(&self.uts, CloneFlags::CLONE_NEWUTS).map_err(|source| NamespaceError::Enter {
-            pid,
-            kind: "UTS",
-            source,
-        })?;
+        if let Some(net) = &self.net {
+            setns(net, CloneFlags::CLONE_NEWNET).map_err(|source| NamespaceError::Enter {
+                pid,
+                kind: "network",
+                source,
+            })?;
+        }
+        if let Some(uts) = &self.uts {
+            setns(uts, CloneFlags::CLONE_NEWUTS).map_err(|source| NamespaceError::Enter {
+                pid,
+                kind: "UTS",
+                source,
+            })?;
+        }
         Ok(())
+    }
+}
+
+/// Two open namespace files name the same namespace when device and inode agree (what
+/// `ls -iL /proc/*/ns/net` compares).
+fn same_namespace(a: &File, b: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (a.metadata()?, b.metadata()?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespaces_are_not_entered_again() {
+        // This process as its own target: both namespaces are shared, so entering needs no
+        // CAP_SYS_ADMIN and does nothing.
+        let namespaces = TargetNamespaces::open(std::process::id()).unwrap();
+        assert!(namespaces.shares_network());
+        assert!(namespaces.uts.is_none());
+        namespaces.enter(std::process::id()).unwrap();
+    }
+
+    #[test]
+    fn a_missing_process_is_named() {
+        let err = TargetNamespaces::open(u32::MAX).unwrap_err();
+        assert!(matches!(
+            err,
+            NamespaceError::NoSuchProcess { pid: u32::MAX }
+        ));
     }
 }

@@ -4,8 +4,8 @@
 //! Gathered once, after the agent has entered the target's namespaces: the addresses are those
 //! of the interfaces the agent now sees, the hostname is the UTS namespace's, the resolver
 //! files are read from the target's root (see [`crate::root_fs`]) and the environment from
-//! `/proc/PID/environ` (the agent keeps the host's /proc: it never enters the target's mount
-//! namespace).
+//! `/proc/PID/environ` and its mounts from `/proc/PID/mountinfo` (the agent keeps the host's
+//! /proc: it never enters the target's mount namespace).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -22,6 +22,10 @@ const RESOLVER_FILE_LIMIT: u64 = 1024 * 1024;
 /// ones are a few KiB, and the kernel's own limit for `execve` is a quarter of the stack limit.
 const ENVIRON_LIMIT: u64 = 4 * 1024 * 1024;
 
+/// A larger mount table is refused rather than cut (a cut line would be misread); a node with
+/// hundreds of pods has a few hundred KiB.
+const MOUNTINFO_LIMIT: u64 = 8 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TargetInfoError {
     #[error("cannot list the target's addresses: {0}")]
@@ -37,6 +41,10 @@ pub enum TargetInfoError {
     Environ { pid: u32, source: std::io::Error },
     #[error("the environment of process {pid} is larger than {ENVIRON_LIMIT} bytes")]
     EnvironTooLarge { pid: u32 },
+    #[error("cannot read the mounts of process {pid} (/proc/{pid}/mountinfo): {source}")]
+    Mountinfo { pid: u32, source: std::io::Error },
+    #[error("the mount table of process {pid} is larger than {MOUNTINFO_LIMIT} bytes")]
+    MountinfoTooLarge { pid: u32 },
 }
 
 /// Describes the target `pid`, whose namespaces the calling thread is in.
@@ -76,7 +84,21 @@ pub fn gather(root: &TargetRoot, pid: u32) -> Result<TargetInfo, TargetInfoError
         resolv_conf: read("/etc/resolv.conf")?,
         hosts: read("/etc/hosts")?,
         environ: environ_of(pid)?,
+        mountinfo: mountinfo_of(pid)?,
     })
+}
+
+/// The mount table of `pid`, as its mount namespace shows it.
+fn mountinfo_of(pid: u32) -> Result<String, TargetInfoError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(format!("/proc/{pid}/mountinfo"))
+        .and_then(|file| file.take(MOUNTINFO_LIMIT + 1).read_to_string(&mut text))
+        .map_err(|source| TargetInfoError::Mountinfo { pid, source })?;
+    if text.len() as u64 > MOUNTINFO_LIMIT {
+        return Err(TargetInfoError::MountinfoTooLarge { pid });
+    }
+    Ok(text)
 }
 
 /// The environment `pid` was started with (as `execve` left it; a process that later
@@ -121,6 +143,15 @@ mod tests {
         for var in &expected {
             assert!(environ.contains(var), "{var:?} missing");
         }
+    }
+
+    #[test]
+    fn mountinfo_of_this_process_is_its_mount_table() {
+        let expected = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let got = mountinfo_of(std::process::id()).unwrap();
+        // Same mount namespace: the same mounts (their order and ids are the kernel's).
+        assert_eq!(got.lines().count(), expected.lines().count());
+        assert!(got.lines().any(|line| line.split(' ').nth(4) == Some("/")));
     }
 
     #[test]

@@ -103,11 +103,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         env: Some(env.base_os()),
         env_overrides: env.overrides_os(),
     };
-    let target_pid = match args.target {
-        Target::Pid(pid) => Some(pid),
-        Target::Kubernetes(_) => None,
-    };
-    let files = remote_files(args, target_pid, &tunnel.connection, privileges);
+    let files = remote_files(args, &tunnel.target.mountinfo, &tunnel.connection, privileges);
     progress.clear();
     let options = session::SessionOptions {
         privileges,
@@ -171,14 +167,32 @@ pub(crate) async fn start_agent_and_connect(
     .await?;
 
     progress.step("connecting to the agent");
-    let tunnel = match tunnel::connect(
-        agent.ready.addr,
-        &identity,
-        agent.ready.cert_sha256,
-        PathProfile::Loopback,
-    )
-    .await
-    {
+    let transport = local_transport();
+    let connected = match transport {
+        LocalTransport::Udp => {
+            tunnel::connect(
+                agent.ready.addr,
+                &identity,
+                agent.ready.cert_sha256,
+                PathProfile::Loopback,
+            )
+            .await
+        }
+        LocalTransport::Stream => match tokio::net::TcpStream::connect(agent.ready.addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                tunnel::connect_over_stream(
+                    stream,
+                    &identity,
+                    agent.ready.cert_sha256,
+                    PathProfile::Stream,
+                )
+                .await
+            }
+            Err(err) => Err(TunnelError::Socket(err)),
+        },
+    };
+    let tunnel = match connected {
         Ok(tunnel) => tunnel,
         Err(err) => {
             // The agent usually knows better why (e.g. the target exited meanwhile).
@@ -188,6 +202,7 @@ pub(crate) async fn start_agent_and_connect(
             });
         }
     };
+    tracing::debug!(?transport, "local agent transport");
     log_connected(&tunnel);
     progress.clear();
     Ok((SessionAgent::Local(agent), tunnel))
@@ -204,13 +219,35 @@ fn log_connected(tunnel: &Tunnel) {
     );
 }
 
+/// How the client reaches a local agent: QUIC over UDP, or QUIC framed on a TCP connection
+/// to the agent's same port (`MIRRORD_NET_LOCAL_TRANSPORT=stream`), the path a Kubernetes
+/// port-forward takes, which this exercises and measures without a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalTransport {
+    Udp,
+    Stream,
+}
+
+const LOCAL_TRANSPORT_ENV: &str = "MIRRORD_NET_LOCAL_TRANSPORT";
+
+fn local_transport() -> LocalTransport {
+    match std::env::var(LOCAL_TRANSPORT_ENV).as_deref() {
+        Ok("stream") => LocalTransport::Stream,
+        Ok("udp") | Ok("") | Err(_) => LocalTransport::Udp,
+        Ok(other) => {
+            tracing::warn!("{LOCAL_TRANSPORT_ENV}={other:?} is neither udp nor stream; using udp");
+            LocalTransport::Udp
+        }
+    }
+}
+
 /// The target's files for the session: its root at [`files::remote_root`], its own mounts
 /// (and `--fs-remote` paths) over the local ones, served over the session's connection.
-/// A local target's mounts are read from /proc/PID/mountinfo; a Kubernetes target's are not
-/// visible from here, so only its root and the `--fs-remote` paths are shown.
+/// `target_mountinfo` is the target's mount table as the agent read it (the target may be on
+/// another machine).
 fn remote_files(
     args: &SessionArgs,
-    pid: Option<u32>,
+    target_mountinfo: &str,
     connection: &quinn::Connection,
     privileges: SessionPrivileges,
 ) -> Option<session::RemoteFiles> {
@@ -227,17 +264,15 @@ fn remote_files(
             .as_deref()
             .map(std::path::Path::new),
     );
-    let read = |path: String| {
-        std::fs::read_to_string(&path).unwrap_or_else(|err| {
-            tracing::warn!("cannot read {path}: {err}; no mounts of the target are shown");
-            String::new()
-        })
-    };
+    let own_mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_else(|err| {
+        tracing::warn!(
+            "cannot read /proc/self/mountinfo: {err}; all the target's mounts are shown"
+        );
+        String::new()
+    });
     let chosen = files::choose(
-        &files::parse_mountinfo(
-            &pid.map_or_else(String::new, |pid| read(format!("/proc/{pid}/mountinfo"))),
-        ),
-        &files::parse_mountinfo(&read("/proc/self/mountinfo".into())),
+        &files::parse_mountinfo(target_mountinfo),
+        &files::parse_mountinfo(&own_mountinfo),
         &args.fs_remote,
         &args.fs_local,
         &mount_point,

@@ -84,6 +84,7 @@ mod tests {
             resolv_conf: Some(b"nameserver 10.0.0.2\n".to_vec()),
             hosts: None,
             environ: vec![(b"APP_MODE".to_vec(), b"prod".to_vec())],
+            mountinfo: "36 35 98:0 /mnt1 /mnt1 rw - ext3 /dev/root rw\n".into(),
         }
     }
 

@@ -15,6 +15,9 @@
 //! File requests of the session's FUSE file system ride on further bidirectional streams
 //! ([`fs`]), one stream per request, each opened with a stream-kind byte.
 //!
+//! Where only a byte stream reaches the agent, [`stream_datagrams`] frames the QUIC datagrams
+//! on it.
+//!
 //! Nothing in this crate does I/O; the QUIC settings in [`transport`] are plain values.
 
 pub mod framing;
@@ -22,12 +25,13 @@ pub mod fs;
 pub mod handshake;
 pub mod messages;
 pub mod ready;
+pub mod stream_datagrams;
 pub mod transport;
 pub mod trust;
 
 /// Version of the session protocol. Bumped on any incompatible change to messages or to how
 /// datagrams are used; both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// ALPN token of the session protocol, so a QUIC peer of another kind fails the TLS handshake
 /// instead of misreading our streams.

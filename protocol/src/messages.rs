@@ -63,4 +63,8 @@ pub struct TargetInfo {
     /// The target process's environment (`/proc/PID/environ`), in its order: names and values
     /// are bytes, not necessarily UTF-8.
     pub environ: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The target process's `/proc/PID/mountinfo`, as the agent read it: which mounts the
+    /// target has, so the client can show the target's own mounts (secrets, volumes) without
+    /// seeing the target's machine itself.
+    pub mountinfo: String,
 }

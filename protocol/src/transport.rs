@@ -31,13 +31,17 @@ pub enum PathProfile {
     Loopback,
     /// An ordinary network with a 1500-byte MTU (a Kubernetes pod network).
     Network,
+    /// A reliable byte stream (the Kubernetes port-forward), datagrams framed on it
+    /// ([`crate::stream_datagrams`]): no MTU but the 16-bit frame length, no loss, and the
+    /// stream's own flow control as backpressure. Datagrams as large as loopback's.
+    Stream,
 }
 
 impl PathProfile {
     /// The smallest UDP payload size QUIC may fall back to on this path.
     pub fn min_udp_payload_size(self) -> u16 {
         match self {
-            PathProfile::Loopback => 16_000,
+            PathProfile::Loopback | PathProfile::Stream => 16_000,
             PathProfile::Network => 1452,
         }
     }
@@ -45,8 +49,9 @@ impl PathProfile {
     /// The UDP payload size QUIC uses on this path.
     pub fn udp_payload_size(self) -> u16 {
         match self {
-            // Loopback's MTU is 65536: leave room for the IPv6 and UDP headers.
-            PathProfile::Loopback => 65_000,
+            // Loopback's MTU is 65536: leave room for the IPv6 and UDP headers. A stream frame
+            // could carry 65535, but the agent relays it over loopback UDP.
+            PathProfile::Loopback | PathProfile::Stream => 65_000,
             // 1500 minus IPv6 (40) and UDP (8) headers.
             PathProfile::Network => 1452,
         }
@@ -77,9 +82,9 @@ pub fn transport_config(profile: PathProfile) -> quinn::TransportConfig {
         .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
         .max_concurrent_bidi_streams(1024u32.into())
         .max_concurrent_uni_streams(1024u32.into());
-    if profile == PathProfile::Loopback {
-        // Loopback does not lose packets to congestion; start with a window that fills it
-        // instead of probing up from 10 packets.
+    if matches!(profile, PathProfile::Loopback | PathProfile::Stream) {
+        // Loopback does not lose packets to congestion, nor does a stream; start with a window
+        // that fills it instead of probing up from 10 packets (a slower stream pushes back).
         // A GSO batch of ~64 KiB datagrams exceeds what one UDP send may carry; the kernel loses
         // such batches silently and quinn's black-hole detection then shrinks the MTU to the
         // floor. Each datagram already fills a loopback packet, so batching gains nothing.
@@ -100,6 +105,20 @@ pub fn endpoint_config(profile: PathProfile) -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(profile.udp_payload_size().max(1472))
+        .expect("payload size within QUIC's limits");
+    config
+}
+
+/// The agent's endpoint settings: its client may come on the `profile` path or over the
+/// stream relay, so it accepts the larger payloads of either. (What a peer actually sends is
+/// bounded by its own profile's MTU.)
+pub fn agent_endpoint_config(profile: PathProfile) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    let largest = profile
+        .udp_payload_size()
+        .max(PathProfile::Stream.udp_payload_size());
+    config
+        .max_udp_payload_size(largest)
         .expect("payload size within QUIC's limits");
     config
 }

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Writes a single-layer OCI image-layout tar from a root directory, for `ctr images import`.
 
-usage: oci-image.py [--entrypoint] ROOTFS NAME OUT.tar [CMD...]
+usage: oci-image.py [--entrypoint PATH] ROOTFS NAME OUT.tar [CMD...]
 
 NAME is the reference containerd records (io.containerd.image.name), e.g. localhost/busybox:local.
-With --entrypoint, CMD is the image's Entrypoint (which a pod's `args` do not replace) instead
-of its Cmd.
-The output is deterministic: file times, owners and the gzip header are fixed.
+With --entrypoint, PATH is the image's Entrypoint and CMD its default arguments (a pod's `args`
+then replace only the arguments). The output is deterministic: file times, owners and the gzip
+header are fixed.
 """
 import gzip
 import hashlib
@@ -40,13 +40,15 @@ def add_bytes(tar, name, data):
 
 
 def main():
-    argv = sys.argv[1:]
-    entrypoint = bool(argv) and argv[0] == "--entrypoint"
-    if entrypoint:
-        argv = argv[1:]
-    if len(argv) < 3:
+    args = sys.argv[1:]
+    entrypoint = None
+    if args[:1] == ["--entrypoint"]:
+        if len(args) < 2:
+            sys.exit(__doc__)
+        entrypoint, args = [args[1]], args[2:]
+    if len(args) < 3:
         sys.exit(__doc__)
-    rootfs, name, out, cmd = argv[0], argv[1], argv[2], argv[3:]
+    rootfs, name, out, cmd = args[0], args[1], args[2], args[3:]
     raw = layer_tar(rootfs)
     gz = gzip.compress(raw, compresslevel=6, mtime=0)
     config = {
@@ -54,11 +56,12 @@ def main():
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": None if entrypoint else (cmd or None),
-            "Entrypoint": cmd if entrypoint else None,
+            "Cmd": cmd or None,
         },
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
     }
+    if entrypoint:
+        config["config"]["Entrypoint"] = entrypoint
     config_blob = json.dumps(config, sort_keys=True).encode()
 
     def desc(media_type, blob):

@@ -139,14 +139,11 @@ async fn port_forward(
         })
 }
 
-/// QUIC over a byte stream: the one place that calls the stream transport.
+/// QUIC over the port-forward's byte stream, datagrams framed on it.
 async fn over_stream(
     stream: tokio::io::DuplexStream,
     identity: &SessionIdentity,
     fingerprint: Fingerprint,
 ) -> Result<Tunnel, TunnelError> {
-    let _ = (stream, identity, fingerprint);
-    Err(TunnelError::Protocol(
-        "this build cannot carry QUIC over a byte stream; use --transport direct".into(),
-    ))
+    tunnel::connect_over_stream(stream, identity, fingerprint, PathProfile::Stream).await
 }

@@ -1,4 +1,9 @@
 //! Connecting to the agent and the session handshake.
+//!
+//! Two ways to reach the agent, one handshake: [`connect`] sends QUIC over UDP to the agent's
+//! address; [`connect_over_stream`] frames the same QUIC packets on a byte stream the caller
+//! opened to the agent's TCP listener (e.g. a Kubernetes port-forward), through
+//! [`StreamSocket`].
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -8,6 +13,9 @@ use mirrord_net_protocol::handshake::{self, HandshakeError};
 use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
 use mirrord_net_protocol::transport::{self, PathProfile};
 use mirrord_net_protocol::trust::{Fingerprint, SessionIdentity, TrustError, AGENT_SERVER_NAME};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::stream_socket::{StreamSocket, STREAM_PEER};
 
 /// How long the QUIC handshake and hello exchange may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -15,24 +23,42 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Application error code sent when the session ends normally.
 pub const SESSION_OVER: u32 = 0;
 
+/// How the client reaches the agent, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentPath {
+    /// QUIC over UDP to this address.
+    Udp(SocketAddr),
+    /// QUIC framed on a byte stream.
+    Stream,
+}
+
+impl std::fmt::Display for AgentPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentPath::Udp(addr) => write!(f, "the agent at {addr}"),
+            AgentPath::Stream => f.write_str("the agent over its stream"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("{0}")]
     Trust(#[from] TrustError),
     #[error("cannot open the tunnel socket: {0}")]
     Socket(std::io::Error),
-    #[error("cannot connect to the agent at {addr}: {source}")]
+    #[error("cannot connect to {path}: {source}")]
     Connect {
-        addr: SocketAddr,
+        path: AgentPath,
         source: quinn::ConnectionError,
     },
-    #[error("cannot connect to the agent at {addr}: {source}")]
+    #[error("cannot connect to {path}: {source}")]
     BadAddress {
-        addr: SocketAddr,
+        path: AgentPath,
         source: quinn::ConnectError,
     },
-    #[error("the agent at {0} did not answer within {CONNECT_TIMEOUT:?}")]
-    Timeout(SocketAddr),
+    #[error("{0} did not answer within {CONNECT_TIMEOUT:?}")]
+    Timeout(AgentPath),
     #[error("the handshake with the agent failed: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -77,20 +103,7 @@ pub async fn connect(
     agent: Fingerprint,
     profile: PathProfile,
 ) -> Result<Tunnel, TunnelError> {
-    tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        connect_inner(addr, identity, agent, profile),
-    )
-    .await
-    .map_err(|_| TunnelError::Timeout(addr))?
-}
-
-async fn connect_inner(
-    addr: SocketAddr,
-    identity: &SessionIdentity,
-    agent: Fingerprint,
-    profile: PathProfile,
-) -> Result<Tunnel, TunnelError> {
+    let path = AgentPath::Udp(addr);
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -99,21 +112,85 @@ async fn connect_inner(
     transport::enlarge_socket_buffers(&socket);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| TunnelError::Socket(std::io::Error::other("no async runtime")))?;
-    let mut endpoint =
-        quinn::Endpoint::new(transport::endpoint_config(profile), None, socket, runtime)
-            .map_err(TunnelError::Socket)?;
-    endpoint.set_default_client_config(transport::client_config(identity, agent, profile)?);
+    let socket = runtime
+        .wrap_udp_socket(socket)
+        .map_err(TunnelError::Socket)?;
+    let endpoint = endpoint_on(socket, runtime, identity, agent, profile)?;
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, addr, path))
+        .await
+        .map_err(|_| TunnelError::Timeout(path))?
+}
 
+/// Connects to the agent over `stream`, a byte stream to its TCP listener (the agent's
+/// address and port, or a port-forward to them), accepting only the certificate `agent`.
+/// QUIC runs on the stream exactly as on UDP; when the stream ends, so does the connection.
+/// Use [`PathProfile::Stream`] unless the datagrams must stay small.
+pub async fn connect_over_stream<S>(
+    stream: S,
+    identity: &SessionIdentity,
+    agent: Fingerprint,
+    profile: PathProfile,
+) -> Result<Tunnel, TunnelError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let path = AgentPath::Stream;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| TunnelError::Socket(std::io::Error::other("no async runtime")))?;
+    let socket = StreamSocket::new(stream);
+    let ended = socket.ended();
+    let endpoint = endpoint_on(socket, runtime, identity, agent, profile)?;
+    let tunnel = tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, STREAM_PEER, path))
+        .await
+        .map_err(|_| TunnelError::Timeout(path))??;
+    // A stream that ends ends the connection now, rather than after QUIC's idle timeout.
+    let connection = tunnel.connection.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = ended => connection.close(STREAM_ENDED.into(), b"the stream to the agent ended"),
+            _ = connection.closed() => {}
+        }
+    });
+    Ok(tunnel)
+}
+
+/// Application error code of a connection whose stream ended under it.
+pub const STREAM_ENDED: u32 = 1;
+
+fn endpoint_on(
+    socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
+    runtime: std::sync::Arc<dyn quinn::Runtime>,
+    identity: &SessionIdentity,
+    agent: Fingerprint,
+    profile: PathProfile,
+) -> Result<quinn::Endpoint, TunnelError> {
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        transport::endpoint_config(profile),
+        None,
+        socket,
+        runtime,
+    )
+    .map_err(TunnelError::Socket)?;
+    endpoint.set_default_client_config(transport::client_config(identity, agent, profile)?);
+    Ok(endpoint)
+}
+
+/// The QUIC handshake with the agent at `addr` on `endpoint`, then the session's hello.
+async fn handshake(
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    path: AgentPath,
+) -> Result<Tunnel, TunnelError> {
     let connection = endpoint
         .connect(addr, AGENT_SERVER_NAME)
-        .map_err(|source| TunnelError::BadAddress { addr, source })?
+        .map_err(|source| TunnelError::BadAddress { path, source })?
         .await
-        .map_err(|source| TunnelError::Connect { addr, source })?;
+        .map_err(|source| TunnelError::Connect { path, source })?;
 
     let (mut send, mut recv) = connection
         .open_bi()
         .await
-        .map_err(|source| TunnelError::Connect { addr, source })?;
+        .map_err(|source| TunnelError::Connect { path, source })?;
     let hello = framing::encode(&ClientMessage::Hello(handshake::client_hello()))
         .map_err(|err| TunnelError::Protocol(err.to_string()))?;
     send.write_all(&hello)

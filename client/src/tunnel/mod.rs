@@ -1,12 +1,14 @@
 //! The client's end of the QUIC connection to the agent.
 //!
 //! [`connect`] makes the connection (pinned to the agent's certificate) and runs the
-//! handshake on the control stream; [`pump`] moves packets between the session's TUN device
+//! handshake on the control stream, over UDP; [`connect_over_stream`] does the same over a
+//! byte stream (e.g. a Kubernetes port-forward), framing the datagrams ([`stream_socket`]); [`pump`] moves packets between the session's TUN device
 //! and DATAGRAM frames for as long as the connection lives.
 
 mod connect;
 pub mod pump;
 mod release;
+pub mod stream_socket;
 
-pub use connect::{connect, Tunnel, TunnelError};
+pub use connect::{connect, connect_over_stream, AgentPath, Tunnel, TunnelError, STREAM_ENDED};
 pub use release::release_with_namespace;

@@ -15,4 +15,5 @@ mod lifecycle;
 mod network;
 mod preload_blind_spots;
 mod shell;
+mod stream_transport;
 mod transfer;
