@@ -301,7 +301,7 @@ mod tests {
 
     use mirrord_net_protocol::transport::{self, PathProfile};
     use mirrord_net_protocol::trust::{SessionIdentity, AGENT_SERVER_NAME};
-    use quinn::{AsyncUdpSocket, UdpPoller};
+    use quinn::AsyncUdpSocket;
     use tokio::io::AsyncReadExt;
 
     use super::*;
