@@ -695,3 +695,64 @@ fn a_device_the_user_cannot_open_is_named_with_the_mode_it_needs() {
         },
     );
 }
+
+/// Reads packets from the session's TUN until one of each kind is seen, for up to five
+/// seconds.
+async fn read_packets(session: &Session, kinds: &[fn(&[u8]) -> bool]) -> Vec<Vec<u8>> {
+    let mut found: Vec<Option<Vec<u8>>> = vec![None; kinds.len()];
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while found.iter().any(Option::is_none) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let len = tokio::time::timeout(remaining, session.tun().recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("packets within 5 s, got {found:?}"))
+            .unwrap();
+        let packet = &buf[..len];
+        for (kind, slot) in kinds.iter().zip(found.iter_mut()) {
+            if slot.is_none() && kind(packet) {
+                *slot = Some(packet.to_vec());
+            }
+        }
+    }
+    found.into_iter().flatten().collect()
+}
+
+#[test]
+fn rootless_pings_of_the_user_leave_through_the_clients_tun() {
+    if in_unprivileged_copy().is_some() {
+        block_on(async {
+            let mut spec = spec("", Path::new("/dev/null"));
+            spec.command = vec![
+                "sh".into(),
+                "-c".into(),
+                "ping -c 1 -W 2 192.0.2.1 & ping -6 -c 1 -W 2 2001:db8::1 & wait".into(),
+            ];
+            let mut session = Session::start_with(spec, rootless_options()).await.unwrap();
+            let packets = read_packets(
+                &session,
+                &[
+                    |p| p[0] >> 4 == 4 && p[9] == 1,
+                    // ICMPv6 echo request (next header 58, type 128).
+                    |p| p[0] >> 4 == 6 && p[6] == 58 && p[40] == 128,
+                ],
+            )
+            .await;
+            assert_eq!(&packets[0][12..16], &[10, 244, 1, 7]);
+            assert_eq!(&packets[0][16..20], &[192, 0, 2, 1]);
+            assert_eq!(
+                &packets[1][8..24],
+                &"fd00::1:7".parse::<std::net::Ipv6Addr>().unwrap().octets()
+            );
+            session.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+            assert_eq!(session.wait().await, 137);
+        });
+        return;
+    }
+    let scratch = Scratch::new("ping");
+    run_unprivileged(
+        "rootless_pings_of_the_user_leave_through_the_clients_tun",
+        &scratch,
+        STOCK,
+    );
+}

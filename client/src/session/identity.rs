@@ -1,7 +1,8 @@
 //! Who the user's command runs as.
 //!
-//! mirrord-net runs as root (via sudo) to build the session, but the command should run as
-//! the person who typed it: `SUDO_UID`/`SUDO_GID` say who that is ([`invoking_user`]).
+//! A root session (mirrord-net run via sudo) builds the session as root, but the command should
+//! run as the person who typed it: `SUDO_UID`/`SUDO_GID` say who that is ([`invoking_user`]).
+//! A rootless session needs none of this: the command keeps the user's own ids (see `userns`).
 //!
 //! The user is looked up in the client, in the host's namespaces, before the child starts:
 //! NSS may consult services over the network (LDAP, sssd, systemd-userdb) that the session's

@@ -1,6 +1,7 @@
 //! The session: the namespaces, TUN device and files in which the user's command runs.
 //!
-//! The client (root, via sudo) stays in the host's namespaces, where it can reach the agent.
+//! The client (root via sudo, or an ordinary user: see `userns`) stays in the host's
+//! namespaces, where it can reach the agent.
 //! It re-executes its own binary as a hidden `__session` child, which builds the session —
 //! new network, mount, UTS and PID namespaces; `lo` up; a TUN device with the target's
 //! addresses, default routes and the tunnel's MTU; the target's resolv.conf and hosts; the

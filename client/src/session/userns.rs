@@ -26,6 +26,9 @@
 //!   must be mode 0666 (Debian's udev rules make them so). FUSE takes `allow_other` from a
 //!   user namespace (only `fusermount` refuses it to users): it opens the mount to the
 //!   processes of that namespace and of none outside it.
+//! - **File capabilities.** Those of the host's binaries (ping's `cap_net_raw`) belong to the
+//!   host's root, which the kernel counts as an ancestor of every user namespace: they still
+//!   apply inside, so `ping` works as it does in a root session.
 //! - **Where the target's root goes.** `/run/mirrord-net/root` cannot be created by a user;
 //!   see [`crate::files::remote_root`].
 //! - **Parent-death signals.** A credential change clears `PR_SET_PDEATHSIG`; entering a user
