@@ -103,7 +103,12 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         env: Some(env.base_os()),
         env_overrides: env.overrides_os(),
     };
-    let files = remote_files(args, &tunnel.target.mountinfo, &tunnel.connection, privileges);
+    let files = remote_files(
+        args,
+        &tunnel.target.mountinfo,
+        &tunnel.connection,
+        privileges,
+    );
     progress.clear();
     let options = session::SessionOptions {
         privileges,

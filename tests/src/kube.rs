@@ -178,8 +178,9 @@ impl Namespace {
     /// `kubectl ARGS -n NAMESPACE`.
     #[track_caller]
     pub fn kubectl(&self, args: &[&str]) -> Outcome {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["-n", &self.name]);
+        // Before ARGS: after a `--` it would be part of a command.
+        let mut all: Vec<&str> = vec!["-n", &self.name];
+        all.extend_from_slice(args);
         self.cluster.kubectl(&all)
     }
 

@@ -14,6 +14,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
     ("dnsmasq", "dnsmasq-base"),
     ("socat", "socat"),
     ("curl", "curl"),

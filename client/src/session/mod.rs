@@ -47,6 +47,7 @@ mod network;
 mod parent;
 mod protocol;
 mod remote_files;
+mod shadow;
 mod spec;
 pub mod userns;
 

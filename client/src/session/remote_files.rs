@@ -12,8 +12,10 @@
 //!    anything covers them.
 //! 2. [`bind_paths`] (on `BindRemote`, once the client serves the device): bind each remote
 //!    path from under the mount point over the same local path, then put the kept local
-//!    paths back on top. A path missing on this machine is skipped with a warning (creating it
-//!    would change the host); it stays reachable under the mount point.
+//!    paths back on top. A path missing on this machine gets a mount point in a shadow of its
+//!    deepest existing directory (see [`super::shadow`]; creating it would change the host);
+//!    one whose nearest existing ancestor is `/` is skipped with a warning and stays reachable
+//!    under the mount point.
 
 use std::ffi::OsStr;
 use std::io;
@@ -95,6 +97,7 @@ fn create_mount_point(path: &Path) -> io::Result<()> {
 pub fn bind_paths(spec: &RemoteFilesSpec, kept: KeptLocal) -> Result<Vec<String>, SetupFailure> {
     let mount_point = path_of(&spec.mount_point);
     let mut warnings = Vec::new();
+    make_missing_mount_points(spec, &mount_point, &mut warnings);
     for path in spec.binds.iter().map(|p| path_of(p)) {
         let relative = path.strip_prefix("/").unwrap_or(&path);
         let source = mount_point.join(relative);
@@ -129,6 +132,35 @@ pub fn bind_paths(spec: &RemoteFilesSpec, kept: KeptLocal) -> Result<Vec<String>
         })?;
     }
     Ok(warnings)
+}
+
+/// Gives the target's paths that this machine lacks a mount point, by shadowing their
+/// deepest existing directory ([`super::shadow`]); what cannot be shadowed stays missing and
+/// is reported by the binds.
+fn make_missing_mount_points(
+    spec: &RemoteFilesSpec,
+    mount_point: &Path,
+    warnings: &mut Vec<String>,
+) {
+    let missing: Vec<(PathBuf, bool)> = spec
+        .binds
+        .iter()
+        .map(|p| path_of(p))
+        .filter(|path| std::fs::symlink_metadata(path).is_err())
+        .filter_map(|path| {
+            let source = mount_point.join(path.strip_prefix("/").unwrap_or(&path));
+            let is_dir = std::fs::metadata(&source).ok()?.is_dir();
+            Some((path, is_dir))
+        })
+        .collect();
+    for (dir, shadow) in super::shadow::plan(&missing) {
+        if let Err(err) = super::shadow::shadow(&dir, &shadow) {
+            warnings.push(format!(
+                "cannot add the target's mount points to {}: {err}",
+                dir.display()
+            ));
+        }
+    }
 }
 
 /// A detached copy of the mount tree at `path` (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`).

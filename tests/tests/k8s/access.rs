@@ -10,7 +10,7 @@ use mirrord_net_tests::kube::{eventually, Namespace};
 use crate::{agent_objects, manifests};
 
 /// The Role of docs/kubernetes/rbac-job-agent.yaml (and its ClusterRole), applied in `ns`.
-const DOCUMENTED_RBAC: &str = include_str!("../../../docs/kubernetes/rbac-job-agent.yaml");
+pub const DOCUMENTED_RBAC: &str = include_str!("../../../docs/kubernetes/rbac-job-agent.yaml");
 
 /// A kubeconfig that authenticates as a new service account `name` of `ns`, bound to the
 /// existing Role `role`. Readable by any user, for the rootless client.

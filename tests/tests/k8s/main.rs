@@ -14,6 +14,7 @@ mod manifests;
 
 mod access;
 mod lifecycle;
+mod rootless;
 mod targets;
 mod transports;
 
