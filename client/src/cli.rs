@@ -96,8 +96,15 @@ pub struct SessionArgs {
     #[command(flatten)]
     pub env: EnvArgs,
     /// The target's files: `read` (changes fail with EROFS), `write` (changes go to the
-    /// target) or `off` (no remote files).
-    #[arg(long, value_enum, default_value_t = FsMode::Read, value_name = "MODE")]
+    /// target) or `off` (no remote files). `$MIRRORD_NET_FS_MODE` sets it too (e.g. for
+    /// every session of a worker pod without /dev/fuse).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = FsMode::Read,
+        value_name = "MODE",
+        env = "MIRRORD_NET_FS_MODE"
+    )]
     pub fs_mode: FsMode,
     /// Also show this path from the target (repeatable).
     #[arg(long, value_name = "PATH")]

@@ -207,7 +207,7 @@ pub(crate) async fn start_agent_and_connect(
             });
         }
     };
-    tracing::debug!(?transport, "local agent transport");
+    tracing::info!(?transport, "local agent transport");
     log_connected(&tunnel);
     progress.clear();
     Ok((SessionAgent::Local(agent), tunnel))

@@ -252,20 +252,29 @@ async fn run_script(
     (code, std::fs::read_to_string(&out).unwrap_or_default())
 }
 
+/// The host's mount points, less the network namespaces that tests running at the same time
+/// pin under /run/netns (a session never names its namespaces there).
 fn host_mount_points() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .map(|line| line.split(' ').nth(4).unwrap_or_default().to_owned())
+        .filter(|point| !point.starts_with("/run/netns/"))
         .collect()
 }
 
+/// The host's interfaces, less the end-to-end fixtures' (named `mnet-…`), which tests running
+/// at the same time create and remove.
 fn host_links() -> String {
     let out = Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
         .expect("ip runs on the host");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| !line.contains("mnet-"))
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 #[test]
