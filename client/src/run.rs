@@ -394,17 +394,9 @@ fn read_writable(path: &str) -> bool {
     .is_ok()
 }
 
-/// Starting the agent needs root only for a local target, whose namespaces it enters.
+/// Starting the agent needs root only where [`target_needs_root`] says so.
 pub(crate) fn check_root_for_agent(target: &Target) -> Result<(), RunError> {
-    match target {
-        Target::Pid(_) => check_root(),
-        Target::Kubernetes(_) => Ok(()),
-    }
-}
-
-/// Entering a local target's namespaces takes root.
-pub(crate) fn check_root() -> Result<(), RunError> {
-    if !nix::unistd::geteuid().is_root() {
+    if target_needs_root(target) && !nix::unistd::geteuid().is_root() {
         return Err(RunError::NeedRoot);
     }
     Ok(())

@@ -44,8 +44,9 @@ const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 
-/// Directories that may host the scratch tmpfs, in order of preference.
-const SCRATCH_CANDIDATES: &[&str] = &["/tmp", "/run", "/mnt", "/var/tmp", "/dev"];
+/// Directories that may host a scratch tmpfs, in order of preference (also used by
+/// [`super::shadow`]).
+pub(super) const SCRATCH_CANDIDATES: &[&str] = &["/tmp", "/run", "/mnt", "/var/tmp", "/dev"];
 
 /// Stops mounts made in this namespace from reaching the host (and the host's from reaching
 /// the session).

@@ -22,10 +22,6 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-/// Directories that may host the tmpfs while it is filled, in order of preference; one that
-/// contains or lies inside the shadowed directory is skipped.
-const SCRATCH_CANDIDATES: &[&str] = &["/tmp", "/mnt", "/var/tmp", "/run", "/dev"];
-
 /// What to create in the shadow of one existing directory.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Shadow {
@@ -71,7 +67,9 @@ pub fn plan(paths: &[(PathBuf, bool)]) -> BTreeMap<PathBuf, Shadow> {
 
 /// Moves a shadow of `dir` with the `shadow.missing` entries over `dir`.
 pub fn shadow(dir: &Path, shadow: &Shadow) -> io::Result<()> {
-    let scratch = SCRATCH_CANDIDATES
+    // The tmpfs is filled on a scratch directory, one that neither contains nor lies inside
+    // the shadowed directory.
+    let scratch = super::mounts::SCRATCH_CANDIDATES
         .iter()
         .map(Path::new)
         .find(|candidate| {
@@ -79,31 +77,20 @@ pub fn shadow(dir: &Path, shadow: &Shadow) -> io::Result<()> {
         })
         .ok_or_else(|| io::Error::other("no scratch directory for the shadow mount"))?;
     let meta = fs::metadata(dir)?;
-    let options = format!(
-        "mode={:o},uid={},gid={}",
-        meta.permissions().mode() & 0o7777,
-        meta.uid(),
-        meta.gid()
-    );
-    // The tmpfs takes the directory's mode and owner. In a user namespace, ids that are not
-    // mapped cannot be given: then the tmpfs keeps the caller's.
-    if mount(
-        Some("mirrord-net-shadow"),
-        scratch,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(options.as_str()),
-    )
-    .is_err()
-    {
+    let mode = format!("mode={:o}", meta.permissions().mode() & 0o7777);
+    let mount_tmpfs = |options: &str| {
         mount(
             Some("mirrord-net-shadow"),
             scratch,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(format!("mode={:o}", meta.permissions().mode() & 0o7777).as_str()),
-        )?;
-    }
+            Some(options),
+        )
+    };
+    // The tmpfs takes the directory's mode and owner. In a user namespace, ids that are not
+    // mapped cannot be given: then the tmpfs keeps the caller's.
+    mount_tmpfs(&format!("{mode},uid={},gid={}", meta.uid(), meta.gid()))
+        .or_else(|_| mount_tmpfs(&mode))?;
     let filled = fill(dir, scratch, shadow);
     let moved = filled.and_then(|()| {
         mount(
