@@ -114,6 +114,7 @@ fn to_os(vars: &[Var]) -> Vec<(OsString, OsString)> {
 /// environment the session's command would get, and exits. No namespaces, no TUN.
 pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, RunError> {
     run::check_root_for_agent(&args.target)?;
+    let privileges = run::session_privileges(&args.target, args.as_root)?;
     let (agent, tunnel) = run::start_agent_and_connect(args).await?;
     let env = CommandEnv::for_target(&args.env, &tunnel.target.environ);
     tunnel.close().await;
@@ -126,11 +127,15 @@ pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, Run
     };
     let base = env.base.clone();
     let overrides = env.overrides.clone();
-    // The session's command also learns where the target's root is mounted.
-    let remote_root =
-        (args.fs_mode != crate::files::FsMode::Off).then(|| crate::files::REMOTE_ROOT.as_bytes());
+    // The session's command also learns where the target's root is mounted: the same
+    // directory a session of this user would mount it on.
+    let remote_root = (args.fs_mode != crate::files::FsMode::Off).then(|| {
+        run::session_remote_root(privileges)
+            .into_os_string()
+            .into_vec()
+    });
     let composed = tokio::task::spawn_blocking(move || {
-        session::command_env(Some(&base), &overrides, run_as, remote_root)
+        session::command_env(Some(&base), &overrides, run_as, remote_root.as_deref())
     })
     .await
     .expect("the user lookup does not panic")

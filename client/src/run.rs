@@ -259,16 +259,7 @@ fn remote_files(
     if args.fs_mode == FsMode::Off {
         return None;
     }
-    let rootless_uid = match privileges {
-        SessionPrivileges::Root => None,
-        SessionPrivileges::Rootless(maps) => Some(maps.uid.outside),
-    };
-    let mount_point = files::remote_root(
-        rootless_uid,
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .as_deref()
-            .map(std::path::Path::new),
-    );
+    let mount_point = session_remote_root(privileges);
     let own_mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_else(|err| {
         tracing::warn!(
             "cannot read /proc/self/mountinfo: {err}; all the target's mounts are shown"
@@ -366,9 +357,26 @@ fn preflight(args: &SessionArgs) -> Result<SessionPrivileges, RunError> {
 const TUN: &str = "/dev/net/tun";
 const FUSE: &str = "/dev/fuse";
 
+/// Where a session with `privileges` mounts the target's root (see [`files::remote_root`]).
+pub(crate) fn session_remote_root(privileges: SessionPrivileges) -> std::path::PathBuf {
+    let rootless_uid = match privileges {
+        SessionPrivileges::Root => None,
+        SessionPrivileges::Rootless(maps) => Some(maps.uid.outside),
+    };
+    files::remote_root(
+        rootless_uid,
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .as_deref()
+            .map(std::path::Path::new),
+    )
+}
+
 /// Root sessions for a root client; without root, a rootless session (its own user
 /// namespace) unless the target needs root.
-fn session_privileges(target: &Target, as_root: bool) -> Result<SessionPrivileges, RunError> {
+pub(crate) fn session_privileges(
+    target: &Target,
+    as_root: bool,
+) -> Result<SessionPrivileges, RunError> {
     if nix::unistd::geteuid().is_root() {
         return Ok(SessionPrivileges::Root);
     }

@@ -28,7 +28,14 @@ fn an_unprivileged_user_runs_a_session_on_a_pod() {
     let client = client_binary();
     let session = format!(
         "{client} exec --target pod/app -n {ns} --quiet -- sh -c \
-         'id -u; hostname; printenv GREETING; curl -sS --max-time 10 http://{service_ip}/'",
+         'id -u; hostname; printenv GREETING; curl -sS --max-time 10 http://{service_ip}/; \
+         printenv MIRRORD_NET_REMOTE_ROOT'",
+        client = client.display(),
+        ns = ns.name(),
+    );
+    // `mirrord-net env` names the remote root this user's sessions mount, not root's.
+    let env = format!(
+        "{client} env --target pod/app -n {ns} --quiet --format dotenv",
         client = client.display(),
         ns = ns.name(),
     );
@@ -40,7 +47,8 @@ fn an_unprivileged_user_runs_a_session_on_a_pod() {
          mknod -m 0666 \"$dir/fuse\" c 10 229
          mount --bind \"$dir/tun\" /dev/net/tun
          mount --bind \"$dir/fuse\" /dev/fuse
-         exec {setpriv} --reuid={NOBODY} --regid={NOBODY} --clear-groups -- {session}",
+         {setpriv} --reuid={NOBODY} --regid={NOBODY} --clear-groups -- {session}
+         {setpriv} --reuid={NOBODY} --regid={NOBODY} --clear-groups -- {env} | grep ^MIRRORD_NET_REMOTE_ROOT=",
         setpriv = tool("setpriv"),
     );
     let mut command = Command::new(tool("unshare"));
@@ -61,7 +69,7 @@ fn an_unprivileged_user_runs_a_session_on_a_pod() {
     let out = exec::run(command, Duration::from_secs(90)).unwrap_or_else(|t| panic!("{t}"));
     let _ = std::fs::remove_file(&kubeconfig);
     let lines: Vec<&str> = out.assert_success().lines().collect();
-    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
     assert_eq!(lines[0], NOBODY.to_string(), "the user's own uid:\n{out}");
     assert_eq!(lines[1], "app", "the pod's hostname:\n{out}");
     assert_eq!(
@@ -69,4 +77,13 @@ fn an_unprivileged_user_runs_a_session_on_a_pod() {
         "the container's environment:\n{out}"
     );
     assert!(lines[3].starts_with("web "), "the Service answered:\n{out}");
+    assert_eq!(
+        lines[4],
+        format!("/tmp/mirrord-net-{NOBODY}/root"),
+        "the user's own remote root:\n{out}"
+    );
+    let printed = lines[5]
+        .trim_start_matches("MIRRORD_NET_REMOTE_ROOT=")
+        .trim_matches(|c| c == '"' || c == '\'');
+    assert_eq!(printed, lines[4], "`env` agrees with the session:\n{out}");
 }
