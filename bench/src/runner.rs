@@ -14,6 +14,7 @@ use crate::cleanup;
 use crate::modes::{Launcher, Mode, Run};
 use crate::plan::{Metric, Sizes, Workload, IDLE_AGENT, IDLE_CLIENT, IDLE_OPEN, METRICS};
 use crate::stats::{median, percentile};
+use crate::target_data;
 
 /// How long any single client run may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -45,9 +46,7 @@ pub fn run_all(
                 if cleanup::stopping() {
                     cleanup::wait_for_stop();
                 }
-                // Idle flows measure mirrord-net's memory; direct runs for comparison of
-                // the opening time. A wrapper's memory is not ours to read.
-                if workload == Workload::IdleFlows && mode == Mode::Wrapper {
+                if mode == Mode::Wrapper && !workload.runs_under_wrapper() {
                     continue;
                 }
                 let result = measure(launcher, sizes, workload, mode).and_then(|figures| {
@@ -118,7 +117,7 @@ fn measure(
     workload: Workload,
     mode: Mode,
 ) -> Result<Vec<(&'static Metric, f64)>> {
-    let Some(job) = workload.job(sizes) else {
+    let Some(job) = workload.job(sizes, &launcher.pod_dir) else {
         let mut walls = Vec::with_capacity(sizes.session_starts);
         for _ in 0..sizes.session_starts {
             let wall = launcher.start_true(mode, START_TIMEOUT)?;
@@ -127,6 +126,9 @@ fn measure(
         let only = metrics_of(workload).next().expect("a session start metric");
         return Ok(vec![(only, median(&walls))]);
     };
+    if workload.drops_caches() {
+        target_data::drop_caches()?;
+    }
     let run = launcher.client(mode, &job, RUN_TIMEOUT)?;
     if launcher.verbose && mode == Mode::MirrordNet {
         print_counters(&run);
@@ -145,6 +147,16 @@ fn measure(
                 figures.push((metric(IDLE_AGENT), agent as f64 / 1024.0));
             }
             figures
+        }
+        Workload::FileRead | Workload::FileStat => {
+            let passes: Vec<&'static Metric> = metrics_of(workload).collect();
+            anyhow::ensure!(
+                answer.passes_ms.len() == passes.len(),
+                "the client timed {} passes, expected {}",
+                answer.passes_ms.len(),
+                passes.len()
+            );
+            passes.into_iter().zip(answer.passes_ms.clone()).collect()
         }
         _ if answer.gbit_per_s.is_some() => {
             let only = metrics_of(workload).next().expect("a bulk metric");
