@@ -2,6 +2,10 @@
 //! one run to the next so that drift of the machine (other jobs, frequency, caches) hits all
 //! modes alike; collects one figure per metric, mode and run.
 //!
+//! Workloads that drop the page cache (the file rows) run after all the others have finished
+//! every run: a dropped cache leaves the binaries every run starts (the client, mirrord-net,
+//! its agent) to be read from disk again, which would slow the next row's first run.
+//!
 //! A run that fails is recorded as an error and the harness goes on with the rest; the caller
 //! exits non-zero if any error was recorded.
 
@@ -38,63 +42,73 @@ pub fn run_all(
     workloads: &[Workload],
 ) -> Outcome {
     let mut outcome = Outcome::default();
-    for run in 0..runs {
+    for (run, workload) in schedule(workloads, runs) {
         let mut order = modes.to_vec();
         order.rotate_left(run % modes.len());
-        for &workload in workloads {
-            for &mode in &order {
-                if cleanup::stopping() {
-                    cleanup::wait_for_stop();
-                }
-                if mode == Mode::Wrapper && !workload.runs_under_wrapper() {
-                    continue;
-                }
-                let result = measure(launcher, sizes, workload, mode).and_then(|figures| {
-                    cleanup::with_fixture(|fixture| fixture.check())?
-                        .context("the bench servers died")?;
-                    Ok(figures)
-                });
-                match result {
-                    Ok(figures) => {
-                        let shown: Vec<String> = figures
-                            .iter()
-                            .map(|(metric, value)| {
-                                format!("{} {value:.1} {}", metric.name, metric.unit)
-                            })
-                            .collect();
-                        eprintln!(
-                            "run {}/{runs} {:<22} {:<12} {}",
-                            run + 1,
-                            workload.name(),
-                            mode.label(),
-                            shown.join(", ")
-                        );
-                        for (metric, value) in figures {
-                            outcome
-                                .figures
-                                .entry(metric.name)
-                                .or_default()
-                                .entry(mode)
-                                .or_default()
-                                .push(value);
-                        }
+        for &mode in &order {
+            if cleanup::stopping() {
+                cleanup::wait_for_stop();
+            }
+            if mode == Mode::Wrapper && !workload.runs_under_wrapper() {
+                continue;
+            }
+            let result = measure(launcher, sizes, workload, mode).and_then(|figures| {
+                cleanup::with_fixture(|fixture| fixture.check())?
+                    .context("the bench servers died")?;
+                Ok(figures)
+            });
+            match result {
+                Ok(figures) => {
+                    let shown: Vec<String> = figures
+                        .iter()
+                        .map(|(metric, value)| {
+                            format!("{} {value:.1} {}", metric.name, metric.unit)
+                        })
+                        .collect();
+                    eprintln!(
+                        "run {}/{runs} {:<22} {:<12} {}",
+                        run + 1,
+                        workload.name(),
+                        mode.label(),
+                        shown.join(", ")
+                    );
+                    for (metric, value) in figures {
+                        outcome
+                            .figures
+                            .entry(metric.name)
+                            .or_default()
+                            .entry(mode)
+                            .or_default()
+                            .push(value);
                     }
-                    Err(_) if cleanup::stopping() => cleanup::wait_for_stop(),
-                    Err(err) => {
-                        let text = format!(
-                            "run {} {} {}: {err:#}",
-                            run + 1,
-                            workload.name(),
-                            mode.label()
-                        );
-                        eprintln!("ERROR {text}");
-                        outcome.errors.push(text);
-                    }
+                }
+                Err(_) if cleanup::stopping() => cleanup::wait_for_stop(),
+                Err(err) => {
+                    let text = format!(
+                        "run {} {} {}: {err:#}",
+                        run + 1,
+                        workload.name(),
+                        mode.label()
+                    );
+                    eprintln!("ERROR {text}");
+                    outcome.errors.push(text);
                 }
             }
         }
     }
     outcome
+}
+
+/// (run, workload) in the order they run: each run of every workload that keeps the caches,
+/// then each run of those that drop them.
+fn schedule(workloads: &[Workload], runs: usize) -> Vec<(usize, Workload)> {
+    let (keep_caches, drop_caches): (Vec<Workload>, Vec<Workload>) = workloads
+        .iter()
+        .partition(|workload| !workload.drops_caches());
+    [keep_caches, drop_caches]
+        .iter()
+        .flat_map(|phase| (0..runs).flat_map(move |run| phase.iter().map(move |&w| (run, w))))
+        .collect()
 }
 
 fn metric(name: &str) -> &'static Metric {
@@ -188,5 +202,26 @@ fn print_counters(run: &Run) {
         {
             eprintln!("    {line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dropping_workloads_run_after_every_run_of_the_others() {
+        let workloads = [Workload::FileRead, Workload::PingPong, Workload::Udp];
+        assert_eq!(
+            schedule(&workloads, 2),
+            vec![
+                (0, Workload::PingPong),
+                (0, Workload::Udp),
+                (1, Workload::PingPong),
+                (1, Workload::Udp),
+                (0, Workload::FileRead),
+                (1, Workload::FileRead),
+            ]
+        );
     }
 }
