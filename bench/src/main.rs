@@ -160,6 +160,8 @@ fn harness(args: &Args) -> Result<()> {
             "smoke": args.smoke,
             "runs": args.runs,
             "idle_flows": sizes.idle_flows,
+            "file_bytes": sizes.data.file_len,
+            "tree_entries": sizes.data.tree_entries(),
             "wrapper": args.wrapper,
             "client_binary": client_binary,
             "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
