@@ -2,9 +2,10 @@
 //! table checks.
 //!
 //! A workload is one client job (or, for session start, a series of `true` starts); a metric
-//! is one row of the table (a file job's two passes are two rows). Targets compare the mirrord-net column with the direct one (a
-//! ratio), with an absolute bound, or with another row of the same column (8 flows against
-//! one flow). Targets are reported, never enforced: the harness fails only on errors.
+//! is one row of the table (a file job's two passes are two rows). Targets compare the
+//! mirrord-net column with the direct one (a ratio), with an absolute bound, or with another
+//! row of the same column (8 flows against one flow). Targets are reported, never enforced:
+//! the harness fails only on errors.
 
 use std::path::Path;
 
