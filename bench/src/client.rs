@@ -1,7 +1,7 @@
 //! The measuring side, run as `mirrord-net-bench __client JOB` in every mode, so direct,
 //! mirrord-net and wrapper runs execute exactly the same code. Plain blocking sockets and one
 //! thread per flow: the simplest client a user's program could be, with nothing of its own
-//! between the socket calls being timed.
+//! between the socket calls being timed. The file jobs are in [`crate::file_passes`].
 
 use std::io::{BufRead, Read, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::file_passes;
 use crate::job::{Answer, Job};
 use crate::ports::{self, addr};
 
@@ -39,6 +40,8 @@ pub fn run(job: &str) -> Result<()> {
         )?,
         Job::UdpRequestResponse { count, warmup } => udp(count, warmup)?,
         Job::IdleFlows { flows } => return idle_flows(flows),
+        Job::ReadFile { path, len } => file_passes::read_file(&path, len)?,
+        Job::StatTree { path, entries } => file_passes::stat_tree(&path, entries)?,
     };
     println!("{}", serde_json::to_string(&answer)?);
     Ok(())

@@ -32,6 +32,11 @@ pub enum Job {
     UdpRequestResponse { count: usize, warmup: usize },
     /// Open `flows` TCP connections and hold them until stdin closes.
     IdleFlows { flows: usize },
+    /// Read the file at `path` to its end twice (cold, then warm); it must hold `len` bytes.
+    ReadFile { path: String, len: u64 },
+    /// Walk the tree at `path` twice, stat-ing every entry without following symlinks (cold,
+    /// then warm); it must hold `entries` entries below its root.
+    StatTree { path: String, entries: u64 },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -53,4 +58,7 @@ pub struct Answer {
     /// How long opening them took, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_s: Option<f64>,
+    /// The duration of each pass of a file job, milliseconds: the cold pass, then the warm.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passes_ms: Vec<f64>,
 }

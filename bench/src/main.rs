@@ -7,6 +7,7 @@
 
 mod cleanup;
 mod client;
+mod file_passes;
 mod fixture;
 mod job;
 mod limits;
@@ -17,6 +18,7 @@ mod report;
 mod runner;
 mod server;
 mod stats;
+mod target_data;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +98,11 @@ fn harness(args: &Args) -> Result<()> {
     limits::raise_nofile();
     cleanup::install()?;
     let started = Instant::now();
+    let sizes = if args.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
     let fixture = Fixture::start()?;
     let launcher = Launcher {
         target_pid: fixture.pod().target_pid(),
@@ -115,12 +122,24 @@ fn harness(args: &Args) -> Result<()> {
         if args.smoke { ", smoke sizes" } else { "" }
     );
     cleanup::own(fixture);
+    // Written once the fixture is the signal handler's: an interrupted write is removed
+    // with the pod's directory.
+    if workloads
+        .iter()
+        .any(|workload| workload.needs_target_data())
+    {
+        let written = Instant::now();
+        if let Err(err) = target_data::install(&launcher.pod_dir, launcher.target_pid, &sizes.data)
+        {
+            cleanup::release();
+            return Err(err.context("giving the target its data"));
+        }
+        eprintln!(
+            "target data written and mounted in {:.2?}",
+            written.elapsed()
+        );
+    }
 
-    let sizes = if args.smoke {
-        Sizes::smoke()
-    } else {
-        Sizes::full()
-    };
     let mut modes = vec![Mode::Direct, Mode::MirrordNet];
     if args.wrapper.is_some() {
         modes.push(Mode::Wrapper);
@@ -141,6 +160,8 @@ fn harness(args: &Args) -> Result<()> {
             "smoke": args.smoke,
             "runs": args.runs,
             "idle_flows": sizes.idle_flows,
+            "file_bytes": sizes.data.file_len,
+            "tree_entries": sizes.data.tree_entries(),
             "wrapper": args.wrapper,
             "client_binary": client_binary,
             "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),

@@ -2,13 +2,17 @@
 //! table checks.
 //!
 //! A workload is one client job (or, for session start, a series of `true` starts); a metric
-//! is one row of the table. Targets compare the mirrord-net column with the direct one (a
-//! ratio), with an absolute bound, or with another row of the same column (8 flows against
-//! one flow). Targets are reported, never enforced: the harness fails only on errors.
+//! is one row of the table (a file job's two passes are two rows). Targets compare the
+//! mirrord-net column with the direct one (a ratio), with an absolute bound, or with another
+//! row of the same column (8 flows against one flow). Targets are reported, never enforced:
+//! the harness fails only on errors.
+
+use std::path::Path;
 
 use serde::Serialize;
 
 use crate::job::Job;
+use crate::target_data::{self, DataSizes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
@@ -22,6 +26,8 @@ pub enum Workload {
     Udp,
     SessionStart,
     IdleFlows,
+    FileRead,
+    FileStat,
 }
 
 pub const WORKLOADS: &[Workload] = &[
@@ -35,6 +41,8 @@ pub const WORKLOADS: &[Workload] = &[
     Workload::Udp,
     Workload::SessionStart,
     Workload::IdleFlows,
+    Workload::FileRead,
+    Workload::FileStat,
 ];
 
 /// The workloads whose name contains one of `words` (all of them when `words` is empty).
@@ -76,6 +84,7 @@ pub struct Sizes {
     pub warmup: usize,
     pub session_starts: usize,
     pub idle_flows: usize,
+    pub data: DataSizes,
 }
 
 impl Sizes {
@@ -90,6 +99,11 @@ impl Sizes {
             warmup: 100,
             session_starts: 10,
             idle_flows: 10_000,
+            data: DataSizes {
+                file_len: 512 << 20,
+                tree_dirs: 100,
+                files_per_dir: 100,
+            },
         }
     }
 
@@ -104,6 +118,11 @@ impl Sizes {
             warmup: 2,
             session_starts: 2,
             idle_flows: 100,
+            data: DataSizes {
+                file_len: 1 << 20,
+                tree_dirs: 10,
+                files_per_dir: 10,
+            },
         }
     }
 }
@@ -121,11 +140,33 @@ impl Workload {
             Workload::Udp => "udp request/response",
             Workload::SessionStart => "session start",
             Workload::IdleFlows => "idle flows",
+            Workload::FileRead => "files read",
+            Workload::FileStat => "files stat",
         }
     }
 
-    /// The client job, or `None` for session start (which runs `true`).
-    pub fn job(self, sizes: &Sizes) -> Option<Job> {
+    /// Whether the workload reads the target's data (built only when one is selected).
+    pub fn needs_target_data(self) -> bool {
+        matches!(self, Workload::FileRead | Workload::FileStat)
+    }
+
+    /// Whether a run starts with a cold page cache.
+    pub fn drops_caches(self) -> bool {
+        self.needs_target_data()
+    }
+
+    /// Whether the workload runs under a wrapper. Idle flows measure mirrord-net's memory,
+    /// which a wrapper's is not; a network wrapper cannot serve the target's files.
+    pub fn runs_under_wrapper(self) -> bool {
+        !matches!(
+            self,
+            Workload::IdleFlows | Workload::FileRead | Workload::FileStat
+        )
+    }
+
+    /// The client job, or `None` for session start (which runs `true`). File jobs read the
+    /// data the target sees below `pod_dir`.
+    pub fn job(self, sizes: &Sizes, pod_dir: &Path) -> Option<Job> {
         let bulk = |flows: usize| (flows, sizes.bulk_ms, sizes.bulk_max_bytes / flows as u64);
         Some(match self {
             Workload::PingPong => Job::PingPong {
@@ -168,6 +209,14 @@ impl Workload {
             Workload::SessionStart => return None,
             Workload::IdleFlows => Job::IdleFlows {
                 flows: sizes.idle_flows,
+            },
+            Workload::FileRead => Job::ReadFile {
+                path: target_data::file_path(pod_dir).display().to_string(),
+                len: sizes.data.file_len,
+            },
+            Workload::FileStat => Job::StatTree {
+                path: target_data::tree_path(pod_dir).display().to_string(),
+                entries: sizes.data.tree_entries(),
             },
         })
     }
@@ -305,6 +354,26 @@ pub const METRICS: &[Metric] = &[
         Workload::IdleFlows,
         Some(Target::AtMost { value: 150.0 }),
     ),
+    // A file workload's metrics are its passes, in order: cold, then warm.
+    metric("files: `cat` 512 MiB, cold", "ms", Workload::FileRead, None),
+    metric(
+        "files: `cat` 512 MiB, warm",
+        "ms",
+        Workload::FileRead,
+        Some(Target::RatioAtMost { ratio: 1.3 }),
+    ),
+    metric(
+        "files: `stat` of 10,000 files, cold",
+        "ms",
+        Workload::FileStat,
+        None,
+    ),
+    metric(
+        "files: `stat` of 10,000 files, warm",
+        "ms",
+        Workload::FileStat,
+        Some(Target::RatioAtMost { ratio: 3.0 }),
+    ),
 ];
 
 pub const IDLE_OPEN: &str = "idle TCP flows: time to open all";
@@ -314,4 +383,62 @@ pub const IDLE_AGENT: &str = "idle TCP flows: agent RSS";
 /// Whether a smaller figure is better (latency, time, memory) or a larger one (throughput).
 pub fn lower_is_better(unit: &str) -> bool {
     unit != "Gbit/s"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_selects_both_file_workloads() {
+        let chosen = select(&["files".to_string()]).unwrap();
+        assert_eq!(chosen, vec![Workload::FileRead, Workload::FileStat]);
+    }
+
+    #[test]
+    fn file_workloads_have_a_cold_then_a_warm_row() {
+        for workload in [Workload::FileRead, Workload::FileStat] {
+            let rows: Vec<&str> = METRICS
+                .iter()
+                .filter(|metric| metric.workload == workload)
+                .map(|metric| metric.name)
+                .collect();
+            assert_eq!(rows.len(), 2, "{rows:?}");
+            assert!(
+                rows[0].ends_with("cold") && rows[1].ends_with("warm"),
+                "{rows:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrapper_skips_what_only_mirrord_net_can_serve() {
+        let skipped: Vec<Workload> = WORKLOADS
+            .iter()
+            .copied()
+            .filter(|workload| !workload.runs_under_wrapper())
+            .collect();
+        assert_eq!(
+            skipped,
+            vec![Workload::IdleFlows, Workload::FileRead, Workload::FileStat]
+        );
+    }
+
+    #[test]
+    fn file_jobs_read_below_the_pod_directory() {
+        let pod_dir = Path::new("/tmp/mnet-1-0");
+        let Some(Job::StatTree { path, entries }) = Workload::FileStat.job(&Sizes::full(), pod_dir)
+        else {
+            panic!("not a tree job");
+        };
+        assert_eq!(path, "/tmp/mnet-1-0/files/tree");
+        // 100 directories and their 100 files each.
+        assert_eq!(entries, 10_100);
+        let Some(Job::ReadFile { path, len }) = Workload::FileRead.job(&Sizes::smoke(), pod_dir)
+        else {
+            panic!("not a read job");
+        };
+        assert_eq!(path, "/tmp/mnet-1-0/files/big.bin");
+        assert_eq!(len, 1 << 20);
+    }
 }

@@ -2,6 +2,10 @@
 //! one run to the next so that drift of the machine (other jobs, frequency, caches) hits all
 //! modes alike; collects one figure per metric, mode and run.
 //!
+//! Workloads that drop the page cache (the file rows) run after all the others have finished
+//! every run: a dropped cache leaves the binaries every run starts (the client, mirrord-net,
+//! its agent) to be read from disk again, which would slow the next row's first run.
+//!
 //! A run that fails is recorded as an error and the harness goes on with the rest; the caller
 //! exits non-zero if any error was recorded.
 
@@ -14,6 +18,7 @@ use crate::cleanup;
 use crate::modes::{Launcher, Mode, Run};
 use crate::plan::{Metric, Sizes, Workload, IDLE_AGENT, IDLE_CLIENT, IDLE_OPEN, METRICS};
 use crate::stats::{median, percentile};
+use crate::target_data;
 
 /// How long any single client run may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -37,65 +42,73 @@ pub fn run_all(
     workloads: &[Workload],
 ) -> Outcome {
     let mut outcome = Outcome::default();
-    for run in 0..runs {
+    for (run, workload) in schedule(workloads, runs) {
         let mut order = modes.to_vec();
         order.rotate_left(run % modes.len());
-        for &workload in workloads {
-            for &mode in &order {
-                if cleanup::stopping() {
-                    cleanup::wait_for_stop();
-                }
-                // Idle flows measure mirrord-net's memory; direct runs for comparison of
-                // the opening time. A wrapper's memory is not ours to read.
-                if workload == Workload::IdleFlows && mode == Mode::Wrapper {
-                    continue;
-                }
-                let result = measure(launcher, sizes, workload, mode).and_then(|figures| {
-                    cleanup::with_fixture(|fixture| fixture.check())?
-                        .context("the bench servers died")?;
-                    Ok(figures)
-                });
-                match result {
-                    Ok(figures) => {
-                        let shown: Vec<String> = figures
-                            .iter()
-                            .map(|(metric, value)| {
-                                format!("{} {value:.1} {}", metric.name, metric.unit)
-                            })
-                            .collect();
-                        eprintln!(
-                            "run {}/{runs} {:<22} {:<12} {}",
-                            run + 1,
-                            workload.name(),
-                            mode.label(),
-                            shown.join(", ")
-                        );
-                        for (metric, value) in figures {
-                            outcome
-                                .figures
-                                .entry(metric.name)
-                                .or_default()
-                                .entry(mode)
-                                .or_default()
-                                .push(value);
-                        }
+        for &mode in &order {
+            if cleanup::stopping() {
+                cleanup::wait_for_stop();
+            }
+            if mode == Mode::Wrapper && !workload.runs_under_wrapper() {
+                continue;
+            }
+            let result = measure(launcher, sizes, workload, mode).and_then(|figures| {
+                cleanup::with_fixture(|fixture| fixture.check())?
+                    .context("the bench servers died")?;
+                Ok(figures)
+            });
+            match result {
+                Ok(figures) => {
+                    let shown: Vec<String> = figures
+                        .iter()
+                        .map(|(metric, value)| {
+                            format!("{} {value:.1} {}", metric.name, metric.unit)
+                        })
+                        .collect();
+                    eprintln!(
+                        "run {}/{runs} {:<22} {:<12} {}",
+                        run + 1,
+                        workload.name(),
+                        mode.label(),
+                        shown.join(", ")
+                    );
+                    for (metric, value) in figures {
+                        outcome
+                            .figures
+                            .entry(metric.name)
+                            .or_default()
+                            .entry(mode)
+                            .or_default()
+                            .push(value);
                     }
-                    Err(_) if cleanup::stopping() => cleanup::wait_for_stop(),
-                    Err(err) => {
-                        let text = format!(
-                            "run {} {} {}: {err:#}",
-                            run + 1,
-                            workload.name(),
-                            mode.label()
-                        );
-                        eprintln!("ERROR {text}");
-                        outcome.errors.push(text);
-                    }
+                }
+                Err(_) if cleanup::stopping() => cleanup::wait_for_stop(),
+                Err(err) => {
+                    let text = format!(
+                        "run {} {} {}: {err:#}",
+                        run + 1,
+                        workload.name(),
+                        mode.label()
+                    );
+                    eprintln!("ERROR {text}");
+                    outcome.errors.push(text);
                 }
             }
         }
     }
     outcome
+}
+
+/// (run, workload) in the order they run: each run of every workload that keeps the caches,
+/// then each run of those that drop them.
+fn schedule(workloads: &[Workload], runs: usize) -> Vec<(usize, Workload)> {
+    let (keep_caches, drop_caches): (Vec<Workload>, Vec<Workload>) = workloads
+        .iter()
+        .partition(|workload| !workload.drops_caches());
+    [keep_caches, drop_caches]
+        .iter()
+        .flat_map(|phase| (0..runs).flat_map(move |run| phase.iter().map(move |&w| (run, w))))
+        .collect()
 }
 
 fn metric(name: &str) -> &'static Metric {
@@ -118,7 +131,7 @@ fn measure(
     workload: Workload,
     mode: Mode,
 ) -> Result<Vec<(&'static Metric, f64)>> {
-    let Some(job) = workload.job(sizes) else {
+    let Some(job) = workload.job(sizes, &launcher.pod_dir) else {
         let mut walls = Vec::with_capacity(sizes.session_starts);
         for _ in 0..sizes.session_starts {
             let wall = launcher.start_true(mode, START_TIMEOUT)?;
@@ -127,6 +140,9 @@ fn measure(
         let only = metrics_of(workload).next().expect("a session start metric");
         return Ok(vec![(only, median(&walls))]);
     };
+    if workload.drops_caches() {
+        target_data::drop_caches()?;
+    }
     let run = launcher.client(mode, &job, RUN_TIMEOUT)?;
     if launcher.verbose && mode == Mode::MirrordNet {
         print_counters(&run);
@@ -145,6 +161,16 @@ fn measure(
                 figures.push((metric(IDLE_AGENT), agent as f64 / 1024.0));
             }
             figures
+        }
+        Workload::FileRead | Workload::FileStat => {
+            let passes: Vec<&'static Metric> = metrics_of(workload).collect();
+            anyhow::ensure!(
+                answer.passes_ms.len() == passes.len(),
+                "the client timed {} passes, expected {}",
+                answer.passes_ms.len(),
+                passes.len()
+            );
+            passes.into_iter().zip(answer.passes_ms.clone()).collect()
         }
         _ if answer.gbit_per_s.is_some() => {
             let only = metrics_of(workload).next().expect("a bulk metric");
@@ -176,5 +202,26 @@ fn print_counters(run: &Run) {
         {
             eprintln!("    {line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dropping_workloads_run_after_every_run_of_the_others() {
+        let workloads = [Workload::FileRead, Workload::PingPong, Workload::Udp];
+        assert_eq!(
+            schedule(&workloads, 2),
+            vec![
+                (0, Workload::PingPong),
+                (0, Workload::Udp),
+                (1, Workload::PingPong),
+                (1, Workload::Udp),
+                (0, Workload::FileRead),
+                (1, Workload::FileRead),
+            ]
+        );
     }
 }

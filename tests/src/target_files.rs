@@ -101,8 +101,9 @@ fn write_tree(tree: &std::path::Path, seen_as: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// `len` bytes from a fast PRNG (xorshift64*), so the file is real data, not a hole.
-fn write_random(path: &std::path::Path, len: usize) -> Result<()> {
+/// `len` bytes (whole MiBs) from a fast PRNG (xorshift64*), so the file is real data, not a
+/// hole.
+pub fn write_random(path: &std::path::Path, len: usize) -> Result<()> {
     let mut file = std::io::BufWriter::with_capacity(
         1 << 20,
         fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
