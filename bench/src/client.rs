@@ -39,6 +39,7 @@ pub fn run(job: &str) -> Result<()> {
             download,
         )?,
         Job::UdpRequestResponse { count, warmup } => udp(count, warmup)?,
+        Job::SpawnChildren { count } => spawn_children(count)?,
         Job::IdleFlows { flows } => return idle_flows(flows),
         Job::ReadFile { path, len } => file_passes::read_file(&path, len)?,
         Job::StatTree { path, entries } => file_passes::stat_tree(&path, entries)?,
@@ -310,4 +311,21 @@ fn idle_flows(flows: usize) -> Result<()> {
         while stream.read(&mut byte)? > 0 {}
     }
     Ok(())
+}
+
+/// What each child process costs: fork, exec of `/bin/true`, exit, wait.
+fn spawn_children(count: usize) -> Result<Answer> {
+    let mut samples_us = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        let status = std::process::Command::new("/bin/true")
+            .status()
+            .context("starting /bin/true")?;
+        samples_us.push(micros(start));
+        ensure!(status.success(), "/bin/true exited with {status}");
+    }
+    Ok(Answer {
+        samples_us,
+        ..Answer::default()
+    })
 }

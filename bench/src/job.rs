@@ -30,6 +30,8 @@ pub enum Job {
     },
     /// 64-byte UDP datagrams echoed one at a time.
     UdpRequestResponse { count: usize, warmup: usize },
+    /// Start `/bin/true` `count` times, one after another, each waited for.
+    SpawnChildren { count: usize },
     /// Open `flows` TCP connections and hold them until stdin closes.
     IdleFlows { flows: usize },
     /// Read the file at `path` to its end twice (cold, then warm); it must hold `len` bytes.
