@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -24,10 +24,6 @@ use tokio::runtime::Handle;
 use crate::ops::{self, Remote};
 use crate::transport::Transport;
 
-/// Entries asked of the agent per `readdir`: a kernel buffer (one page) holds about 25
-/// `readdirplus` records; the few that do not fit are forgotten again.
-const DIR_BATCH: u32 = 32;
-
 /// The session's file system.
 pub struct RemoteFs<T> {
     remote: Arc<Remote<T>>,
@@ -39,8 +35,10 @@ impl<T: Transport> RemoteFs<T> {
     /// Answers from tasks on `runtime`; attributes and entries stay valid in the kernel for
     /// `ttl`, so a change on the target is seen within that long.
     pub fn new(transport: T, runtime: Handle, ttl: Duration) -> Self {
+        let remote = Arc::new(Remote::new(transport, ttl));
+        runtime.spawn(expire_listings(Arc::downgrade(&remote), ttl));
         RemoteFs {
-            remote: Arc::new(Remote::new(transport)),
+            remote,
             runtime,
             ttl,
         }
@@ -53,6 +51,20 @@ impl<T: Transport> RemoteFs<T> {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         self.runtime.spawn(work(self.remote.clone(), self.ttl));
+    }
+}
+
+/// Drops cached listings as they pass the TTL, so that the nodes only they hold go back to
+/// the agent even when no one lists a directory again; ends with the file system.
+async fn expire_listings<T: Transport>(remote: Weak<Remote<T>>, ttl: Duration) {
+    let mut ticks = tokio::time::interval(ttl.max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(remote) = remote.upgrade() else {
+            return;
+        };
+        remote.expire_listings().await;
     }
 }
 
@@ -169,7 +181,7 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.spawn(|remote, _| async move { remote.forget(ino.0, nlookup).await });
+        self.spawn(|remote, _| async move { remote.forget(&[(ino.0, nlookup)]).await });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -333,7 +345,7 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -344,7 +356,7 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
     ) {
         let data = data.to_vec();
         self.spawn(|remote, _| async move {
-            match remote.write(fh.0, offset, data).await {
+            match remote.write(ino.0, fh.0, offset, data).await {
                 Ok(written) => reply.written(written),
                 Err(errno) => reply.error(Errno::from_i32(errno)),
             }
@@ -402,18 +414,18 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         mut reply: ReplyDirectory,
     ) {
         self.spawn(|remote, _| async move {
-            match remote.readdir(ino.0, offset, false, DIR_BATCH * 4).await {
-                Ok(entries) => {
-                    ops::fill_dir(entries, |entry| {
-                        reply.add(
-                            INodeNo(entry.attr.map_or(ino.0, |attr| attr.node)),
-                            entry.next_offset,
-                            file_type(entry.kind),
-                            OsStr::from_bytes(&entry.name),
-                        )
-                    });
-                    reply.ok();
-                }
+            let filled = remote
+                .readdir_names(ino.0, offset, |entry| {
+                    reply.add(
+                        INodeNo(entry.attr.map_or(ino.0, |attr| attr.node)),
+                        entry.next_offset,
+                        file_type(entry.kind),
+                        OsStr::from_bytes(&entry.name),
+                    )
+                })
+                .await;
+            match filled {
+                Ok(()) => reply.ok(),
                 Err(errno) => reply.error(Errno::from_i32(errno)),
             }
         });
@@ -428,29 +440,26 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.spawn(|remote, ttl| async move {
-            match remote.readdir(ino.0, offset, true, DIR_BATCH).await {
-                Ok(entries) => {
-                    let unseen = ops::fill_dir(entries, |entry| {
-                        // `.` and `..` carry no attributes; the kernel ignores them for those.
-                        let attr = entry.attr.unwrap_or(Attr {
-                            node: ino.0,
-                            mode: entry.kind,
-                            ..Attr::default()
-                        });
-                        reply.add(
-                            INodeNo(attr.node),
-                            entry.next_offset,
-                            OsStr::from_bytes(&entry.name),
-                            &ttl,
-                            &file_attr(&attr),
-                            Generation(0),
-                        )
+            let filled = remote
+                .readdirplus(ino.0, offset, |entry| {
+                    // `.` and `..` carry no attributes; the kernel ignores them for those.
+                    let attr = entry.attr.unwrap_or(Attr {
+                        node: ino.0,
+                        mode: entry.kind,
+                        ..Attr::default()
                     });
-                    reply.ok();
-                    for node in unseen {
-                        remote.forget(node, 1).await;
-                    }
-                }
+                    reply.add(
+                        INodeNo(attr.node),
+                        entry.next_offset,
+                        OsStr::from_bytes(&entry.name),
+                        &ttl,
+                        &file_attr(&attr),
+                        Generation(0),
+                    )
+                })
+                .await;
+            match filled {
+                Ok(()) => reply.ok(),
                 Err(errno) => reply.error(Errno::from_i32(errno)),
             }
         });

@@ -10,8 +10,11 @@
 //!
 //! - Entries and attributes are valid in the kernel for a TTL (1 s by default): a file
 //!   changed, created or removed on the target is seen within it.
-//! - `readdirplus` answers a listing and the attributes of every entry in one round trip, so
-//!   `ls -l` and `find` cost a round trip per ~25 entries, not one per file.
+//! - A directory's whole listing, with every entry's attributes, is fetched once and kept for
+//!   the TTL ([`listings`]); the kernel's `readdirplus` pages are answered from it, so `ls -l`
+//!   and `find` within the TTL cost no round trip. The session's own changes drop the
+//!   listings they affect at once. The references the agent holds for cached entries and
+//!   those the kernel takes are reconciled by the [`ledger`].
 //! - The page cache of a file is kept across opens (`FOPEN_KEEP_CACHE`) while its size and
 //!   mtime are those of the previous open; otherwise the kernel drops it. With
 //!   `FUSE_AUTO_INVAL_DATA` the kernel also drops it when a fresh `getattr` shows a new mtime
@@ -34,6 +37,8 @@
 //! process in the middle of a file request gets `ENOTCONN` instead of hanging.
 
 mod fs;
+pub mod ledger;
+pub mod listings;
 pub mod mount;
 pub mod ops;
 pub mod transport;

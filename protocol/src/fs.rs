@@ -230,6 +230,11 @@ pub enum FsRequest {
         handle: u64,
         datasync: bool,
     },
+    /// Many [`FsRequest::Forget`]s in one: `(node, count)` each (cached listings let go of
+    /// thousands of nodes at once).
+    ForgetMany {
+        nodes: Vec<(u64, u64)>,
+    },
 }
 
 impl FsRequest {

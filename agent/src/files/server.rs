@@ -89,6 +89,13 @@ impl FileServer {
                 self.nodes.lock().expect("node table").forget(node, count);
                 FsResponse::Ok.into()
             }
+            FsRequest::ForgetMany { nodes } => {
+                let mut table = self.nodes.lock().expect("node table");
+                for (node, count) in nodes {
+                    table.forget(node, count);
+                }
+                FsResponse::Ok.into()
+            }
             FsRequest::GetAttr { node } => FsResponse::Attr(self.attr(node)?).into(),
             FsRequest::ReadLink { node } => {
                 FsResponse::Link(sys::readlink(self.node(node)?.as_fd())?).into()

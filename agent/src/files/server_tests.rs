@@ -349,3 +349,42 @@ fn readdir_plus_lists_everything_across_pages_and_counts_lookups() {
     assert_eq!(names.len(), 302, "300 files, . and ..");
     assert_eq!(server.node_count(), before, "every lookup given back");
 }
+
+#[test]
+fn forget_many_gives_back_every_listed_reference_in_one_request() {
+    let root = TempRoot::new("forget-many");
+    for i in 0..50 {
+        std::fs::write(root.0.join(format!("f{i}")), b"x").unwrap();
+    }
+    let server = root.server(Access::ReadOnly);
+    let before = server.node_count();
+    let FsResponse::Dir(entries) = server
+        .handle(FsRequest::ReadDir {
+            node: ROOT_NODE,
+            offset: 0,
+            plus: true,
+            max_entries: 4096,
+        })
+        .response
+    else {
+        panic!("not a listing")
+    };
+    let nodes: Vec<(u64, u64)> = entries
+        .iter()
+        .filter_map(|entry| entry.attr.map(|attr| (attr.node, 1)))
+        .collect();
+    assert_eq!(server.node_count(), before + nodes.len());
+    // Keep one reference back: that node must stay.
+    let (kept, rest) = nodes.split_first().unwrap();
+    assert_eq!(
+        server
+            .handle(FsRequest::ForgetMany {
+                nodes: rest.to_vec()
+            })
+            .response,
+        FsResponse::Ok
+    );
+    assert_eq!(server.node_count(), before + 1);
+    server.handle(FsRequest::ForgetMany { nodes: vec![*kept] });
+    assert_eq!(server.node_count(), before);
+}

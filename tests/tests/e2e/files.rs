@@ -315,3 +315,121 @@ fn a_file_changed_on_the_target_is_seen_within_the_ttl() {
         .expect("session ends");
     assert_eq!(out.stdout, format!("{CONFIG}read-once\n{changed}"), "{out}");
 }
+
+/// Names in a directory listing, as `ls -a` prints them, one line.
+const LS: &str = "ls -a | tr '\\n' ' '; echo";
+
+#[test]
+fn a_listing_shows_the_sessions_own_changes_at_once() {
+    let (pod, files) = pod_with_files(false);
+    let dir = files.path("tree/d1");
+    // Every listing here falls within one TTL of the first, which is cached.
+    let script = format!(
+        "set -e; cd '{dir}'; mkdir -p fresh; cd fresh; {LS}; touch new; {LS}; \
+         mv new renamed; {LS}; mkdir sub; rm renamed; {LS}; rmdir sub; {LS}"
+    );
+    let out = Invocation::session(&pod, &sh(&script))
+        .client_flag("--fs-mode")
+        .client_flag("write")
+        .run();
+    assert_eq!(
+        out.assert_success(),
+        ". .. \n. .. new \n. .. renamed \n. .. sub \n. .. \n",
+        "{out}"
+    );
+}
+
+#[test]
+fn files_created_and_removed_on_the_target_show_in_listings_within_the_ttl() {
+    let (pod, files) = pod_with_files(false);
+    let dir = files.path("tree/d2");
+    let script = format!("cd '{dir}'; ls | wc -l; echo listed; sleep 2; ls | wc -l; ls");
+    let mut running = Invocation::session(&pod, &sh(&script)).start();
+    assert!(
+        running.wait_for_stdout("listed", Duration::from_secs(30)),
+        "the session did not start:\n{}",
+        running.stderr_so_far()
+    );
+    let listed = Invocation::in_pod(&pod, &sh(&format!("cd '{dir}'; ls | head -1"))).run();
+    let first = listed.assert_success().trim().to_string();
+    Invocation::in_pod(
+        &pod,
+        &sh(&format!(
+            "cd '{dir}'; rm '{first}'; echo x > made-by-target"
+        )),
+    )
+    .run()
+    .assert_success();
+    let out = running
+        .finish(Duration::from_secs(30))
+        .expect("session ends");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], lines[2], "one created, one removed: {out}");
+    assert!(lines.contains(&"made-by-target"), "{out}");
+    assert!(
+        !lines[3..].contains(&first.as_str()),
+        "{first} was removed: {out}"
+    );
+}
+
+/// Descriptors the pod's agent holds (one per node the session may still name).
+fn agent_descriptors(pod: &Pod) -> usize {
+    let wanted = format!("--target-pid\0{}\0", pod.target_pid());
+    let agent = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .find(|entry| {
+            std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                cmdline.contains("mirrord-net-agent") && cmdline.contains(&wanted)
+            })
+        })
+        .expect("the pod's agent runs");
+    std::fs::read_dir(agent.path().join("fd"))
+        .map(|fds| fds.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn nodes_of_a_walked_tree_go_back_to_the_agent_once_the_kernel_forgets_them() {
+    let (pod, files) = pod_with_files(false);
+    let tree = files.path("tree");
+    // The session stays (40 s at most, should the test fail) while the test looks.
+    let script = format!(
+        "echo started; sleep 2; find '{tree}' -printf '%s %m\\n' | wc -l; echo walked; sleep 40"
+    );
+    let mut running = Invocation::session(&pod, &sh(&script)).start();
+    assert!(
+        running.wait_for_stdout("started", Duration::from_secs(30)),
+        "the session did not start:\n{}",
+        running.stderr_so_far()
+    );
+    let before = agent_descriptors(&pod);
+    assert!(
+        running.wait_for_stdout("walked", Duration::from_secs(60)),
+        "{}",
+        running.stderr_so_far()
+    );
+    let walked = agent_descriptors(&pod);
+    assert!(
+        walked > before + TREE_FILES / 2,
+        "the walk holds the tree's nodes: {before} then {walked}"
+    );
+    // The kernel forgets the walk's unused dentries and inodes; the cached listings expire.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut now_held = walked;
+    while Instant::now() < deadline {
+        std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop caches");
+        std::thread::sleep(Duration::from_millis(500));
+        now_held = agent_descriptors(&pod);
+        if now_held <= before + 20 {
+            break;
+        }
+    }
+    assert!(
+        now_held <= before + 20,
+        "the agent still holds {now_held} descriptors (before the walk: {before}, after: {walked})"
+    );
+    // Ends the session (its whole process group) now.
+    let _ = running.finish(Duration::ZERO);
+}
