@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mirrord_net_tests::kube::{eventually, Namespace};
 
-use crate::{agent_objects, manifests};
+use crate::{agent_objects, assert_agent_objects_gone, manifests};
 
 /// The Role of docs/kubernetes/rbac-job-agent.yaml (and its ClusterRole), applied in `ns`.
 pub const DOCUMENTED_RBAC: &str = include_str!("../../../docs/kubernetes/rbac-job-agent.yaml");
@@ -116,7 +116,5 @@ fn the_documented_role_is_enough_for_both_transports() {
         .run();
     assert!(out.assert_success().contains("deploy/web"), "{out}");
     let _ = std::fs::remove_file(&kubeconfig);
-    eventually("agent Jobs removed", Duration::from_secs(30), || {
-        agent_objects(&ns).is_empty()
-    });
+    assert_agent_objects_gone(&ns, "agent Jobs removed", Duration::from_secs(30));
 }

@@ -70,3 +70,22 @@ fn agent_objects(ns: &Namespace) -> Vec<String> {
     left.extend(ns.names("pods", "job-name"));
     left
 }
+
+/// Waits until `ns` holds no agent Job or pod, or panics with `what` and what is still there
+/// (the Jobs and pods with their states, and the namespace's recent events), so a failure
+/// says which object stayed and why.
+#[track_caller]
+fn assert_agent_objects_gone(ns: &Namespace, what: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !agent_objects(ns).is_empty() {
+        if std::time::Instant::now() >= deadline {
+            let objects = ns.kubectl(&["get", "jobs,pods", "-o", "wide"]);
+            let events = ns.kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
+            panic!(
+                "{what}: not within {within:?}; left:\n{}\nevents:\n{}",
+                objects.stdout, events.stdout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
