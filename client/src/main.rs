@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse();
+    mirrord_net_protocol::transport::tune_heap_for_packets();
     init_logging(cli.command.verbose());
 
     // Children (the agent, the session) are spawned from this thread, inside `block_on`: their
