@@ -6,16 +6,21 @@
 //!
 //! Uplink uses `send_datagram_wait`: when QUIC's send buffer is full the loop stops reading
 //! the TUN, the TUN's queue fills, and the local kernel's TCP slows down — backpressure instead
-//! of drops inside the tunnel. The TUN is read into one scratch buffer that stays initialised
-//! (zeroing an MTU-sized buffer per read cost more than copying a small packet out of it), and
-//! each packet is copied into a `BytesMut` that reclaims its memory once QUIC has sent (and
-//! dropped) earlier packets, so steady state allocates nothing per packet.
+//! of drops inside the tunnel. The TUN is read straight into the spare capacity of a `BytesMut`
+//! ([`TunReader`]), whose memory is reclaimed once QUIC has sent (and dropped) earlier
+//! packets: no copy of the packet in this process before QUIC's own, no zeroing of an
+//! MTU-sized buffer per read, and no allocation per packet in steady state. (A 64 KiB copy from
+//! a scratch buffer was about half of the client's `memmove` time in a bulk upload.)
 
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use quinn::{ConnectionError, SendDatagramError};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// Counters of one session's packet flow, for `--verbose` reports and benchmarks.
 #[derive(Debug, Default)]
@@ -76,12 +81,13 @@ async fn uplink(
     stats: Arc<PumpStats>,
 ) -> Result<(), PumpError> {
     let mtu = usize::from(mtu);
-    let mut scratch = vec![0u8; mtu];
+    let reader = TunReader::new(&tun).map_err(PumpError::Tun)?;
     let mut buffer = BytesMut::with_capacity(mtu * 16);
     loop {
-        let len = tun.recv(&mut scratch).await.map_err(PumpError::Tun)?;
-        buffer.reserve(len);
-        buffer.extend_from_slice(&scratch[..len]);
+        let len = reader
+            .recv_into(&mut buffer, mtu)
+            .await
+            .map_err(PumpError::Tun)?;
         let packet = buffer.split().freeze();
         match connection.send_datagram_wait(packet).await {
             Ok(()) => {
@@ -115,6 +121,55 @@ async fn downlink(
             Err(err) => {
                 stats.tun_write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("TUN refused a packet of {} bytes: {err}", packet.len());
+            }
+        }
+    }
+}
+
+/// The receiving side of the TUN, reading each packet into memory that then travels on as
+/// the datagram. It owns a duplicate of the device's descriptor with its own registration in
+/// the runtime (read interest only; the device's own registration keeps serving writes).
+struct TunReader {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl TunReader {
+    fn new(tun: &tun_rs::AsyncDevice) -> io::Result<Self> {
+        // SAFETY: `tun` keeps its descriptor open while borrowed here; the clone is our own.
+        let device = unsafe { BorrowedFd::borrow_raw(tun.as_raw_fd()) };
+        let fd = device.try_clone_to_owned()?;
+        // SAFETY: an `OwnedFd` stays open, and names the same descriptor, until it is dropped
+        // with the `AsyncFd`.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        Ok(Self { fd })
+    }
+
+    /// Appends the next packet (at most `max` bytes) to `buffer`; returns its length.
+    async fn recv_into(&self, buffer: &mut BytesMut, max: usize) -> io::Result<usize> {
+        buffer.reserve(max);
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let read = ready.try_io(|fd| {
+                let spare = buffer.spare_capacity_mut();
+                let room = spare.len().min(max);
+                // SAFETY: the kernel writes at most `room` bytes into the spare capacity, which
+                // is valid for writes of that many bytes.
+                let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), room) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match read {
+                Ok(Ok(len)) => {
+                    // SAFETY: the read initialised `len` bytes right after the current length.
+                    unsafe { buffer.set_len(buffer.len() + len) };
+                    return Ok(len);
+                }
+                Ok(Err(err)) => return Err(err),
+                // Readiness was stale; `try_io` cleared it, so wait again.
+                Err(_would_block) => continue,
             }
         }
     }
