@@ -190,8 +190,8 @@ pub fn enlarge_socket_buffers(socket: &impl std::os::fd::AsRawFd) {
 // glibc's defaults return freed memory at the top of the heap to the kernel as soon as
 // 128 KiB are free (and its adaptive mmap threshold moves with the sizes seen), so a bulk
 // transfer kept giving pages back and faulting them in again: page faults were 12% of the
-// client's CPU in a download. Keeping a pad of freed heap instead raised bulk upload by ~20%
-// (docs/benchmarks.md). The cost is freed memory that stays resident up to the trim
+// client's CPU in a download. Keeping a pad of freed heap instead raised the bulk rows by
+// ~19% (docs/benchmarks.md). The cost is freed memory that stays resident up to the trim
 // threshold after a burst.
 #[cfg(target_env = "gnu")]
 const HEAP_TRIM_THRESHOLD: libc::c_int = 64 << 20;

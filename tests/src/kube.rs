@@ -258,10 +258,24 @@ impl Drop for Namespace {
 
 /// Polls `check` until it returns true, or panics with `what` after `within`.
 #[track_caller]
-pub fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+pub fn eventually(what: &str, within: Duration, check: impl FnMut() -> bool) {
+    eventually_or_show(what, within, check, String::new);
+}
+
+/// [`eventually`], and a timeout's message adds what `show` says of the state left (objects
+/// still there, events), so the failure explains itself.
+#[track_caller]
+pub fn eventually_or_show(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> bool,
+    show: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + within;
     while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        if Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}\n{}", show());
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -20,7 +20,7 @@ mod transports;
 
 use std::time::Duration;
 
-use mirrord_net_tests::kube::Namespace;
+use mirrord_net_tests::kube::{eventually_or_show, Namespace};
 
 /// A namespace with the `web` Deployment and Service and the `app` pod, all Ready; returns
 /// it with the Service's ClusterIP and the web pod's IP.
@@ -76,16 +76,14 @@ fn agent_objects(ns: &Namespace) -> Vec<String> {
 /// says which object stayed and why.
 #[track_caller]
 fn assert_agent_objects_gone(ns: &Namespace, what: &str, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    while !agent_objects(ns).is_empty() {
-        if std::time::Instant::now() >= deadline {
+    eventually_or_show(
+        what,
+        within,
+        || agent_objects(ns).is_empty(),
+        || {
             let objects = ns.kubectl(&["get", "jobs,pods", "-o", "wide"]);
             let events = ns.kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
-            panic!(
-                "{what}: not within {within:?}; left:\n{}\nevents:\n{}",
-                objects.stdout, events.stdout
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+            format!("left:\n{}\nevents:\n{}", objects.stdout, events.stdout)
+        },
+    );
 }
