@@ -80,6 +80,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct SessionArgs {
+    /// Read flags from this file (JSON, or TOML if it ends in .toml): mirrord-net's own flags
+    /// by name, or a mirrord configuration (.mirrord/mirrord.json). Flags given here win.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// What to impersonate: pod/NAME, deploy/NAME, statefulset/NAME, daemonset/NAME,
     /// job/NAME, replicaset/NAME (Kubernetes), or pid/PID (a process on this machine).
     #[arg(long, short = 't', value_name = "KIND/NAME")]
@@ -114,6 +118,25 @@ pub struct SessionArgs {
     pub fs_local: Vec<PathBuf>,
     #[command(flatten)]
     pub kube: KubeArgs,
+}
+
+impl Cli {
+    /// Parses the process's command line, with the flags of a `-f/--config` file merged in
+    /// (see [`config_file`](crate::config_file)); a usage error or a bad file ends the process
+    /// with clap's exit code 2 and one message.
+    pub fn parse_with_config() -> Self {
+        use clap::CommandFactory;
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        let argv = match crate::config_file::merge_into_command_line(Self::command(), argv) {
+            Ok(argv) => argv,
+            Err(crate::config_file::MergeError::Usage(err)) => err.exit(),
+            Err(crate::config_file::MergeError::Config(err)) => {
+                eprintln!("mirrord-net: {err}");
+                std::process::exit(2);
+            }
+        };
+        Self::parse_from(argv)
+    }
 }
 
 impl Command {

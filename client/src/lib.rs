@@ -3,6 +3,7 @@
 //! The `mirrord-net` binary is a thin shell over these modules:
 //!
 //! - [`cli`]: the command line;
+//! - [`config_file`]: `-f/--config`, a file (or mirrord's configuration) as flags;
 //! - [`target`]: what `--target` names and how to check it exists;
 //! - [`agent`]: starting the agent for a local target and reading its ready line;
 //! - [`kubernetes`]: Kubernetes targets — kubeconfig, resolving `pod/`/`deploy/`…, the agent as
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod agent_handle;
 pub mod cli;
+pub mod config_file;
 pub mod demo;
 pub mod environment;
 pub mod files;

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use mirrord_net::cli::{Cli, Command};
 use mirrord_net::{demo, environment, run};
 
@@ -15,7 +14,7 @@ fn main() -> ExitCode {
         Some(arg) if arg == demo::PROBE_ARG => demo::probe_main(),
         _ => {}
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_config();
     mirrord_net_protocol::transport::tune_heap_for_packets();
     init_logging(cli.command.verbose());
 

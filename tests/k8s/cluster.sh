@@ -70,13 +70,57 @@ apt_install() {
     rm -f "$out"
 }
 
-# Debian's source lines, in a file of our own, signed like debian.sources.
+# Debian's source lines, in a file of our own, from the archive this machine's own apt sources
+# name (its mirror, its suites, its key): no mirror is written into the repository.
 SOURCES_FILE=/etc/apt/sources.list.d/mirrord-net-k8s-src.sources
+
+# Prints "URI<TAB>SIGNED-BY" of the first binary source of Debian's main archive (the one whose
+# suites include this release's codename and whose components include main), from deb822
+# files and one-line sources.list files alike. SIGNED-BY may be empty.
+debian_archive() {
+    local codename
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    awk -v codename="$codename" '
+        function flush() {
+            if (types ~ /(^| )deb( |$)/ && suites ~ ("(^| )" codename "( |$)") && comps ~ /(^| )main( |$)/ && uris != "" && !found) {
+                split(uris, u, " "); print u[1] "\t" signed; found = 1
+            }
+            types = ""; suites = ""; comps = ""; uris = ""; signed = ""
+        }
+        FNR == 1 { flush() }
+        FILENAME ~ /\.sources$/ {
+            if ($0 ~ /^[ \t]*$/) { flush(); next }
+            if ($0 ~ /^[ \t]*#/) next
+            key = tolower($1); sub(/:$/, "", key); $1 = ""; sub(/^ +/, "")
+            if (key == "types") types = $0; else if (key == "uris") uris = $0
+            else if (key == "suites") suites = $0; else if (key == "components") comps = $0
+            else if (key == "signed-by") signed = $0
+            next
+        }
+        /^deb[ \t]/ && !found {
+            line = $0; opts = ""
+            if (match(line, /\[[^]]*\]/)) { opts = substr(line, RSTART + 1, RLENGTH - 2); line = substr(line, 1, RSTART - 1) substr(line, RSTART + RLENGTH) }
+            n = split(line, f, /[ \t]+/)
+            if (f[3] != codename) next
+            for (i = 4; i <= n; i++) if (f[i] == "main") {
+                s = ""; if (match(opts, /signed-by=[^ ]+/)) s = substr(opts, RSTART + 10, RLENGTH - 10)
+                print f[2] "\t" s; found = 1; break
+            }
+        }
+        END { flush() }
+    ' $(ls -d /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
+}
+
 ensure_deb_src() {
-    local want
-    want=$(printf '%s\n' 'Types: deb-src' 'URIs: http://deb.debian.org/debian' \
-        'Suites: bookworm bookworm-updates' 'Components: main' \
-        'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg')
+    local want archive uri signed codename
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    archive=$(debian_archive | grep -v "^$" | head -n1)
+    [ -n "$archive" ] || die "no apt source of Debian's main archive for $codename found in /etc/apt/sources.list{,.d}"
+    uri=${archive%%$'\t'*}
+    signed=${archive#*$'\t'}
+    want=$(printf '%s\n' 'Types: deb-src' "URIs: $uri" \
+        "Suites: $codename $codename-updates" 'Components: main' \
+        ${signed:+"Signed-By: $signed"})
     if [ ! -f "$SOURCES_FILE" ] || [ "$(cat "$SOURCES_FILE")" != "$want" ]; then
         printf '%s\n' "$want" >"$SOURCES_FILE"
         DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 || die "apt-get update failed after adding $SOURCES_FILE"

@@ -126,6 +126,7 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
     say(&started(&target));
 
     let args = SessionArgs {
+        config: None,
         target,
         as_root: true,
         verbose,
