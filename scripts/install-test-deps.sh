@@ -27,6 +27,8 @@ PACKAGES=(
     coreutils
     libc-bin        # getent
     procps
+    proxychains4    # the preload design the bench compares with (LD_PRELOAD connect hooks)
+    dante-server    # danted, the SOCKS5 server proxychains4 talks to (bench/wrappers)
 )
 
 log=$(mktemp)
@@ -57,12 +59,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-# The packaged services would listen on the host's loopback (5432, 6379) and start again at
-# boot. Stop them now and keep them from starting.
+# The packaged services would listen on the host's loopback (5432, 6379) or fail to start
+# (danted has no configuration) and start again at boot. Stop them now and keep them from starting.
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-    systemctl disable --now postgresql.service redis-server.service >/dev/null 2>&1 || true
+    systemctl disable --now postgresql.service redis-server.service danted.service >/dev/null 2>&1 || true
 else
-    for service in postgresql redis-server; do
+    for service in postgresql redis-server danted; do
         if [ -x "/etc/init.d/$service" ]; then
             "/etc/init.d/$service" stop >/dev/null 2>&1 || true
             update-rc.d "$service" disable >/dev/null 2>&1 || true

@@ -6,6 +6,10 @@
 //! client said so, or because it fell silent for the idle timeout — and the agent exits.
 //! Every later bidirectional stream starts with a `StreamKind` byte and is dispatched by it
 //! (today: one file request per stream, answered by [`files`](crate::files)).
+//!
+//! A local client may hand the agent the session's TUN descriptor ([`TunHandoff`]); the
+//! packets then never cross QUIC: the stack runs on the device, and the connection carries
+//! only control and files. The session still ends when the connection does.
 
 use std::time::Duration;
 
@@ -17,6 +21,7 @@ use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
 use crate::files::{self, FileServer};
 use crate::stack::{self, StackConfig};
 use crate::stream_relay::StreamPeer;
+use crate::tun_handoff::TunHandoff;
 use mirrord_net_protocol::fs::StreamKind;
 use std::sync::Arc;
 
@@ -34,6 +39,7 @@ pub async fn serve_one_session(
     accept_timeout: Duration,
     files: Option<Arc<FileServer>>,
     stream_clients: Option<StreamClients>,
+    tun: Option<TunHandoff>,
 ) -> anyhow::Result<()> {
     let accept = accept_pinned(&endpoint, stream_clients.as_ref());
     let connection = tokio::time::timeout(accept_timeout, accept)
@@ -70,7 +76,44 @@ pub async fn serve_one_session(
     // connection does.
     let _control = (send, recv);
     tokio::spawn(accept_streams(connection.clone(), files));
-    stack::serve(connection, config).await
+    match tun {
+        None => stack::serve(connection, config).await,
+        Some(handoff) => serve_on_tun(connection, handoff, config).await,
+    }
+}
+
+/// The stack on the session's TUN, once the client has sent it, until the connection ends.
+async fn serve_on_tun(
+    connection: quinn::Connection,
+    handoff: TunHandoff,
+    config: StackConfig,
+) -> anyhow::Result<()> {
+    let tun = tokio::select! {
+        tun = handoff.receive() => tun.context("cannot receive the session's TUN device")?,
+        reason = connection.closed() => return connection_ended(reason),
+    };
+    let Some(tun) = tun else {
+        // No session (the client only wanted the target's details): serve files and control.
+        return connection_ended(connection.closed().await);
+    };
+    tracing::info!("packets on the session's TUN device");
+    tokio::select! {
+        served = stack::serve_tun(tun, config) => {
+            served?;
+            // The device went with the session's namespace; the client closes next.
+            connection_ended(connection.closed().await)
+        }
+        reason = connection.closed() => connection_ended(reason),
+    }
+}
+
+/// A close by either side is a normal end; a timeout or protocol error is not.
+fn connection_ended(reason: quinn::ConnectionError) -> anyhow::Result<()> {
+    use quinn::ConnectionError as E;
+    match reason {
+        E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::LocallyClosed => Ok(()),
+        other => Err(anyhow::Error::new(other).context("the connection to the client failed")),
+    }
 }
 
 /// Accepts the client's further streams and dispatches each by its kind byte.

@@ -11,6 +11,8 @@
 //!   root;
 //! - [`stream_relay`]: the TCP listener that relays QUIC datagrams framed on a byte stream
 //!   (the Kubernetes port-forward) to the agent's QUIC socket;
+//! - [`tun_handoff`]: receiving the session's TUN descriptor from a local client, so the
+//!   stack serves the device itself;
 //! - [`control`]: accepting the one pinned client and its handshake;
 //! - [`stack`]: the userspace network stack that terminates the session's IP packets and
 //!   re-originates every flow from real sockets in the target's namespace.
@@ -23,3 +25,4 @@ pub mod root_fs;
 pub mod stack;
 pub mod stream_relay;
 pub mod target_info;
+pub mod tun_handoff;

@@ -23,6 +23,7 @@ use mirrord_net_agent::namespaces::TargetNamespaces;
 use mirrord_net_agent::root_fs::TargetRoot;
 use mirrord_net_agent::stream_relay::StreamRelay;
 use mirrord_net_agent::target_info;
+use mirrord_net_agent::tun_handoff::TunHandoff;
 use mirrord_net_protocol::ready::AgentReady;
 use mirrord_net_protocol::transport::{self, PathProfile};
 use mirrord_net_protocol::trust::{Fingerprint, SessionIdentity};
@@ -56,6 +57,10 @@ struct Args {
     /// Give up when no client connects within this many seconds.
     #[arg(long, default_value_t = 30)]
     accept_timeout_secs: u64,
+    /// An inherited Unix socket on which a local client sends the session's TUN device; the
+    /// stack then reads and writes the device itself instead of QUIC datagrams.
+    #[arg(long, value_name = "FD", hide = true)]
+    tun_socket_fd: Option<i32>,
 }
 
 fn parse_container_id(value: &str) -> Result<ContainerId, String> {
@@ -104,6 +109,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(pid)) => pid,
         (None, None) => unreachable!("clap requires a target"),
     };
+    let tun = args
+        .tun_socket_fd
+        .map(TunHandoff::from_inherited)
+        .transpose()?;
     let namespaces = TargetNamespaces::open(pid)?;
     let root = TargetRoot::of_pid(pid)
         .with_context(|| format!("cannot open the root of process {pid}"))?;
@@ -162,6 +171,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_secs(args.accept_timeout_secs),
             files,
             Some(stream_clients),
+            tun,
         )
         .await;
         relay.abort();

@@ -43,11 +43,15 @@ struct Args {
     /// How many alternating runs of every workload in every mode.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// A third mode: the client under this command line (run by `sh -c`, the client's
+    /// One more mode: the client under this command line (run by `sh -c`, the client's
     /// arguments appended). `{target_pid}`, `{pod_netns}`, `{services_netns}` and `{pod_dir}` are
-    /// replaced.
+    /// replaced. Default: the preload design (`bench/wrappers/proxychains.sh`, proxychains4 +
+    /// dante) when both are installed.
     #[arg(long)]
     wrapper: Option<String>,
+    /// No wrapper mode, even when proxychains4 and dante are installed.
+    #[arg(long, conflicts_with = "wrapper")]
+    no_wrapper: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -86,6 +90,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The preload design (proxychains4 + dante), when both are installed.
+fn default_wrapper() -> Option<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wrappers/proxychains.sh");
+    let installed = |program: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    (script.is_file() && installed("proxychains4") && installed("danted"))
+        .then(|| format!("{} {{target_pid}} {{pod_dir}}", script.display()))
+}
+
 fn harness(args: &Args) -> Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(
@@ -103,6 +121,11 @@ fn harness(args: &Args) -> Result<()> {
     } else {
         Sizes::full()
     };
+    let wrapper = match (&args.wrapper, args.no_wrapper) {
+        (Some(wrapper), _) => Some(wrapper.clone()),
+        (None, true) => None,
+        (None, false) => default_wrapper(),
+    };
     let fixture = Fixture::start()?;
     let launcher = Launcher {
         target_pid: fixture.pod().target_pid(),
@@ -110,7 +133,7 @@ fn harness(args: &Args) -> Result<()> {
         services_netns: fixture.pod().services_netns().name().to_string(),
         pod_dir: fixture.pod().dir().to_path_buf(),
         exe: std::env::current_exe()?,
-        wrapper: args.wrapper.clone(),
+        wrapper: wrapper.clone(),
         verbose: args.verbose,
     };
     eprintln!(
@@ -140,14 +163,17 @@ fn harness(args: &Args) -> Result<()> {
         );
     }
 
-    let mut modes = vec![Mode::Direct, Mode::MirrordNet];
-    if args.wrapper.is_some() {
+    if let Some(wrapper) = &wrapper {
+        eprintln!("wrapper: {wrapper}");
+    }
+    let mut modes = vec![Mode::Direct, Mode::MirrordNet, Mode::MirrordNetQuic];
+    if wrapper.is_some() {
         modes.push(Mode::Wrapper);
     }
     let outcome = runner::run_all(&launcher, &sizes, args.runs, &modes, &workloads);
     cleanup::release();
 
-    let table = report::markdown(&outcome, args.wrapper.is_some());
+    let table = report::markdown(&outcome, wrapper.is_some());
     println!("{table}");
     println!(
         "{} run(s), {} idle flows, medians over runs; finished in {:.1?}",
@@ -162,7 +188,7 @@ fn harness(args: &Args) -> Result<()> {
             "idle_flows": sizes.idle_flows,
             "file_bytes": sizes.data.file_len,
             "tree_entries": sizes.data.tree_entries(),
-            "wrapper": args.wrapper,
+            "wrapper": wrapper,
             "client_binary": client_binary,
             "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
             "elapsed_s": started.elapsed().as_secs_f64(),

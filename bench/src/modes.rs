@@ -1,8 +1,11 @@
-//! The three ways a client runs, and running one.
+//! The ways a client runs, and running one.
 //!
 //! - **direct**: `nsenter` into the target's network, mount and UTS namespaces — the client
 //!   sits where the target sits, so this is the physical limit of the path;
-//! - **mirrord-net**: `mirrord-net exec -q --as-root --target pid/<target> -- …`;
+//! - **mirrord-net**: `mirrord-net exec -q --as-root --target pid/<target> -- …`, the local
+//!   agent serving the session's TUN itself (the default packet path of local targets);
+//! - **mirrord-net-quic**: the same with `MIRRORD_NET_LOCAL_PACKETS=quic`: every packet
+//!   relayed by the client as a QUIC datagram, the path a remote agent's packets take;
 //! - **wrapper**: any command line the user gives (e.g. a preload tool), run by `sh -c` with
 //!   the client's arguments appended; `{target_pid}`, `{pod_netns}`, `{services_netns}` and
 //!   `{pod_dir}` in it are replaced first (see `bench/wrappers/`).
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use mirrord_net_tests::procfs;
-use mirrord_net_tests::Invocation;
+use mirrord_net_tests::{Invocation, Packets};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -34,6 +37,7 @@ use crate::job::{Answer, Job};
 pub enum Mode {
     Direct,
     MirrordNet,
+    MirrordNetQuic,
     Wrapper,
 }
 
@@ -42,8 +46,14 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::MirrordNet => "mirrord-net",
+            Mode::MirrordNetQuic => "mirrord-net-quic",
             Mode::Wrapper => "wrapper",
         }
+    }
+
+    /// Whether this is a mirrord-net session (whatever its packet path).
+    pub fn is_mirrord_net(self) -> bool {
+        matches!(self, Mode::MirrordNet | Mode::MirrordNetQuic)
     }
 }
 
@@ -67,6 +77,8 @@ pub struct Run {
     pub stderr: String,
     /// Resident memory while idle flows were open, KiB: (client, agent).
     pub rss_kib: Option<(u64, Option<u64>)>,
+    /// CPU time of the mirrord-net client and its agent together when the job answered.
+    pub cpu_s: Option<f64>,
 }
 
 impl Launcher {
@@ -76,9 +88,15 @@ impl Launcher {
             Mode::Direct => {
                 cleanup::with_fixture(|fixture| Invocation::in_pod(fixture.pod(), args).command())?
             }
-            Mode::MirrordNet => {
-                let mut invocation =
-                    Invocation::session_on(self.target_pid, args).client_flag("--as-root");
+            Mode::MirrordNet | Mode::MirrordNetQuic => {
+                let packets = if mode == Mode::MirrordNet {
+                    Packets::Tun
+                } else {
+                    Packets::Quic
+                };
+                let mut invocation = Invocation::session_on(self.target_pid, args)
+                    .client_flag("--as-root")
+                    .packets(packets);
                 if self.verbose {
                     invocation = invocation.client_flag("-v");
                 }
@@ -110,11 +128,15 @@ impl Launcher {
         let job_text = serde_json::to_string(job)?;
         let command = self.command(mode, &[&exe, "__client", &job_text])?;
         let holds_flows = matches!(job, Job::IdleFlows { .. });
-        run(command, timeout, |child_pid, stdout, stdin| {
+        let cpu = std::cell::RefCell::new(None);
+        let mut done = run(command, timeout, |child_pid, stdout, stdin| {
             let mut line = String::new();
             stdout.read_line(&mut line)?;
             let answer: Answer = serde_json::from_str(line.trim())
                 .with_context(|| format!("the client printed {line:?}"))?;
+            if mode.is_mirrord_net() {
+                *cpu.borrow_mut() = self.cpu_s(child_pid);
+            }
             let mut rss = None;
             if holds_flows {
                 // Let the stacks settle (buffers shrink, timers fire) before reading memory.
@@ -123,7 +145,18 @@ impl Launcher {
                 writeln!(stdin, "done")?;
             }
             Ok((answer, rss))
-        })
+        })?;
+        done.cpu_s = cpu.into_inner();
+        Ok(done)
+    }
+
+    /// CPU seconds (user + system) of the `mirrord-net` process `pid` and its agent so far.
+    fn cpu_s(&self, pid: i32) -> Option<f64> {
+        let agent = procfs::all()
+            .into_iter()
+            .filter(|proc| proc.comm.starts_with("mirrord-net-age"))
+            .find(|proc| descends_from(proc.pid, pid))?;
+        Some(cpu_seconds(pid)? + cpu_seconds(agent.pid)?)
     }
 
     /// Wall time of `true` started in `mode`, from spawn to exit.
@@ -137,7 +170,8 @@ impl Launcher {
     /// client is the process started, and there is no agent.
     fn rss(&self, mode: Mode, pid: i32) -> (u64, Option<u64>) {
         let client = rss_kib(pid).unwrap_or(0);
-        let agent = (mode == Mode::MirrordNet)
+        let agent = mode
+            .is_mirrord_net()
             .then(|| {
                 procfs::all()
                     .into_iter()
@@ -161,6 +195,19 @@ fn descends_from(mut pid: i32, ancestor: i32) -> bool {
         }
     }
     false
+}
+
+/// User + system CPU time of process `pid` (all its threads), seconds.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis start at field 3 (state); utime and
+    // stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
 fn rss_kib(pid: i32) -> Option<u64> {
@@ -244,6 +291,7 @@ fn run(
         wall,
         stderr,
         rss_kib,
+        cpu_s: None,
     })
 }
 

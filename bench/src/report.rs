@@ -50,13 +50,14 @@ fn ratio(ours: Option<f64>, direct: Option<f64>) -> String {
 
 pub fn markdown(outcome: &Outcome, wrapper: bool) -> String {
     let figures = &outcome.figures;
-    let mut text =
-        String::from("| workload | unit | direct | mirrord-net | ratio | target | met |");
+    let mut text = String::from(
+        "| workload | unit | direct | mirrord-net | ratio | target | met | mirrord-net-quic | ratio |",
+    );
     if wrapper {
         text.push_str(" wrapper | ratio |");
     }
     text.push('\n');
-    text.push_str("|---|---|--:|--:|--:|---|---|");
+    text.push_str("|---|---|--:|--:|--:|---|---|--:|--:|");
     if wrapper {
         text.push_str("--:|--:|");
     }
@@ -90,6 +91,8 @@ pub fn markdown(outcome: &Outcome, wrapper: bool) -> String {
             target,
             met
         ));
+        let quic = median_of(figures, metric.name, Mode::MirrordNetQuic);
+        text.push_str(&format!(" {} | {} |", cell(quic), ratio(quic, direct)));
         if wrapper {
             let theirs = median_of(figures, metric.name, Mode::Wrapper);
             text.push_str(&format!(" {} | {} |", cell(theirs), ratio(theirs, direct)));

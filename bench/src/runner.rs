@@ -16,7 +16,10 @@ use anyhow::{Context, Result};
 
 use crate::cleanup;
 use crate::modes::{Launcher, Mode, Run};
-use crate::plan::{Metric, Sizes, Workload, IDLE_AGENT, IDLE_CLIENT, IDLE_OPEN, METRICS};
+use crate::plan::{
+    Metric, Sizes, Workload, COST_DOWNLOAD, COST_ROUND_TRIPS, COST_UNIT, COST_UPLOAD, IDLE_AGENT,
+    IDLE_CLIENT, IDLE_OPEN, METRICS,
+};
 use crate::stats::{median, percentile};
 use crate::target_data;
 
@@ -50,6 +53,9 @@ pub fn run_all(
                 cleanup::wait_for_stop();
             }
             if mode == Mode::Wrapper && !workload.runs_under_wrapper() {
+                continue;
+            }
+            if mode == Mode::MirrordNetQuic && !workload.uses_packets() {
                 continue;
             }
             let result = measure(launcher, sizes, workload, mode).and_then(|figures| {
@@ -118,10 +124,38 @@ fn metric(name: &str) -> &'static Metric {
         .expect("a known metric")
 }
 
+/// The rows a workload's own figures fill (not the cost rows, which come from the relays).
 fn metrics_of(workload: Workload) -> impl Iterator<Item = &'static Metric> {
     METRICS
         .iter()
-        .filter(move |metric| metric.workload == workload)
+        .filter(move |metric| metric.workload == workload && metric.unit != COST_UNIT)
+}
+
+/// The cost rows of a run: CPU of client + agent per GiB moved or per 10,000 round trips.
+fn costs(workload: Workload, sizes: &Sizes, run: &Run) -> Vec<(&'static Metric, f64)> {
+    let Some(cpu) = run.cpu_s else {
+        return Vec::new();
+    };
+    let answer = &run.answer;
+    let gib = |bytes: Option<u64>| bytes.map(|bytes| bytes as f64 / f64::from(1u32 << 30));
+    match workload {
+        Workload::BulkUpload1 | Workload::BulkDownload1 => {
+            let name = if workload == Workload::BulkUpload1 {
+                COST_UPLOAD
+            } else {
+                COST_DOWNLOAD
+            };
+            match gib(answer.bytes) {
+                Some(gib) if gib > 0.0 => vec![(metric(name), cpu / gib)],
+                _ => Vec::new(),
+            }
+        }
+        Workload::PingPong => {
+            let trips = (answer.samples_us.len() + sizes.warmup) as f64;
+            vec![(metric(COST_ROUND_TRIPS), cpu * 10_000.0 / trips)]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// One workload in one mode: the figure of each of its metrics.
@@ -144,18 +178,19 @@ fn measure(
         target_data::drop_caches()?;
     }
     let run = launcher.client(mode, &job, RUN_TIMEOUT)?;
-    if launcher.verbose && mode == Mode::MirrordNet {
+    if launcher.verbose && mode.is_mirrord_net() {
         print_counters(&run);
     }
     let answer = &run.answer;
-    Ok(match workload {
+    let mut figures = costs(workload, sizes, &run);
+    figures.extend(match workload {
         Workload::IdleFlows => {
             let mut figures = vec![(
                 metric(IDLE_OPEN),
                 answer.open_s.context("the client reported no open time")?,
             )];
             // Memory is a mirrord-net figure only: its client and its agent.
-            if let (Mode::MirrordNet, Some((client, agent))) = (mode, run.rss_kib) {
+            if let (true, Some((client, agent))) = (mode.is_mirrord_net(), run.rss_kib) {
                 let agent = agent.context("no mirrord-net-agent process found")?;
                 figures.push((metric(IDLE_CLIENT), client as f64 / 1024.0));
                 figures.push((metric(IDLE_AGENT), agent as f64 / 1024.0));
@@ -189,7 +224,8 @@ fn measure(
                 })
                 .collect()
         }
-    })
+    });
+    Ok(figures)
 }
 
 /// With `--verbose`: the client's and agent's log lines about packets and counters.

@@ -9,6 +9,8 @@
 //! process), never from a runtime worker or blocking-pool thread.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -42,14 +44,53 @@ pub enum AgentError {
     Timeout(Duration),
 }
 
+/// Which way a local session's packets travel between its TUN and the agent's stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalPackets {
+    /// The agent reads and writes the session's TUN itself: one relay, no tunnel.
+    Tun,
+    /// The client relays them as QUIC datagrams, as for a remote agent.
+    Quic,
+}
+
 /// A running local agent. Killed when dropped.
 pub struct LocalAgent {
     child: Child,
     pub ready: AgentReady,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Our end of the socket the session's TUN is sent on ([`LocalPackets::Tun`]).
+    tun_socket: Option<UnixStream>,
 }
 
 impl LocalAgent {
+    /// Whether the agent takes the session's TUN itself.
+    pub fn takes_tun(&self) -> bool {
+        self.tun_socket.is_some()
+    }
+
+    /// Sends the session's TUN descriptor to the agent, whose stack then serves it.
+    pub fn hand_over_tun(&mut self, tun: BorrowedFd<'_>) -> std::io::Result<()> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let socket = self
+            .tun_socket
+            .take()
+            .ok_or_else(|| std::io::Error::other("this agent does not take the TUN"))?;
+        let fds = [tun.as_raw_fd()];
+        loop {
+            match sendmsg::<()>(
+                socket.as_raw_fd(),
+                &[std::io::IoSlice::new(&[1])],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
     /// The agent's last words on stderr, for error messages.
     pub fn last_error(&self) -> Option<String> {
         last_line(&self.stderr_tail)
@@ -90,9 +131,26 @@ pub async fn start_local(
     client: Fingerprint,
     log_filter: Option<&str>,
     fs_mode: crate::files::FsMode,
+    packets: LocalPackets,
 ) -> Result<LocalAgent, AgentError> {
     let path = agent_path()?;
     let mut command = Command::new(&path);
+    // Close-on-exec in this process (no other child inherits it); the agent's copy is made
+    // inheritable between fork and exec below.
+    let (tun_socket, agent_end) = match packets {
+        LocalPackets::Tun => {
+            let (ours, theirs) = UnixStream::pair().map_err(|source| AgentError::Spawn {
+                path: path.clone(),
+                source,
+            })?;
+            command
+                .arg("--tun-socket-fd")
+                .arg(theirs.as_raw_fd().to_string());
+            (Some(ours), Some(theirs))
+        }
+        LocalPackets::Quic => (None, None),
+    };
+    let inherit = agent_end.as_ref().map(|socket| socket.as_raw_fd());
     command
         .arg("--target-pid")
         .arg(pid.to_string())
@@ -111,9 +169,14 @@ pub async fn start_local(
     }
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -122,6 +185,7 @@ pub async fn start_local(
         path: path.clone(),
         source,
     })?;
+    drop(agent_end);
 
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     let stderr = child.stderr.take().expect("stderr piped");
@@ -147,6 +211,7 @@ pub async fn start_local(
             child,
             ready,
             stderr_tail,
+            tun_socket,
         }),
         Ok(None) => {
             // The agent closed stdout without a ready line: it is exiting. Give its stderr

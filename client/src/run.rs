@@ -12,6 +12,7 @@
 //! before anything is started.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,8 @@ pub enum RunError {
     UserLookup(std::io::Error),
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
+    #[error("cannot hand the session's TUN device to the agent: {0}")]
+    TunHandOver(std::io::Error),
 }
 
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
@@ -118,12 +121,30 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     tunnel::release_with_namespace(session.tun().as_ref());
 
     let stats = Arc::new(pump::PumpStats::default());
-    let mut pump_task = tokio::spawn(pump::pump(
-        session.tun().clone(),
-        tunnel.connection.clone(),
-        tunnel.mtu,
-        stats.clone(),
-    ));
+    let mut agent = agent;
+    let mut pump_task = match &mut agent {
+        SessionAgent::Local(local) if local.takes_tun() => {
+            // One relay: the agent's stack serves the TUN itself. This process keeps no
+            // descriptor of it (so its packets never wake us) and only watches the connection,
+            // whose end still ends the session.
+            let tun = session.take_tun().expect("the TUN is still ours");
+            // SAFETY: `tun` keeps its descriptor open while it is borrowed here.
+            let fd = unsafe { BorrowedFd::borrow_raw(tun.as_raw_fd()) };
+            if let Err(err) = local.hand_over_tun(fd) {
+                let _ = session.signal(Signal::SIGKILL);
+                session.wait().await;
+                return Err(RunError::TunHandOver(err));
+            }
+            drop(tun);
+            tokio::spawn(pump::watch(tunnel.connection.clone()))
+        }
+        _ => tokio::spawn(pump::pump(
+            session.tun().clone(),
+            tunnel.connection.clone(),
+            tunnel.mtu,
+            stats.clone(),
+        )),
+    };
 
     let outcome = supervise(&mut session, &mut pump_task).await;
     pump_task.abort();
@@ -163,11 +184,13 @@ pub(crate) async fn start_agent_and_connect(
     let mut progress = Progress::new(args.quiet);
     progress.step(&format!("starting the agent for {}", args.target));
     let identity = SessionIdentity::generate()?;
+    let packets = local_packets();
     let agent = agent::start_local(
         pid,
         identity.fingerprint(),
         agent_log_filter(args.verbose),
         args.fs_mode,
+        packets,
     )
     .await?;
 
@@ -207,7 +230,7 @@ pub(crate) async fn start_agent_and_connect(
             });
         }
     };
-    tracing::info!(?transport, "local agent transport");
+    tracing::info!(?transport, ?packets, "local agent transport");
     log_connected(&tunnel);
     progress.clear();
     Ok((SessionAgent::Local(agent), tunnel))
@@ -242,6 +265,22 @@ fn local_transport() -> LocalTransport {
         Ok(other) => {
             tracing::warn!("{LOCAL_TRANSPORT_ENV}={other:?} is neither udp nor stream; using udp");
             LocalTransport::Udp
+        }
+    }
+}
+
+const LOCAL_PACKETS_ENV: &str = "MIRRORD_NET_LOCAL_PACKETS";
+
+/// Which way a local target's packets go: by default the agent serves the session's TUN
+/// itself (`tun`); `MIRRORD_NET_LOCAL_PACKETS=quic` keeps them on the QUIC tunnel, as a
+/// remote agent's do (tests and measurements of that path without a cluster).
+fn local_packets() -> agent::LocalPackets {
+    match std::env::var(LOCAL_PACKETS_ENV).as_deref() {
+        Ok("quic") => agent::LocalPackets::Quic,
+        Ok("tun") | Ok("") | Err(_) => agent::LocalPackets::Tun,
+        Ok(other) => {
+            tracing::warn!("{LOCAL_PACKETS_ENV}={other:?} is neither tun nor quic; using tun");
+            agent::LocalPackets::Tun
         }
     }
 }

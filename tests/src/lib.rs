@@ -45,7 +45,7 @@ pub mod topology;
 
 pub use exec::Outcome;
 pub use pod::{Pod, PodBuilder};
-pub use session::{run_in_pod, run_in_session, Invocation};
+pub use session::{run_in_pod, run_in_session, run_in_session_via, Invocation, Packets};
 pub use tools::tool;
 
 /// `sh -c SCRIPT` as an argument list.

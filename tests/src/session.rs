@@ -53,6 +53,30 @@ pub fn run_in_session(pod: &Pod, args: &[&str]) -> Outcome {
     Invocation::session(pod, args).run()
 }
 
+/// Runs `args` through a session whose packets take `packets`.
+#[track_caller]
+pub fn run_in_session_via(pod: &Pod, packets: Packets, args: &[&str]) -> Outcome {
+    Invocation::session(pod, args).packets(packets).run()
+}
+
+/// Which way a local session's packets travel (`MIRRORD_NET_LOCAL_PACKETS`): the agent
+/// serving the session's TUN itself (the default), or QUIC datagrams relayed by the client,
+/// as for a remote agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packets {
+    Tun,
+    Quic,
+}
+
+impl Packets {
+    pub fn env_value(self) -> &'static str {
+        match self {
+            Packets::Tun => "tun",
+            Packets::Quic => "quic",
+        }
+    }
+}
+
 /// Runs `args` directly in the target's network, mount and UTS namespaces.
 #[track_caller]
 pub fn run_in_pod(pod: &Pod, args: &[&str]) -> Outcome {
@@ -117,6 +141,11 @@ impl Invocation {
     pub fn env(mut self, key: &str, value: &str) -> Invocation {
         self.envs.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// The packet path of the session (see [`Packets`]).
+    pub fn packets(self, packets: Packets) -> Invocation {
+        self.env("MIRRORD_NET_LOCAL_PACKETS", packets.env_value())
     }
 
     /// An extra flag for `mirrord-net exec` (e.g. `--as-root`); sessions only.

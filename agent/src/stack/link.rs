@@ -1,7 +1,7 @@
 //! The tunnel as the stack sees it: a source and a sink of whole IP packets.
 //!
 //! [`PacketLink`] is poll-based so the stack can wait on the tunnel, its timers and its
-//! sockets from one task without spawning anything. Two implementations:
+//! sockets from one task without spawning anything. Three implementations:
 //!
 //! * `QuinnLink` (used by [`serve`](super::serve)): one QUIC DATAGRAM per packet. Receiving
 //!   drains datagrams quinn has already buffered without waiting; only when none is left does
@@ -14,6 +14,8 @@
 //!   was given (black-hole detection lowers it), a packet it refuses as too large is split
 //!   into IP fragments that fit, rather than dropped: established TCP flows keep their
 //!   negotiated segment size and would otherwise stall for good.
+//! * [`TunLink`](super::tun_link::TunLink): the session's TUN descriptor itself, for a
+//!   local target whose client handed it over (no QUIC on the packet path).
 //! * [`MemoryLink`]: an in-process pipe with a bounded outbound side, so tests can drive the
 //!   whole stack without QUIC (and see backpressure work).
 
@@ -42,6 +44,9 @@ pub enum LinkError {
     /// The QUIC connection cannot carry DATAGRAM frames.
     #[error("the QUIC connection cannot carry packets")]
     Datagrams(#[source] quinn::SendDatagramError),
+    /// The session's TUN device failed (direct TUN link).
+    #[error("the session's TUN device failed")]
+    Tun(#[source] std::io::Error),
 }
 
 /// A bidirectional carrier of raw IP packets (IPv4 or IPv6, no extra header).

@@ -3,7 +3,9 @@
 //!
 //! The client reads raw IP packets (IPv4 and IPv6, no extra header) from the session's TUN
 //! device and sends each as one QUIC DATAGRAM. [`serve`] terminates them here, in the agent,
-//! which runs inside the target's network namespace:
+//! which runs inside the target's network namespace. An agent on the client's own machine
+//! may instead be handed the TUN descriptor and read and write it itself ([`serve_tun`],
+//! `tun_link`): one relay, no tunnel. Either way:
 //!
 //! | session sends            | becomes (in the target's namespace)        | replies come from        |
 //! |--------------------------|--------------------------------------------|--------------------------|
@@ -18,7 +20,8 @@
 //! `engine` (the event loop), `tcp` / `udp` / `icmp` (one flow table each), `packet`
 //! (parsing and building the packets smoltcp does not write), `device` (smoltcp's
 //! `phy::Device` and the outbound queue), `buffer` (a TCP flow's socket and memory), `flow`
-//! (ids, deadlines, readiness), `link` (the tunnel), `upstream` (opening real sockets),
+//! (ids, deadlines, readiness), `link` (the tunnel), `tun_link` (the session's TUN as the
+//! link), `upstream` (opening real sockets),
 //! `stats` (counters).
 //!
 //! Backpressure runs end to end and nothing is dropped on the stack's own queues: a slow
@@ -34,6 +37,7 @@ mod link;
 mod packet;
 mod stats;
 mod tcp;
+mod tun_link;
 mod udp;
 mod upstream;
 
@@ -48,6 +52,7 @@ use anyhow::Context as _;
 pub use device::TxQueue;
 pub use link::{memory_link, LinkError, MemoryLink, MemoryPeer, PacketLink};
 pub use stats::{Stats, StatsSnapshot};
+pub use tun_link::TunLink;
 
 /// Congestion control of the stack's TCP sockets (towards the session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +126,16 @@ pub async fn serve(conn: quinn::Connection, mut config: StackConfig) -> anyhow::
     }
     let link = link::QuinnLink::new(conn, config.mtu, config.stats.clone());
     serve_link(link, config).await.context("packet tunnel")
+}
+
+/// Runs the stack on the session's TUN device `tun` (handed over by a local client) until
+/// the device goes away with the session's namespace. `config.mtu` must be the device's MTU.
+pub async fn serve_tun(tun: std::os::fd::OwnedFd, config: StackConfig) -> anyhow::Result<()> {
+    let link = TunLink::new(tun, config.mtu, config.stats.clone())
+        .context("cannot use the session's TUN device")?;
+    serve_link(link, config)
+        .await
+        .context("packet path on the TUN")
 }
 
 /// Runs the stack over any [`PacketLink`] until it closes. Returns `Ok(())` when the link

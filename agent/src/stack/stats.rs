@@ -116,6 +116,8 @@ counters! {
     dropped_unsupported,
     /// Outbound packets the tunnel refused as too large for a datagram.
     dropped_too_large,
+    /// Outbound packets the session's TUN device refused (direct TUN link only).
+    dropped_tun_refused,
 }
 
 impl Stats {

@@ -92,7 +92,8 @@ pub enum SessionError {
 /// packets.
 pub struct Session {
     child: ChildProcess,
-    tun: Arc<tun_rs::AsyncDevice>,
+    /// `None` once handed over with [`take_tun`](Self::take_tun).
+    tun: Option<Arc<tun_rs::AsyncDevice>>,
     tun_name: String,
     /// The FUSE server of the target's files, when there is one.
     _files: Option<Box<dyn std::any::Any + Send>>,
@@ -200,7 +201,7 @@ impl Session {
         tracing::debug!(pid = child.pid, tun = %ready.tun_name, "session started");
         Ok(Session {
             child,
-            tun: Arc::new(tun),
+            tun: Some(Arc::new(tun)),
             tun_name: ready.tun_name,
             _files: served,
         })
@@ -208,8 +209,21 @@ impl Session {
 
     /// The session's TUN device, for the tunnel pump. Name-based queries on it (`name()`,
     /// `mtu()`, ...) would look in the client's namespace: use [`tun_name`](Self::tun_name).
+    ///
+    /// # Panics
+    ///
+    /// After [`take_tun`](Self::take_tun).
     pub fn tun(&self) -> &Arc<tun_rs::AsyncDevice> {
-        &self.tun
+        self.tun
+            .as_ref()
+            .expect("the session's TUN was handed over")
+    }
+
+    /// Takes the session's TUN device out of the session, for a relay that serves it
+    /// elsewhere (a local agent's stack). Once the caller drops it, this process no longer
+    /// watches the device, so its packets wake only whoever serves it now.
+    pub fn take_tun(&mut self) -> Option<Arc<tun_rs::AsyncDevice>> {
+        self.tun.take()
     }
 
     /// Name of the TUN device inside the session.

@@ -3,7 +3,9 @@
 //! [`connect`] makes the connection (pinned to the agent's certificate) and runs the
 //! handshake on the control stream, over UDP; [`connect_over_stream`] does the same over a
 //! byte stream (e.g. a Kubernetes port-forward), framing the datagrams ([`stream_socket`]); [`pump`] moves packets between the session's TUN device
-//! and DATAGRAM frames for as long as the connection lives.
+//! and DATAGRAM frames for as long as the connection lives. When a local agent serves the
+//! TUN itself, [`pump::watch`] only waits for the connection's end, which ends the session
+//! as the pump's would.
 
 mod connect;
 pub mod pump;

@@ -1,42 +1,43 @@
 //! Ordinary clients of the pod's services, by name.
 
 use mirrord_net_tests::topology::*;
-use mirrord_net_tests::{run_in_session, tool, Pod};
+use mirrord_net_tests::{run_in_session_via, tool, Packets, Pod};
 
-#[test]
-fn static_busybox_wget_fetches_a_pod_only_name() {
-    let pod = Pod::start();
-    let out = run_in_session(
-        &pod,
-        &[&tool("busybox"), "wget", "-q", "-O", "-", "http://web/"],
-    );
-    assert_eq!(out.assert_success(), pod.index_body(), "{out}");
-}
+on_both_packet_paths! {
+    fn static_busybox_wget_fetches_a_pod_only_name(packets: Packets) {
+        let pod = Pod::start();
+        let out = run_in_session_via(
+            &pod,
+            packets,
+            &[&tool("busybox"), "wget", "-q", "-O", "-", "http://web/"],
+        );
+        assert_eq!(out.assert_success(), pod.index_body(), "{out}");
+    }
 
-#[test]
-fn psql_runs_a_query_on_the_pods_postgres_by_name() {
-    let pod = Pod::builder().postgres().build();
-    let out = run_in_session(
-        &pod,
-        &[
-            &tool("psql"),
-            "-h",
-            POSTGRES,
-            "-U",
-            "postgres",
-            "-tAc",
-            "select 40+2",
-        ],
-    );
-    assert_eq!(out.assert_success().trim(), "42", "{out}");
-}
+    fn psql_runs_a_query_on_the_pods_postgres_by_name(packets: Packets) {
+        let pod = Pod::builder().postgres().build();
+        let out = run_in_session_via(
+            &pod,
+            packets,
+            &[
+                &tool("psql"),
+                "-h",
+                POSTGRES,
+                "-U",
+                "postgres",
+                "-tAc",
+                "select 40+2",
+            ],
+        );
+        assert_eq!(out.assert_success().trim(), "42", "{out}");
+    }
 
-#[test]
-fn redis_cli_sets_and_gets_a_key_on_the_pods_redis() {
-    let pod = Pod::builder().redis().build();
-    let redis = tool("redis-cli");
-    let set = run_in_session(&pod, &[&redis, "-h", REDIS, "SET", "greeting", pod.id()]);
-    assert_eq!(set.assert_success().trim(), "OK", "{set}");
-    let get = run_in_session(&pod, &[&redis, "-h", REDIS, "GET", "greeting"]);
-    assert_eq!(get.assert_success().trim(), pod.id(), "{get}");
+    fn redis_cli_sets_and_gets_a_key_on_the_pods_redis(packets: Packets) {
+        let pod = Pod::builder().redis().build();
+        let redis = tool("redis-cli");
+        let set = run_in_session_via(&pod, packets, &[&redis, "-h", REDIS, "SET", "greeting", pod.id()]);
+        assert_eq!(set.assert_success().trim(), "OK", "{set}");
+        let get = run_in_session_via(&pod, packets, &[&redis, "-h", REDIS, "GET", "greeting"]);
+        assert_eq!(get.assert_success().trim(), pod.id(), "{get}");
+    }
 }

@@ -3,6 +3,33 @@
 //! the topology). Each test pins one behaviour a user relies on; the fixture self-tests in
 //! `tests/fixture.rs` show the same clients working when run directly in the pod.
 
+/// Defines each test twice, as a module holding a `tun` and a `quic` test: the session's
+/// packets served by the local agent on the session's TUN itself (the default), and carried
+/// as QUIC datagrams relayed by the client (`MIRRORD_NET_LOCAL_PACKETS=quic`, the path a
+/// remote agent's packets take).
+macro_rules! on_both_packet_paths {
+    ($($(#[$meta:meta])* fn $name:ident($packets:ident: Packets) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                use super::*;
+
+                fn run($packets: Packets) $body
+
+                #[test]
+                fn tun() {
+                    run(Packets::Tun)
+                }
+
+                #[test]
+                fn quic() {
+                    run(Packets::Quic)
+                }
+            }
+        )*
+    };
+}
+
 mod clients;
 mod concurrency;
 mod demo;
@@ -13,6 +40,7 @@ mod files;
 mod isolation;
 mod lifecycle;
 mod network;
+mod packet_paths;
 mod preload_blind_spots;
 mod shell;
 mod stream_transport;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mirrord_net_tests::{bash, tool, Invocation, Pod};
+use mirrord_net_tests::{bash, tool, Invocation, Packets, Pod};
 
 const ONE_GIB: u64 = 1 << 30;
 /// Generous: 1 GiB at a mere 20 MB/s, on a loaded machine.
@@ -20,53 +20,53 @@ fn expected_sha256(pod: &Pod, size: u64) -> String {
     out.assert_success().trim().to_string()
 }
 
-#[test]
-fn one_gib_download_arrives_intact() {
-    let pod = Pod::start();
-    let script = format!(
-        "set -o pipefail; {} -sS --fail http://web/blob/{ONE_GIB} | sha256sum",
-        tool("curl")
-    );
-    let (out, expected) = std::thread::scope(|scope| {
-        let expected = scope.spawn(|| expected_sha256(&pod, ONE_GIB));
-        let out = Invocation::session(&pod, &bash(&script))
-            .timeout(TRANSFER_TIMEOUT)
-            .run();
-        (out, expected.join().unwrap())
-    });
-    let got = out
-        .assert_success()
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(
-        got, expected,
-        "the downloaded GiB differs from what was sent:\n{out}"
-    );
-    eprintln!("1 GiB download took {:?} (session included)", out.elapsed);
-}
+on_both_packet_paths! {
+    fn one_gib_download_arrives_intact(packets: Packets) {
+        let pod = Pod::start();
+        let script = format!(
+            "set -o pipefail; {} -sS --fail http://web/blob/{ONE_GIB} | sha256sum",
+            tool("curl")
+        );
+        let (out, expected) = std::thread::scope(|scope| {
+            let expected = scope.spawn(|| expected_sha256(&pod, ONE_GIB));
+            let out = Invocation::session(&pod, &bash(&script)).packets(packets)
+                .timeout(TRANSFER_TIMEOUT)
+                .run();
+            (out, expected.join().unwrap())
+        });
+        let got = out
+            .assert_success()
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            got, expected,
+            "the downloaded GiB differs from what was sent:\n{out}"
+        );
+        eprintln!("1 GiB download took {:?} (session included)", out.elapsed);
+    }
 
-#[test]
-fn one_gib_upload_arrives_intact() {
-    let pod = Pod::start();
-    let script = format!(
-        "set -o pipefail; {python} {blob} gen {ONE_GIB} | {curl} -sS --fail -T - http://web/upload",
-        python = tool("python3"),
-        blob = pod.script("blob.py"),
-        curl = tool("curl"),
-    );
-    let (out, expected) = std::thread::scope(|scope| {
-        let expected = scope.spawn(|| expected_sha256(&pod, ONE_GIB));
-        let out = Invocation::session(&pod, &bash(&script))
-            .timeout(TRANSFER_TIMEOUT)
-            .run();
-        (out, expected.join().unwrap())
-    });
-    assert_eq!(
-        out.assert_success().trim(),
-        format!("{expected} {ONE_GIB}"),
-        "the server received something other than the GiB that was sent:\n{out}"
-    );
-    eprintln!("1 GiB upload took {:?} (session included)", out.elapsed);
+    fn one_gib_upload_arrives_intact(packets: Packets) {
+        let pod = Pod::start();
+        let script = format!(
+            "set -o pipefail; {python} {blob} gen {ONE_GIB} | {curl} -sS --fail -T - http://web/upload",
+            python = tool("python3"),
+            blob = pod.script("blob.py"),
+            curl = tool("curl"),
+        );
+        let (out, expected) = std::thread::scope(|scope| {
+            let expected = scope.spawn(|| expected_sha256(&pod, ONE_GIB));
+            let out = Invocation::session(&pod, &bash(&script)).packets(packets)
+                .timeout(TRANSFER_TIMEOUT)
+                .run();
+            (out, expected.join().unwrap())
+        });
+        assert_eq!(
+            out.assert_success().trim(),
+            format!("{expected} {ONE_GIB}"),
+            "the server received something other than the GiB that was sent:\n{out}"
+        );
+        eprintln!("1 GiB upload took {:?} (session included)", out.elapsed);
+    }
 }
