@@ -22,3 +22,4 @@
 pub mod flows;
 pub mod packet;
 pub mod reassembly;
+pub mod sniffer;
