@@ -431,3 +431,52 @@ fn routes_are_read_per_request() {
         assert!(ask(&mut client, &request).await.ends_with("v1 GET /x 0"));
     });
 }
+
+#[test]
+fn answers_to_head_have_no_body_and_the_connection_stays_in_step() {
+    run(async {
+        let (v1, v2) = (upstream(&["h1", "v1"]).await, upstream(&["h1", "v2"]).await);
+        let addr = filter(vec![header_route(Tcp::new(v2.addr))], Tcp::new(v1.addr)).await;
+        // The answer to HEAD has a Content-Length but, rightly, no body.
+        let args = [
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-I",
+            "-w",
+            "%{http_code} %{num_connects}\\n",
+            &format!("http://{addr}/h"),
+            "--next",
+            "-sS",
+            "-w",
+            " %{num_connects}\\n",
+            &format!("http://{addr}/after"),
+        ]
+        .map(String::from);
+        let lines = tokio::time::timeout(Duration::from_secs(10), output("curl", &args))
+            .await
+            .expect("no answer waits for a body that HEAD does not get");
+        assert_eq!(lines, ["200 1", "v1 GET /after 0 0"]);
+    });
+}
+
+#[test]
+fn an_unreachable_target_answers_502() {
+    run(async {
+        let v2 = upstream(&["h1", "v2"]).await;
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nothing = closed.local_addr().unwrap();
+        drop(closed);
+        let addr = filter(vec![header_route(Tcp::new(v2.addr))], Tcp::new(nothing)).await;
+        let args = [
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{addr}/"),
+        ];
+        let lines = output("curl", &args.map(String::from)).await;
+        assert_eq!(lines, ["502"]);
+    });
+}

@@ -2,7 +2,7 @@
 """Upstream servers for the agent's HTTP filter tests, on 127.0.0.1, a free port printed first.
 
     upstream.py h1 TAG      HTTP/1.1 keep-alive server (http.server); answers "TAG METHOD PATH
-                            BODYLEN" with a Content-Length, reads Content-Length and chunked
+                            BODYLEN" with a Content-Length (HEAD: the header only), reads Content-Length and chunked
                             bodies, answers Expect: 100-continue, and turns a request with
                             Upgrade into an echo pipe ("TAG:" before each echoed read) after 101
     upstream.py h2 TAG      HTTP/2 cleartext (prior knowledge) server (the h2 package), same
@@ -57,9 +57,10 @@ def h1(tag):
             self.send_response(200)
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
-            self.wfile.write(out)
+            if self.command != "HEAD":
+                self.wfile.write(out)
 
-        do_GET = do_POST = do_PUT = do_DELETE = answer
+        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = answer
 
     class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         daemon_threads = True

@@ -21,6 +21,9 @@
 //! route whose connector fails (the session's listener is not up, or crashed) loses the
 //! request to the target: no request is refused or held because a session is not ready.
 //!
+//! A connector is tried once per request while it fails, so it should fail fast (a refused
+//! connection, not a timeout) when the session's listener is not up.
+//!
 //! Everything runs inside the one future [`serve_connection`] returns: no task is spawned,
 //! nothing needs `Send` or a `LocalSet`, and dropping the future closes every connection it
 //! opened. Connectors should set `TCP_NODELAY` on the sockets they make: small requests and
