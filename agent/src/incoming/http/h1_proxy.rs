@@ -420,16 +420,25 @@ async fn answer(
             }
             continue;
         };
-        client.write_all(&side.buf[..info.len]).await?;
-        side.buf.advance(info.len);
         sent_any = true;
-        if info.status == 101 && upgrade {
-            return Ok(Answered::Upgraded);
-        }
         if (100..200).contains(&info.status) {
+            client.write_all(&side.buf[..info.len]).await?;
+            side.buf.advance(info.len);
+            if info.status == 101 && upgrade {
+                return Ok(Answered::Upgraded);
+            }
             continue;
         }
+        // The head and the part of the body already read go out in one write (one segment
+        // for a small answer: the client wakes once).
         let mut framer = BodyFramer::new(info.body);
+        let first = framer
+            .feed(&side.buf[info.len..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        client
+            .write_all(&side.buf[..info.len + first.consumed])
+            .await?;
+        side.buf.advance(info.len + first.consumed);
         while !framer.is_done() {
             let progress = framer
                 .feed(&side.buf)
