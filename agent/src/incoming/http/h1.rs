@@ -567,6 +567,84 @@ GET http://example.com/d?q HTTP/1.1\r\n\r\n";
         }
     }
 
+    /// A small deterministic generator (no dependency) for the randomised test below.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % n.max(1)
+        }
+    }
+
+    #[test]
+    fn random_pipelines_in_random_pieces_give_back_every_body_byte() {
+        let mut rng = Lcg(7);
+        for _ in 0..300 {
+            let mut input = Vec::new();
+            let mut expected = Vec::new();
+            for r in 0..1 + rng.below(6) {
+                let body: Vec<u8> = (0..rng.below(300)).map(|i| b'a' + (i % 26) as u8).collect();
+                match rng.below(3) {
+                    0 => input.extend_from_slice(format!("GET /{r} HTTP/1.1\r\n\r\n").as_bytes()),
+                    1 => {
+                        let head = format!(
+                            "PUT /{r} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        input.extend_from_slice(head.as_bytes());
+                        input.extend_from_slice(&body);
+                    }
+                    _ => {
+                        input.extend_from_slice(
+                            format!("POST /{r} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+                                .as_bytes(),
+                        );
+                        let mut rest = &body[..];
+                        while !rest.is_empty() {
+                            let n = 1 + rng.below(rest.len());
+                            input.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                            input.extend_from_slice(&rest[..n]);
+                            input.extend_from_slice(b"\r\n");
+                            rest = &rest[n..];
+                        }
+                        input.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+                expected.push(r);
+            }
+            // Whatever the pieces, the stream yields each request once, in order, and the
+            // head and body steps account for every byte.
+            let mut stream = RequestStream::new();
+            let (mut pending, mut fed, mut heads, mut accounted) = (Vec::new(), 0, Vec::new(), 0);
+            loop {
+                let mut headers = EMPTY_HEADERS;
+                let consumed = match stream.feed(&pending, &mut headers).unwrap() {
+                    Step::NeedMore if fed == input.len() => break,
+                    Step::NeedMore => {
+                        let end = (fed + 1 + rng.below(64)).min(input.len());
+                        pending.extend_from_slice(&input[fed..end]);
+                        fed = end;
+                        0
+                    }
+                    Step::Head(info) => {
+                        heads.push(info.head.path[1..].parse::<usize>().unwrap());
+                        info.len
+                    }
+                    Step::Body(n) => n,
+                    Step::End => 0,
+                };
+                accounted += consumed;
+                pending.drain(..consumed);
+            }
+            assert_eq!(heads, expected);
+            assert_eq!(accounted, input.len());
+        }
+    }
+
     #[test]
     fn chunked_body_ends_after_last_chunk_and_trailers() {
         let mut framer = BodyFramer::new(BodyKind::Chunked);
