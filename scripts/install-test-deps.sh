@@ -24,6 +24,7 @@ PACKAGES=(
     iputils-ping    # ping
     gron            # a Go program that fetches URLs with Go's own resolver
     python3         # the helper servers and clients in tests/scripts
+    python3-h2      # HTTP/2 server and client of the agent's HTTP filter tests
     coreutils
     libc-bin        # getent
     procps

@@ -14,12 +14,16 @@
 //! - [`tun_handoff`]: receiving the session's TUN descriptor from a local client, so the
 //!   stack serves the device itself;
 //! - [`control`]: accepting the one pinned client and its handshake;
+//! - [`incoming`]: the target's inbound traffic for sessions: HTTP requests routed per
+//!   request by the sessions' filters, and connections rebuilt from sniffed segments for
+//!   mirroring;
 //! - [`stack`]: the userspace network stack that terminates the session's IP packets and
 //!   re-originates every flow from real sockets in the target's namespace.
 
 pub mod container;
 pub mod control;
 pub mod files;
+pub mod incoming;
 pub mod namespaces;
 pub mod root_fs;
 pub mod stack;
