@@ -12,12 +12,15 @@
 //! - [`stream_relay`]: the TCP listener that relays QUIC datagrams framed on a byte stream
 //!   (the Kubernetes port-forward) to the agent's QUIC socket;
 //! - [`control`]: accepting the one pinned client and its handshake;
+//! - [`incoming`]: stealing the target's inbound TCP connections into the session (its
+//!   nftables table, the listener, the hand-over to the stack);
 //! - [`stack`]: the userspace network stack that terminates the session's IP packets and
 //!   re-originates every flow from real sockets in the target's namespace.
 
 pub mod container;
 pub mod control;
 pub mod files;
+pub mod incoming;
 pub mod namespaces;
 pub mod root_fs;
 pub mod stack;
