@@ -583,6 +583,9 @@ mod tests {
                 "cmp\0",
                 "payload\0",
                 "cmp\0",
+                "payload\0",
+                "bitwise\0",
+                "cmp\0",
                 "immediate\0",
                 "redir\0"
             ]
