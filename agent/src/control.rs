@@ -19,11 +19,13 @@ use mirrord_net_protocol::handshake;
 use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
 
 use crate::files::{self, FileServer};
+use crate::incoming;
 use crate::stack::{self, StackConfig};
 use crate::stream_relay::StreamPeer;
 use crate::tun_handoff::TunHandoff;
 use mirrord_net_protocol::fs::StreamKind;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// The QUIC settings for a client that comes through the stream relay, which the endpoint
 /// knows by the relay's address.
@@ -54,7 +56,13 @@ pub async fn serve_one_session(
     let hello: ClientMessage = read_message(&mut recv)
         .await?
         .ok_or_else(|| anyhow!("client closed the control stream before its hello"))?;
-    let ClientMessage::Hello(hello) = hello;
+    let ClientMessage::Hello(hello) = hello else {
+        return Err(anyhow!("client spoke before its hello: {hello:?}"));
+    };
+    let addrs = incoming::SessionAddrs {
+        ipv4: target.ipv4.clone(),
+        ipv6: target.ipv6.clone(),
+    };
     let answer = handshake::answer_client_hello(&hello, target);
     let refused = matches!(answer, AgentMessage::Refused(_));
     send.write_all(&framing::encode(&answer)?).await?;
@@ -72,13 +80,17 @@ pub async fn serve_one_session(
         mtu,
         ..StackConfig::default()
     };
-    // The control stream stays open for the session's lifetime; the stack ends when the
-    // connection does.
-    let _control = (send, recv);
+    // The control stream stays open for the session's lifetime (its later messages go to
+    // the incoming side); the stack ends when the connection does.
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let (report, report_rx) = mpsc::unbounded_channel();
+    let (inbound, inbound_rx) = stack::inbound::channel();
+    tokio::spawn(control_stream(send, recv, events, report_rx));
+    tokio::spawn(incoming::run(events_rx, inbound, report, addrs));
     tokio::spawn(accept_streams(connection.clone(), files));
     match tun {
-        None => stack::serve(connection, config).await,
-        Some(handoff) => serve_on_tun(connection, handoff, config).await,
+        None => stack::serve_with_inbound(connection, config, Some(inbound_rx)).await,
+        Some(handoff) => serve_on_tun(connection, handoff, config, inbound_rx).await,
     }
 }
 
@@ -87,6 +99,7 @@ async fn serve_on_tun(
     connection: quinn::Connection,
     handoff: TunHandoff,
     config: StackConfig,
+    inbound: stack::inbound::InboundReceiver,
 ) -> anyhow::Result<()> {
     let tun = tokio::select! {
         tun = handoff.receive() => tun.context("cannot receive the session's TUN device")?,
@@ -98,7 +111,7 @@ async fn serve_on_tun(
     };
     tracing::info!("packets on the session's TUN device");
     tokio::select! {
-        served = stack::serve_tun(tun, config) => {
+        served = stack::serve_tun(tun, config, Some(inbound)) => {
             served?;
             // The device went with the session's namespace; the client closes next.
             connection_ended(connection.closed().await)
@@ -113,6 +126,51 @@ fn connection_ended(reason: quinn::ConnectionError) -> anyhow::Result<()> {
     match reason {
         E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::LocallyClosed => Ok(()),
         other => Err(anyhow::Error::new(other).context("the connection to the client failed")),
+    }
+}
+
+/// Reads the client's control messages after the hello and passes them to the incoming
+/// side; writes what the incoming side reports. Ends with the stream (which ends the
+/// incoming side: its rules go with it).
+async fn control_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    events: mpsc::UnboundedSender<incoming::ControlEvent>,
+    mut report: mpsc::UnboundedReceiver<AgentMessage>,
+) {
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        tokio::select! {
+            read = recv.read(&mut chunk) => {
+                let n = match read {
+                    Ok(Some(n)) => n,
+                    Ok(None) | Err(_) => return,
+                };
+                decoder.push(&chunk[..n]);
+                loop {
+                    let event = match decoder.next_message::<ClientMessage>() {
+                        Ok(Some(ClientMessage::Incoming(config))) => incoming::ControlEvent::Config(config),
+                        Ok(Some(ClientMessage::Listening(ports))) => incoming::ControlEvent::Listening(ports),
+                        Ok(Some(ClientMessage::Hello(_))) => continue,
+                        Ok(None) => break,
+                        Err(err) => {
+                            tracing::warn!("control stream: {err}");
+                            return;
+                        }
+                    };
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(message) = report.recv() => {
+                let Ok(frame) = framing::encode(&message) else { continue };
+                if send.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 

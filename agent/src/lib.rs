@@ -14,9 +14,10 @@
 //! - [`tun_handoff`]: receiving the session's TUN descriptor from a local client, so the
 //!   stack serves the device itself;
 //! - [`control`]: accepting the one pinned client and its handshake;
-//! - [`incoming`]: the target's inbound traffic for sessions: HTTP requests routed per
-//!   request by the sessions' filters, and connections rebuilt from sniffed segments for
-//!   mirroring;
+//! - [`incoming`]: the target's inbound traffic for sessions: stealing TCP connections into
+//!   the session (its nftables table, the listener, the hand-over to the stack), HTTP
+//!   requests routed per request by filters, and connections rebuilt from sniffed segments
+//!   for mirroring;
 //! - [`stack`]: the userspace network stack that terminates the session's IP packets and
 //!   re-originates every flow from real sockets in the target's namespace.
 

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::environment::{EnvArgs, EnvFormat};
 use crate::files::FsMode;
+use crate::incoming::IncomingArgs;
 use crate::kubernetes::{ClusterArgs, KubeArgs};
 use crate::target::Target;
 use std::path::PathBuf;
@@ -118,6 +119,8 @@ pub struct SessionArgs {
     pub fs_local: Vec<PathBuf>,
     #[command(flatten)]
     pub kube: KubeArgs,
+    #[command(flatten)]
+    pub incoming: IncomingArgs,
 }
 
 impl Cli {

@@ -13,6 +13,8 @@
 //!   session's TUN device and DATAGRAM frames;
 //! - [`session`]: the session's namespaces, TUN device and the user's command;
 //! - [`files`]: which of the target's paths the session shows, and where its root is mounted;
+//! - [`incoming`]: the steal flags and the session's side of stealing (its listening ports,
+//!   the heartbeat);
 //! - [`run`]: one session from start to exit code;
 //! - [`environment`]: the command's environment (flags, composition) and `mirrord-net env`;
 //! - [`progress`]: the one status line shown while a session starts.
@@ -24,6 +26,7 @@ pub mod config_file;
 pub mod demo;
 pub mod environment;
 pub mod files;
+pub mod incoming;
 pub mod kubernetes;
 pub mod progress;
 pub mod run;

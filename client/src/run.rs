@@ -27,6 +27,7 @@ use crate::agent_handle::SessionAgent;
 use crate::cli::SessionArgs;
 use crate::environment::CommandEnv;
 use crate::files::{self, FsMode};
+use crate::incoming;
 use crate::kubernetes::{self, KubeError};
 use crate::progress::Progress;
 use crate::session::{self, userns, Session, SessionError, SessionPrivileges, SessionSpec};
@@ -65,6 +66,8 @@ pub enum RunError {
     Session(#[from] SessionError),
     #[error("{0}")]
     Trust(#[from] TrustError),
+    #[error("{0}")]
+    Incoming(#[from] incoming::IncomingError),
     #[error("{0}; the session was stopped")]
     AgentLost(pump::PumpError),
     #[error("cannot look up the invoking user: {0}")]
@@ -78,7 +81,8 @@ pub enum RunError {
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
     let privileges = preflight(args)?;
-    let (agent, tunnel) = start_agent_and_connect(args).await?;
+    let incoming = args.incoming.config()?;
+    let (agent, mut tunnel) = start_agent_and_connect(args).await?;
     let mut progress = Progress::new(args.quiet);
 
     progress.step("creating the session");
@@ -119,6 +123,18 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     };
     let mut session = Session::start_with_files(spec, options, files).await?;
     tunnel::release_with_namespace(session.tun().as_ref());
+    // Aborted when dropped, at the end of the session; it holds the control stream until then.
+    let _incoming = match incoming {
+        Some(config) => tunnel.take_control().map(|(send, recv)| {
+            AbortOnDrop(tokio::spawn(incoming::control::run(
+                send,
+                recv,
+                config,
+                session.child_pid(),
+            )))
+        }),
+        None => None,
+    };
 
     let stats = Arc::new(pump::PumpStats::default());
     let mut agent = agent;
@@ -153,6 +169,15 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         .close_until(agent.finish(Duration::from_secs(2)))
         .await;
     outcome
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Starts the agent for `args.target` and connects to it: the first half of a session, which

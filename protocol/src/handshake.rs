@@ -69,6 +69,9 @@ pub fn accept_agent_message(message: AgentMessage) -> Result<AgentHello, Handsha
         AgentMessage::Refused(Refusal::Unavailable { reason }) => {
             Err(HandshakeError::Unavailable(reason))
         }
+        other => Err(HandshakeError::Unavailable(format!(
+            "the agent answered the hello with {other:?}"
+        ))),
     }
 }
 

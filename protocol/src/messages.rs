@@ -13,13 +13,43 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMessage {
     Hello(ClientHello),
+    /// What the session wants of the target's inbound traffic. Sent once after the hello
+    /// (and again if it changes); see [`IncomingConfig`].
+    Incoming(IncomingConfig),
+    /// The TCP ports the session's programs listen on now (local ports, sorted). Sent when
+    /// the set changes and at least every [`HEARTBEAT`] otherwise: it is also the client's
+    /// heartbeat, by which the agent knows the client is alive.
+    Listening(Vec<u16>),
 }
+
+/// How often the client speaks on the control stream while incoming traffic is stolen.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// After this long without a word from the client, the agent gives stolen traffic back to
+/// the target.
+pub const SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Messages the agent sends on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentMessage {
     Hello(AgentHello),
     Refused(Refusal),
+    /// The target ports whose inbound connections now go to the session (sorted), sent
+    /// whenever the set changes.
+    Stealing(Vec<u16>),
+    /// Inbound traffic could not be taken as asked; one line for the user.
+    IncomingFailed(String),
+}
+
+/// Which of the target's inbound TCP connections a session takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingConfig {
+    /// Target ports to steal (their connections go to the session instead of the target).
+    pub steal: Vec<u16>,
+    /// Steal every port the session listens on that the target serves too.
+    pub steal_all: bool,
+    /// `(local, remote)`: the session's program listens on `local` for the target's
+    /// `remote`. Ports not named here are the same on both sides.
+    pub port_map: Vec<(u16, u16)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

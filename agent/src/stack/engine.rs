@@ -5,7 +5,8 @@
 //!
 //! 1. drain every packet the tunnel has ready (up to a budget) and route each to its table:
 //!    TCP segments to their flow's socket (or the SYN logic), UDP datagrams and echo
-//!    requests straight to their upstream sockets;
+//!    requests straight to their upstream sockets; then open the connections the incoming
+//!    side asked to open into the session (`inbound`);
 //! 2. fire due deadlines (smoltcp timers, idle timeouts);
 //! 3. service every flow whose waker fired (upstream readiness, new smoltcp data): pump
 //!    bytes, then let smoltcp emit what it can;
@@ -34,6 +35,7 @@ use tokio::time::Sleep;
 use super::device::{LinkDevice, TxQueue};
 use super::flow::{Proto, ReadyQueue, Timers, Token};
 use super::icmp::IcmpFlows;
+use super::inbound::InboundReceiver;
 use super::link::{LinkError, PacketLink};
 use super::packet::{self, DropReason, Parsed};
 use super::stats::Stats;
@@ -99,6 +101,8 @@ pub(crate) struct Engine<L> {
     ident: u32,
     sleep: Pin<Box<Sleep>>,
     sleep_at: Option<Instant>,
+    /// Connections to open into the session (stolen inbound ones), if the agent steals.
+    inbound: Option<InboundReceiver>,
 }
 
 macro_rules! ctx {
@@ -176,7 +180,13 @@ impl<L: PacketLink> Engine<L> {
             ident: random_seed() as u32,
             sleep: Box::pin(tokio::time::sleep_until(origin)),
             sleep_at: None,
+            inbound: None,
         }
+    }
+
+    /// Where connections to open into the session come from.
+    pub fn set_inbound(&mut self, inbound: Option<InboundReceiver>) {
+        self.inbound = inbound;
     }
 
     /// Runs until the tunnel closes (`Ok`) or fails.
@@ -215,6 +225,23 @@ impl<L: PacketLink> Engine<L> {
                 }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => break,
+            }
+        }
+
+        if let Some(inbound) = self.inbound.as_mut() {
+            loop {
+                match inbound.poll_recv(cx) {
+                    Poll::Ready(Some(conn)) => {
+                        let mut ctx = ctx!(self, now);
+                        self.tcp.open_inbound(&mut ctx, conn);
+                        progress = true;
+                    }
+                    Poll::Ready(None) => {
+                        self.inbound = None;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
             }
         }
 

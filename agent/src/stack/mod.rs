@@ -33,6 +33,7 @@ mod device;
 mod engine;
 mod flow;
 mod icmp;
+pub mod inbound;
 mod link;
 mod packet;
 mod stats;
@@ -112,7 +113,17 @@ impl Default for StackConfig {
 
 /// Runs the stack for one session until the connection closes. Returns `Ok(())` on a normal
 /// close.
-pub async fn serve(conn: quinn::Connection, mut config: StackConfig) -> anyhow::Result<()> {
+pub async fn serve(conn: quinn::Connection, config: StackConfig) -> anyhow::Result<()> {
+    serve_with_inbound(conn, config, None).await
+}
+
+/// [`serve`], also opening the connections that arrive on `inbound` into the session (see
+/// [`inbound`]).
+pub async fn serve_with_inbound(
+    conn: quinn::Connection,
+    mut config: StackConfig,
+    inbound: Option<inbound::InboundReceiver>,
+) -> anyhow::Result<()> {
     let max = conn.max_datagram_size().context(
         "the client's QUIC connection does not carry DATAGRAM frames, which the packet tunnel needs",
     )?;
@@ -125,15 +136,22 @@ pub async fn serve(conn: quinn::Connection, mut config: StackConfig) -> anyhow::
         config.mtu = max;
     }
     let link = link::QuinnLink::new(conn, config.mtu, config.stats.clone());
-    serve_link(link, config).await.context("packet tunnel")
+    serve_link_with_inbound(link, config, inbound)
+        .await
+        .context("packet tunnel")
 }
 
 /// Runs the stack on the session's TUN device `tun` (handed over by a local client) until
 /// the device goes away with the session's namespace. `config.mtu` must be the device's MTU.
-pub async fn serve_tun(tun: std::os::fd::OwnedFd, config: StackConfig) -> anyhow::Result<()> {
+/// Connections arriving on `inbound` are opened into the session, as in [`serve_with_inbound`].
+pub async fn serve_tun(
+    tun: std::os::fd::OwnedFd,
+    config: StackConfig,
+    inbound: Option<inbound::InboundReceiver>,
+) -> anyhow::Result<()> {
     let link = TunLink::new(tun, config.mtu, config.stats.clone())
         .context("cannot use the session's TUN device")?;
-    serve_link(link, config)
+    serve_link_with_inbound(link, config, inbound)
         .await
         .context("packet path on the TUN")
 }
@@ -145,8 +163,18 @@ pub async fn serve_tun(tun: std::os::fd::OwnedFd, config: StackConfig) -> anyhow
 /// target's before starting its runtime). Raises the soft open-file limit to the hard
 /// limit, since each flow holds a descriptor.
 pub async fn serve_link<L: PacketLink>(link: L, config: StackConfig) -> Result<(), LinkError> {
+    serve_link_with_inbound(link, config, None).await
+}
+
+/// [`serve_link`], also opening the connections that arrive on `inbound` into the session.
+pub async fn serve_link_with_inbound<L: PacketLink>(
+    link: L,
+    config: StackConfig,
+    inbound: Option<inbound::InboundReceiver>,
+) -> Result<(), LinkError> {
     upstream::raise_fd_limit();
     let mut engine = engine::Engine::new(link, &config);
+    engine.set_inbound(inbound);
     let result = std::future::poll_fn(|cx| engine.poll_run(cx)).await;
     tracing::debug!(stats = %config.stats.snapshot(), "packet stack stopped");
     result

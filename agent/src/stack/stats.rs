@@ -63,8 +63,11 @@ counters! {
     bytes_out,
     /// TCP SYNs that started an upstream connect.
     tcp_connects,
-    /// Upstream connects that succeeded (the SYN was then answered).
+    /// Upstream connects that succeeded (the SYN was then answered), and connections opened
+    /// into the session that it accepted.
     tcp_opened,
+    /// Connections the agent began to open into the session (stolen inbound ones).
+    tcp_inbound,
     /// Upstream connects refused (answered with RST).
     tcp_refused,
     /// Upstream connects that failed with a routing error (answered with ICMP unreachable).

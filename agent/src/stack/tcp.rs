@@ -60,12 +60,16 @@ use tokio::net::TcpStream;
 use super::buffer::TcpEndpoint;
 use super::engine::Ctx;
 use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
+use super::inbound::{InboundConnection, InboundDone};
 use super::packet::{push_tcp_reset, push_unreachable, FlowKey, Segment, Unreachable};
 use super::stats::Stats;
 use super::upstream;
 
 /// How long a socket may wait for the session to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection opened into the session may wait for its SYN-ACK before it is
+/// given back (see [`InboundConnection`]).
+const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest delay before re-polling a socket that asks to be polled "now" but had nothing
 /// to send (keeps a confused socket from spinning the task).
 const MIN_REPOLL: Duration = Duration::from_millis(1);
@@ -319,6 +323,8 @@ struct Open {
     moved_since_release: usize,
     /// When bytes last moved.
     last_moved: Instant,
+    /// A connection opened into the session whose handshake has not ended: who to tell.
+    inbound: Option<InboundDone>,
 }
 
 enum FlowState {
@@ -338,8 +344,12 @@ struct Flow {
 /// What service decided for a flow.
 enum Step {
     Keep,
-    Remove { reset_upstream: bool },
+    Remove {
+        reset_upstream: bool,
+    },
     ConnectFailed(ConnectFailure),
+    /// The session did not accept a connection opened into it.
+    InboundRefused,
 }
 
 /// All TCP flows of a stack.
@@ -394,6 +404,10 @@ impl TcpFlows {
             IngressAction::Deliver => {
                 let flow = self.flows.get_mut(id.expect("open flow")).expect("flow");
                 if let FlowState::Open(open) = &mut flow.state {
+                    if open.inbound.is_some() && seg.syn {
+                        // The session's SYN-ACK: its sequence space starts here.
+                        open.rx = RxTrack::new(seg.seq);
+                    }
                     open.rx.segment(&seg);
                     ctx.device.rx = Some(pkt);
                     open.endpoint.with_set(|set| {
@@ -447,6 +461,69 @@ impl TcpFlows {
         }
     }
 
+    /// Opens a connection into the session from `conn.peer` to `conn.session`: a smoltcp
+    /// socket that connects (its SYN goes out on the next service), relayed to `conn.stream`
+    /// once the session accepts. Refused, timed out, or impossible: the stream goes back
+    /// through `conn.done`.
+    pub fn open_inbound(&mut self, ctx: &mut Ctx<'_>, conn: InboundConnection) {
+        let key = FlowKey {
+            client: conn.session,
+            server: conn.peer,
+        };
+        if self.by_key.contains_key(&key) {
+            let _ = conn.done.send(Err(conn.stream));
+            return;
+        }
+        let mut endpoint = match TcpEndpoint::new(self.settings.rx_buffer, self.settings.tx_buffer)
+        {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                tracing::warn!(?key, error = %e, "no memory for an inbound TCP flow");
+                let _ = conn.done.send(Err(conn.stream));
+                return;
+            }
+        };
+        let congestion = self.settings.congestion;
+        let iface = &mut *ctx.iface;
+        let connected = endpoint.with_socket(|s| {
+            s.set_nagle_enabled(false);
+            s.set_ack_delay(Some(ACK_DELAY));
+            s.set_congestion_control(congestion);
+            s.set_timeout(Some(INBOUND_CONNECT_TIMEOUT));
+            s.connect(iface.context(), conn.session, conn.peer)
+        });
+        if let Err(e) = connected {
+            tracing::debug!(?key, error = ?e, "cannot open an inbound connection");
+            let _ = conn.done.send(Err(conn.stream));
+            return;
+        }
+        let now = ctx.now;
+        let id = self.flows.insert_with(|id| Flow {
+            key,
+            waker: FlowWaker::new(
+                Token {
+                    proto: Proto::Tcp,
+                    id,
+                },
+                ctx.ready,
+            ),
+            timer_at: None,
+            state: FlowState::Open(Box::new(Open {
+                upstream: conn.stream,
+                endpoint,
+                closing: Closing::default(),
+                handshake: true,
+                rx: RxTrack::new(0),
+                moved_since_release: 0,
+                last_moved: now,
+                inbound: Some(conn.done),
+            })),
+        });
+        self.by_key.insert(key, id);
+        Stats::inc(&ctx.stats.tcp_inbound);
+        self.flows.get(id).expect("just inserted").waker.wake();
+    }
+
     /// Runs a flow that was woken: connect progress, byte pumping, egress, removal.
     pub fn service(&mut self, ctx: &mut Ctx<'_>, id: FlowId) {
         let settings = self.settings;
@@ -462,6 +539,17 @@ impl TcpFlows {
         match step {
             Step::Keep => {}
             Step::Remove { reset_upstream } => self.remove(ctx, id, reset_upstream),
+            Step::InboundRefused => {
+                if let Some(flow) = self.remove_entry(id) {
+                    tracing::debug!(key = ?flow.key, "the session did not accept an inbound connection");
+                    if let FlowState::Open(open) = flow.state {
+                        let open = *open;
+                        if let Some(done) = open.inbound {
+                            let _ = done.send(Err(open.upstream));
+                        }
+                    }
+                }
+            }
             Step::ConnectFailed(failure) => {
                 if let Some(flow) = self.remove_entry(id) {
                     tracing::debug!(key = ?flow.key, ?failure, "upstream connect failed");
@@ -600,7 +688,19 @@ fn service_flow(ctx: &mut Ctx<'_>, settings: &TcpSettings, token: Token, flow: &
         (s.state(), s.remote_endpoint().is_some())
     };
     observe(state, &mut open.closing);
-    if open.handshake && !matches!(state, State::Listen | State::SynReceived) {
+    if open.inbound.is_some() {
+        match state {
+            State::SynSent => {}
+            State::Closed | State::Listen => return Step::InboundRefused,
+            _ => {
+                if let Some(done) = open.inbound.take() {
+                    Stats::inc(&ctx.stats.tcp_opened);
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
+    }
+    if open.handshake && !matches!(state, State::Listen | State::SynReceived | State::SynSent) {
         open.endpoint.with_socket(|s| s.set_timeout(None));
         open.handshake = false;
     }
@@ -682,6 +782,7 @@ fn accept(
         rx: RxTrack::new(c.syn_seq),
         moved_since_release: 0,
         last_moved: ctx.now,
+        inbound: None,
     }))
 }
 

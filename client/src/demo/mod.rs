@@ -136,6 +136,7 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         fs_remote: Vec::new(),
         fs_local: Vec::new(),
         kube: Default::default(),
+        incoming: Default::default(),
     };
     let outcome = run::run_session(&args, command).await;
     drop(host_listener);

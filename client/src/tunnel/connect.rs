@@ -75,11 +75,18 @@ pub struct Tunnel {
     /// The largest IP packet one datagram carries: the session's TUN MTU.
     pub mtu: u16,
     // Kept open for the session's lifetime: closing the control stream ends the session.
-    _control: (quinn::SendStream, quinn::RecvStream),
+    // Taken by whoever speaks on it after the hello (see `Tunnel::take_control`).
+    control: Option<(quinn::SendStream, quinn::RecvStream)>,
     endpoint: quinn::Endpoint,
 }
 
 impl Tunnel {
+    /// The control stream, for messages after the hello (the incoming side's). Whoever takes
+    /// it must keep it for the session's lifetime.
+    pub fn take_control(&mut self) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+        self.control.take()
+    }
+
     /// Ends the session and keeps the endpoint running until `peer_gone` completes — for a
     /// local agent, its exit, which it takes as soon as the close arrives. Waiting for the
     /// endpoint's draining period instead ([`Tunnel::close`]) costs three probe timeouts,
@@ -208,7 +215,7 @@ async fn handshake(
         connection,
         target: hello.target,
         mtu,
-        _control: (send, recv),
+        control: Some((send, recv)),
         endpoint,
     })
 }

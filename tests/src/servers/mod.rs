@@ -31,6 +31,10 @@ pub const SCRIPTS: &[(&str, &str)] = &[
     ),
     ("udp_sendto.py", include_str!("../../scripts/udp_sendto.py")),
     (
+        "tagged_httpd.py",
+        include_str!("../../scripts/tagged_httpd.py"),
+    ),
+    (
         "interactive_shell.py",
         include_str!("../../scripts/interactive_shell.py"),
     ),

@@ -37,6 +37,7 @@ mod dns;
 mod environment;
 mod exit_codes;
 mod files;
+mod incoming;
 mod isolation;
 mod lifecycle;
 mod network;

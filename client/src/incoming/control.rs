@@ -1,0 +1,82 @@
+//! The client's end of the control stream after the hello: the incoming request, the
+//! session's listening ports (the heartbeat), and what the agent reports back.
+
+use std::time::Duration;
+
+use mirrord_net_protocol::framing::{self, FrameDecoder};
+use mirrord_net_protocol::listening::parse_listening;
+use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, IncomingConfig, HEARTBEAT};
+use tokio::time::Instant;
+
+/// How often the session's listening sockets are read.
+const WATCH: Duration = Duration::from_millis(250);
+
+/// The TCP ports the session's programs listen on: the session child is in the session's
+/// network namespace, and `/proc/PID/net` shows that namespace's tables.
+pub fn session_listening(session_pid: u32) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{session_pid}/net/{table}")) {
+            ports.extend(parse_listening(&text));
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Speaks for the session on the control stream until it ends or this task is dropped.
+pub async fn run(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    config: IncomingConfig,
+    session_pid: u32,
+) {
+    let write = |message: &ClientMessage| framing::encode(message).ok();
+    let Some(frame) = write(&ClientMessage::Incoming(config)) else {
+        return;
+    };
+    if send.write_all(&frame).await.is_err() {
+        return;
+    }
+    let mut last: Option<(Vec<u16>, Instant)> = None;
+    let mut watch = tokio::time::interval(WATCH);
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = vec![0u8; 4096];
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            _ = watch.tick() => {
+                let ports = session_listening(session_pid);
+                let due = match &last {
+                    Some((sent, at)) => *sent != ports || at.elapsed() >= HEARTBEAT,
+                    None => true,
+                };
+                if due {
+                    if let Some(frame) = write(&ClientMessage::Listening(ports.clone())) {
+                        if send.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                    tracing::debug!(?ports, "session listening");
+                    last = Some((ports, Instant::now()));
+                }
+            }
+            read = recv.read(&mut chunk), if reading => {
+                match read {
+                    Ok(Some(n)) => decoder.push(&chunk[..n]),
+                    Ok(None) | Err(_) => reading = false,
+                }
+                while let Ok(Some(message)) = decoder.next_message::<AgentMessage>() {
+                    match message {
+                        AgentMessage::Stealing(ports) => {
+                            tracing::info!(?ports, "the target's connections to these ports go to the session");
+                        }
+                        AgentMessage::IncomingFailed(line) => eprintln!("mirrord-net: {line}"),
+                        other => tracing::debug!(?other, "unexpected control message"),
+                    }
+                }
+            }
+        }
+    }
+}

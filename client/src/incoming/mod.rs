@@ -1,0 +1,183 @@
+//! Incoming traffic: the flags that take the target's inbound connections into the session,
+//! and the session's side of the conversation about them ([`control`]).
+//!
+//! The agent does the stealing (see the agent's `incoming` module); the client says what to
+//! steal ([`IncomingConfig`], once after the hello) and which ports the session's programs
+//! listen on, read from the session's network namespace (`/proc/<session child>/net/tcp`
+//! and `tcp6`) four times a second and sent when it changes and at least every second, which
+//! is also the heartbeat the agent's liveness rule waits for.
+
+pub mod control;
+
+use clap::Args;
+use mirrord_net_protocol::messages::IncomingConfig;
+
+/// What of the target's inbound traffic the session takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct IncomingArgs {
+    /// Take the target's inbound connections on this TCP port into the session, while a
+    /// program of the session listens on it (repeatable).
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    pub steal: Vec<u16>,
+    /// Give the session a copy of this port's inbound traffic (repeatable).
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    pub mirror: Vec<u16>,
+    /// Steal every port the session's programs listen on that the target serves too.
+    #[arg(long)]
+    pub steal_all: bool,
+    /// Mirror every port the session's programs listen on that the target serves too.
+    #[arg(long)]
+    pub mirror_all: bool,
+    /// The session's program listens on LOCAL for the target's REMOTE (repeatable).
+    #[arg(long, value_name = "LOCAL:REMOTE", value_parser = parse_port_map)]
+    pub port_map: Vec<(u16, u16)>,
+    /// Steal only HTTP requests with a header `Name: value` this regex matches.
+    #[arg(long, value_name = "REGEX")]
+    pub http_header_filter: Option<String>,
+    /// Steal only HTTP requests whose path (with query) this regex matches.
+    #[arg(long, value_name = "REGEX")]
+    pub http_path_filter: Option<String>,
+    /// The ports the HTTP filter applies to (repeatable; default: every stolen port).
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    pub http_filter_port: Vec<u16>,
+    /// Replaces `{{ key }}` in the HTTP filters, regex-escaped.
+    #[arg(long, value_name = "VALUE")]
+    pub key: Option<String>,
+    /// How long the agent waits for a lost client to come back.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub reconnect_window: u64,
+}
+
+/// A combination of incoming flags this build cannot serve.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IncomingError {
+    #[error("{0} is not available yet in this build of mirrord-net")]
+    Unsupported(&'static str),
+    #[error("port {0} is given to both --steal and --mirror")]
+    StealAndMirror(u16),
+    #[error("--port-map names target port {0} twice")]
+    RemoteMappedTwice(u16),
+    #[error("--port-map names session port {0} twice")]
+    LocalMappedTwice(u16),
+}
+
+impl IncomingArgs {
+    /// What to ask the agent for; `None` when the session takes no inbound traffic.
+    pub fn config(&self) -> Result<Option<IncomingConfig>, IncomingError> {
+        if let Some(port) = self.steal.iter().find(|p| self.mirror.contains(p)) {
+            return Err(IncomingError::StealAndMirror(*port));
+        }
+        for (i, (local, remote)) in self.port_map.iter().enumerate() {
+            for (l, r) in &self.port_map[..i] {
+                if r == remote {
+                    return Err(IncomingError::RemoteMappedTwice(*remote));
+                }
+                if l == local {
+                    return Err(IncomingError::LocalMappedTwice(*local));
+                }
+            }
+        }
+        if !self.mirror.is_empty() {
+            return Err(IncomingError::Unsupported("--mirror"));
+        }
+        if self.mirror_all {
+            return Err(IncomingError::Unsupported("--mirror-all"));
+        }
+        if self.http_header_filter.is_some() {
+            return Err(IncomingError::Unsupported("--http-header-filter"));
+        }
+        if self.http_path_filter.is_some() {
+            return Err(IncomingError::Unsupported("--http-path-filter"));
+        }
+        if self.steal.is_empty() && !self.steal_all {
+            return Ok(None);
+        }
+        let mut steal = self.steal.clone();
+        steal.sort_unstable();
+        steal.dedup();
+        Ok(Some(IncomingConfig {
+            steal,
+            steal_all: self.steal_all,
+            port_map: self.port_map.clone(),
+        }))
+    }
+}
+
+fn parse_port(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{value:?} is not a TCP port (1-65535)")),
+        Ok(port) => Ok(port),
+    }
+}
+
+fn parse_port_map(value: &str) -> Result<(u16, u16), String> {
+    let (local, remote) = value
+        .split_once(':')
+        .ok_or_else(|| format!("{value:?} is not LOCAL:REMOTE"))?;
+    Ok((parse_port(local)?, parse_port(remote)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        incoming: IncomingArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<IncomingArgs, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .map(|cli| cli.incoming)
+    }
+
+    #[test]
+    fn steal_ports_and_port_maps_become_the_agents_request() {
+        let args = parse(&[
+            "--steal",
+            "8080",
+            "--steal",
+            "80",
+            "--steal",
+            "8080",
+            "--port-map",
+            "9000:80",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.config().unwrap(),
+            Some(IncomingConfig {
+                steal: vec![80, 8080],
+                steal_all: false,
+                port_map: vec![(9000, 80)],
+            })
+        );
+        assert_eq!(args.reconnect_window, 15);
+        assert_eq!(parse(&[]).unwrap().config().unwrap(), None);
+    }
+
+    #[test]
+    fn bad_ports_are_refused_with_the_value_named() {
+        let err = parse(&["--steal", "0"]).unwrap_err().to_string();
+        assert!(err.contains("\"0\" is not a TCP port"), "{err}");
+        let err = parse(&["--port-map", "80"]).unwrap_err().to_string();
+        assert!(err.contains("\"80\" is not LOCAL:REMOTE"), "{err}");
+        let err = parse(&["--port-map", "80:99999"]).unwrap_err().to_string();
+        assert!(err.contains("\"99999\" is not a TCP port"), "{err}");
+    }
+
+    #[test]
+    fn contradictions_and_missing_features_are_one_line_errors() {
+        let args = parse(&["--steal", "80", "--mirror", "80"]).unwrap();
+        assert_eq!(args.config(), Err(IncomingError::StealAndMirror(80)));
+        let args = parse(&["--port-map", "1:80", "--port-map", "2:80"]).unwrap();
+        assert_eq!(args.config(), Err(IncomingError::RemoteMappedTwice(80)));
+        let args = parse(&["--steal", "80", "--http-header-filter", "^X: y$"]).unwrap();
+        assert_eq!(
+            args.config().unwrap_err().to_string(),
+            "--http-header-filter is not available yet in this build of mirrord-net"
+        );
+    }
+}

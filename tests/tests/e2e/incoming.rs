@@ -1,0 +1,296 @@
+//! Incoming traffic stolen into a session.
+//!
+//! The pod's namespace runs the "deployed" service on port 8080 (`tagged_httpd.py`,
+//! answering `v1`); a session on the pod's target runs the "patched" copy on the same port
+//! (`v2`); curl in the services namespace plays the pod's clients, connecting to the pod's
+//! address. Each answer names the client address the server saw. After every test the pod's
+//! nftables rule set is what it was before.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mirrord_net_tests::exec::Running;
+use mirrord_net_tests::topology::POD_V4;
+use mirrord_net_tests::{tool, Invocation, Pod};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+const PORT: u16 = 8080;
+/// How soon a change (listener up or down, session gone) must show in where requests go.
+const SWITCH: Duration = Duration::from_secs(5);
+
+/// A process group killed when the test ends, however it ends.
+struct Group(Option<Running>);
+
+impl Group {
+    fn start(command: Command) -> Group {
+        Group(Some(Running::start(command).expect("spawn")))
+    }
+
+    fn running(&mut self) -> &mut Running {
+        self.0.as_mut().expect("running")
+    }
+
+    fn wait_for(&mut self, needle: &str) {
+        let running = self.running();
+        assert!(
+            running.wait_for_stdout(needle, Duration::from_secs(30)),
+            "no {needle:?}:\nstdout: {}\nstderr: {}",
+            running.stdout_so_far(),
+            running.stderr_so_far()
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(running) = self.0.take() {
+            let _ = killpg(Pid::from_raw(running.pid()), Signal::SIGKILL);
+            let _ = running.finish(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The deployed service, in the pod's network namespace.
+fn deployed(pod: &Pod) -> Group {
+    let mut command = pod.pod_netns().command(&tool("python3")).unwrap();
+    command.args([&pod.script("tagged_httpd.py"), &PORT.to_string(), "v1"]);
+    let mut group = Group::start(command);
+    group.wait_for("listening");
+    group
+}
+
+/// The session, running `script` (sh) with `flags` for the client.
+fn session(pod: &Pod, flags: &[&str], script: &str) -> Group {
+    let mut invocation = Invocation::session(pod, &["/bin/sh", "-c", script]).client_flag("-v");
+    for flag in flags {
+        invocation = invocation.client_flag(flag);
+    }
+    Group::start(invocation.command())
+}
+
+fn patched(pod: &Pod) -> String {
+    format!("exec python3 {} {PORT} v2", pod.script("tagged_httpd.py"))
+}
+
+/// One request from the services namespace: (the answer's tag, the client address the server
+/// saw, curl's own address).
+fn get(pod: &Pod) -> Result<(String, String, String), String> {
+    let mut command = pod.services_netns().command(&tool("curl")).unwrap();
+    command.args([
+        "-sS",
+        "--max-time",
+        "3",
+        "-w",
+        " %{local_ip}:%{local_port}",
+        &format!("http://{POD_V4}:{PORT}/"),
+    ]);
+    let out = command.output().map_err(|err| err.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "curl failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words[..] {
+        [tag, seen, own] => Ok((tag.to_owned(), seen.to_owned(), own.to_owned())),
+        _ => Err(format!("unexpected answer {text:?}")),
+    }
+}
+
+fn tag(pod: &Pod) -> String {
+    get(pod).unwrap_or_else(|err| panic!("{err}")).0
+}
+
+/// Waits until requests get `want`; every request meanwhile must get an answer (none
+/// refused or lost). Returns how long it took.
+fn switches_to(pod: &Pod, want: &str, within: Duration, session: &Group) -> Duration {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let got = match get(pod) {
+            Ok((tag, _, _)) => tag,
+            Err(err) => {
+                std::thread::sleep(Duration::from_millis(500));
+                let stderr = session.0.as_ref().map(|r| r.stderr_so_far());
+                let sockets = pod
+                    .pod_netns()
+                    .command(&tool("ss"))
+                    .unwrap()
+                    .args(["-tanp"])
+                    .output()
+                    .unwrap();
+                panic!(
+                    "{err}\nafter {seen:?}\nthe pod's sockets:\n{}\nthe session's stderr: {}",
+                    String::from_utf8_lossy(&sockets.stdout),
+                    stderr.unwrap_or_default()
+                );
+            }
+        };
+        if got == want {
+            return start.elapsed();
+        }
+        seen.push(got);
+        assert!(
+            start.elapsed() < within,
+            "requests did not switch to {want} within {within:?}: got {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ruleset(pod: &Pod) -> String {
+    let out = pod
+        .pod_netns()
+        .command(&tool("nft"))
+        .unwrap()
+        .args(["list", "ruleset"])
+        .output()
+        .expect("nft");
+    assert!(out.status.success(), "nft list ruleset failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn assert_ruleset_restored(pod: &Pod, before: &str) {
+    let start = Instant::now();
+    while ruleset(pod) != before {
+        assert!(
+            start.elapsed() < SWITCH,
+            "the pod's rule set is not as before:\nbefore:\n{before}\nnow:\n{}",
+            ruleset(pod)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn unfiltered_steal_takes_every_request_with_the_real_client_address_until_sigkill() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+    assert_eq!(tag(&pod), "v1");
+
+    let mut session = session(&pod, &["--steal", "8080"], &patched(&pod));
+    session.wait_for("listening");
+    switches_to(&pod, "v2", SWITCH, &session);
+    assert!(
+        ruleset(&pod).contains("mirrord-net-"),
+        "the agent's table is in the pod's rule set:\n{}",
+        ruleset(&pod)
+    );
+    for _ in 0..20 {
+        let (tag, seen, own) = get(&pod).unwrap();
+        assert_eq!(tag, "v2", "every request goes to the session");
+        assert_eq!(seen, own, "the session's server sees the real client");
+    }
+
+    // SIGKILL the session's client: its agent dies, and with it its table.
+    let killed = Instant::now();
+    session.kill();
+    let back = switches_to(&pod, "v1", SWITCH, &session);
+    assert_ruleset_restored(&pod, &before);
+    eprintln!(
+        "requests back on the target {back:?} after SIGKILL (killed at +0, reaped after {:?})",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn a_stolen_port_is_the_targets_while_the_session_does_not_listen() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+    let go = pod.dir().join("go");
+    let stop = pod.dir().join("stop");
+    let script = format!(
+        "echo started; while [ ! -e {go} ]; do sleep 0.05; done; \
+         python3 {server} {PORT} v2 {stop}; echo exited; sleep 600",
+        go = go.display(),
+        stop = stop.display(),
+        server = pod.script("tagged_httpd.py"),
+    );
+    let mut session = session(&pod, &["--steal", "8080"], &script);
+    session.wait_for("started");
+    // The session is up but nothing listens in it: the target answers, nothing is refused.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(2) {
+        assert_eq!(tag(&pod), "v1");
+    }
+    assert_eq!(
+        ruleset(&pod).matches("redirect").count(),
+        0,
+        "{}",
+        ruleset(&pod)
+    );
+
+    // A listener that starts later takes the port.
+    std::fs::write(&go, "").unwrap();
+    session.wait_for("listening");
+    let took = switches_to(&pod, "v2", SWITCH, &session);
+    eprintln!("the session's new listener got the port after {took:?}");
+
+    // And when it goes away, the target has it again.
+    std::fs::write(&stop, "").unwrap();
+    session.wait_for("exited");
+    let back = switches_to(&pod, "v1", SWITCH, &session);
+    eprintln!("the target got the port back {back:?} after the listener closed");
+    for _ in 0..10 {
+        assert_eq!(tag(&pod), "v1");
+    }
+    session.kill();
+    assert_ruleset_restored(&pod, &before);
+}
+
+#[test]
+fn port_map_steals_the_targets_port_into_another_local_port() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+    let script = format!("exec python3 {} 9090 v2", pod.script("tagged_httpd.py"));
+    let mut session = session(
+        &pod,
+        &["--steal", "8080", "--port-map", "9090:8080"],
+        &script,
+    );
+    session.wait_for("listening");
+    switches_to(&pod, "v2", SWITCH, &session);
+    let (_, seen, own) = get(&pod).unwrap();
+    assert_eq!(seen, own);
+    session.kill();
+    switches_to(&pod, "v1", SWITCH, &session);
+    assert_ruleset_restored(&pod, &before);
+}
+
+#[test]
+fn steal_all_takes_the_ports_both_sides_serve() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+    let mut session = session(&pod, &["--steal-all"], &patched(&pod));
+    session.wait_for("listening");
+    switches_to(&pod, "v2", SWITCH, &session);
+    session.kill();
+    switches_to(&pod, "v1", SWITCH, &session);
+    assert_ruleset_restored(&pod, &before);
+}
+
+#[test]
+fn incoming_flags_this_build_cannot_serve_fail_with_one_line() {
+    let pod = Pod::start();
+    let out = Invocation::session(&pod, &["true"])
+        .client_flag("--mirror")
+        .client_flag("8080")
+        .run();
+    assert_eq!(out.code(), Some(1), "{out}");
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].contains("--mirror"), "{out}");
+}
