@@ -195,7 +195,7 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -219,8 +219,9 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
+        let caller = caller(req);
         self.spawn(|remote, ttl| async move {
-            match remote.setattr(ino.0, fh.map(|fh| fh.0), set).await {
+            match remote.setattr(ino.0, fh.map(|fh| fh.0), set, caller).await {
                 Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
                 Err(errno) => reply.error(Errno::from_i32(errno)),
             }

@@ -445,9 +445,20 @@ impl<T: Transport> Remote<T> {
         }
     }
 
-    pub async fn setattr(&self, node: u64, handle: Option<u64>, set: SetAttr) -> Result<Attr, i32> {
+    pub async fn setattr(
+        &self,
+        node: u64,
+        handle: Option<u64>,
+        set: SetAttr,
+        caller: Caller,
+    ) -> Result<Attr, i32> {
         let answer = self
-            .expect_attr(FsRequest::SetAttr { node, handle, set })
+            .expect_attr(FsRequest::SetAttr {
+                node,
+                handle,
+                set,
+                caller,
+            })
             .await;
         self.node_changed(node).await;
         answer

@@ -198,6 +198,8 @@ pub enum FsRequest {
         node: u64,
         handle: Option<u64>,
         set: SetAttr,
+        /// Who asks: an owner may only be changed to the caller's own ids.
+        caller: Caller,
     },
     Rename {
         parent: u64,
@@ -311,6 +313,10 @@ mod tests {
                     mode: Some(0o600),
                     mtime: Some(SetTime::Now),
                     ..SetAttr::default()
+                },
+                caller: Caller {
+                    uid: 1000,
+                    gid: 100,
                 },
             },
         ];

@@ -3,6 +3,20 @@
 //! Blocking: every call is a few system calls on descriptors, made on a pool thread by the
 //! stream layer. The tables are behind short mutexes that are never held across a system
 //! call, so parallel requests only wait for each other inside the kernel.
+//!
+//! The agent is root and the session's user is not, so the server holds the line the kernel
+//! would hold for that user, whatever a request claims:
+//!
+//! - Only regular files, directories and symlinks are opened. A FIFO would block a pool thread
+//!   until a writer came, a device or socket has side effects on the target; they answer
+//!   `ENXIO` (their attributes and listings are still served). On procfs and sysfs only files
+//!   that any user may read are opened, and only for reading (`/proc/kmsg` and the like are
+//!   root's, and reading them changes the target): `EACCES`.
+//! - Files are opened `O_NONBLOCK` (nothing waits in the kernel on a pool thread) and
+//!   `O_NOATIME` where the file system allows it (a session's reads leave no trace).
+//! - In write mode, no setuid or setgid bit on a file (`EPERM`; stripped from a new file's
+//!   mode), and an owner only changes to the caller's own uid and gid (`EPERM`), as chown
+//!   by an unprivileged user would.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -103,7 +117,8 @@ impl FileServer {
             FsRequest::Open { node, flags } => {
                 self.check_open_flags(flags)?;
                 let fd = self.node(node)?;
-                let file = sys::reopen(fd.as_fd(), open_flags(flags))?;
+                check_openable(fd.as_fd(), flags)?;
+                let file = reopen(fd.as_fd(), flags)?;
                 let attr = sys::attr_of(node, &sys::stat(file.as_fd())?);
                 let handle = self.add_handle(file);
                 FsResponse::Opened { handle, attr }.into()
@@ -147,8 +162,9 @@ impl FileServer {
                 // O_EXCL stays: `open(O_CREAT | O_EXCL)` must fail on an existing file.
                 let flags =
                     flags & !(libc::O_NOCTTY | libc::O_CLOEXEC) | libc::O_CREAT | libc::O_NOFOLLOW;
-                // openat2 refuses file type bits in the mode, which the kernel sends.
-                let file = sys::open_beneath(dir.as_fd(), &name, flags, mode & 0o7777)?;
+                // openat2 refuses file type bits in the mode, which the kernel sends; no
+                // setuid or setgid bit on a new file (see the module comment).
+                let file = sys::open_beneath(dir.as_fd(), &name, flags, mode & 0o1777)?;
                 give_to(&caller, file.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
                 let attr = self.lookup(parent, &name)?;
                 let handle = self.add_handle(file);
@@ -163,9 +179,12 @@ impl FileServer {
                 sys::pwrite_all(file.as_fd(), offset, &data)?;
                 FsResponse::Written(data.len() as u32).into()
             }
-            FsRequest::SetAttr { node, handle, set } => {
-                FsResponse::Attr(self.set_attr(node, handle, &set)?).into()
-            }
+            FsRequest::SetAttr {
+                node,
+                handle,
+                set,
+                caller,
+            } => FsResponse::Attr(self.set_attr(node, handle, &set, &caller)?).into(),
             FsRequest::Rename {
                 parent,
                 name,
@@ -328,8 +347,15 @@ impl FileServer {
         Ok(entries)
     }
 
-    fn set_attr(&self, node: u64, handle: Option<u64>, set: &SetAttr) -> io::Result<Attr> {
+    fn set_attr(
+        &self,
+        node: u64,
+        handle: Option<u64>,
+        set: &SetAttr,
+        caller: &Caller,
+    ) -> io::Result<Attr> {
         let fd = self.node(node)?;
+        check_set_attr(&sys::stat(fd.as_fd())?, set, caller)?;
         let path = sys::proc_path(fd.as_fd());
         if let Some(mode) = set.mode {
             // SAFETY: NUL-terminated path through /proc/self/fd, which names the file itself.
@@ -378,9 +404,76 @@ impl FileServer {
 }
 
 /// The flags a file is opened with on the target: the caller's, less those that would make
-/// the agent's descriptor behave differently from the caller's view.
+/// the agent's descriptor behave differently from the caller's view, plus `O_NONBLOCK` and
+/// `O_NOATIME` (see the module comment).
 fn open_flags(flags: i32) -> i32 {
     flags & !(libc::O_NOCTTY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        | libc::O_NONBLOCK
+        | libc::O_NOATIME
+}
+
+/// Opens the node for I/O; without `O_NOATIME` where the file system or ownership refuses it
+/// (`EPERM`).
+fn reopen(node: std::os::fd::BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    match sys::reopen(node, open_flags(flags)) {
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => {
+            sys::reopen(node, open_flags(flags) & !libc::O_NOATIME)
+        }
+        result => result,
+    }
+}
+
+/// `PROC_SUPER_MAGIC` and `SYSFS_MAGIC` (linux/magic.h).
+const PROCFS_MAGIC: i64 = 0x9fa0;
+const SYSFS_MAGIC: i64 = 0x6265_6572;
+
+/// Whether a node may be opened at all (see the module comment).
+fn check_openable(node: std::os::fd::BorrowedFd<'_>, flags: i32) -> io::Result<()> {
+    let st = sys::stat(node)?;
+    openable(st.st_mode, flags, || sys::fs_type(node))
+}
+
+/// [`check_openable`]'s rule on a mode, the open flags and the file system's type (asked only
+/// for regular files).
+fn openable(mode: u32, flags: i32, fs_type: impl FnOnce() -> io::Result<i64>) -> io::Result<()> {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => {
+            let kernel_fs = matches!(fs_type()?, PROCFS_MAGIC | SYSFS_MAGIC);
+            let for_anyone = mode & libc::S_IROTH != 0;
+            if kernel_fs && (!for_anyone || flags & libc::O_ACCMODE != libc::O_RDONLY) {
+                return Err(io::Error::from_raw_os_error(libc::EACCES));
+            }
+            Ok(())
+        }
+        libc::S_IFDIR | libc::S_IFLNK => Ok(()),
+        _ => Err(io::Error::from_raw_os_error(libc::ENXIO)),
+    }
+}
+
+/// Refuses what an unprivileged caller could not do to a file (see the module comment).
+fn check_set_attr(st: &libc::stat, set: &SetAttr, caller: &Caller) -> io::Result<()> {
+    let refused = || Err(io::Error::from_raw_os_error(libc::EPERM));
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    if let Some(mode) = set.mode {
+        // A directory's setgid bit only passes its group on to new entries: allowed.
+        let privileged = libc::S_ISUID | if is_dir { 0 } else { libc::S_ISGID };
+        if mode & privileged != 0 {
+            return refused();
+        }
+    }
+    if set
+        .uid
+        .is_some_and(|uid| uid != st.st_uid && uid != caller.uid)
+    {
+        return refused();
+    }
+    if set
+        .gid
+        .is_some_and(|gid| gid != st.st_gid && gid != caller.gid)
+    {
+        return refused();
+    }
+    Ok(())
 }
 
 /// Makes a new file the caller's: the agent is root, the caller is not.

@@ -187,6 +187,7 @@ fn read_only_refuses_every_change_with_erofs() {
                 size: Some(0),
                 ..SetAttr::default()
             },
+            caller: Caller::default(),
         },
     ] {
         assert_eq!(
@@ -262,6 +263,7 @@ fn write_mode_creates_writes_renames_and_removes() {
                 size: Some(2),
                 ..SetAttr::default()
             },
+            caller: Caller { uid, gid: uid },
         })
         .response
     else {
@@ -387,4 +389,155 @@ fn forget_many_gives_back_every_listed_reference_in_one_request() {
     assert_eq!(server.node_count(), before + 1);
     server.handle(FsRequest::ForgetMany { nodes: vec![*kept] });
     assert_eq!(server.node_count(), before);
+}
+
+fn set_attr(server: &FileServer, node: u64, set: SetAttr, caller: Caller) -> Result<Attr, i32> {
+    match server
+        .handle(FsRequest::SetAttr {
+            node,
+            handle: None,
+            set,
+            caller,
+        })
+        .response
+    {
+        FsResponse::Attr(attr) => Ok(attr),
+        FsResponse::Error(errno) => Err(errno),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn write_mode_refuses_setuid_bits_and_owners_other_than_the_caller() {
+    let root = TempRoot::new("owners");
+    let server = root.server(Access::ReadWrite);
+    let user = Caller {
+        uid: 4321,
+        gid: 4321,
+    };
+    let FsResponse::Created { handle, attr } = server
+        .handle(FsRequest::Create {
+            parent: ROOT_NODE,
+            name: b"tool".to_vec(),
+            mode: libc::S_IFREG | libc::S_ISUID | libc::S_ISGID | 0o755,
+            flags: libc::O_WRONLY,
+            caller: user,
+        })
+        .response
+    else {
+        panic!("not created")
+    };
+    server.handle(FsRequest::Release { handle });
+    // Created, without the bits it asked for.
+    assert_eq!(attr.mode & 0o7777, 0o755);
+    let tool = attr.node;
+    for mode in [libc::S_ISUID | 0o755, libc::S_ISGID | 0o755] {
+        let set = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        assert_eq!(set_attr(&server, tool, set, user), Err(libc::EPERM));
+    }
+    let to_root = SetAttr {
+        uid: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(set_attr(&server, tool, to_root, user), Err(libc::EPERM));
+    let to_root_group = SetAttr {
+        gid: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        set_attr(&server, tool, to_root_group, user),
+        Err(libc::EPERM)
+    );
+    let meta = std::fs::metadata(root.0.join("tool")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (4321, 4321, 0o755)
+    );
+    // What an owner may do still works: its own ids, plain modes, a directory's setgid bit.
+    let own = SetAttr {
+        uid: Some(4321),
+        gid: Some(4321),
+        mode: Some(0o700),
+        ..SetAttr::default()
+    };
+    let attr = set_attr(&server, tool, own, user).unwrap();
+    assert_eq!(attr.mode & 0o7777, 0o700);
+    let etc = walk(&server, "etc").unwrap().node;
+    let shared_dir = SetAttr {
+        mode: Some(libc::S_ISGID | 0o775),
+        ..SetAttr::default()
+    };
+    let attr = set_attr(&server, etc, shared_dir, user).unwrap();
+    assert_eq!(attr.mode & 0o7777, libc::S_ISGID | 0o775);
+}
+
+#[test]
+fn fifos_devices_and_sockets_are_listed_but_not_opened() {
+    let root = TempRoot::new("special");
+    let fifo =
+        std::ffi::CString::new(root.0.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+    let _socket = std::os::unix::net::UnixListener::bind(root.0.join("socket")).unwrap();
+    let null =
+        std::ffi::CString::new(root.0.join("null").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; /dev/null's device number.
+    let made = unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    assert_eq!(made, 0, "{}", std::io::Error::last_os_error());
+    let server = root.server(Access::ReadWrite);
+    for (name, kind) in [
+        ("fifo", libc::S_IFIFO),
+        ("socket", libc::S_IFSOCK),
+        ("null", libc::S_IFCHR),
+    ] {
+        let attr = walk(&server, name).unwrap();
+        assert_eq!(attr.mode & libc::S_IFMT, kind, "{name}");
+        // A FIFO without a writer would hold this thread until one came: it must answer now.
+        for flags in [libc::O_RDONLY, libc::O_WRONLY] {
+            assert_eq!(open(&server, attr.node, flags), Err(libc::ENXIO), "{name}");
+        }
+    }
+}
+
+#[test]
+fn procfs_files_only_for_anyone_and_only_for_reading() {
+    // The agent's own /proc stands in for the target's: the same file system, the same modes.
+    let server = FileServer::open(std::path::Path::new("/proc"), Access::ReadWrite).unwrap();
+    let kmsg = walk(&server, "kmsg").unwrap();
+    assert_eq!(kmsg.mode & 0o004, 0, "/proc/kmsg is root's alone");
+    assert_eq!(open(&server, kmsg.node, libc::O_RDONLY), Err(libc::EACCES));
+    let drop_caches = walk(&server, "sys/vm/drop_caches").unwrap();
+    assert_eq!(
+        open(&server, drop_caches.node, libc::O_WRONLY),
+        Err(libc::EACCES)
+    );
+    let version = walk(&server, "version").unwrap();
+    let handle = open(&server, version.node, libc::O_RDONLY).unwrap();
+    assert!(read(&server, handle, 0, 4096).starts_with(b"Linux version"));
+    assert_eq!(
+        open(&server, version.node, libc::O_WRONLY),
+        Err(libc::EACCES)
+    );
+}
+
+#[test]
+fn reads_leave_the_access_time_alone() {
+    let root = TempRoot::new("atime");
+    let path = root.0.join("etc/app/config.yaml");
+    let past = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_accessed(past))
+        .unwrap();
+    let server = root.server(Access::ReadOnly);
+    let file = walk(&server, "etc/app/config.yaml").unwrap().node;
+    let handle = open(&server, file, libc::O_RDONLY).unwrap();
+    assert_eq!(read(&server, handle, 0, 64), b"port: 8080\n");
+    let atime = std::fs::metadata(&path).unwrap().accessed().unwrap();
+    assert_eq!(atime, past);
 }

@@ -293,6 +293,14 @@ pub fn statfs(node: BorrowedFd<'_>) -> io::Result<StatFs> {
     })
 }
 
+/// The type of the file system a node is on (`f_type` of `fstatfs`, e.g. procfs's magic).
+pub fn fs_type(node: BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor (O_PATH works) and a buffer to fill.
+    cvt(unsafe { libc::fstatfs(node.as_raw_fd(), &mut st) } as libc::c_long)?;
+    Ok(st.f_type as i64)
+}
+
 /// Runs a `*at` call that returns 0 or -1.
 pub fn check(result: libc::c_int) -> io::Result<()> {
     cvt(result as libc::c_long).map(drop)
