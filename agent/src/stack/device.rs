@@ -202,11 +202,26 @@ pub(crate) struct LinkDevice {
     pub rx: Option<Bytes>,
     pub tx: TxQueue,
     mtu: usize,
+    /// Whether the link tells the session's kernel that TCP checksums need no check, so
+    /// smoltcp leaves them out (see [`set_tcp_checksum_trusted`](Self::set_tcp_checksum_trusted)).
+    tcp_checksum_trusted: bool,
 }
 
 impl LinkDevice {
     pub(crate) fn new(mtu: usize, tx: TxQueue) -> Self {
-        Self { rx: None, tx, mtu }
+        Self {
+            rx: None,
+            tx,
+            mtu,
+            tcp_checksum_trusted: false,
+        }
+    }
+
+    /// Stops smoltcp from computing TCP checksums: for a link that marks every packet it
+    /// delivers as checked (a TUN with virtio-net headers, `VIRTIO_NET_HDR_F_DATA_VALID`).
+    /// Must be set before the interface is made: smoltcp reads the capabilities once.
+    pub(crate) fn set_tcp_checksum_trusted(&mut self, trusted: bool) {
+        self.tcp_checksum_trusted = trusted;
     }
 
     pub(crate) fn mtu(&self) -> usize {
@@ -241,11 +256,17 @@ impl phy::Device for LinkDevice {
         caps.max_transmission_unit = self.mtu;
         // Inbound packets come from the session's own kernel over an authenticated tunnel;
         // verifying their transport checksums again would only cost time (and would reject
-        // packets whose checksum a TUN offload left partial). Outbound checksums are always
-        // computed: the session's kernel verifies them.
+        // packets whose checksum a TUN offload left partial). Outbound checksums are
+        // computed, since the session's kernel verifies them, except TCP's on a link whose
+        // packets the kernel takes as checked (the IPv4 header checksum is verified whatever
+        // the link says, and ICMP and UDP are built outside smoltcp).
         let mut checksum = ChecksumCapabilities::default();
         checksum.ipv4 = Checksum::Both;
-        checksum.tcp = Checksum::Tx;
+        checksum.tcp = if self.tcp_checksum_trusted {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
         checksum.udp = Checksum::Tx;
         checksum.icmpv4 = Checksum::Tx;
         checksum.icmpv6 = Checksum::Tx;

@@ -17,6 +17,17 @@
 //!   unlimited, so `EAGAIN` is not expected; if it comes, the packet stays queued and the
 //!   stack feels backpressure as with a full tunnel. A packet the kernel refuses (malformed)
 //!   is counted and dropped.
+//! * Virtio-net headers: a client that hands its TUN to the agent opens it with
+//!   `IFF_VNET_HDR` and `TUNSETOFFLOAD(TUN_F_CSUM)` (the link finds out with `TUNGETIFF`, so a
+//!   plain TUN works too). Each read then starts with a `virtio_net_hdr`, which is skipped:
+//!   the session's kernel no longer computes the checksums of what it sends (they arrive
+//!   partial, `NEEDS_CSUM`), and the stack does not verify them anyway. Each write starts
+//!   with a header whose only flag is `VIRTIO_NET_HDR_F_DATA_VALID`: the kernel marks the
+//!   packet `CHECKSUM_UNNECESSARY` and does not verify its TCP/UDP checksum, so smoltcp does
+//!   not compute TCP's ([`tx_checksum_trusted`](PacketLink::tx_checksum_trusted)). The IPv4
+//!   header checksum is always verified, and ICMP replies reach programs (ping) that check
+//!   theirs: both stay computed. TSO is not turned on: the device's MTU is already the
+//!   largest IP packet on this path.
 //! * The session's network namespace deleting the device (its last process exited) makes
 //!   reads and writes fail with `EBADFD`: that is [`LinkError::Closed`].
 
@@ -25,7 +36,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -39,10 +50,18 @@ const READ_BATCH: usize = 16;
 /// into a smaller buffer silently truncates the packet, and the device's MTU is the client's
 /// choice, not necessarily the stack's.
 const MAX_PACKET: usize = 65_535;
+/// `VIRTIO_NET_HDR_F_DATA_VALID`: the packet's checksums need no verification.
+const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+/// The largest virtio-net header the link accepts (`virtio_net_hdr_mrg_rxbuf` is 12 bytes,
+/// `virtio_net_hdr_v1_hash` 20).
+const MAX_VNET_HDR: usize = 24;
 
-/// A TUN device (`IFF_TUN | IFF_NO_PI`) carrying the session's packets.
+/// A TUN device (`IFF_TUN | IFF_NO_PI`, maybe `IFF_VNET_HDR`) carrying the session's
+/// packets.
 pub struct TunLink {
     fd: AsyncFd<OwnedFd>,
+    /// The virtio-net header written before each packet: empty without `IFF_VNET_HDR`.
+    vnet_hdr: Vec<u8>,
     /// Room left for each read.
     max_read: usize,
     buffer: BytesMut,
@@ -55,6 +74,14 @@ impl TunLink {
     pub fn new(fd: OwnedFd, mtu: usize, stats: Arc<Stats>) -> io::Result<Self> {
         let mtu = mtu.max(MAX_PACKET);
         set_nonblocking(&fd)?;
+        let vnet_hdr = match vnet_hdr_len(&fd)? {
+            0 => Vec::new(),
+            len => {
+                let mut hdr = vec![0u8; len];
+                hdr[0] = VIRTIO_NET_HDR_F_DATA_VALID;
+                hdr
+            }
+        };
         // SAFETY: the `OwnedFd` stays open, naming the same device, until the `AsyncFd` drops
         // it.
         let fd = unsafe {
@@ -62,7 +89,8 @@ impl TunLink {
         }?;
         Ok(Self {
             fd,
-            max_read: mtu,
+            max_read: mtu + vnet_hdr.len(),
+            vnet_hdr,
             buffer: BytesMut::with_capacity(mtu * READ_BATCH),
             stats,
         })
@@ -85,13 +113,54 @@ impl TunLink {
     }
 
     fn write_one(&self, packet: &[u8]) -> io::Result<usize> {
-        // SAFETY: `packet` is valid for reads of its length.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        let iov = [
+            libc::iovec {
+                iov_base: self.vnet_hdr.as_ptr() as *mut _,
+                iov_len: self.vnet_hdr.len(),
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr() as *mut _,
+                iov_len: packet.len(),
+            },
+        ];
+        let (iov, count) = if self.vnet_hdr.is_empty() {
+            (&iov[1..], 1)
+        } else {
+            (&iov[..], 2)
+        };
+        // SAFETY: both buffers are valid for reads of their lengths; the kernel only reads.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), count) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
             Ok(n as usize)
         }
+    }
+}
+
+/// Length of the virtio-net header the device puts before each packet: 0 without
+/// `IFF_VNET_HDR`.
+fn vnet_hdr_len(fd: &OwnedFd) -> io::Result<usize> {
+    // SAFETY: TUNGETIFF fills the `ifreq` we pass, which is valid for writes.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF, &mut req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNGETIFF sets the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    if flags & libc::IFF_VNET_HDR as libc::c_short == 0 {
+        return Ok(0);
+    }
+    let mut len: libc::c_int = 0;
+    // SAFETY: TUNGETVNETHDRSZ writes one int into `len`.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETVNETHDRSZ, &mut len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match usize::try_from(len) {
+        Ok(len) if (10..=MAX_VNET_HDR).contains(&len) => Ok(len),
+        _ => Err(io::Error::other(format!(
+            "the TUN's virtio-net header is {len} bytes, not 10 to {MAX_VNET_HDR}"
+        ))),
     }
 }
 
@@ -114,11 +183,23 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 }
 
 impl PacketLink for TunLink {
+    fn tx_checksum_trusted(&self) -> bool {
+        !self.vnet_hdr.is_empty()
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, LinkError>> {
         loop {
             match self.read_one() {
                 Ok(0) => return Poll::Ready(Err(LinkError::Closed)),
-                Ok(_) => return Poll::Ready(Ok(self.buffer.split().freeze())),
+                Ok(n) if n <= self.vnet_hdr.len() => {
+                    // A header without a packet: nothing to hand on.
+                    self.buffer.clear();
+                }
+                Ok(_) => {
+                    let mut packet = self.buffer.split();
+                    packet.advance(self.vnet_hdr.len());
+                    return Poll::Ready(Ok(packet.freeze()));
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     match self.fd.poll_read_ready(cx) {
                         // Stale readiness: clear it and read again (a packet that arrived
@@ -162,5 +243,64 @@ impl PacketLink for TunLink {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    /// A fresh TUN (kernel-chosen name, gone when its descriptor closes) opened with `flags`
+    /// and the offloads `offloads`.
+    fn open_tun(flags: libc::c_int, offloads: libc::c_uint) -> OwnedFd {
+        // SAFETY: open of a path with flags; the result is checked.
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "/dev/net/tun: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: TUNSETIFF reads the `ifreq` we pass; TUNSETOFFLOAD takes an int by value.
+        unsafe {
+            let mut req: libc::ifreq = std::mem::zeroed();
+            req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | flags) as libc::c_short;
+            assert_eq!(
+                libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req),
+                0,
+                "TUNSETIFF: {}",
+                io::Error::last_os_error()
+            );
+            assert_eq!(
+                libc::ioctl(
+                    fd.as_raw_fd(),
+                    libc::TUNSETOFFLOAD,
+                    offloads as libc::c_ulong
+                ),
+                0
+            );
+        }
+        fd
+    }
+
+    #[tokio::test]
+    async fn a_tun_with_virtio_net_headers_is_found_out_and_trusted() {
+        let tun = open_tun(libc::IFF_VNET_HDR, libc::TUN_F_CSUM);
+        let link = TunLink::new(tun, 1500, Arc::default()).unwrap();
+        assert_eq!(link.vnet_hdr.len(), 10, "the default virtio_net_hdr");
+        assert_eq!(link.vnet_hdr[0], VIRTIO_NET_HDR_F_DATA_VALID);
+        assert!(
+            link.vnet_hdr[1..].iter().all(|&b| b == 0),
+            "no GSO, no offsets"
+        );
+        assert_eq!(link.max_read, MAX_PACKET + 10);
+        assert!(link.tx_checksum_trusted());
+    }
+
+    #[tokio::test]
+    async fn a_plain_tun_gets_bare_packets_and_computed_checksums() {
+        let tun = open_tun(0, 0);
+        let link = TunLink::new(tun, 1500, Arc::default()).unwrap();
+        assert!(link.vnet_hdr.is_empty());
+        assert_eq!(link.max_read, MAX_PACKET);
+        assert!(!link.tx_checksum_trusted());
     }
 }
