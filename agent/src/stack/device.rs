@@ -239,7 +239,10 @@ impl phy::Device for LinkDevice {
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken<'_>)> {
         let pkt = self.rx.take()?;
-        Some((RxToken(pkt), TxToken(&mut self.tx)))
+        Some((
+            RxToken(pkt),
+            TxToken(&mut self.tx, self.tcp_checksum_trusted),
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
@@ -247,7 +250,7 @@ impl phy::Device for LinkDevice {
             self.tx.refused = true;
             return None;
         }
-        Some(TxToken(&mut self.tx))
+        Some(TxToken(&mut self.tx, self.tcp_checksum_trusted))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -283,11 +286,58 @@ impl phy::RxToken for RxToken {
     }
 }
 
-pub(crate) struct TxToken<'a>(&'a mut TxQueue);
+/// The queue, and whether TCP checksums are left partial (see
+/// [`LinkDevice::set_tcp_checksum_trusted`]).
+pub(crate) struct TxToken<'a>(&'a mut TxQueue, bool);
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.0.push_with(len, f)
+        let partial = self.1;
+        self.0.push_with(len, |buf| {
+            let result = f(buf);
+            if partial {
+                set_tcp_pseudo_header_sum(buf);
+            }
+            result
+        })
+    }
+}
+
+/// Puts the pseudo-header sum (not complemented) in the checksum field of `packet` if it is
+/// TCP: a partial checksum as an offloading NIC expects it (`CHECKSUM_PARTIAL`). The kernel
+/// takes such a packet as checked when it delivers it locally, and completes the sum over
+/// the segment should it ever send it on.
+pub(crate) fn set_tcp_pseudo_header_sum(packet: &mut [u8]) {
+    use smoltcp::wire::{checksum, IpProtocol};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let Some(&first) = packet.first() else {
+        return;
+    };
+    let (offset, sum) = match first >> 4 {
+        4 if packet.len() >= 20 && packet[9] == 6 => {
+            let hl = usize::from(first & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+            let src = Ipv4Addr::from(<[u8; 4]>::try_from(&packet[12..16]).unwrap());
+            let dst = Ipv4Addr::from(<[u8; 4]>::try_from(&packet[16..20]).unwrap());
+            let len = total.saturating_sub(hl) as u32;
+            (
+                hl + 16,
+                checksum::pseudo_header_v4(&src, &dst, IpProtocol::Tcp, len),
+            )
+        }
+        6 if packet.len() >= 40 && packet[6] == 6 => {
+            let len = u32::from(u16::from_be_bytes([packet[4], packet[5]]));
+            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).unwrap());
+            let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[24..40]).unwrap());
+            (
+                40 + 16,
+                checksum::pseudo_header_v6(&src, &dst, IpProtocol::Tcp, len),
+            )
+        }
+        _ => return,
+    };
+    if let Some(field) = packet.get_mut(offset..offset + 2) {
+        field.copy_from_slice(&sum.to_be_bytes());
     }
 }
 

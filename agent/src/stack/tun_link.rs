@@ -21,13 +21,17 @@
 //!   `IFF_VNET_HDR` and `TUNSETOFFLOAD(TUN_F_CSUM)` (the link finds out with `TUNGETIFF`, so a
 //!   plain TUN works too). Each read then starts with a `virtio_net_hdr`, which is skipped:
 //!   the session's kernel no longer computes the checksums of what it sends (they arrive
-//!   partial, `NEEDS_CSUM`), and the stack does not verify them anyway. Each write starts
-//!   with a header whose only flag is `VIRTIO_NET_HDR_F_DATA_VALID`: the kernel marks the
-//!   packet `CHECKSUM_UNNECESSARY` and does not verify its TCP/UDP checksum, so smoltcp does
-//!   not compute TCP's ([`tx_checksum_trusted`](PacketLink::tx_checksum_trusted)). The IPv4
-//!   header checksum is always verified, and ICMP replies reach programs (ping) that check
-//!   theirs: both stay computed. TSO is not turned on: the device's MTU is already the
-//!   largest IP packet on this path.
+//!   partial, `NEEDS_CSUM`), and the stack does not verify them anyway. Each TCP segment the
+//!   link writes goes behind a header with `VIRTIO_NET_HDR_F_NEEDS_CSUM`, `csum_start` at the
+//!   TCP header and `csum_offset` 16: the kernel makes it `CHECKSUM_PARTIAL`, which local
+//!   delivery takes as checked, so smoltcp computes no TCP checksum
+//!   ([`tx_checksum_trusted`](PacketLink::tx_checksum_trusted)); the device leaves the
+//!   pseudo-header sum in the field, as an offloading NIC expects, so a packet the session
+//!   forwards gets a right checksum. (`VIRTIO_NET_HDR_F_DATA_VALID` would be simpler, but a
+//!   TUN ignores it on writes: the kernel verifies such packets and drops them.) Other packets
+//!   go behind an empty header with their checksums computed: the IPv4 header checksum is
+//!   always verified, and ICMP replies reach programs (ping) that check theirs. TSO is not
+//!   turned on: the device's MTU is already the largest IP packet on this path.
 //! * The session's network namespace deleting the device (its last process exited) makes
 //!   reads and writes fail with `EBADFD`: that is [`LinkError::Closed`].
 
@@ -50,8 +54,10 @@ const READ_BATCH: usize = 16;
 /// into a smaller buffer silently truncates the packet, and the device's MTU is the client's
 /// choice, not necessarily the stack's.
 const MAX_PACKET: usize = 65_535;
-/// `VIRTIO_NET_HDR_F_DATA_VALID`: the packet's checksums need no verification.
-const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is partial.
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// Where the TCP checksum field is in the TCP header.
+const TCP_CHECKSUM_OFFSET: u16 = 16;
 /// The largest virtio-net header the link accepts (`virtio_net_hdr_mrg_rxbuf` is 12 bytes,
 /// `virtio_net_hdr_v1_hash` 20).
 const MAX_VNET_HDR: usize = 24;
@@ -60,8 +66,11 @@ const MAX_VNET_HDR: usize = 24;
 /// packets.
 pub struct TunLink {
     fd: AsyncFd<OwnedFd>,
-    /// The virtio-net header written before each packet: empty without `IFF_VNET_HDR`.
+    /// The virtio-net header written before each packet (zeros): empty without
+    /// `IFF_VNET_HDR`.
     vnet_hdr: Vec<u8>,
+    /// The header written before TCP segments (see the module comment), filled per packet.
+    tcp_hdr: Vec<u8>,
     /// Room left for each read.
     max_read: usize,
     buffer: BytesMut,
@@ -74,14 +83,12 @@ impl TunLink {
     pub fn new(fd: OwnedFd, mtu: usize, stats: Arc<Stats>) -> io::Result<Self> {
         let mtu = mtu.max(MAX_PACKET);
         set_nonblocking(&fd)?;
-        let vnet_hdr = match vnet_hdr_len(&fd)? {
-            0 => Vec::new(),
-            len => {
-                let mut hdr = vec![0u8; len];
-                hdr[0] = VIRTIO_NET_HDR_F_DATA_VALID;
-                hdr
-            }
-        };
+        let vnet_hdr = vec![0u8; vnet_hdr_len(&fd)?];
+        let mut tcp_hdr = vnet_hdr.clone();
+        if let Some(flags) = tcp_hdr.first_mut() {
+            *flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+            tcp_hdr[8..10].copy_from_slice(&TCP_CHECKSUM_OFFSET.to_le_bytes());
+        }
         // SAFETY: the `OwnedFd` stays open, naming the same device, until the `AsyncFd` drops
         // it.
         let fd = unsafe {
@@ -91,6 +98,7 @@ impl TunLink {
             fd,
             max_read: mtu + vnet_hdr.len(),
             vnet_hdr,
+            tcp_hdr,
             buffer: BytesMut::with_capacity(mtu * READ_BATCH),
             stats,
         })
@@ -112,11 +120,18 @@ impl TunLink {
         Ok(n)
     }
 
-    fn write_one(&self, packet: &[u8]) -> io::Result<usize> {
+    fn write_one(&mut self, packet: &[u8]) -> io::Result<usize> {
+        let hdr = match tcp_header_start(packet) {
+            Some(start) if !self.tcp_hdr.is_empty() => {
+                self.tcp_hdr[6..8].copy_from_slice(&start.to_le_bytes());
+                &self.tcp_hdr
+            }
+            _ => &self.vnet_hdr,
+        };
         let iov = [
             libc::iovec {
-                iov_base: self.vnet_hdr.as_ptr() as *mut _,
-                iov_len: self.vnet_hdr.len(),
+                iov_base: hdr.as_ptr() as *mut _,
+                iov_len: hdr.len(),
             },
             libc::iovec {
                 iov_base: packet.as_ptr() as *mut _,
@@ -135,6 +150,15 @@ impl TunLink {
         } else {
             Ok(n as usize)
         }
+    }
+}
+
+/// Where the TCP header of `packet` starts, if it is an unfragmented TCP segment.
+fn tcp_header_start(packet: &[u8]) -> Option<u16> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 && packet[9] == 6 => Some(u16::from(packet[0] & 0x0f) * 4),
+        6 if packet.len() >= 40 && packet[6] == 6 => Some(40),
+        _ => None,
     }
 }
 
@@ -286,11 +310,9 @@ mod tests {
         let tun = open_tun(libc::IFF_VNET_HDR, libc::TUN_F_CSUM);
         let link = TunLink::new(tun, 1500, Arc::default()).unwrap();
         assert_eq!(link.vnet_hdr.len(), 10, "the default virtio_net_hdr");
-        assert_eq!(link.vnet_hdr[0], VIRTIO_NET_HDR_F_DATA_VALID);
-        assert!(
-            link.vnet_hdr[1..].iter().all(|&b| b == 0),
-            "no GSO, no offsets"
-        );
+        assert!(link.vnet_hdr.iter().all(|&b| b == 0), "no flags, no GSO");
+        assert_eq!(link.tcp_hdr[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(&link.tcp_hdr[8..10], &16u16.to_le_bytes(), "csum_offset");
         assert_eq!(link.max_read, MAX_PACKET + 10);
         assert!(link.tx_checksum_trusted());
     }
