@@ -218,7 +218,7 @@ impl LinkDevice {
     }
 
     /// Stops smoltcp from computing TCP checksums: for a link that marks every packet it
-    /// delivers as checked (a TUN with virtio-net headers, `VIRTIO_NET_HDR_F_DATA_VALID`).
+    /// delivers as checked (a TUN with virtio-net headers, `VIRTIO_NET_HDR_F_NEEDS_CSUM`).
     /// Must be set before the interface is made: smoltcp reads the capabilities once.
     pub(crate) fn set_tcp_checksum_trusted(&mut self, trusted: bool) {
         self.tcp_checksum_trusted = trusted;
@@ -424,5 +424,54 @@ mod tests {
         let third = q.pop_front().unwrap();
         assert_ne!(third.as_ptr(), addr);
         assert!(second.iter().all(|&x| x == 0xee || x == 0));
+    }
+
+    #[test]
+    fn a_partial_tcp_checksum_completes_to_the_full_one() {
+        use smoltcp::wire::{checksum, IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket};
+        for (packet, hl) in [
+            (
+                hex(
+                    "45000028000040004006000a0a0000010a000002\
+                     1f90c00100000001000000025010200000000000",
+                ),
+                20,
+            ),
+            (
+                hex(
+                    "6000000000140640fd000000000000000000000000000001fd000000000000000000000000000002\
+                     1f90c00100000001000000025010200000000000",
+                ),
+                40,
+            ),
+        ] {
+            let mut packet = packet;
+            set_tcp_pseudo_header_sum(&mut packet);
+            // What an offloading NIC (or the kernel's skb_checksum_help) does with it.
+            let sum = !checksum::data(&packet[hl..]);
+            packet[hl + 16..hl + 18].copy_from_slice(&sum.to_be_bytes());
+            let (src, dst) = if hl == 20 {
+                let ip = Ipv4Packet::new_checked(&packet[..]).unwrap();
+                (IpAddress::from(ip.src_addr()), IpAddress::from(ip.dst_addr()))
+            } else {
+                let ip = Ipv6Packet::new_checked(&packet[..]).unwrap();
+                (IpAddress::from(ip.src_addr()), IpAddress::from(ip.dst_addr()))
+            };
+            let tcp = TcpPacket::new_checked(&packet[hl..]).unwrap();
+            assert!(tcp.verify_checksum(&src, &dst), "{hl}-byte IP header");
+        }
+        // Not TCP: left alone.
+        let mut udp = hex("4500001c000040004011000a0a0000010a000002003500350008abcd");
+        let before = udp.clone();
+        set_tcp_pseudo_header_sum(&mut udp);
+        assert_eq!(udp, before);
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        let text: String = text.split_whitespace().collect();
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
     }
 }

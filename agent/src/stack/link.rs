@@ -70,7 +70,7 @@ pub trait PacketLink: Send {
     }
 
     /// Whether the packets the link delivers are taken as checked by the receiving kernel
-    /// (a TUN with virtio-net headers marks them `DATA_VALID`), so the stack need not
+    /// (a TUN with virtio-net headers writes TCP as `CHECKSUM_PARTIAL`), so the stack need not
     /// compute TCP checksums.
     fn tx_checksum_trusted(&self) -> bool {
         false
