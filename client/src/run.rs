@@ -12,7 +12,7 @@
 //! before anything is started.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,12 +117,18 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
         privileges,
     );
     progress.clear();
+    // A TUN the local agent serves itself carries virtio-net headers (checksum offload); one
+    // this process relays over QUIC carries bare packets.
+    let tun_offload = matches!(&agent, SessionAgent::Local(local) if local.takes_tun());
     let options = session::SessionOptions {
         privileges,
+        tun_offload,
         ..session::SessionOptions::default()
     };
     let mut session = Session::start_with_files(spec, options, files).await?;
-    tunnel::release_with_namespace(session.tun().as_ref());
+    if let Some(tun) = session.tun_fd() {
+        tunnel::release_with_namespace(&tun);
+    }
     // Aborted when dropped, at the end of the session; it holds the control stream until then.
     let _incoming = match incoming {
         Some(config) => tunnel.take_control().map(|(send, recv)| {
@@ -143,10 +149,8 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
             // One relay: the agent's stack serves the TUN itself. This process keeps no
             // descriptor of it (so its packets never wake us) and only watches the connection,
             // whose end still ends the session.
-            let tun = session.take_tun().expect("the TUN is still ours");
-            // SAFETY: `tun` keeps its descriptor open while it is borrowed here.
-            let fd = unsafe { BorrowedFd::borrow_raw(tun.as_raw_fd()) };
-            if let Err(err) = local.hand_over_tun(fd) {
+            let tun = session.take_tun_fd().expect("the TUN is still ours");
+            if let Err(err) = local.hand_over_tun(tun.as_fd()) {
                 let _ = session.signal(Signal::SIGKILL);
                 session.wait().await;
                 return Err(RunError::TunHandOver(err));

@@ -202,11 +202,26 @@ pub(crate) struct LinkDevice {
     pub rx: Option<Bytes>,
     pub tx: TxQueue,
     mtu: usize,
+    /// Whether the link tells the session's kernel that TCP checksums need no check, so
+    /// smoltcp leaves them out (see [`set_tcp_checksum_trusted`](Self::set_tcp_checksum_trusted)).
+    tcp_checksum_trusted: bool,
 }
 
 impl LinkDevice {
     pub(crate) fn new(mtu: usize, tx: TxQueue) -> Self {
-        Self { rx: None, tx, mtu }
+        Self {
+            rx: None,
+            tx,
+            mtu,
+            tcp_checksum_trusted: false,
+        }
+    }
+
+    /// Stops smoltcp from computing TCP checksums: for a link that marks every packet it
+    /// delivers as checked (a TUN with virtio-net headers, `VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+    /// Must be set before the interface is made: smoltcp reads the capabilities once.
+    pub(crate) fn set_tcp_checksum_trusted(&mut self, trusted: bool) {
+        self.tcp_checksum_trusted = trusted;
     }
 
     pub(crate) fn mtu(&self) -> usize {
@@ -224,7 +239,10 @@ impl phy::Device for LinkDevice {
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken<'_>)> {
         let pkt = self.rx.take()?;
-        Some((RxToken(pkt), TxToken(&mut self.tx)))
+        Some((
+            RxToken(pkt),
+            TxToken(&mut self.tx, self.tcp_checksum_trusted),
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
@@ -232,7 +250,7 @@ impl phy::Device for LinkDevice {
             self.tx.refused = true;
             return None;
         }
-        Some(TxToken(&mut self.tx))
+        Some(TxToken(&mut self.tx, self.tcp_checksum_trusted))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -241,11 +259,17 @@ impl phy::Device for LinkDevice {
         caps.max_transmission_unit = self.mtu;
         // Inbound packets come from the session's own kernel over an authenticated tunnel;
         // verifying their transport checksums again would only cost time (and would reject
-        // packets whose checksum a TUN offload left partial). Outbound checksums are always
-        // computed: the session's kernel verifies them.
+        // packets whose checksum a TUN offload left partial). Outbound checksums are
+        // computed, since the session's kernel verifies them, except TCP's on a link whose
+        // packets the kernel takes as checked (the IPv4 header checksum is verified whatever
+        // the link says, and ICMP and UDP are built outside smoltcp).
         let mut checksum = ChecksumCapabilities::default();
         checksum.ipv4 = Checksum::Both;
-        checksum.tcp = Checksum::Tx;
+        checksum.tcp = if self.tcp_checksum_trusted {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
         checksum.udp = Checksum::Tx;
         checksum.icmpv4 = Checksum::Tx;
         checksum.icmpv6 = Checksum::Tx;
@@ -262,11 +286,58 @@ impl phy::RxToken for RxToken {
     }
 }
 
-pub(crate) struct TxToken<'a>(&'a mut TxQueue);
+/// The queue, and whether TCP checksums are left partial (see
+/// [`LinkDevice::set_tcp_checksum_trusted`]).
+pub(crate) struct TxToken<'a>(&'a mut TxQueue, bool);
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.0.push_with(len, f)
+        let partial = self.1;
+        self.0.push_with(len, |buf| {
+            let result = f(buf);
+            if partial {
+                set_tcp_pseudo_header_sum(buf);
+            }
+            result
+        })
+    }
+}
+
+/// Puts the pseudo-header sum (not complemented) in the checksum field of `packet` if it is
+/// TCP: a partial checksum as an offloading NIC expects it (`CHECKSUM_PARTIAL`). The kernel
+/// takes such a packet as checked when it delivers it locally, and completes the sum over
+/// the segment should it ever send it on.
+pub(crate) fn set_tcp_pseudo_header_sum(packet: &mut [u8]) {
+    use smoltcp::wire::{checksum, IpProtocol};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let Some(&first) = packet.first() else {
+        return;
+    };
+    let (offset, sum) = match first >> 4 {
+        4 if packet.len() >= 20 && packet[9] == 6 => {
+            let hl = usize::from(first & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+            let src = Ipv4Addr::from(<[u8; 4]>::try_from(&packet[12..16]).unwrap());
+            let dst = Ipv4Addr::from(<[u8; 4]>::try_from(&packet[16..20]).unwrap());
+            let len = total.saturating_sub(hl) as u32;
+            (
+                hl + 16,
+                checksum::pseudo_header_v4(&src, &dst, IpProtocol::Tcp, len),
+            )
+        }
+        6 if packet.len() >= 40 && packet[6] == 6 => {
+            let len = u32::from(u16::from_be_bytes([packet[4], packet[5]]));
+            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[8..24]).unwrap());
+            let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&packet[24..40]).unwrap());
+            (
+                40 + 16,
+                checksum::pseudo_header_v6(&src, &dst, IpProtocol::Tcp, len),
+            )
+        }
+        _ => return,
+    };
+    if let Some(field) = packet.get_mut(offset..offset + 2) {
+        field.copy_from_slice(&sum.to_be_bytes());
     }
 }
 
@@ -353,5 +424,54 @@ mod tests {
         let third = q.pop_front().unwrap();
         assert_ne!(third.as_ptr(), addr);
         assert!(second.iter().all(|&x| x == 0xee || x == 0));
+    }
+
+    #[test]
+    fn a_partial_tcp_checksum_completes_to_the_full_one() {
+        use smoltcp::wire::{checksum, IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket};
+        for (packet, hl) in [
+            (
+                hex(
+                    "45000028000040004006000a0a0000010a000002\
+                     1f90c00100000001000000025010200000000000",
+                ),
+                20,
+            ),
+            (
+                hex(
+                    "6000000000140640fd000000000000000000000000000001fd000000000000000000000000000002\
+                     1f90c00100000001000000025010200000000000",
+                ),
+                40,
+            ),
+        ] {
+            let mut packet = packet;
+            set_tcp_pseudo_header_sum(&mut packet);
+            // What an offloading NIC (or the kernel's skb_checksum_help) does with it.
+            let sum = !checksum::data(&packet[hl..]);
+            packet[hl + 16..hl + 18].copy_from_slice(&sum.to_be_bytes());
+            let (src, dst) = if hl == 20 {
+                let ip = Ipv4Packet::new_checked(&packet[..]).unwrap();
+                (IpAddress::from(ip.src_addr()), IpAddress::from(ip.dst_addr()))
+            } else {
+                let ip = Ipv6Packet::new_checked(&packet[..]).unwrap();
+                (IpAddress::from(ip.src_addr()), IpAddress::from(ip.dst_addr()))
+            };
+            let tcp = TcpPacket::new_checked(&packet[hl..]).unwrap();
+            assert!(tcp.verify_checksum(&src, &dst), "{hl}-byte IP header");
+        }
+        // Not TCP: left alone.
+        let mut udp = hex("4500001c000040004011000a0a0000010a000002003500350008abcd");
+        let before = udp.clone();
+        set_tcp_pseudo_header_sum(&mut udp);
+        assert_eq!(udp, before);
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        let text: String = text.split_whitespace().collect();
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
     }
 }

@@ -152,6 +152,7 @@ impl<L: PacketLink> Engine<L> {
         // keep the tunnel busy while the stack produces the next burst.
         let high = (16 * config.mtu).max(1 << 20);
         let mut device = LinkDevice::new(config.mtu, TxQueue::new(high, high / 2));
+        device.set_tcp_checksum_trusted(link.tx_checksum_trusted());
         let iface = new_interface(&mut device, clock.now());
         let settings = TcpSettings {
             rx_buffer: config.tcp_rx_buffer,

@@ -68,6 +68,13 @@ pub trait PacketLink: Send {
     fn mtu(&self) -> Option<usize> {
         None
     }
+
+    /// Whether the packets the link delivers are taken as checked by the receiving kernel
+    /// (a TUN with virtio-net headers writes TCP as `CHECKSUM_PARTIAL`), so the stack need not
+    /// compute TCP checksums.
+    fn tx_checksum_trusted(&self) -> bool {
+        false
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

@@ -210,6 +210,7 @@ mod tests {
             env: Some(env),
             env_overrides: Vec::new(),
             remote_files: None,
+            tun_offload: false,
         };
         let message = ParentMessage::Spec(Box::new(spec));
         send(a.as_fd(), &message, &[]).unwrap();

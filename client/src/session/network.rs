@@ -5,7 +5,11 @@
 //!
 //! 1. `lo` up: a fresh namespace has it down, and many programs talk to 127.0.0.1.
 //! 2. The TUN is created with `IFF_NO_PI` (bare IP packets, which is what the tunnel carries).
-//!    Its descriptor goes to the client; the device lives as long as that descriptor.
+//!    Its descriptor goes to the client; the device lives as long as that descriptor. A TUN
+//!    that the local agent's stack will serve (`tun_offload`) also gets `IFF_VNET_HDR` and
+//!    `TUNSETOFFLOAD(TUN_F_CSUM)`: the session's kernel then leaves TCP/UDP checksums partial
+//!    on what it sends and trusts what it receives (see the agent's `tun_link`). Only the
+//!    checksum offload: no TSO, so every read is still one IP packet.
 //! 3. MTU, and — only when IPv6 is wanted — `addrgenmode none`, in one `RTM_SETLINK` before
 //!    the link goes up: with it the kernel gives the TUN no link-local address, so it sends no
 //!    duplicate-address probes or router solicitations down the tunnel.
@@ -49,8 +53,13 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<OwnedFd, Se
         .packet_information(false)
         // Up only once addrgenmode is set, or the kernel has already made a link-local.
         .enable(false)
+        .offload(spec.tun_offload)
         .build_sync()
         .map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
+    if spec.tun_offload {
+        // The builder turns on TSO (and USO) too; keep the checksum offload alone.
+        checksum_offload_only(&tun).map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
+    }
     let index = nix::net::if_::if_nametoindex(spec.tun_name.as_str())
         .map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
 
@@ -98,6 +107,22 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<OwnedFd, Se
     }
     // SAFETY: into_raw_fd hands over the device's only descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(tun.into_raw_fd()) })
+}
+
+/// Sets the device's offloads to `TUN_F_CSUM` alone.
+fn checksum_offload_only(tun: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    // SAFETY: an ioctl taking an unsigned int argument by value on the device's descriptor.
+    let done = unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::TUN_F_CSUM as libc::c_ulong,
+        )
+    };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn loopback_up(netlink: &mut Netlink) -> std::io::Result<()> {

@@ -29,7 +29,7 @@
 //! session with init.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -92,8 +92,12 @@ pub enum SessionError {
 /// packets.
 pub struct Session {
     child: ChildProcess,
-    /// `None` once handed over with [`take_tun`](Self::take_tun).
+    /// `None` once handed over with [`take_tun`](Self::take_tun), and for a TUN with
+    /// virtio-net headers ([`SessionOptions::tun_offload`]), which is `offload_tun`.
     tun: Option<Arc<tun_rs::AsyncDevice>>,
+    /// The TUN opened with `IFF_VNET_HDR`, as a bare descriptor: its reader must handle the
+    /// headers. `None` once handed over with [`take_tun_fd`](Self::take_tun_fd).
+    offload_tun: Option<OwnedFd>,
     tun_name: String,
     /// The FUSE server of the target's files, when there is one.
     _files: Option<Box<dyn std::any::Any + Send>>,
@@ -191,17 +195,23 @@ impl Session {
                 Err(problem) => return Err(child.fail(problem).await),
             }
         }
-        // SAFETY: the descriptor came from the child's TUNSETIFF with IFF_NO_PI and without
-        // IFF_VNET_HDR, and is owned by nothing else here.
-        let tun = unsafe { tun_rs::AsyncDevice::from_fd(ready.tun.into_raw_fd()) }
-            .map_err(SessionError::Tun)?;
+        let (tun, offload_tun) = if options.tun_offload {
+            (None, Some(ready.tun))
+        } else {
+            // SAFETY: the descriptor came from the child's TUNSETIFF with IFF_NO_PI and
+            // without IFF_VNET_HDR, and is owned by nothing else here.
+            let tun = unsafe { tun_rs::AsyncDevice::from_fd(ready.tun.into_raw_fd()) }
+                .map_err(SessionError::Tun)?;
+            (Some(Arc::new(tun)), None)
+        };
         if let Err(err) = channel::send(ready.socket.as_fd(), &ParentMessage::Go, &[]) {
             return Err(child.fail(Conversation::from(err)).await);
         }
         tracing::debug!(pid = child.pid, tun = %ready.tun_name, "session started");
         Ok(Session {
             child,
-            tun: Some(Arc::new(tun)),
+            tun,
+            offload_tun,
             tun_name: ready.tun_name,
             _files: served,
         })
@@ -224,6 +234,35 @@ impl Session {
     /// watches the device, so its packets wake only whoever serves it now.
     pub fn take_tun(&mut self) -> Option<Arc<tun_rs::AsyncDevice>> {
         self.tun.take()
+    }
+
+    /// The session's TUN descriptor, whichever way it was opened; `None` once handed over.
+    pub fn tun_fd(&self) -> Option<BorrowedFd<'_>> {
+        match (&self.tun, &self.offload_tun) {
+            (Some(tun), _) => {
+                // SAFETY: the device keeps its descriptor open while `self` is borrowed.
+                Some(unsafe { BorrowedFd::borrow_raw(tun.as_raw_fd()) })
+            }
+            (None, Some(fd)) => Some(fd.as_fd()),
+            (None, None) => None,
+        }
+    }
+
+    /// Takes the session's TUN descriptor out of the session, whichever way it was opened,
+    /// for a relay that serves it elsewhere (a local agent's stack). Once it is dropped,
+    /// this process no longer watches the device.
+    pub fn take_tun_fd(&mut self) -> Option<OwnedFd> {
+        if let Some(fd) = self.offload_tun.take() {
+            return Some(fd);
+        }
+        let tun = self.tun.take()?;
+        // SAFETY: `dup` of a descriptor `tun` keeps open; the copy is owned by the caller.
+        let fd = unsafe { libc::fcntl(tun.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` was just made and nothing else owns it.
+        Some(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// Name of the TUN device inside the session.

@@ -73,6 +73,10 @@ pub struct ChildSpec {
     /// The target's files in the session; `None` when files are off.
     #[serde(default)]
     pub remote_files: Option<RemoteFilesSpec>,
+    /// Open the TUN with virtio-net headers and checksum offload (`IFF_VNET_HDR`,
+    /// `TUN_F_CSUM`): for a TUN the local agent's stack serves itself.
+    #[serde(default)]
+    pub tun_offload: bool,
 }
 
 /// Where the target's root is mounted and which of its paths are shown over local ones.
@@ -361,6 +365,7 @@ mod tests {
             env: Some(vec![(b"PATH".to_vec(), b"/usr/bin".to_vec())]),
             env_overrides: vec![(b"HOME".to_vec(), b"/srv".to_vec())],
             remote_files: None,
+            tun_offload: false,
         }
     }
 

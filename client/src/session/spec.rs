@@ -90,6 +90,10 @@ pub struct SessionOptions {
     /// More files to show in the session, after resolv.conf and hosts: absolute target path
     /// and contents.
     pub extra_files: Vec<(PathBuf, Vec<u8>)>,
+    /// Open the TUN with virtio-net headers and checksum offload, for a reader that
+    /// handles them (a local agent's stack); the session then gives it out only as a
+    /// descriptor ([`take_tun_fd`](super::Session::take_tun_fd)).
+    pub tun_offload: bool,
 }
 
 impl Default for SessionOptions {
@@ -100,6 +104,7 @@ impl Default for SessionOptions {
             tun_name: DEFAULT_TUN_NAME.to_owned(),
             setup_timeout: Duration::from_secs(30),
             extra_files: Vec::new(),
+            tun_offload: false,
         }
     }
 }
@@ -253,6 +258,7 @@ pub(crate) fn child_spec(
             .map(|(key, value)| (key.as_bytes().to_vec(), value.as_bytes().to_vec()))
             .collect(),
         remote_files: None,
+        tun_offload: options.tun_offload,
     })
 }
 
