@@ -86,7 +86,8 @@ pub async fn serve_one_session(
     let (report, report_rx) = mpsc::unbounded_channel();
     let (inbound, inbound_rx) = stack::inbound::channel();
     tokio::spawn(control_stream(send, recv, events, report_rx));
-    tokio::spawn(incoming::run(events_rx, inbound, report, addrs));
+    // Local: filtered connections are served by tasks that are not `Send`.
+    tokio::task::spawn_local(incoming::run(events_rx, inbound, report, addrs));
     tokio::spawn(accept_streams(connection.clone(), files));
     match tun {
         None => stack::serve_with_inbound(connection, config, Some(inbound_rx)).await,

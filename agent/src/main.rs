@@ -142,7 +142,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    // A LocalSet: the incoming side's filtered connections are tasks that are not `Send`.
+    tokio::task::LocalSet::new().block_on(&runtime, async move {
         let server_config =
             transport::server_config(&identity, args.client_cert_sha256, args.path)?;
         let stream_clients = control::StreamClients {

@@ -23,6 +23,7 @@
 pub mod framing;
 pub mod fs;
 pub mod handshake;
+pub mod http_filter;
 pub mod listening;
 pub mod messages;
 pub mod ready;

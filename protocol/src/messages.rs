@@ -50,6 +50,30 @@ pub struct IncomingConfig {
     /// `(local, remote)`: the session's program listens on `local` for the target's
     /// `remote`. Ports not named here are the same on both sides.
     pub port_map: Vec<(u16, u16)>,
+    /// Steal only the HTTP requests this filter matches, on its ports; `None` steals whole
+    /// connections.
+    pub http_filter: Option<HttpFilterConfig>,
+}
+
+/// A session's HTTP filter as the user wrote it: the agent compiles it with
+/// [`crate::http_filter::HttpFilter::new`] (the client already did, so it compiles).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFilterConfig {
+    /// The regex tried against each header's `Name: value`.
+    pub header: Option<String>,
+    /// The regex tried against the path with its query.
+    pub path: Option<String>,
+    /// Replaces `{{ key }}` in both, regex-escaped.
+    pub key: Option<String>,
+    /// Target ports the filter applies to; empty: every stolen port.
+    pub ports: Vec<u16>,
+}
+
+impl HttpFilterConfig {
+    /// Whether connections to target port `port` are filtered per request.
+    pub fn applies_to(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,7 +28,12 @@
 //!   exits) deletes its table, since the table is owned by the agent's netlink socket.
 //!
 //! Connections already handed to the session stay there until they end.
+//!
+//! With an HTTP filter ([`IncomingConfig::http_filter`]), a stolen connection on a filtered
+//! port is not handed to the stack whole: [`filtered`] serves it request by request, the
+//! matching ones into the session, the others to the target.
 
+mod filtered;
 pub mod http;
 pub mod mirror;
 mod nft;
@@ -38,6 +43,7 @@ pub mod plan;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -47,6 +53,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use self::http::HttpFilter;
 use crate::stack::inbound::{InboundConnection, InboundSender};
 
 /// How often the redirect set is re-evaluated without news (the silence limit, the
@@ -144,10 +151,14 @@ fn bind_v6(port: u16) -> io::Result<Option<TcpListener>> {
 struct Stealing {
     nft: nft::Nft,
     listeners: Listeners,
+    /// Loopback pairs for filtered connections.
+    pairs: Arc<filtered::Pairs>,
 }
 
 struct State {
     config: Option<IncomingConfig>,
+    /// The config's HTTP filter, compiled.
+    filter: Option<Arc<HttpFilter>>,
     listening: Vec<u16>,
     last_heard: Instant,
     /// Target port → session port, as the rules are now.
@@ -167,6 +178,7 @@ pub async fn run(
 ) {
     let mut state = State {
         config: None,
+        filter: None,
         listening: Vec::new(),
         last_heard: Instant::now(),
         current: BTreeMap::new(),
@@ -182,7 +194,18 @@ pub async fn run(
                     None => return,
                     Some(ControlEvent::Config(config)) => {
                         state.last_heard = Instant::now();
-                        state.config = Some(config);
+                        match compile(&config) {
+                            Ok(filter) => {
+                                state.filter = filter;
+                                state.config = Some(config);
+                            }
+                            Err(line) => {
+                                // Nothing is stolen rather than everything.
+                                state.config = None;
+                                state.filter = None;
+                                say(&mut state, &report, line);
+                            }
+                        }
                         if state.stealing.is_none() {
                             match start() {
                                 Ok(stealing) => state.stealing = Some(stealing),
@@ -216,6 +239,20 @@ async fn accept(stealing: &Option<Stealing>) -> io::Result<(TcpStream, SocketAdd
     }
 }
 
+/// The config's HTTP filter, compiled; an error is one line for the user.
+fn compile(config: &IncomingConfig) -> Result<Option<Arc<HttpFilter>>, String> {
+    let Some(filter) = &config.http_filter else {
+        return Ok(None);
+    };
+    HttpFilter::new(
+        filter.header.as_deref(),
+        filter.path.as_deref(),
+        filter.key.as_deref(),
+    )
+    .map(|filter| Some(Arc::new(filter)))
+    .map_err(|err| format!("cannot use the HTTP filter: {err}").replace('\n', " "))
+}
+
 fn start() -> io::Result<Stealing> {
     let table = format!("mirrord-net-{}", std::process::id());
     let nft = nft::Nft::create(&table).map_err(|err| {
@@ -225,8 +262,13 @@ fn start() -> io::Result<Stealing> {
         )
     })?;
     let listeners = Listeners::bind()?;
+    let pairs = Arc::new(filtered::Pairs::bind()?);
     tracing::info!(table = nft.table(), port = listeners.port, "ready to steal");
-    Ok(Stealing { nft, listeners })
+    Ok(Stealing {
+        nft,
+        listeners,
+        pairs,
+    })
 }
 
 fn say(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>, line: String) {
@@ -326,6 +368,23 @@ fn dispatch(
         return;
     };
     let peer = canonical(peer);
+    let filter_applies = state
+        .config
+        .as_ref()
+        .and_then(|config| config.http_filter.as_ref())
+        .is_some_and(|filter| filter.applies_to(original.port()));
+    if let (true, Some(filter), Some(stealing)) = (filter_applies, &state.filter, &state.stealing) {
+        let to = filtered::Filtered {
+            filter: filter.clone(),
+            pairs: stealing.pairs.clone(),
+            stack: stack.clone(),
+            peer,
+            session,
+            original,
+        };
+        filtered::spawn(stream, to);
+        return;
+    }
     let (done, outcome) = oneshot::channel();
     let conn = InboundConnection {
         peer,

@@ -66,6 +66,7 @@ mod tests {
             steal: steal.to_vec(),
             steal_all: all,
             port_map: map.to_vec(),
+            http_filter: None,
         }
     }
 

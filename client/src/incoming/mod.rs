@@ -10,7 +10,8 @@
 pub mod control;
 
 use clap::Args;
-use mirrord_net_protocol::messages::IncomingConfig;
+use mirrord_net_protocol::http_filter::HttpFilter;
+use mirrord_net_protocol::messages::{HttpFilterConfig, IncomingConfig};
 
 /// What of the target's inbound traffic the session takes.
 #[derive(Debug, Clone, Default, Args)]
@@ -59,6 +60,12 @@ pub enum IncomingError {
     RemoteMappedTwice(u16),
     #[error("--port-map names session port {0} twice")]
     LocalMappedTwice(u16),
+    #[error("{0}")]
+    Filter(String),
+    #[error("{0} needs --http-header-filter or --http-path-filter")]
+    FilterMissing(&'static str),
+    #[error("an HTTP filter needs --steal or --steal-all")]
+    FilterWithoutSteal,
 }
 
 impl IncomingArgs {
@@ -83,13 +90,11 @@ impl IncomingArgs {
         if self.mirror_all {
             return Err(IncomingError::Unsupported("--mirror-all"));
         }
-        if self.http_header_filter.is_some() {
-            return Err(IncomingError::Unsupported("--http-header-filter"));
-        }
-        if self.http_path_filter.is_some() {
-            return Err(IncomingError::Unsupported("--http-path-filter"));
-        }
+        let http_filter = self.http_filter()?;
         if self.steal.is_empty() && !self.steal_all {
+            if http_filter.is_some() {
+                return Err(IncomingError::FilterWithoutSteal);
+            }
             return Ok(None);
         }
         let mut steal = self.steal.clone();
@@ -99,8 +104,42 @@ impl IncomingArgs {
             steal,
             steal_all: self.steal_all,
             port_map: self.port_map.clone(),
+            http_filter,
         }))
     }
+
+    /// The HTTP filter to send, compiled here first so that a bad one is the user's error
+    /// before anything starts.
+    fn http_filter(&self) -> Result<Option<HttpFilterConfig>, IncomingError> {
+        let header = self.http_header_filter.as_deref();
+        let path = self.http_path_filter.as_deref();
+        if header.is_none() && path.is_none() {
+            if !self.http_filter_port.is_empty() {
+                return Err(IncomingError::FilterMissing("--http-filter-port"));
+            }
+            return Ok(None);
+        }
+        HttpFilter::new(header, path, self.key.as_deref())
+            .map_err(|err| IncomingError::Filter(one_line(&err.to_string())))?;
+        let mut ports = self.http_filter_port.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(Some(HttpFilterConfig {
+            header: header.map(str::to_owned),
+            path: path.map(str::to_owned),
+            key: self.key.clone(),
+            ports,
+        }))
+    }
+}
+
+/// The regex crate's errors span lines (the pattern, a caret, the message): one line here.
+fn one_line(text: &str) -> String {
+    text.split('\n')
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn parse_port(value: &str) -> Result<u16, String> {
@@ -152,6 +191,7 @@ mod tests {
                 steal: vec![80, 8080],
                 steal_all: false,
                 port_map: vec![(9000, 80)],
+                http_filter: None,
             })
         );
         assert_eq!(args.reconnect_window, 15);
@@ -174,10 +214,48 @@ mod tests {
         assert_eq!(args.config(), Err(IncomingError::StealAndMirror(80)));
         let args = parse(&["--port-map", "1:80", "--port-map", "2:80"]).unwrap();
         assert_eq!(args.config(), Err(IncomingError::RemoteMappedTwice(80)));
-        let args = parse(&["--steal", "80", "--http-header-filter", "^X: y$"]).unwrap();
+    }
+
+    #[test]
+    fn http_filters_are_compiled_before_they_are_sent() {
+        let args = parse(&[
+            "--steal",
+            "80",
+            "--http-header-filter",
+            "^X-Run: {{ key }}$",
+            "--key",
+            "a.b",
+            "--http-filter-port",
+            "80",
+        ])
+        .unwrap();
+        let filter = args.config().unwrap().unwrap().http_filter.unwrap();
+        assert_eq!(filter.header.as_deref(), Some("^X-Run: {{ key }}$"));
+        assert_eq!(filter.key.as_deref(), Some("a.b"));
+        assert_eq!(filter.ports, vec![80]);
+        assert!(filter.applies_to(80) && !filter.applies_to(81));
+
+        let args = parse(&["--steal", "80", "--http-path-filter", "^/api/("]).unwrap();
+        let err = args.config().unwrap_err().to_string();
+        assert!(
+            err.starts_with("the path filter is not a valid regular expression"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+
+        let args = parse(&["--steal", "80", "--http-header-filter", "^X: {{key}}$"]).unwrap();
+        let err = args.config().unwrap_err().to_string();
         assert_eq!(
-            args.config().unwrap_err().to_string(),
-            "--http-header-filter is not available yet in this build of mirrord-net"
+            err,
+            "the header filter uses {{ key }} but the session has no --key"
+        );
+
+        let args = parse(&["--http-path-filter", "^/"]).unwrap();
+        assert_eq!(args.config(), Err(IncomingError::FilterWithoutSteal));
+        let args = parse(&["--steal", "80", "--http-filter-port", "80"]).unwrap();
+        assert_eq!(
+            args.config(),
+            Err(IncomingError::FilterMissing("--http-filter-port"))
         );
     }
 }

@@ -35,6 +35,10 @@ pub const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../../scripts/tagged_httpd.py"),
     ),
     (
+        "keepalive_requests.py",
+        include_str!("../../scripts/keepalive_requests.py"),
+    ),
+    (
         "interactive_shell.py",
         include_str!("../../scripts/interactive_shell.py"),
     ),

@@ -294,3 +294,158 @@ fn incoming_flags_this_build_cannot_serve_fail_with_one_line() {
     assert_eq!(lines.len(), 1, "{out}");
     assert!(lines[0].contains("--mirror"), "{out}");
 }
+
+/// One request with `header` (`Name: value`, or none) to `path`: the answer's tag.
+fn tag_with(pod: &Pod, header: Option<&str>, path: &str) -> Option<String> {
+    let mut command = pod.services_netns().command(&tool("curl")).unwrap();
+    command.args(["-sS", "--max-time", "3"]);
+    if let Some(header) = header {
+        command.args(["-H", header]);
+    }
+    command.arg(format!("http://{POD_V4}:{PORT}{path}"));
+    let out = command.output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    out.status.success().then(|| {
+        text.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+}
+
+/// Waits until a request with `header` to `path` gets `want`; every request meanwhile must
+/// be answered.
+fn matching_switches_to(pod: &Pod, header: Option<&str>, path: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let tag = tag_with(pod, header, path).expect("a request during the switch was lost");
+        if tag == want {
+            eprintln!("matching requests got {want} after {:?}", start.elapsed());
+            return;
+        }
+        assert!(
+            start.elapsed() < SWITCH,
+            "matching requests did not switch to {want} within {SWITCH:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// 100 matching and 100 other requests interleaved on one keep-alive connection: every
+/// matching one answered by the session (which sees the real client), every other one by the
+/// target, none lost.
+fn interleaved_on_one_connection(pod: &Pod, mode: &str, key: &str) {
+    let mut command = pod.services_netns().command(&tool("python3")).unwrap();
+    command.args([
+        &pod.script("keepalive_requests.py"),
+        &POD_V4.to_string(),
+        &PORT.to_string(),
+        mode,
+        key,
+        "100",
+    ]);
+    let started = Instant::now();
+    let out = command.output().expect("python3");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{out:?}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 200, "{stdout}");
+    for line in &lines {
+        match line[..] {
+            ["match", tag, seen, own] => {
+                assert_eq!(tag, "v2", "a matching request went to the target");
+                assert_eq!(seen, own, "the session sees the real client");
+            }
+            ["other", tag, _, _] => assert_eq!(tag, "v1", "another request went to the session"),
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    eprintln!("200 interleaved requests on one connection in {took:?}");
+}
+
+#[test]
+fn header_filter_steals_only_tagged_requests_on_one_keep_alive_connection() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+    let key = "run-7.a";
+    let mut session = session(
+        &pod,
+        &[
+            "--steal",
+            "8080",
+            "--http-header-filter",
+            "^X-Verifier-Run: {{ key }}$",
+            "--key",
+            key,
+        ],
+        &patched(&pod),
+    );
+    session.wait_for("listening");
+    let header = format!("X-Verifier-Run: {key}");
+    matching_switches_to(&pod, Some(&header), "/", "v2");
+    // The key is regex-escaped: a value the unescaped `.` would match is not the session's.
+    assert_eq!(
+        tag_with(&pod, Some("X-Verifier-Run: run-7xa"), "/").as_deref(),
+        Some("v1")
+    );
+    assert_eq!(
+        tag_with(&pod, Some("x-verifier-run: run-7.a"), "/").as_deref(),
+        Some("v2"),
+        "header names are compared case-insensitively"
+    );
+    interleaved_on_one_connection(&pod, "header", key);
+
+    session.kill();
+    matching_switches_to(&pod, Some(&header), "/", "v1");
+    assert_ruleset_restored(&pod, &before);
+}
+
+#[test]
+fn path_filter_steals_only_matching_paths_on_one_keep_alive_connection() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+    let mut session = session(
+        &pod,
+        &["--steal", "8080", "--http-path-filter", "^/api/"],
+        &patched(&pod),
+    );
+    session.wait_for("listening");
+    matching_switches_to(&pod, None, "/api/x", "v2");
+    interleaved_on_one_connection(&pod, "path", "-");
+
+    session.kill();
+    matching_switches_to(&pod, None, "/api/x", "v1");
+    assert_ruleset_restored(&pod, &before);
+}
+
+#[test]
+fn a_bad_http_filter_is_one_line_before_anything_starts() {
+    let pod = Pod::start();
+    for (flags, needle) in [
+        (
+            &["--steal", "8080", "--http-path-filter", "^/api/("][..],
+            "not a valid regular expression",
+        ),
+        (
+            &["--steal", "8080", "--http-header-filter", "^X: {{ key }}$"][..],
+            "no --key",
+        ),
+    ] {
+        let mut invocation = Invocation::session(&pod, &["true"]);
+        for flag in flags {
+            invocation = invocation.client_flag(flag);
+        }
+        let out = invocation.run();
+        assert_ne!(out.code(), Some(0), "{out}");
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        assert!(lines[0].contains(needle), "{out}");
+    }
+}

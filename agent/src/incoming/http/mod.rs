@@ -29,7 +29,6 @@
 //! opened. Connectors should set `TCP_NODELAY` on the sockets they make: small requests and
 //! answers are forwarded as they are parsed, never held for more.
 
-pub mod filter;
 pub mod h1;
 pub mod h1_proxy;
 pub mod h2_proxy;
@@ -45,6 +44,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use filter::{FilterError, HttpFilter, RequestHead};
+/// The filters live in the protocol crate, so the client compiles them too (a bad regex is
+/// the user's error before anything starts).
+pub use mirrord_net_protocol::http_filter as filter;
 
 /// How long a client may stay silent before its connection goes to the target untouched.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_millis(200);

@@ -1,0 +1,170 @@
+//! Filtered steal: a stolen connection on a port with an HTTP filter is served request by
+//! request ([`super::http::serve_connection`]); the session gets the requests its filter
+//! matches, the target's own process every other one, on the same client connection.
+//!
+//! ```text
+//!  client ─► agent listener ─► serve_connection ─┬─ filter matches ─► loopback pair ─► stack
+//!                                                │   (SessionConnector)  InboundConnection
+//!                                                │                       peer = the client
+//!                                                └─ else ─► TcpStream::connect(original)
+//!                                                           (TargetConnector; leaves
+//!                                                           through output, not redirected)
+//! ```
+//!
+//! The stack relays an [`InboundConnection`]'s `TcpStream` into the session, so the session
+//! connector makes a connected pair of loopback TCP sockets (a listener on `127.0.0.1:0` in
+//! the target's namespace, made once per session; connect, then accept the very connection
+//! made) and hands one end to the stack while the proxy writes to the other. When the
+//! session refuses (nothing listens on the port there), the stack gives the end back at
+//! once, the pair is dropped and the connect fails with `ConnectionRefused`, so the request
+//! goes to the target. The pair costs two loopback sockets and a copy per session
+//! connection; an in-process stream handed to the stack would spare both.
+//!
+//! The proxy's futures are not `Send` (its routes are `Rc`): each connection is a task of the
+//! agent thread's `LocalSet`.
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Mutex};
+
+use super::http::{self, BoxedStream, Connector, HttpFilter, Route, Routes};
+use crate::stack::inbound::{InboundConnection, InboundSender};
+
+/// How long making a loopback pair may take before it counts as failed.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The loopback listener session connections are paired through.
+pub struct Pairs {
+    listener: TcpListener,
+    /// One pair at a time, so the connection accepted is the one just made.
+    turn: Mutex<()>,
+}
+
+impl Pairs {
+    pub fn bind() -> io::Result<Self> {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener: TcpListener::from_std(listener)?,
+            turn: Mutex::new(()),
+        })
+    }
+
+    /// A connected pair of loopback sockets: (the end that connected, the end accepted).
+    async fn pair(&self) -> io::Result<(TcpStream, TcpStream)> {
+        let _turn = self.turn.lock().await;
+        let made = async {
+            let near = TcpStream::connect(self.listener.local_addr()?).await?;
+            let near_addr = near.local_addr()?;
+            loop {
+                let (far, from) = self.listener.accept().await?;
+                // Anyone in the namespace may connect to the listener: take only ours.
+                if from == near_addr {
+                    near.set_nodelay(true)?;
+                    far.set_nodelay(true)?;
+                    return Ok((near, far));
+                }
+            }
+        };
+        tokio::time::timeout(PAIR_TIMEOUT, made)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("no loopback pair in time")))
+    }
+}
+
+/// Opens a connection into the session, from the original client's address.
+struct SessionConnector {
+    pairs: Arc<Pairs>,
+    stack: InboundSender,
+    peer: SocketAddr,
+    session: SocketAddr,
+}
+
+impl Connector for SessionConnector {
+    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>> {
+        Box::pin(async move {
+            let (near, far) = self.pairs.pair().await?;
+            let (done, outcome) = oneshot::channel();
+            let conn = InboundConnection {
+                peer: self.peer,
+                session: self.session,
+                stream: far,
+                done,
+            };
+            if self.stack.send(conn).is_err() {
+                return Err(io::Error::other("the stack is gone"));
+            }
+            match outcome.await {
+                Ok(Ok(())) => Ok(Box::new(near) as BoxedStream),
+                Ok(Err(_)) => Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "the session did not take the connection",
+                )),
+                Err(_) => Err(io::Error::other("the stack dropped the connection")),
+            }
+        })
+    }
+}
+
+/// Opens a connection to the target's own listener.
+struct TargetConnector(SocketAddr);
+
+impl Connector for TargetConnector {
+    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(self.0).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxedStream)
+        })
+    }
+}
+
+/// This session's one route.
+struct OneRoute(Route);
+
+impl Routes for OneRoute {
+    fn current(&self) -> Vec<Route> {
+        vec![self.0.clone()]
+    }
+}
+
+/// What a filtered connection needs besides the client's stream.
+pub struct Filtered {
+    pub filter: Arc<HttpFilter>,
+    pub pairs: Arc<Pairs>,
+    pub stack: InboundSender,
+    /// The original client.
+    pub peer: SocketAddr,
+    /// The session's address and port.
+    pub session: SocketAddr,
+    /// Where the client connected: the target's listener.
+    pub original: SocketAddr,
+}
+
+/// Serves `client` request by request on a task of the thread's `LocalSet`.
+pub fn spawn(client: TcpStream, to: Filtered) {
+    tokio::task::spawn_local(async move {
+        let route = Route {
+            filter: to.filter,
+            upstream: Rc::new(SessionConnector {
+                pairs: to.pairs,
+                stack: to.stack,
+                peer: to.peer,
+                session: to.session,
+            }),
+        };
+        let target: Rc<dyn Connector> = Rc::new(TargetConnector(to.original));
+        let peer = to.peer;
+        match http::serve_connection(Box::new(client), &OneRoute(route), target).await {
+            Ok(()) => tracing::debug!(%peer, "filtered connection done"),
+            Err(err) => tracing::debug!(%peer, "filtered connection: {err}"),
+        }
+    });
+}
