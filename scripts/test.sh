@@ -25,7 +25,9 @@ step "linting"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "benchmark harness, smoke mode (checks it runs; no timing assertions)"
-cargo run --release -p mirrord-net-bench -- --smoke --runs 1
+# The binary the build step made: `cargo run -p` alone would rebuild dependencies with the
+# features of that one package.
+./target/release/mirrord-net-bench --smoke --runs 1
 
 step "running unit and end-to-end tests"
 # tests/nextest.toml: per-test timeouts, and the heavy tests one at a time. The Kubernetes
