@@ -434,25 +434,16 @@ impl TcpFlows {
         Stats::inc(&ctx.stats.tcp_connects);
         match upstream::connect_tcp(key.server) {
             Ok(upstream) => {
-                let id = self.flows.insert_with(|id| Flow {
+                // Service polls the connect, which registers the waker.
+                self.insert_and_wake(
+                    ctx,
                     key,
-                    waker: FlowWaker::new(
-                        Token {
-                            proto: Proto::Tcp,
-                            id,
-                        },
-                        ctx.ready,
-                    ),
-                    timer_at: None,
-                    state: FlowState::Connecting(Connecting {
+                    FlowState::Connecting(Connecting {
                         upstream,
                         syn: syn.to_vec(),
                         syn_seq,
                     }),
-                });
-                self.by_key.insert(key, id);
-                // Service polls the connect, which registers the waker.
-                self.flows.get(id).expect("just inserted").waker.wake();
+                );
             }
             Err(e) => {
                 tracing::debug!(?key, error = %e, "upstream connect failed at once");
@@ -498,6 +489,25 @@ impl TcpFlows {
             return;
         }
         let now = ctx.now;
+        Stats::inc(&ctx.stats.tcp_inbound);
+        self.insert_and_wake(
+            ctx,
+            key,
+            FlowState::Open(Box::new(Open {
+                upstream: conn.stream,
+                endpoint,
+                closing: Closing::default(),
+                handshake: true,
+                rx: RxTrack::new(0),
+                moved_since_release: 0,
+                last_moved: now,
+                inbound: Some(conn.done),
+            })),
+        );
+    }
+
+    /// Adds a flow in `state`, indexes it by `key` and wakes it, so its first service runs.
+    fn insert_and_wake(&mut self, ctx: &mut Ctx<'_>, key: FlowKey, state: FlowState) {
         let id = self.flows.insert_with(|id| Flow {
             key,
             waker: FlowWaker::new(
@@ -508,19 +518,9 @@ impl TcpFlows {
                 ctx.ready,
             ),
             timer_at: None,
-            state: FlowState::Open(Box::new(Open {
-                upstream: conn.stream,
-                endpoint,
-                closing: Closing::default(),
-                handshake: true,
-                rx: RxTrack::new(0),
-                moved_since_release: 0,
-                last_moved: now,
-                inbound: Some(conn.done),
-            })),
+            state,
         });
         self.by_key.insert(key, id);
-        Stats::inc(&ctx.stats.tcp_inbound);
         self.flows.get(id).expect("just inserted").waker.wake();
     }
 
