@@ -15,16 +15,14 @@
 //! and 40 µs depending on which core a thread lands on); `taskset -c 1` in front of the
 //! command puts every thread on one core and gives steady figures.
 
-use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirrord_net_agent::incoming::http::{
-    serve_connection, BoxedStream, Connector, HttpFilter, Route, Routes,
+    serve_connection, Connector, HttpFilter, OneRoute, Route, TcpConnector,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -57,26 +55,6 @@ fn server() -> SocketAddr {
         }
     });
     addr
-}
-
-struct Tcp(SocketAddr);
-
-impl Connector for Tcp {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>> {
-        Box::pin(async move {
-            let stream = TcpStream::connect(self.0).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as BoxedStream)
-        })
-    }
-}
-
-struct OneRoute(Route);
-
-impl Routes for OneRoute {
-    fn current(&self) -> Vec<Route> {
-        vec![self.0.clone()]
-    }
 }
 
 /// A plain TCP relay (tokio's `copy_bidirectional`) on its own thread, the reference cost of
@@ -121,9 +99,9 @@ fn filter(target: SocketAddr, session: SocketAddr) -> SocketAddr {
             let filter = HttpFilter::new(Some("^x-run: bench$"), None, None).unwrap();
             let routes = Rc::new(OneRoute(Route {
                 filter: Arc::new(filter),
-                upstream: Rc::new(Tcp(session)),
+                upstream: Rc::new(TcpConnector(session)),
             }));
-            let target: Rc<dyn Connector> = Rc::new(Tcp(target));
+            let target: Rc<dyn Connector> = Rc::new(TcpConnector(target));
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 stream.set_nodelay(true).unwrap();

@@ -7,7 +7,7 @@
 //!                                                │   (SessionConnector)  InboundConnection
 //!                                                │                       peer = the client
 //!                                                └─ else ─► TcpStream::connect(original)
-//!                                                           (TargetConnector; leaves
+//!                                                           (TcpConnector; leaves
 //!                                                           through output, not redirected)
 //! ```
 //!
@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Mutex};
 
-use super::http::{self, BoxedStream, Connector, HttpFilter, Route, Routes};
+use super::http::{self, BoxedStream, Connector, HttpFilter, OneRoute, Route, TcpConnector};
 use crate::stack::inbound::{InboundConnection, InboundSender};
 
 /// How long making a loopback pair may take before it counts as failed.
@@ -113,28 +113,6 @@ impl Connector for SessionConnector {
     }
 }
 
-/// Opens a connection to the target's own listener.
-struct TargetConnector(SocketAddr);
-
-impl Connector for TargetConnector {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>> {
-        Box::pin(async move {
-            let stream = TcpStream::connect(self.0).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as BoxedStream)
-        })
-    }
-}
-
-/// This session's one route.
-struct OneRoute(Route);
-
-impl Routes for OneRoute {
-    fn current(&self) -> Vec<Route> {
-        vec![self.0.clone()]
-    }
-}
-
 /// What a filtered connection needs besides the client's stream.
 pub struct Filtered {
     pub filter: Arc<HttpFilter>,
@@ -160,7 +138,7 @@ pub fn spawn(client: TcpStream, to: Filtered) {
                 session: to.session,
             }),
         };
-        let target: Rc<dyn Connector> = Rc::new(TargetConnector(to.original));
+        let target: Rc<dyn Connector> = Rc::new(TcpConnector(to.original));
         let peer = to.peer;
         match http::serve_connection(Box::new(client), &OneRoute(route), target).await {
             Ok(()) => tracing::debug!(%peer, "filtered connection done"),

@@ -97,20 +97,29 @@ pub struct ResponseInfo {
     pub close: bool,
 }
 
+/// The length of a head httparse parsed out of `buffered` bytes; `None` while it is
+/// incomplete and may still fit in [`MAX_HEAD`].
+fn head_length(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+) -> Result<Option<usize>, ParseError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered >= MAX_HEAD => Err(ParseError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(ParseError::HeadTooLarge),
+        Err(e) => Err(ParseError::Head(e)),
+    }
+}
+
 /// Parses a request head at the start of `buf`; `None` while it is incomplete.
 pub fn parse_request<'b>(
     buf: &'b [u8],
     headers: &'b mut [httparse::Header<'b>],
 ) -> Result<Option<RequestInfo<'b>>, ParseError> {
     let mut request = httparse::Request::new(headers);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Err(ParseError::HeadTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge),
-        Err(e) => return Err(ParseError::Head(e)),
+    let Some(len) = head_length(request.parse(buf), buf.len())? else {
+        return Ok(None);
     };
     let method = request.method.unwrap_or("");
     let target = request.path.unwrap_or("/");
@@ -154,14 +163,8 @@ pub fn parse_response<'b>(
     head_request: bool,
 ) -> Result<Option<ResponseInfo>, ParseError> {
     let mut response = httparse::Response::new(headers);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Err(ParseError::HeadTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge),
-        Err(e) => return Err(ParseError::Head(e)),
+    let Some(len) = head_length(response.parse(buf), buf.len())? else {
+        return Ok(None);
     };
     let status = response.code.unwrap_or(0);
     let version = response.version.unwrap_or(1);

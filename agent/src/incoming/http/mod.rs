@@ -35,6 +35,7 @@ pub mod h2_proxy;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -75,6 +76,28 @@ pub struct Route {
 /// The routes of a port as they are now, first match wins.
 pub trait Routes {
     fn current(&self) -> Vec<Route>;
+}
+
+/// A plain TCP connect to one address, with `TCP_NODELAY` (the target's own listener).
+pub struct TcpConnector(pub SocketAddr);
+
+impl Connector for TcpConnector {
+    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(self.0).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxedStream)
+        })
+    }
+}
+
+/// Routes that are always the same one route (one session's filter).
+pub struct OneRoute(pub Route);
+
+impl Routes for OneRoute {
+    fn current(&self) -> Vec<Route> {
+        vec![self.0.clone()]
+    }
 }
 
 /// The protocol a client speaks, as far as its first bytes tell.
