@@ -117,6 +117,10 @@ pub struct SessionArgs {
     /// Keep this path local even if the target has a mount there (repeatable).
     #[arg(long, value_name = "PATH")]
     pub fs_local: Vec<PathBuf>,
+    /// Keep localhost (127.0.0.0/8, ::1) the session's own. By default connections to it
+    /// reach the target's loopback, except ports a program of the session listens on.
+    #[arg(long)]
+    pub no_target_localhost: bool,
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]

@@ -123,6 +123,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     let options = session::SessionOptions {
         privileges,
         tun_offload,
+        target_localhost: !args.no_target_localhost,
         ..session::SessionOptions::default()
     };
     let mut session = Session::start_with_files(spec, options, files).await?;

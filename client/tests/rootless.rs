@@ -765,3 +765,55 @@ fn rootless_pings_of_the_user_leave_through_the_clients_tun() {
         STOCK,
     );
 }
+
+#[test]
+fn rootless_connections_to_localhost_leave_through_the_tun_for_the_target() {
+    if in_unprivileged_copy().is_some() {
+        block_on(async {
+            let mut spec = spec("", Path::new("/dev/null"));
+            spec.command = vec![
+                "sh".into(),
+                "-c".into(),
+                "curl -s -m 3 http://127.0.0.5:8085/ & curl -s -g -m 3 'http://[::1]:8086/' & wait"
+                    .into(),
+            ];
+            let options = SessionOptions {
+                target_localhost: true,
+                ..rootless_options()
+            };
+            let mut session = Session::start_with(spec, options).await.unwrap();
+            let packets = read_packets(
+                &session,
+                &[
+                    // TCP SYNs (protocol 6 / next header 6).
+                    |p| p[0] >> 4 == 4 && p[9] == 6,
+                    |p| p[0] >> 4 == 6 && p[6] == 6,
+                ],
+            )
+            .await;
+            // The loopback destination, rewritten to the address that stands for it; the
+            // source is the session's address, never a loopback one.
+            assert_eq!(&packets[0][12..16], &[10, 244, 1, 7]);
+            assert_eq!(&packets[0][16..20], &[240, 0, 0, 5]);
+            assert_eq!(&packets[0][22..24], &8085u16.to_be_bytes());
+            assert_eq!(
+                &packets[1][8..24],
+                &"fd00::1:7".parse::<std::net::Ipv6Addr>().unwrap().octets()
+            );
+            assert_eq!(
+                &packets[1][24..40],
+                &mirrord_net_protocol::loopback::LOOPBACK_V6.octets()
+            );
+            assert_eq!(&packets[1][42..44], &8086u16.to_be_bytes());
+            session.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+            assert_eq!(session.wait().await, 137);
+        });
+        return;
+    }
+    let scratch = Scratch::new("localhost");
+    run_unprivileged(
+        "rootless_connections_to_localhost_leave_through_the_tun_for_the_target",
+        &scratch,
+        STOCK,
+    );
+}

@@ -25,6 +25,7 @@ pub mod fs;
 pub mod handshake;
 pub mod http_filter;
 pub mod listening;
+pub mod loopback;
 pub mod messages;
 pub mod ready;
 pub mod stream_datagrams;

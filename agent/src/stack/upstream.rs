@@ -8,6 +8,10 @@
 //!   kernel reports at once (no route) come back from [`connect_tcp`] directly.
 //! * UDP: a socket bound to an ephemeral port and connected to the destination, so the
 //!   kernel filters replies from other peers and reports ICMP errors as ECONNREFUSED.
+//! * The reserved addresses that stand for the session's loopback destinations
+//!   (`mirrord_net_protocol::loopback`) are connected as the target's loopback addresses they
+//!   stand for; the flow keeps the reserved address toward the session, whose conntrack maps
+//!   the replies back.
 //! * ICMP echo: an unprivileged ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP[V6]`) where
 //!   `net.ipv4.ping_group_range` allows it; otherwise a raw socket (the agent usually runs as
 //!   root, and the default range admits no group at all).
@@ -16,6 +20,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use mirrord_net_protocol::loopback;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -32,8 +37,10 @@ pub(crate) fn unreachable_reason(err: &io::Error) -> Option<Unreachable> {
     }
 }
 
-/// Starts a non-blocking connect to `dst`.
+/// Starts a non-blocking connect to `dst` (a reserved loopback address stands for the
+/// target's loopback: see `mirrord_net_protocol::loopback`).
 pub(crate) fn connect_tcp(dst: SocketAddr) -> io::Result<TcpStream> {
+    let dst = loopback::upstream(dst);
     let socket = Socket::new(
         Domain::for_address(dst),
         Type::STREAM.nonblocking(),
@@ -60,8 +67,9 @@ pub(crate) fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
     SockRef::from(stream).shutdown(std::net::Shutdown::Write)
 }
 
-/// A UDP socket connected to `dst`.
+/// A UDP socket connected to `dst` (or to the target's loopback address it stands for).
 pub(crate) fn connect_udp(dst: SocketAddr) -> io::Result<UdpSocket> {
+    let dst = loopback::upstream(dst);
     let socket = Socket::new(
         Domain::for_address(dst),
         Type::DGRAM.nonblocking(),

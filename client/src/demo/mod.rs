@@ -135,6 +135,7 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         fs_mode: crate::files::FsMode::Read,
         fs_remote: Vec::new(),
         fs_local: Vec::new(),
+        no_target_localhost: false,
         kube: Default::default(),
         incoming: Default::default(),
     };

@@ -165,6 +165,7 @@ mod tests {
         let ready = ChildMessage::Ready {
             tun_name: "mnet0".into(),
             warnings: vec![],
+            loopback_ipv6: false,
         };
         send(a.as_fd(), &ready, &[file.as_fd()]).unwrap();
         send(a.as_fd(), &ready, &[]).unwrap();
@@ -211,6 +212,7 @@ mod tests {
             env_overrides: Vec::new(),
             remote_files: None,
             tun_offload: false,
+            target_localhost: false,
         };
         let message = ParentMessage::Spec(Box::new(spec));
         send(a.as_fd(), &message, &[]).unwrap();

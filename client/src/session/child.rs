@@ -109,18 +109,22 @@ fn run() -> i32 {
     }
 
     let mut warnings = Vec::new();
-    let (tun, root) = match build(&spec, client, &mut warnings) {
+    let (network, root) = match build(&spec, client, &mut warnings) {
         Ok(built) => built,
         Err(failure) => {
             fail(&socket, failure);
             return SETUP_FAILED;
         }
     };
+    let network::Built { tun, loopback } = network;
     let ready = ChildMessage::Ready {
         tun_name: spec.tun_name.clone(),
         warnings,
+        loopback_ipv6: loopback.as_ref().is_some_and(|(_, ipv6)| *ipv6),
     };
+    // The order the client expects: TUN, the loopback redirect's socket, FUSE.
     let mut fds = vec![tun.as_fd()];
+    fds.extend(loopback.as_ref().map(|(socket, _)| socket.as_fd()));
     fds.extend(root.as_ref().map(|(device, _)| device.as_fd()));
     if channel::send(socket.as_fd(), &ready, &fds).is_err() {
         return SETUP_FAILED;
@@ -129,6 +133,7 @@ fn run() -> i32 {
     // The client holds the devices now; these copies would only keep them alive after the
     // client (a FUSE connection whose server died must abort, not hang its callers).
     drop(tun);
+    drop(loopback);
     if let (Some(files), Some((device, kept))) = (&spec.remote_files, root) {
         drop(device);
         match channel::recv::<ParentMessage>(socket.as_fd()) {
@@ -160,7 +165,7 @@ fn build(
     spec: &ChildSpec,
     client: nix::unistd::Pid,
     warnings: &mut Vec<String>,
-) -> Result<(OwnedFd, Option<(OwnedFd, KeptLocal)>), SetupFailure> {
+) -> Result<(network::Built, Option<(OwnedFd, KeptLocal)>), SetupFailure> {
     namespaces::enter_new_namespaces(spec.privileges, client)?;
     mounts::make_private().map_err(|err| SetupFailure::os(SetupStep::MountPropagation, err))?;
     // Only after the mounts are private: the FUSE mount must never reach the host.

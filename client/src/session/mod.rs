@@ -40,6 +40,7 @@ mod exec;
 pub mod hosts;
 mod identity;
 mod init;
+mod loopback;
 mod mounts;
 mod namespaces;
 mod netlink;

@@ -21,6 +21,9 @@
 //!    point-to-point and has no neighbours to resolve). IPv4's is link-scoped, as `ip route add
 //!    default dev X` makes it; the kernel picks the TUN's address as the source.
 //!
+//! 6. With the loopback redirect (`target_localhost`): `route_localnet` on the TUN, a
+//!    `local ::1` route on it, and the session's nftables table ([`loopback`] says why each).
+//!
 //! IPv6 is skipped, with a warning for the client's log, when it cannot work: the kernel has
 //! no IPv6 (`ipv6.disable=1`: no `/proc/sys/net/ipv6`) or the MTU is below IPv6's minimum of
 //! 1280 (the kernel would silently turn IPv6 off on the device). Otherwise `disable_ipv6` of
@@ -32,18 +35,26 @@ use std::path::Path;
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute};
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
+use super::loopback;
 use super::netlink::Netlink;
 use super::protocol::{ChildSpec, IpFamily, SetupFailure, SetupStep};
 
 /// IPv6's minimum link MTU (RFC 8200).
 const IPV6_MIN_MTU: u16 = 1280;
 
-/// Builds the whole network of the session and returns the TUN descriptor.
-pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<OwnedFd, SetupFailure> {
+/// The session's network as built: the TUN descriptor and, with the loopback redirect, the
+/// netlink socket that owns its table and whether it covers IPv6.
+pub struct Built {
+    pub tun: OwnedFd,
+    pub loopback: Option<(OwnedFd, bool)>,
+}
+
+/// Builds the whole network of the session.
+pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, SetupFailure> {
     let mut netlink =
         Netlink::open().map_err(|err| SetupFailure::os(SetupStep::NetlinkSocket, err))?;
     loopback_up(&mut netlink).map_err(|err| SetupFailure::os(SetupStep::Loopback, err))?;
@@ -105,9 +116,49 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<OwnedFd, Se
             .create(RouteNetlinkMessage::NewRoute(route))
             .map_err(|err| SetupFailure::os(SetupStep::DefaultRoute(IpFamily::V6), err))?;
     }
+    let loopback = if spec.target_localhost {
+        let redirect = |err| SetupFailure::os(SetupStep::LoopbackRedirect, err);
+        if !spec.ipv4.is_empty() {
+            route_localnet(&spec.tun_name).map_err(redirect)?;
+        }
+        if !ipv6.is_empty() {
+            local_ipv6_loopback(&mut netlink, index).map_err(redirect)?;
+        }
+        let socket = loopback::install(!ipv6.is_empty()).map_err(redirect)?;
+        Some((socket, !ipv6.is_empty()))
+    } else {
+        None
+    };
     // SAFETY: into_raw_fd hands over the device's only descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(tun.into_raw_fd()) })
+    let tun = unsafe { OwnedFd::from_raw_fd(tun.into_raw_fd()) };
+    Ok(Built { tun, loopback })
 }
+
+/// Lets loopback addresses be routed through the TUN (`net.ipv4.conf.<tun>.route_localnet`),
+/// which the loopback redirect needs (see [`loopback`]).
+fn route_localnet(device: &str) -> std::io::Result<()> {
+    std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{device}/route_localnet"),
+        "1",
+    )
+}
+
+/// `ip -6 route add local ::1 dev <tun> table local`: the route that lets replies conntrack
+/// turned back into `::1` be delivered (see [`loopback`]).
+fn local_ipv6_loopback(netlink: &mut Netlink, index: u32) -> std::io::Result<()> {
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(Ipv6Addr::LOCALHOST, 128)
+        .output_interface(index)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .table_id(LOCAL_TABLE)
+        .priority(1024)
+        .build();
+    netlink.create(RouteNetlinkMessage::NewRoute(route))
+}
+
+/// The kernel's `local` routing table (`RT_TABLE_LOCAL`).
+const LOCAL_TABLE: u32 = 255;
 
 /// Sets the device's offloads to `TUN_F_CSUM` alone.
 fn checksum_offload_only(tun: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {

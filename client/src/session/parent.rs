@@ -46,6 +46,7 @@ use tokio::io::Interest;
 use super::channel::{self, ChannelError};
 use super::exec;
 use super::identity;
+use super::loopback;
 use super::protocol::{ChildMessage, ParentMessage, SetupFailure};
 use super::spec::{self, InvalidSpec, RemoteFiles, SessionOptions, SessionSpec};
 use super::userns;
@@ -101,6 +102,8 @@ pub struct Session {
     tun_name: String,
     /// The FUSE server of the target's files, when there is one.
     _files: Option<Box<dyn std::any::Any + Send>>,
+    /// The task that keeps the session's served ports out of the loopback redirect.
+    _loopback: Option<loopback::Follower>,
 }
 
 impl Session {
@@ -140,7 +143,9 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let mut child_spec = spec::child_spec(&spec, &options, None)?;
         child_spec.remote_files = files.as_ref().map(RemoteFiles::wire);
-        let fds_expected = 1 + usize::from(files.is_some());
+        let fds_expected = 1 + usize::from(options.target_localhost) + usize::from(files.is_some());
+        let has_fuse = files.is_some();
+        let has_loopback = options.target_localhost;
         if let Some(run_as) = spec.run_as {
             let user = tokio::task::spawn_blocking(move || identity::resolve(run_as))
                 .await
@@ -167,8 +172,9 @@ impl Session {
         let mut child = spawn(&program, theirs)?;
 
         let message = ParentMessage::Spec(Box::new(child_spec));
-        let conversation =
-            tokio::task::spawn_blocking(move || converse(ours, &message, fds_expected));
+        let conversation = tokio::task::spawn_blocking(move || {
+            converse(ours, &message, fds_expected, has_loopback, has_fuse)
+        });
         let outcome = match tokio::time::timeout(options.setup_timeout, conversation).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(join)) => Err(Conversation::Broken(join.to_string())),
@@ -204,6 +210,10 @@ impl Session {
                 .map_err(SessionError::Tun)?;
             (Some(Arc::new(tun)), None)
         };
+        let loopback_follower = ready
+            .loopback
+            .take()
+            .map(|(socket, ipv6)| loopback::Follower::start(socket, child.pid, ipv6));
         if let Err(err) = channel::send(ready.socket.as_fd(), &ParentMessage::Go, &[]) {
             return Err(child.fail(Conversation::from(err)).await);
         }
@@ -214,6 +224,7 @@ impl Session {
             offload_tun,
             tun_name: ready.tun_name,
             _files: served,
+            _loopback: loopback_follower,
         })
     }
 
@@ -296,6 +307,8 @@ impl Session {
 struct Ready {
     socket: OwnedFd,
     tun: OwnedFd,
+    /// The loopback redirect's netlink socket, and whether it covers IPv6.
+    loopback: Option<(OwnedFd, bool)>,
     fuse: Option<OwnedFd>,
     tun_name: String,
     warnings: Vec<String>,
@@ -325,16 +338,30 @@ fn converse(
     socket: OwnedFd,
     spec: &ParentMessage,
     fds_expected: usize,
+    has_loopback: bool,
+    has_fuse: bool,
 ) -> Result<Ready, Conversation> {
     channel::send(socket.as_fd(), spec, &[])?;
     let (message, mut fds) = channel::recv::<ChildMessage>(socket.as_fd())?;
     match message {
-        ChildMessage::Ready { tun_name, warnings } if fds.len() == fds_expected => {
+        ChildMessage::Ready {
+            tun_name,
+            warnings,
+            loopback_ipv6,
+        } if fds.len() == fds_expected => {
+            // In the child's order: TUN, loopback redirect, FUSE.
+            let fuse = if has_fuse { fds.pop() } else { None };
+            let loopback = if has_loopback {
+                fds.pop().map(|socket| (socket, loopback_ipv6))
+            } else {
+                None
+            };
             let tun = fds.remove(0);
             Ok(Ready {
                 socket,
                 tun,
-                fuse: fds.pop(),
+                loopback,
+                fuse,
                 tun_name,
                 warnings,
             })

@@ -77,6 +77,8 @@ pub struct ChildSpec {
     /// `TUN_F_CSUM`): for a TUN the local agent's stack serves itself.
     #[serde(default)]
     pub tun_offload: bool,
+    /// Build the loopback redirect (`session::loopback`) and send its netlink socket along.
+    pub target_localhost: bool,
 }
 
 /// Where the target's root is mounted and which of its paths are shown over local ones.
@@ -131,6 +133,8 @@ pub enum ChildMessage {
         tun_name: String,
         /// Things the child skipped (e.g. IPv6 on a kernel without it), for the client's log.
         warnings: Vec<String>,
+        /// The loopback redirect covers `::1` too (the session has IPv6).
+        loopback_ipv6: bool,
     },
     /// The remote paths are bound (answer to `BindRemote`).
     Bound {
@@ -168,6 +172,8 @@ pub enum SetupStep {
     File(String),
     Hostname,
     SendReady,
+    /// The nftables table that sends loopback destinations to the target.
+    LoopbackRedirect,
     /// Opening or mounting `/dev/fuse` for the target's files.
     FuseDevice,
     /// Binding a remote path over the local one.
@@ -204,6 +210,10 @@ impl fmt::Display for SetupStep {
             SetupStep::File(path) => write!(f, "cannot show the target's {path} in the session"),
             SetupStep::Hostname => f.write_str("cannot set the session's hostname"),
             SetupStep::SendReady => f.write_str("cannot hand the TUN device to the client"),
+            SetupStep::LoopbackRedirect => f.write_str(
+                "cannot set up the redirect of the session's localhost to the target's \
+                 (nftables in the session's namespace; --no-target-localhost turns it off)",
+            ),
             SetupStep::FuseDevice => {
                 f.write_str("cannot mount the target's files (FUSE device /dev/fuse)")
             }
@@ -366,6 +376,7 @@ mod tests {
             env_overrides: vec![(b"HOME".to_vec(), b"/srv".to_vec())],
             remote_files: None,
             tun_offload: false,
+            target_localhost: false,
         }
     }
 
@@ -389,6 +400,7 @@ mod tests {
             ChildMessage::Ready {
                 tun_name: "mnet0".into(),
                 warnings: vec!["no IPv6".into()],
+                loopback_ipv6: false,
             },
             ChildMessage::Failed(SetupFailure::os(
                 SetupStep::Address("fd00::1".parse().unwrap()),

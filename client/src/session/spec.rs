@@ -94,6 +94,9 @@ pub struct SessionOptions {
     /// handles them (a local agent's stack); the session then gives it out only as a
     /// descriptor ([`take_tun_fd`](super::Session::take_tun_fd)).
     pub tun_offload: bool,
+    /// Send the session's connections to `127.0.0.0/8` and `::1` to the target's loopback,
+    /// except ports a program of the session serves ([`loopback`](super::loopback)).
+    pub target_localhost: bool,
 }
 
 impl Default for SessionOptions {
@@ -105,6 +108,7 @@ impl Default for SessionOptions {
             setup_timeout: Duration::from_secs(30),
             extra_files: Vec::new(),
             tun_offload: false,
+            target_localhost: false,
         }
     }
 }
@@ -259,6 +263,7 @@ pub(crate) fn child_spec(
             .collect(),
         remote_files: None,
         tun_offload: options.tun_offload,
+        target_localhost: options.target_localhost,
     })
 }
 

@@ -39,6 +39,10 @@ pub const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../../scripts/keepalive_requests.py"),
     ),
     (
+        "loopback_servers.py",
+        include_str!("../../scripts/loopback_servers.py"),
+    ),
+    (
         "interactive_shell.py",
         include_str!("../../scripts/interactive_shell.py"),
     ),

@@ -1,0 +1,341 @@
+//! The pod's localhost: the session's connections to `127.0.0.0/8` and `::1` reach the
+//! target's loopback, unless a program of the session itself serves that port.
+//!
+//! The kernel keeps loopback destinations on `lo`, so they never reach the TUN's default
+//! route. The session's own nftables table (`inet mirrord-net`, in the session's network
+//! namespace) rewrites them toward addresses that are routed through the TUN, and the agent
+//! maps those back when it re-originates the flow (`mirrord_net_protocol::loopback` holds the
+//! addresses and the mapping):
+//!
+//! ```text
+//! table inet mirrord-net {                       # flags owner
+//!     chain loopback {                           # the program's first packet of a flow
+//!         type nat hook output priority dstnat;
+//!         meta l4proto tcp th dport 8080 return  # one per port a session program listens on
+//!         meta l4proto udp th dport 5353 return  # one per UDP port a session program waits on
+//!         meta l4proto tcp ip daddr 127.0.0.0/8 dnat ip prefix to 240.0.0.0/8
+//!         meta l4proto udp ip daddr 127.0.0.0/8 dnat ip prefix to 240.0.0.0/8
+//!         meta l4proto tcp ip6 daddr ::1 dnat ip6 to fd7f:6d6e:6c6f::1
+//!         meta l4proto udp ip6 daddr ::1 dnat ip6 to fd7f:6d6e:6c6f::1
+//!     }
+//!     chain loopback-source {
+//!         type nat hook postrouting priority srcnat;
+//!         ip daddr 240.0.0.0/8 masquerade
+//!         ip6 daddr fd7f:6d6e:6c6f::1 masquerade
+//!     }
+//! }
+//! ```
+//!
+//! What the kernel needs besides the rules (each checked on this kernel; without it the flow
+//! fails):
+//!
+//! - IPv4: `route_localnet=1` on the TUN. A DNAT in `output` makes the kernel route the packet
+//!   again, with its source still 127.0.0.1 (the source was chosen when the program
+//!   connected to a loopback address); routing a loopback source out of a device without
+//!   `route_localnet` fails (`EINVAL`, the SYN is dropped). The replies, whose destination
+//!   conntrack turns back into 127.0.0.1 in `prerouting`, are accepted on the TUN for the
+//!   same setting.
+//! - The masquerade gives the flow the TUN's address as its source before it leaves, so no
+//!   loopback address ever travels on the TUN and the agent sees an ordinary flow.
+//! - IPv6 has no `route_localnet`: the kernel looks `::1` up strictly by device, so a reply
+//!   turned back into `::1` on the TUN finds no route and is dropped (`Ip6InAddrErrors`). A
+//!   `local ::1 dev <TUN>` route in the `local` table (made by `network`) gives that lookup
+//!   its answer; the session's own `::1` traffic keeps using `lo`'s route (metric 0).
+//!
+//! TCP and UDP only: ICMP (`ping localhost`) stays in the session.
+//!
+//! Which ports stay in the session: the client reads the session's listening TCP sockets and
+//! unconnected UDP sockets from `/proc/<session child>/net/{tcp,tcp6,udp,udp6}` four times a
+//! second (as for incoming traffic) and, when the set changes, replaces the `loopback` chain in
+//! one batch the kernel applies atomically. A port counts whatever address its socket is bound
+//! to. The decision is conntrack's, made on a flow's first packet: a flow already under way
+//! keeps its path when the rules change, and a local server started less than a quarter of a
+//! second ago may still see its first connections go to the target.
+//!
+//! The session child creates the table (owned by its netlink socket) and hands the socket to
+//! the client with the TUN's descriptor; only that socket can change the table (not even a
+//! root program of the session), and the table goes when the session's namespace does.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use mirrord_net_netfilter::{
+    self as nf, Message, Socket, NFPROTO_IPV4, NFPROTO_IPV6, NFTA_NAT_FAMILY, NFTA_NAT_FLAGS,
+    NFTA_NAT_REG_ADDR_MAX, NFTA_NAT_REG_ADDR_MIN, NFTA_NAT_TYPE, NFT_META_L4PROTO,
+    NFT_META_NFPROTO, NFT_NAT_DNAT, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER,
+    NFT_REG_1, NFT_REG_2, NFT_RETURN, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, NF_IP_PRI_NAT_DST,
+    NF_IP_PRI_NAT_SRC, NF_NAT_RANGE_NETMAP,
+};
+use mirrord_net_protocol::listening::{parse_bound_udp, parse_listening};
+use mirrord_net_protocol::loopback::{LOOPBACK_V4_NET, LOOPBACK_V6};
+
+/// The session's table.
+pub const TABLE: &str = "mirrord-net";
+/// The chain that sends loopback destinations to the target.
+const CHAIN: &str = "loopback";
+/// The chain that gives them the TUN's address as their source.
+const SOURCE_CHAIN: &str = "loopback-source";
+
+/// How often the session's sockets are read.
+const WATCH: Duration = Duration::from_millis(250);
+
+/// The ports programs of the session serve, which stay in the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub tcp: Vec<u16>,
+    pub udp: Vec<u16>,
+}
+
+impl Kept {
+    /// Reads them from the session's network namespace, through a process inside it.
+    pub fn read(session_pid: u32) -> Self {
+        let read =
+            |table: &str| std::fs::read_to_string(format!("/proc/{session_pid}/net/{table}"));
+        let mut kept = Kept::default();
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = read(table) {
+                kept.tcp.extend(parse_listening(&text));
+            }
+        }
+        for table in ["udp", "udp6"] {
+            if let Ok(text) = read(table) {
+                kept.udp.extend(parse_bound_udp(&text));
+            }
+        }
+        for ports in [&mut kept.tcp, &mut kept.udp] {
+            ports.sort_unstable();
+            ports.dedup();
+        }
+        kept
+    }
+}
+
+const PROTOS: [u8; 2] = [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8];
+
+/// `meta l4proto PROTO th dport PORT return`
+fn keep_rule(seq: u32, proto: u8, port: u16) -> Vec<u8> {
+    nf::new_rule(seq, TABLE, CHAIN, |m| {
+        m.meta(NFT_META_L4PROTO)
+            .cmp_eq(&[proto])
+            .payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+            .cmp_eq(&port.to_be_bytes())
+            .verdict(NFT_RETURN);
+    })
+}
+
+/// `meta nfproto ipv4 ip daddr 127.0.0.0/8` (the first byte of the destination) or
+/// `meta nfproto ipv6 ip6 daddr ADDR`.
+fn match_v4_first_byte(m: &mut Message, byte: u8) {
+    m.meta(NFT_META_NFPROTO)
+        .cmp_eq(&[NFPROTO_IPV4])
+        .payload(NFT_PAYLOAD_NETWORK_HEADER, 16, 1)
+        .cmp_eq(&[byte]);
+}
+
+fn match_v6(m: &mut Message, addr: std::net::Ipv6Addr) {
+    m.meta(NFT_META_NFPROTO)
+        .cmp_eq(&[NFPROTO_IPV6])
+        .payload(NFT_PAYLOAD_NETWORK_HEADER, 24, 16)
+        .cmp_eq(&addr.octets());
+}
+
+/// `meta l4proto PROTO ip daddr 127.0.0.0/8 dnat ip prefix to 240.0.0.0/8`
+fn dnat_v4_rule(seq: u32, proto: u8) -> Vec<u8> {
+    let low = LOOPBACK_V4_NET.octets();
+    let high = [low[0], 255, 255, 255];
+    nf::new_rule(seq, TABLE, CHAIN, |m| {
+        m.meta(NFT_META_L4PROTO).cmp_eq(&[proto]);
+        match_v4_first_byte(m, 127);
+        m.immediate(NFT_REG_1, &low)
+            .immediate(NFT_REG_2, &high)
+            .expr("nat", |m| {
+                m.be32(NFTA_NAT_TYPE, NFT_NAT_DNAT)
+                    .be32(NFTA_NAT_FAMILY, u32::from(NFPROTO_IPV4))
+                    .be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1)
+                    .be32(NFTA_NAT_REG_ADDR_MAX, NFT_REG_2)
+                    .be32(NFTA_NAT_FLAGS, NF_NAT_RANGE_NETMAP);
+            });
+    })
+}
+
+/// `meta l4proto PROTO ip6 daddr ::1 dnat ip6 to fd7f:6d6e:6c6f::1`
+fn dnat_v6_rule(seq: u32, proto: u8) -> Vec<u8> {
+    nf::new_rule(seq, TABLE, CHAIN, |m| {
+        m.meta(NFT_META_L4PROTO).cmp_eq(&[proto]);
+        match_v6(m, std::net::Ipv6Addr::LOCALHOST);
+        m.immediate(NFT_REG_1, &LOOPBACK_V6.octets())
+            .expr("nat", |m| {
+                m.be32(NFTA_NAT_TYPE, NFT_NAT_DNAT)
+                    .be32(NFTA_NAT_FAMILY, u32::from(NFPROTO_IPV6))
+                    .be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1);
+            });
+    })
+}
+
+/// `ip daddr 240.0.0.0/8 masquerade`, `ip6 daddr fd7f:6d6e:6c6f::1 masquerade`
+fn masquerade_rules(seq: u32, v6: bool) -> Vec<u8> {
+    nf::new_rule(seq, TABLE, SOURCE_CHAIN, |m| {
+        if v6 {
+            match_v6(m, LOOPBACK_V6);
+        } else {
+            match_v4_first_byte(m, LOOPBACK_V4_NET.octets()[0]);
+        }
+        m.expr("masq", |_| {});
+    })
+}
+
+/// The messages that set the `loopback` chain: flush, the kept ports, the rewrites.
+fn chain_messages(push: &mut nf::Push<'_>, kept: &Kept, ipv6: bool) {
+    push(&|seq| nf::flush_chain(seq, TABLE, CHAIN));
+    for &port in &kept.tcp {
+        push(&|seq| keep_rule(seq, PROTOS[0], port));
+    }
+    for &port in &kept.udp {
+        push(&|seq| keep_rule(seq, PROTOS[1], port));
+    }
+    for proto in PROTOS {
+        push(&|seq| dnat_v4_rule(seq, proto));
+    }
+    if ipv6 {
+        for proto in PROTOS {
+            push(&|seq| dnat_v6_rule(seq, proto));
+        }
+    }
+}
+
+/// Creates the table in the calling thread's network namespace (the session child's),
+/// with nothing kept yet, and returns the socket that owns it.
+pub fn install(ipv6: bool) -> io::Result<OwnedFd> {
+    let mut socket = Socket::open()?;
+    socket.apply(|push| {
+        push(&|seq| nf::new_table(seq, TABLE));
+        push(&|seq| nf::new_nat_chain(seq, TABLE, CHAIN, NF_INET_LOCAL_OUT, NF_IP_PRI_NAT_DST));
+        push(&|seq| {
+            nf::new_nat_chain(
+                seq,
+                TABLE,
+                SOURCE_CHAIN,
+                NF_INET_POST_ROUTING,
+                NF_IP_PRI_NAT_SRC,
+            )
+        });
+        push(&|seq| masquerade_rules(seq, false));
+        if ipv6 {
+            push(&|seq| masquerade_rules(seq, true));
+        }
+        chain_messages(push, &Kept::default(), ipv6);
+    })?;
+    Ok(socket.into_fd())
+}
+
+/// The task of [`follow`], aborted when the session ends.
+pub struct Follower(tokio::task::JoinHandle<()>);
+
+impl Follower {
+    pub fn start(socket: OwnedFd, session_pid: u32, ipv6: bool) -> Self {
+        Follower(tokio::spawn(follow(socket, session_pid, ipv6)))
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows the session's listening sockets for as long as it runs, keeping the ports they
+/// serve in the session.
+async fn follow(socket: OwnedFd, session_pid: u32, ipv6: bool) {
+    let mut socket = Socket::from_fd(socket);
+    let mut current = Kept::default();
+    let mut watch = tokio::time::interval(WATCH);
+    loop {
+        watch.tick().await;
+        let kept = Kept::read(session_pid);
+        if kept == current {
+            continue;
+        }
+        match socket.apply(|push| chain_messages(push, &kept, ipv6)) {
+            Ok(()) => {
+                tracing::debug!(?kept, "loopback ports kept in the session");
+                current = kept;
+            }
+            Err(err) => {
+                tracing::warn!("cannot update the session's loopback redirect: {err}");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nf::inspect::{attrs, expr_names};
+    use nf::Batch;
+
+    fn rules(kept: &Kept, ipv6: bool) -> Vec<Vec<String>> {
+        let batch = Batch::new(1, |push| chain_messages(push, kept, ipv6));
+        let mut out = Vec::new();
+        let mut rest = &batch.bytes[..];
+        while !rest.is_empty() {
+            let len = nf::inspect::u32_at(rest, 0) as usize;
+            let kind = nf::inspect::u16_at(rest, 4) & 0xff;
+            if kind == nf::NFT_MSG_NEWRULE {
+                out.push(expr_names(&rest[..len]));
+            }
+            rest = &rest[len..];
+        }
+        out
+    }
+
+    #[test]
+    fn kept_ports_come_before_the_rewrites() {
+        let kept = Kept {
+            tcp: vec![8080],
+            udp: vec![53, 5353],
+        };
+        let r = rules(&kept, true);
+        assert_eq!(r.len(), 3 + 4);
+        for keep in &r[..3] {
+            assert_eq!(keep, &["meta", "cmp", "payload", "cmp", "immediate"]);
+        }
+        for dnat in &r[3..] {
+            assert_eq!(dnat.last().unwrap(), "nat");
+        }
+        assert_eq!(rules(&Kept::default(), false).len(), 2);
+    }
+
+    #[test]
+    fn the_ipv4_rewrite_keeps_the_host_part() {
+        let m = dnat_v4_rule(1, PROTOS[0]);
+        let a = attrs(&m[20..]);
+        let exprs = attrs(a[2].1);
+        let data = |i: usize| attrs(attrs(exprs[i].1)[1].1);
+        // The first byte of the destination is compared with 127.
+        assert_eq!(data(4)[2], (nf::NFTA_PAYLOAD_OFFSET, &[0, 0, 0, 16][..]));
+        assert_eq!(attrs(data(5)[2].1)[0], (nf::NFTA_DATA_VALUE, &[127][..]));
+        // 240.0.0.0 – 240.255.255.255, mapped as a prefix.
+        assert_eq!(attrs(data(6)[1].1)[0].1, &[240, 0, 0, 0]);
+        assert_eq!(attrs(data(7)[1].1)[0].1, &[240, 255, 255, 255]);
+        let nat = data(8);
+        assert_eq!(nat[0], (NFTA_NAT_TYPE, &[0, 0, 0, 1][..]));
+        assert_eq!(nat[4], (NFTA_NAT_FLAGS, &[0, 0, 0, 0x40][..]));
+    }
+
+    #[test]
+    fn the_ipv6_rewrite_names_the_reserved_address() {
+        let m = dnat_v6_rule(1, PROTOS[1]);
+        let a = attrs(&m[20..]);
+        let exprs = attrs(a[2].1);
+        let data = |i: usize| attrs(attrs(exprs[i].1)[1].1);
+        assert_eq!(data(1)[2].0, nf::NFTA_CMP_DATA | nf::NLA_F_NESTED);
+        assert_eq!(attrs(data(1)[2].1)[0].1, &[17]);
+        assert_eq!(
+            attrs(data(5)[2].1)[0].1,
+            &std::net::Ipv6Addr::LOCALHOST.octets()
+        );
+        assert_eq!(attrs(data(6)[1].1)[0].1, &LOOPBACK_V6.octets());
+    }
+}
