@@ -15,11 +15,14 @@ use mirrord_net_tests::process::Supervised;
 use mirrord_net_tests::Pod;
 use nix::sys::signal::Signal;
 
+use crate::cluster_path::ClusterLink;
 use crate::ports;
 
 pub struct Fixture {
     // Declared first so it is dropped before the pod's namespaces go.
     servers: Supervised,
+    /// The cluster-path mode's two namespaces and their veth.
+    cluster_link: ClusterLink,
     pod: Pod,
 }
 
@@ -38,7 +41,19 @@ impl Fixture {
             &pod.dir().join("bench-servers.log"),
             Signal::SIGTERM,
         )?;
-        let mut fixture = Fixture { servers, pod };
+        let agent_binary =
+            mirrord_net_tests::session::client_binary().with_file_name("mirrord-net-agent");
+        let cluster_link = ClusterLink::create(
+            &format!("{}{}", mirrord_net_tests::sweep::PREFIX, pod.id()),
+            pod.dir(),
+            &agent_binary,
+        )
+        .context("building the cluster-path link")?;
+        let mut fixture = Fixture {
+            servers,
+            cluster_link,
+            pod,
+        };
         fixture.wait_ready()?;
         Ok(fixture)
     }
@@ -71,6 +86,10 @@ impl Fixture {
 
     pub fn pod(&self) -> &Pod {
         &self.pod
+    }
+
+    pub fn cluster_link(&self) -> &ClusterLink {
+        &self.cluster_link
     }
 
     /// Fails with the servers' log if they died during a run.

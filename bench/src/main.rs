@@ -7,6 +7,7 @@
 
 mod cleanup;
 mod client;
+mod cluster_path;
 mod file_passes;
 mod fixture;
 mod job;
@@ -166,7 +167,13 @@ fn harness(args: &Args) -> Result<()> {
     if let Some(wrapper) = &wrapper {
         eprintln!("wrapper: {wrapper}");
     }
-    let mut modes = vec![Mode::Direct, Mode::MirrordNet, Mode::MirrordNetQuic];
+    let mut modes = vec![
+        Mode::Direct,
+        Mode::MirrordNet,
+        Mode::MirrordNetQuic,
+        Mode::MirrordNet1500,
+        Mode::MirrordNetStream,
+    ];
     if wrapper.is_some() {
         modes.push(Mode::Wrapper);
     }

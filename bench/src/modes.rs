@@ -6,6 +6,11 @@
 //!   agent serving the session's TUN itself (the default packet path of local targets);
 //! - **mirrord-net-quic**: the same with `MIRRORD_NET_LOCAL_PACKETS=quic`: every packet
 //!   relayed by the client as a QUIC datagram, the path a remote agent's packets take;
+//! - **mirrord-net-1500**: the QUIC path across a veth of MTU 1500 between the client's and
+//!   the agent's own namespaces, what a cluster agent's direct transport sees
+//!   ([`crate::cluster_path`]);
+//! - **mirrord-net-stream**: the QUIC path framed on a TCP connection to the agent
+//!   (`MIRRORD_NET_LOCAL_TRANSPORT=stream`), the framing a Kubernetes port-forward carries;
 //! - **wrapper**: any command line the user gives (e.g. a preload tool), run by `sh -c` with
 //!   the client's arguments appended; `{target_pid}`, `{pod_netns}`, `{services_netns}` and
 //!   `{pod_dir}` in it are replaced first (see `bench/wrappers/`).
@@ -38,6 +43,8 @@ pub enum Mode {
     Direct,
     MirrordNet,
     MirrordNetQuic,
+    MirrordNet1500,
+    MirrordNetStream,
     Wrapper,
 }
 
@@ -47,13 +54,27 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::MirrordNet => "mirrord-net",
             Mode::MirrordNetQuic => "mirrord-net-quic",
+            Mode::MirrordNet1500 => "mirrord-net-1500",
+            Mode::MirrordNetStream => "mirrord-net-stream",
             Mode::Wrapper => "wrapper",
         }
     }
 
     /// Whether this is a mirrord-net session (whatever its packet path).
     pub fn is_mirrord_net(self) -> bool {
-        matches!(self, Mode::MirrordNet | Mode::MirrordNetQuic)
+        matches!(
+            self,
+            Mode::MirrordNet | Mode::MirrordNetQuic | Mode::MirrordNet1500 | Mode::MirrordNetStream
+        )
+    }
+
+    /// Whether the mode differs from [`Mode::MirrordNet`] only in the packets' path (so
+    /// workloads that move no packets, such as file reads, are not run in it again).
+    pub fn is_packet_path_variant(self) -> bool {
+        matches!(
+            self,
+            Mode::MirrordNetQuic | Mode::MirrordNet1500 | Mode::MirrordNetStream
+        )
     }
 }
 
@@ -88,7 +109,10 @@ impl Launcher {
             Mode::Direct => {
                 cleanup::with_fixture(|fixture| Invocation::in_pod(fixture.pod(), args).command())?
             }
-            Mode::MirrordNet | Mode::MirrordNetQuic => {
+            Mode::MirrordNet
+            | Mode::MirrordNetQuic
+            | Mode::MirrordNet1500
+            | Mode::MirrordNetStream => {
                 let packets = if mode == Mode::MirrordNet {
                     Packets::Tun
                 } else {
@@ -97,10 +121,18 @@ impl Launcher {
                 let mut invocation = Invocation::session_on(self.target_pid, args)
                     .client_flag("--as-root")
                     .packets(packets);
+                if mode == Mode::MirrordNetStream {
+                    invocation = invocation.env("MIRRORD_NET_LOCAL_TRANSPORT", "stream");
+                }
                 if self.verbose {
                     invocation = invocation.client_flag("-v");
                 }
-                invocation.command()
+                let command = invocation.command();
+                if mode == Mode::MirrordNet1500 {
+                    cleanup::with_fixture(|fixture| fixture.cluster_link().wrap(&command))??
+                } else {
+                    command
+                }
             }
             Mode::Wrapper => {
                 let wrapper = self

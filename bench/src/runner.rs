@@ -55,7 +55,7 @@ pub fn run_all(
             if mode == Mode::Wrapper && !workload.runs_under_wrapper() {
                 continue;
             }
-            if mode == Mode::MirrordNetQuic && !workload.uses_packets() {
+            if mode.is_packet_path_variant() && !workload.uses_packets() {
                 continue;
             }
             let result = measure(launcher, sizes, workload, mode).and_then(|figures| {

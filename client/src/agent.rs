@@ -132,9 +132,17 @@ pub async fn start_local(
     log_filter: Option<&str>,
     fs_mode: crate::files::FsMode,
     packets: LocalPackets,
+    listen: Option<std::net::SocketAddr>,
 ) -> Result<LocalAgent, AgentError> {
     let path = agent_path()?;
     let mut command = Command::new(&path);
+    if let Some(addr) = listen {
+        // Reached over a real network path: small datagrams, as a cluster agent's.
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(["--path", "network"]);
+    }
     // Close-on-exec in this process (no other child inherits it); the agent's copy is made
     // inheritable between fork and exec below.
     let (tun_socket, agent_end) = match packets {

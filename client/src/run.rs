@@ -214,12 +214,14 @@ pub(crate) async fn start_agent_and_connect(
     progress.step(&format!("starting the agent for {}", args.target));
     let identity = SessionIdentity::generate()?;
     let packets = local_packets();
+    let listen = local_agent_listen();
     let agent = agent::start_local(
         pid,
         identity.fingerprint(),
         agent_log_filter(args.verbose),
         args.fs_mode,
         packets,
+        listen,
     )
     .await?;
 
@@ -231,7 +233,10 @@ pub(crate) async fn start_agent_and_connect(
                 agent.ready.addr,
                 &identity,
                 agent.ready.cert_sha256,
-                PathProfile::Loopback,
+                match listen {
+                    Some(_) => PathProfile::Network,
+                    None => PathProfile::Loopback,
+                },
             )
             .await
         }
@@ -294,6 +299,26 @@ fn local_transport() -> LocalTransport {
         Ok(other) => {
             tracing::warn!("{LOCAL_TRANSPORT_ENV}={other:?} is neither udp nor stream; using udp");
             LocalTransport::Udp
+        }
+    }
+}
+
+const LOCAL_AGENT_LISTEN_ENV: &str = "MIRRORD_NET_LOCAL_AGENT_LISTEN";
+
+/// Where a local agent listens when not on loopback (`MIRRORD_NET_LOCAL_AGENT_LISTEN=ADDR`):
+/// with the agent started in another network namespace (`MIRRORD_NET_AGENT` pointing at a
+/// wrapper that enters it), the session then crosses a real link with a real MTU, as a
+/// cluster agent's does. Both ends use the network path profile (datagrams of one MTU).
+/// The bench's cluster-path mode measures that path this way.
+fn local_agent_listen() -> Option<std::net::SocketAddr> {
+    let value = std::env::var(LOCAL_AGENT_LISTEN_ENV).ok()?;
+    match value.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            tracing::warn!(
+                "{LOCAL_AGENT_LISTEN_ENV}={value:?} is not an address and port; ignored"
+            );
+            None
         }
     }
 }
