@@ -73,6 +73,9 @@ enum Role {
     Serve,
     #[command(name = "__client", hide = true)]
     Client { job: String },
+    /// The target's own incoming service (in the pod) or the session's copy of it.
+    #[command(name = "__serve-incoming", hide = true)]
+    ServeIncoming { by: String },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
     let result = match &args.role {
         Some(Role::Serve) => server::serve(),
         Some(Role::Client { job }) => client::run(job),
+        Some(Role::ServeIncoming { by }) => server::serve_incoming(by),
         None => harness(&args),
     };
     match result {

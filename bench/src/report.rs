@@ -24,6 +24,9 @@ fn meets(figures: &Figures, name: &str, target: Target) -> Option<bool> {
         Target::RatioAtLeast { ratio } => ours / median_of(figures, name, Mode::Direct)? >= ratio,
         Target::AtMost { value } => ours <= value,
         Target::NotBelowRow { row } => ours >= median_of(figures, row, Mode::MirrordNet)?,
+        Target::RowRatioAtMost { row, ratio } => {
+            ours / median_of(figures, row, Mode::MirrordNet)? <= ratio
+        }
     })
 }
 
