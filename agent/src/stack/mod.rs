@@ -32,6 +32,8 @@ mod buffer;
 mod device;
 mod engine;
 mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 mod icmp;
 pub mod inbound;
 mod link;
