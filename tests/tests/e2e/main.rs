@@ -34,6 +34,7 @@ mod clients;
 mod concurrency;
 mod demo;
 mod dns;
+mod doctor;
 mod environment;
 mod exit_codes;
 mod files;
