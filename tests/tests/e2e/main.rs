@@ -38,6 +38,7 @@ mod environment;
 mod exit_codes;
 mod files;
 mod incoming;
+mod incoming_shared;
 mod isolation;
 mod lifecycle;
 mod network;
