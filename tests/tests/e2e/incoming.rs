@@ -342,7 +342,7 @@ fn matching_switches_to(pod: &Pod, header: Option<&str>, path: &str, want: &str)
 /// 100 matching and 100 other requests interleaved on one keep-alive connection: every
 /// matching one answered by the session (which sees the real client), every other one by the
 /// target, none lost.
-fn interleaved_on_one_connection(pod: &Pod, mode: &str, key: &str) {
+pub(super) fn interleaved_on_one_connection(pod: &Pod, mode: &str, key: &str) {
     let mut command = pod.services_netns().command(&tool("python3")).unwrap();
     command.args([
         &pod.script("keepalive_requests.py"),

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use mirrord_net_tests::topology::POD_V4;
 use mirrord_net_tests::{tool, Invocation, Pod};
 
-use super::incoming::{assert_ruleset_restored, deployed, ruleset, Group, PORT, SWITCH};
+use super::incoming::{
+    assert_ruleset_restored, deployed, interleaved_on_one_connection, ruleset, Group, PORT, SWITCH,
+};
 
 /// A session stealing the port with `flags`, its server answering `tag`, once it listens.
 fn sharing(pod: &Pod, flags: &[&str], tag: &str) -> Group {
@@ -275,5 +277,59 @@ fn a_steal_that_conflicts_with_another_sessions_is_refused_with_one_line() {
 
     u.kill();
     g.kill();
+    assert_ruleset_restored(&pod, &before);
+}
+
+/// One request with `header` (`Name: value`): the answer's tag.
+fn ask_with(pod: &Pod, header: &str) -> String {
+    let mut command = pod.services_netns().command(&tool("curl")).unwrap();
+    command.args(["-sS", "--max-time", "3", "-H", header]);
+    command.arg(format!("http://{POD_V4}:{PORT}/"));
+    let out = command.output().expect("curl");
+    assert!(out.status.success(), "a request was lost: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_registered_session_gets_its_requests_on_a_shared_keep_alive_connection_from_the_real_client() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+    // A routes the port; B registers with it, so B's requests cross A's agent and B's
+    // ingress socket.
+    let mut a = filtered(&pod, "key-a", "also-a", "v2-a");
+    settles(&pod, &[(Some("key-a"), "v2-a")], SWITCH, &[]);
+    let key = "run-b";
+    let mut b = sharing(
+        &pod,
+        &[
+            "--steal",
+            "8080",
+            "--http-header-filter",
+            "^X-Verifier-Run: {{ key }}$",
+            "--key",
+            key,
+        ],
+        "v2",
+    );
+    let header = format!("X-Verifier-Run: {key}");
+    let start = Instant::now();
+    while ask_with(&pod, &header) != "v2" {
+        assert!(start.elapsed() < SWITCH, "B's requests never reached B");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 100 of B's requests interleaved with 100 others on one connection: B's reach B,
+    // which sees the real client; the others the target. A's key still reaches A.
+    interleaved_on_one_connection(&pod, "header", key);
+    assert_eq!(ask(&pod, Some("key-a")).unwrap(), "v2-a");
+
+    a.kill();
+    b.kill();
+    settles(&pod, &[(Some("key-a"), "v1")], SWITCH, &[]);
+    assert_eq!(ask_with(&pod, &header), "v1");
     assert_ruleset_restored(&pod, &before);
 }
