@@ -333,3 +333,66 @@ fn a_registered_session_gets_its_requests_on_a_shared_keep_alive_connection_from
     assert_eq!(ask_with(&pod, &header), "v1");
     assert_ruleset_restored(&pod, &before);
 }
+
+#[test]
+fn a_registered_sessions_requests_go_to_the_target_while_its_listener_is_not_up() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+    let mut a = filtered(&pod, "key-a", "also-a", "v2-a");
+    settles(&pod, &[(Some("key-a"), "v2-a")], SWITCH, &[]);
+
+    // B's listener starts only when told, and stops when told.
+    let go = pod.dir().join("go");
+    let stop = pod.dir().join("stop");
+    let script = format!(
+        "echo started; while [ ! -e {go} ]; do sleep 0.05; done; \
+         python3 {server} {PORT} v2-b {stop}; echo exited; sleep 600",
+        go = go.display(),
+        stop = stop.display(),
+        server = pod.script("tagged_httpd.py"),
+    );
+    let mut invocation = Invocation::session(&pod, &["/bin/sh", "-c", &script]);
+    for flag in [
+        "--steal",
+        "8080",
+        "--http-header-filter",
+        "^X-Run: {{ key }}$",
+        "--key",
+        "key-b",
+    ] {
+        invocation = invocation.client_flag(flag);
+    }
+    let mut b = Group::start(invocation.command());
+    b.wait_for("started");
+    let expected = [(Some("key-a"), "v2-a"), (Some("key-b"), "v1"), (None, "v1")];
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(2) {
+        concurrently(&pod, &expected, 1);
+    }
+
+    std::fs::write(&go, "").unwrap();
+    b.wait_for("listening");
+    let took = settles(
+        &pod,
+        &[
+            (Some("key-a"), "v2-a"),
+            (Some("key-b"), "v2-b"),
+            (None, "v1"),
+        ],
+        SWITCH,
+        &[&a, &b],
+    );
+    eprintln!("the registered session's new listener got its requests after {took:?}");
+
+    std::fs::write(&stop, "").unwrap();
+    b.wait_for("exited");
+    let took = settles(&pod, &expected, SWITCH, &[&a, &b]);
+    eprintln!("its requests were the target's again {took:?} after its listener closed");
+    concurrently(&pod, &expected, 3);
+
+    b.kill();
+    a.kill();
+    settles(&pod, &[(Some("key-a"), "v1")], SWITCH, &[]);
+    assert_ruleset_restored(&pod, &before);
+}
