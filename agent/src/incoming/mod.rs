@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  client in another pod            target's network namespace
-//!  10.0.0.7:51234 ──SYN──► eth0 ─► prerouting: table inet mirrord-net-<agent pid> (owner)
+//!  10.0.0.7:51234 ──SYN──► eth0 ─► prerouting: table inet mirrord-net-<pid>-<nonce> (owner)
 //!                                   tcp dport 8080 redirect to :L
 //!                                        │
 //!                                        ▼
@@ -313,7 +313,12 @@ fn start(state: &State) -> io::Result<Stealing> {
     // The table's socket last: a dying process's descriptors are released highest first
     // (the kernel runs the deferred closes in reverse), so on SIGKILL the redirects go
     // before the listener they point at, and no connection meets a closed port.
-    let table = format!("mirrord-net-{}", std::process::id());
+    // Named like the ingress socket, whose name is unique in the namespace: pids repeat
+    // across agents from other pid namespaces (Kubernetes Job agents are often pid 1).
+    let table = format!(
+        "mirrord-net-{}",
+        ingress.rsplit('/').next().unwrap_or_default()
+    );
     let nft = nft::Nft::create(&table).map_err(|err| {
         io::Error::new(
             err.kind(),

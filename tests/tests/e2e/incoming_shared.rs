@@ -327,10 +327,17 @@ fn a_registered_session_gets_its_requests_on_a_shared_keep_alive_connection_from
     interleaved_on_one_connection(&pod, "header", key);
     assert_eq!(ask(&pod, Some("key-a")).unwrap(), "v2-a");
 
-    a.kill();
     b.kill();
+    let start = Instant::now();
+    while ask_with(&pod, &header) != "v1" {
+        assert!(
+            start.elapsed() < SWITCH,
+            "B's requests did not go back to the target"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.kill();
     settles(&pod, &[(Some("key-a"), "v1")], SWITCH, &[]);
-    assert_eq!(ask_with(&pod, &header), "v1");
     assert_ruleset_restored(&pod, &before);
 }
 
@@ -392,6 +399,7 @@ fn a_registered_sessions_requests_go_to_the_target_while_its_listener_is_not_up(
     concurrently(&pod, &expected, 3);
 
     b.kill();
+    settles(&pod, &expected, SWITCH, &[&a]);
     a.kill();
     settles(&pod, &[(Some("key-a"), "v1")], SWITCH, &[]);
     assert_ruleset_restored(&pod, &before);
