@@ -40,6 +40,7 @@ mod files;
 mod incoming;
 mod isolation;
 mod lifecycle;
+mod limits;
 mod network;
 mod packet_paths;
 mod preload_blind_spots;
