@@ -82,7 +82,22 @@ pub enum RunError {
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
     let privileges = preflight(args)?;
     let incoming = args.incoming.config()?;
-    let (agent, mut tunnel) = start_agent_and_connect(args).await?;
+    let (mut agent, mut tunnel) = start_agent_and_connect(args).await?;
+    let outcome = run_connected(args, command, privileges, incoming, &mut agent, &mut tunnel).await;
+    // Every way out, failures included, ends the session with its close.
+    agent.end_session(tunnel, Duration::from_secs(2)).await;
+    outcome
+}
+
+/// The session once the agent is connected: everything but its end.
+async fn run_connected(
+    args: &SessionArgs,
+    command: Vec<OsString>,
+    privileges: SessionPrivileges,
+    incoming: Option<mirrord_net_protocol::messages::IncomingConfig>,
+    agent: &mut SessionAgent,
+    tunnel: &mut Tunnel,
+) -> Result<i32, RunError> {
     let mut progress = Progress::new(args.quiet);
 
     progress.step("creating the session");
@@ -119,7 +134,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     progress.clear();
     // A TUN the local agent serves itself carries virtio-net headers (checksum offload); one
     // this process relays over QUIC carries bare packets.
-    let tun_offload = matches!(&agent, SessionAgent::Local(local) if local.takes_tun());
+    let tun_offload = matches!(agent, SessionAgent::Local(local) if local.takes_tun());
     let options = session::SessionOptions {
         privileges,
         tun_offload,
@@ -143,8 +158,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     };
 
     let stats = Arc::new(pump::PumpStats::default());
-    let mut agent = agent;
-    let mut pump_task = match &mut agent {
+    let mut pump_task = match agent {
         SessionAgent::Local(local) if local.takes_tun() => {
             // One relay: the agent's stack serves the TUN itself. This process keeps no
             // descriptor of it (so its packets never wake us) and only watches the connection,
@@ -169,9 +183,6 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     let outcome = supervise(&mut session, &mut pump_task).await;
     pump_task.abort();
     tracing::info!("packets: {}", stats.summary());
-    tunnel
-        .close_until(agent.finish(Duration::from_secs(2)))
-        .await;
     outcome
 }
 

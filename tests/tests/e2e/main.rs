@@ -42,6 +42,7 @@ mod incoming;
 mod incoming_shared;
 mod isolation;
 mod lifecycle;
+mod limits;
 mod network;
 mod packet_paths;
 mod preload_blind_spots;
