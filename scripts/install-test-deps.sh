@@ -80,6 +80,17 @@ if command -v pg_lsclusters >/dev/null; then
     done
 fi
 
+# Fuzzing (scripts/fuzz.sh): cargo fuzz needs a nightly toolchain for libFuzzer's
+# instrumentation.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "installing the nightly Rust toolchain (for cargo fuzz)"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz"
+    cargo install --locked --quiet cargo-fuzz
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked --quiet cargo-nextest

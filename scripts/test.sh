@@ -29,10 +29,13 @@ step "benchmark harness, smoke mode (checks it runs; no timing assertions)"
 # features of that one package.
 ./target/release/mirrord-net-bench --smoke --runs 1
 
+status=0
+step "fuzzing, short mode (scripts/fuzz.sh: 15 s per target from the kept corpus)"
+bash scripts/fuzz.sh || status=$?
+
 step "running unit and end-to-end tests"
 # tests/nextest.toml: per-test timeouts, and the heavy tests one at a time. The Kubernetes
 # tests run afterwards, against a cluster that exists only for them.
-status=0
 nextest() {
     cargo nextest run --workspace --release --no-fail-fast \
         --tool-config-file "mirrord-net-tests:$PWD/tests/nextest.toml" "$@"

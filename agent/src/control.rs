@@ -1,8 +1,12 @@
 //! The agent's end of the session: accept the one client, answer its hello, run the stack.
 //!
 //! One agent serves one session. The QUIC endpoint accepts connections until the pinned client
-//! completes a handshake (anything else fails TLS and is dropped); the first bidirectional
-//! stream carries the hello; then packets flow until the connection closes — because the
+//! completes a handshake (anything else fails TLS and is dropped). Handshakes run side by side,
+//! each within [`HANDSHAKE_TIMEOUT`] and at most [`MAX_HANDSHAKES`] at once (one more is
+//! refused), so a stalled or hostile attempt never holds up the real client; once the client is
+//! in, every new attempt is refused at once rather than left queued for the session's
+//! lifetime, and the stream relay is told which of its streams is the client's (see
+//! [`stream_relay`](crate::stream_relay)). The first bidirectional stream carries the hello; then packets flow until the connection closes — because the
 //! client said so, or because it fell silent for the idle timeout — and the agent exits.
 //! Every later bidirectional stream starts with a `StreamKind` byte and is dispatched by it
 //! (today: one file request per stream, answered by [`files`](crate::files)).
@@ -21,17 +25,25 @@ use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
 use crate::files::{self, FileServer};
 use crate::incoming;
 use crate::stack::{self, StackConfig};
-use crate::stream_relay::StreamPeer;
+use crate::stream_relay::StreamPeers;
 use crate::tun_handoff::TunHandoff;
 use mirrord_net_protocol::fs::StreamKind;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+/// How long one QUIC handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; a further attempt is refused.
+pub const MAX_HANDSHAKES: usize = 32;
 
 /// The QUIC settings for a client that comes through the stream relay, which the endpoint
 /// knows by the relay's address.
 pub struct StreamClients {
-    pub peer: StreamPeer,
+    pub peers: StreamPeers,
     pub config: Arc<quinn::ServerConfig>,
+    /// Told the session's client address once it is in (see `StreamRelay::serve`).
+    pub claimed: watch::Sender<Option<SocketAddr>>,
 }
 
 /// Waits for the pinned client and serves its session to the end.
@@ -42,12 +54,17 @@ pub async fn serve_one_session(
     files: Option<Arc<FileServer>>,
     stream_clients: Option<StreamClients>,
     tun: Option<TunHandoff>,
+    limits: stack::Limits,
 ) -> anyhow::Result<()> {
     let accept = accept_pinned(&endpoint, stream_clients.as_ref());
     let connection = tokio::time::timeout(accept_timeout, accept)
         .await
         .map_err(|_| anyhow!("no client connected within {accept_timeout:?}"))??;
     tracing::debug!(peer = %connection.remote_address(), "client connected");
+    if let Some(stream) = &stream_clients {
+        let _ = stream.claimed.send(Some(connection.remote_address()));
+    }
+    tokio::spawn(refuse_all(endpoint.clone()));
 
     let (mut send, mut recv) = connection
         .accept_bi()
@@ -78,6 +95,7 @@ pub async fn serve_one_session(
         .ok_or_else(|| anyhow!("client does not accept datagrams"))?;
     let config = StackConfig {
         mtu,
+        limits,
         ..StackConfig::default()
     };
     // The control stream stays open for the session's lifetime (its later messages go to
@@ -203,33 +221,67 @@ async fn accept_streams(connection: quinn::Connection, files: Option<Arc<FileSer
     }
 }
 
+/// Accepts QUIC attempts until one completes its handshake, i.e. is the pinned client:
+/// handshakes run concurrently (see [`HandshakeCap`]).
 async fn accept_pinned(
     endpoint: &quinn::Endpoint,
     stream_clients: Option<&StreamClients>,
 ) -> anyhow::Result<quinn::Connection> {
+    let mut handshakes = tokio::task::JoinSet::new();
+    let cap = HandshakeCap::new(MAX_HANDSHAKES);
     loop {
-        let incoming = endpoint
-            .accept()
-            .await
-            .ok_or_else(|| anyhow!("endpoint closed"))?;
-        let connecting = match stream_clients {
-            Some(stream) if incoming.remote_address() == stream.peer.0 => {
-                incoming.accept_with(stream.config.clone())
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let incoming = incoming.ok_or_else(|| anyhow!("endpoint closed"))?;
+                if !cap.admits(handshakes.len()) {
+                    tracing::warn!(peer = %incoming.remote_address(), "refused a connection: too many handshakes at once");
+                    incoming.refuse();
+                    continue;
+                }
+                let connecting = match stream_clients {
+                    Some(stream) if stream.peers.contains(incoming.remote_address()) => {
+                        incoming.accept_with(stream.config.clone())
+                    }
+                    _ => incoming.accept(),
+                };
+                match connecting {
+                    Ok(connecting) => {
+                        handshakes.spawn(tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting));
+                    }
+                    Err(err) => tracing::warn!("refused a connection: {err}"),
+                }
             }
-            _ => incoming.accept(),
-        };
-        let connecting = match connecting {
-            Ok(connecting) => connecting,
-            Err(err) => {
-                tracing::warn!("refused a connection: {err}");
-                continue;
-            }
-        };
-        match connecting.await {
-            Ok(connection) => return Ok(connection),
-            // A peer without the pinned certificate: not our client. Keep waiting.
-            Err(err) => tracing::warn!("refused a connection: {err}"),
+            Some(done) = handshakes.join_next() => match done {
+                Ok(Ok(Ok(connection))) => return Ok(connection),
+                // A peer without the pinned certificate: not our client. Keep waiting.
+                Ok(Ok(Err(err))) => tracing::warn!("refused a connection: {err}"),
+                Ok(Err(_)) => tracing::warn!("refused a connection: no handshake within {HANDSHAKE_TIMEOUT:?}"),
+                Err(err) => tracing::warn!("handshake task: {err}"),
+            },
         }
+    }
+}
+
+/// The bound on handshakes in progress at once.
+#[derive(Debug, Clone, Copy)]
+struct HandshakeCap(usize);
+
+impl HandshakeCap {
+    fn new(max: usize) -> Self {
+        Self(max)
+    }
+
+    /// Whether another handshake may start while `running` are in progress.
+    fn admits(self, running: usize) -> bool {
+        running < self.0
+    }
+}
+
+/// Once the session has its client: refuses every new QUIC attempt at once.
+async fn refuse_all(endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        tracing::debug!(peer = %incoming.remote_address(), "refused a connection: the session has its client");
+        incoming.refuse();
     }
 }
 
@@ -249,5 +301,18 @@ async fn read_message<T: serde::de::DeserializeOwned>(
             }
             None => return Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_beyond_the_cap_are_refused() {
+        let cap = HandshakeCap::new(2);
+        assert!(cap.admits(0));
+        assert!(cap.admits(1));
+        assert!(!cap.admits(2));
     }
 }

@@ -26,6 +26,7 @@ pub mod control;
 pub mod files;
 pub mod incoming;
 pub mod namespaces;
+pub mod privileges;
 pub mod root_fs;
 pub mod stack;
 pub mod stream_relay;

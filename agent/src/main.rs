@@ -2,8 +2,10 @@
 //!
 //! Started by the client (local targets) or as a pod (Kubernetes), it binds its QUIC socket
 //! (UDP) and a TCP listener on the same address and port where the client can reach it, then
-//! enters the target's namespaces, prints its ready line and serves exactly one session, to a
-//! client that comes over UDP or over a byte stream (see `stream_relay`).
+//! enters the target's namespaces, drops the privileges the session does not use (see
+//! `privileges`), prints its ready line and serves exactly one session, to a client that comes
+//! over UDP or over a byte stream (see `stream_relay`). The stack's caps on flows and connects
+//! in progress are options (see `stack::limits`).
 //!
 //! The target is a process (`--target-pid`) or, for an agent pod on the target's node, a
 //! container ID from the pod status (`--target-container-id`), which names the container's
@@ -20,8 +22,10 @@ use mirrord_net_agent::container::{self, ContainerId};
 use mirrord_net_agent::control;
 use mirrord_net_agent::files::{Access, FileServer};
 use mirrord_net_agent::namespaces::TargetNamespaces;
+use mirrord_net_agent::privileges;
 use mirrord_net_agent::root_fs::TargetRoot;
-use mirrord_net_agent::stream_relay::StreamRelay;
+use mirrord_net_agent::stack::Limits;
+use mirrord_net_agent::stream_relay::{RelayLimits, StreamRelay};
 use mirrord_net_agent::target_info;
 use mirrord_net_agent::tun_handoff::TunHandoff;
 use mirrord_net_protocol::ready::AgentReady;
@@ -57,6 +61,20 @@ struct Args {
     /// Give up when no client connects within this many seconds.
     #[arg(long, default_value_t = 30)]
     accept_timeout_secs: u64,
+    /// Most flows a session may hold, per protocol (TCP, UDP, ICMP echo); new ones beyond
+    /// it are refused (RST, ICMP prohibited, dropped).
+    #[arg(long, default_value_t = Limits::default().max_flows, value_name = "N")]
+    max_flows: usize,
+    /// Most TCP connects in progress at once for the session; SYNs beyond it get RST.
+    #[arg(long, default_value_t = Limits::default().max_half_open, value_name = "N")]
+    max_half_open: usize,
+    /// Most TCP connects in progress at once towards one destination address.
+    #[arg(long, default_value_t = Limits::default().max_half_open_per_host, value_name = "N")]
+    max_half_open_per_host: usize,
+    /// Seconds a TCP connect may take before the agent gives up and resets the session's
+    /// connection.
+    #[arg(long, default_value_t = Limits::default().connect_timeout.as_secs(), value_name = "SECS")]
+    connect_timeout_secs: u64,
     /// An inherited Unix socket on which a local client sends the session's TUN device; the
     /// stack then reads and writes the device itself instead of QUIC datagrams.
     #[arg(long, value_name = "FD", hide = true)]
@@ -129,12 +147,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let (socket, relay) = bind_sockets(args.listen)?;
-    let stream_peer = relay.peer()?;
+    let stream_peers = relay.peers()?;
     let identity = SessionIdentity::generate()?;
+    let limits = Limits {
+        max_flows: args.max_flows,
+        max_half_open: args.max_half_open,
+        max_half_open_per_host: args.max_half_open_per_host,
+        connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+    };
 
     // From here on, this thread (and every thread it starts) lives in the target's namespaces.
     namespaces.enter(pid)?;
     let target = target_info::gather(&root, pid)?;
+    // Everything that needed more is open: keep what the session's features use.
+    privileges::drop_to(privileges::kept(access == Some(Access::ReadWrite)))
+        .context("cannot drop the agent's privileges")?;
     tracing::debug!(?target.ipv4, ?target.ipv6, hostname = %target.hostname, "target");
 
     // One thread, for the same reason as the client's: no cross-thread wake-ups between the
@@ -146,8 +173,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     tokio::task::LocalSet::new().block_on(&runtime, async move {
         let server_config =
             transport::server_config(&identity, args.client_cert_sha256, args.path)?;
+        let (claimed, claimed_rx) = tokio::sync::watch::channel(None);
         let stream_clients = control::StreamClients {
-            peer: stream_peer,
+            peers: stream_peers,
+            claimed,
             config: Arc::new(transport::server_config(
                 &identity,
                 args.client_cert_sha256,
@@ -164,7 +193,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             addr: endpoint.local_addr()?,
             cert_sha256: identity.fingerprint(),
         };
-        let relay = tokio::spawn(relay.serve());
+        let relay = tokio::spawn(relay.serve(claimed_rx));
         announce(&ready)?;
         let served = control::serve_one_session(
             endpoint,
@@ -173,6 +202,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             files,
             Some(stream_clients),
             tun,
+            limits,
         )
         .await;
         relay.abort();
@@ -190,7 +220,7 @@ fn bind_sockets(addr: SocketAddr) -> anyhow::Result<(std::net::UdpSocket, Stream
         attempt += 1;
         let socket = bind_socket(addr)?;
         let bound = socket.local_addr()?;
-        match StreamRelay::bind(bound) {
+        match StreamRelay::bind(bound, RelayLimits::default()) {
             Ok(relay) => return Ok((socket, relay)),
             // The kernel's free UDP port may be taken on TCP: try another one.
             Err(err) if addr.port() == 0 && attempt < PORT_ATTEMPTS && is_addr_in_use(&err) => {

@@ -21,6 +21,7 @@ use crate::fixture::Fixture;
 
 static FIXTURE: Mutex<Option<Fixture>> = Mutex::new(None);
 static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
+static BACKGROUND_GROUP: AtomicI32 = AtomicI32::new(0);
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
@@ -112,9 +113,20 @@ pub fn set_running(pgid: i32) {
     RUNNING_GROUP.store(pgid, Ordering::SeqCst);
 }
 
-fn kill_running() {
-    let pgid = RUNNING_GROUP.swap(0, Ordering::SeqCst);
-    if pgid > 0 {
+/// Remembers the process group of a session that runs beside the client runs (the incoming
+/// rows' stealing session; 0: none).
+pub fn set_background(pgid: i32) {
+    if pgid != 0 && stopping() {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    BACKGROUND_GROUP.store(pgid, Ordering::SeqCst);
+}
+
+fn kill_running() {
+    for group in [&RUNNING_GROUP, &BACKGROUND_GROUP] {
+        let pgid = group.swap(0, Ordering::SeqCst);
+        if pgid > 0 {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
     }
 }

@@ -23,6 +23,13 @@ pub fn run(job: &str) -> Result<()> {
         Job::PingPong { count, warmup } => ping_pong(count, warmup)?,
         Job::HttpKeepAlive { count, warmup } => keep_alive(count, warmup)?,
         Job::NewConnection { count } => new_connections(count)?,
+        Job::IncomingKeepAlive {
+            count,
+            warmup,
+            tagged,
+            served_by,
+            await_session,
+        } => incoming_keep_alive(count, warmup, tagged, &served_by, await_session)?,
         Job::BulkUpload {
             flows,
             duration_ms,
@@ -85,7 +92,12 @@ const REQUEST: &[u8] = b"GET /1k HTTP/1.1\r\nHost: bench\r\nUser-Agent: mirrord-
 
 /// Sends one GET and reads one whole response (headers, then exactly Content-Length bytes).
 fn get(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
-    stream.write_all(REQUEST)?;
+    exchange(stream, buf, REQUEST).map(drop)
+}
+
+/// Sends `request` and reads one whole response; returns its `X-Served-By`, if any.
+fn exchange(stream: &mut TcpStream, buf: &mut Vec<u8>, request: &[u8]) -> Result<Option<String>> {
+    stream.write_all(request)?;
     buf.clear();
     let mut chunk = [0u8; 4096];
     loop {
@@ -116,7 +128,11 @@ fn get(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
             }
             ensure!(buf.len() == want, "more bytes than one response");
             ensure!(length == ports::HTTP_BODY, "body of {length} bytes");
-            return Ok(());
+            let served_by = head
+                .lines()
+                .find_map(|line| line.strip_prefix("x-served-by:"))
+                .map(|by| by.trim().to_string());
+            return Ok(served_by);
         }
     }
 }
@@ -131,6 +147,64 @@ fn keep_alive(count: usize, warmup: usize) -> Result<Answer> {
         if i >= warmup {
             samples.push(micros(start));
         }
+    }
+    Ok(Answer {
+        samples_us: samples,
+        ..Answer::default()
+    })
+}
+
+fn incoming_request(tagged: bool) -> Vec<u8> {
+    let tag = if tagged {
+        format!("{}: {}\r\n", ports::STEAL_HEADER, ports::STEAL_VALUE)
+    } else {
+        String::new()
+    };
+    format!("GET /1k HTTP/1.1\r\nHost: bench\r\nUser-Agent: mirrord-net-bench\r\n{tag}\r\n")
+        .into_bytes()
+}
+
+fn incoming_keep_alive(
+    count: usize,
+    warmup: usize,
+    tagged: bool,
+    served_by: &str,
+    await_session: bool,
+) -> Result<Answer> {
+    let mut buf = Vec::with_capacity(8192);
+    if await_session {
+        // The steal begins once the session's listener is seen and the rule is in place.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let probe = incoming_request(true);
+        loop {
+            let answered = TcpStream::connect_timeout(&ports::incoming_addr(), IO_TIMEOUT)
+                .map_err(anyhow::Error::from)
+                .and_then(|mut stream| exchange(&mut stream, &mut buf, &probe));
+            if matches!(&answered, Ok(Some(by)) if by == "session") {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the session did not steal in 20 s (last answer: {answered:?})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let mut stream = TcpStream::connect_timeout(&ports::incoming_addr(), IO_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let request = incoming_request(tagged);
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
+        let start = Instant::now();
+        let by = exchange(&mut stream, &mut buf, &request)?;
+        if i >= warmup {
+            samples.push(micros(start));
+        }
+        ensure!(
+            by.as_deref() == Some(served_by),
+            "request {i} answered by {by:?}, not {served_by}"
+        );
     }
     Ok(Answer {
         samples_us: samples,

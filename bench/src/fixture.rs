@@ -15,11 +15,16 @@ use mirrord_net_tests::process::Supervised;
 use mirrord_net_tests::Pod;
 use nix::sys::signal::Signal;
 
+use crate::cluster_path::ClusterLink;
 use crate::ports;
 
 pub struct Fixture {
     // Declared first so it is dropped before the pod's namespaces go.
     servers: Supervised,
+    /// The target's own incoming service, in the pod's namespace.
+    incoming: Supervised,
+    /// The cluster-path mode's two namespaces and their veth.
+    cluster_link: ClusterLink,
     pod: Pod,
 }
 
@@ -38,7 +43,31 @@ impl Fixture {
             &pod.dir().join("bench-servers.log"),
             Signal::SIGTERM,
         )?;
-        let mut fixture = Fixture { servers, pod };
+        let mut command = pod
+            .pod_netns()
+            .command(&exe.to_string_lossy())
+            .context("preparing the incoming service")?;
+        command.args(["__serve-incoming", "target"]);
+        let incoming = Supervised::spawn(
+            "bench-incoming",
+            command,
+            &pod.dir().join("bench-incoming.log"),
+            Signal::SIGTERM,
+        )?;
+        let agent_binary =
+            mirrord_net_tests::session::client_binary().with_file_name("mirrord-net-agent");
+        let cluster_link = ClusterLink::create(
+            &format!("{}{}", mirrord_net_tests::sweep::PREFIX, pod.id()),
+            pod.dir(),
+            &agent_binary,
+        )
+        .context("building the cluster-path link")?;
+        let mut fixture = Fixture {
+            servers,
+            incoming,
+            cluster_link,
+            pod,
+        };
         fixture.wait_ready()?;
         Ok(fixture)
     }
@@ -66,15 +95,37 @@ impl Fixture {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Ok(())
+        // The target's incoming service, as clients outside the pod reach it.
+        loop {
+            let reachable = self.pod.services_netns().run(|| {
+                TcpStream::connect_timeout(&ports::incoming_addr(), Duration::from_millis(200))
+                    .is_ok()
+            })?;
+            if reachable {
+                return Ok(());
+            }
+            self.incoming.ensure_running()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "the target's incoming service not ready in 10 s; log:\n{}",
+                    self.incoming.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pod(&self) -> &Pod {
         &self.pod
     }
 
+    pub fn cluster_link(&self) -> &ClusterLink {
+        &self.cluster_link
+    }
+
     /// Fails with the servers' log if they died during a run.
     pub fn check(&mut self) -> Result<()> {
-        self.servers.ensure_running()
+        self.servers.ensure_running()?;
+        self.incoming.ensure_running()
     }
 }

@@ -14,6 +14,17 @@ pub enum Job {
     PingPong { count: usize, warmup: usize },
     /// GET of 1 KiB over one keep-alive connection.
     HttpKeepAlive { count: usize, warmup: usize },
+    /// GET of 1 KiB over one keep-alive connection to the target's own service
+    /// ([`crate::ports::INCOMING`]), from outside the pod, with the steal header when
+    /// `tagged`; every answer must come from `served_by`. With `await_session`, first waits
+    /// (new connection per try) until a tagged request is answered by the session.
+    IncomingKeepAlive {
+        count: usize,
+        warmup: usize,
+        tagged: bool,
+        served_by: String,
+        await_session: bool,
+    },
     /// Connect, one GET, close; timed as a whole.
     NewConnection { count: usize },
     /// Client to server: `flows` connections writing for `duration_ms` (or `max_bytes` each).

@@ -7,6 +7,7 @@
 
 mod cleanup;
 mod client;
+mod cluster_path;
 mod file_passes;
 mod fixture;
 mod job;
@@ -72,6 +73,9 @@ enum Role {
     Serve,
     #[command(name = "__client", hide = true)]
     Client { job: String },
+    /// The target's own incoming service (in the pod) or the session's copy of it.
+    #[command(name = "__serve-incoming", hide = true)]
+    ServeIncoming { by: String },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
     let result = match &args.role {
         Some(Role::Serve) => server::serve(),
         Some(Role::Client { job }) => client::run(job),
+        Some(Role::ServeIncoming { by }) => server::serve_incoming(by),
         None => harness(&args),
     };
     match result {
@@ -166,7 +171,13 @@ fn harness(args: &Args) -> Result<()> {
     if let Some(wrapper) = &wrapper {
         eprintln!("wrapper: {wrapper}");
     }
-    let mut modes = vec![Mode::Direct, Mode::MirrordNet, Mode::MirrordNetQuic];
+    let mut modes = vec![
+        Mode::Direct,
+        Mode::MirrordNet,
+        Mode::MirrordNetQuic,
+        Mode::MirrordNet1500,
+        Mode::MirrordNetStream,
+    ];
     if wrapper.is_some() {
         modes.push(Mode::Wrapper);
     }

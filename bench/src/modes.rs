@@ -6,6 +6,11 @@
 //!   agent serving the session's TUN itself (the default packet path of local targets);
 //! - **mirrord-net-quic**: the same with `MIRRORD_NET_LOCAL_PACKETS=quic`: every packet
 //!   relayed by the client as a QUIC datagram, the path a remote agent's packets take;
+//! - **mirrord-net-1500**: the QUIC path across a veth of MTU 1500 between the client's and
+//!   the agent's own namespaces, what a cluster agent's direct transport sees
+//!   ([`crate::cluster_path`]);
+//! - **mirrord-net-stream**: the QUIC path framed on a TCP connection to the agent
+//!   (`MIRRORD_NET_LOCAL_TRANSPORT=stream`), the framing a Kubernetes port-forward carries;
 //! - **wrapper**: any command line the user gives (e.g. a preload tool), run by `sh -c` with
 //!   the client's arguments appended; `{target_pid}`, `{pod_netns}`, `{services_netns}` and
 //!   `{pod_dir}` in it are replaced first (see `bench/wrappers/`).
@@ -38,6 +43,8 @@ pub enum Mode {
     Direct,
     MirrordNet,
     MirrordNetQuic,
+    MirrordNet1500,
+    MirrordNetStream,
     Wrapper,
 }
 
@@ -47,13 +54,27 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::MirrordNet => "mirrord-net",
             Mode::MirrordNetQuic => "mirrord-net-quic",
+            Mode::MirrordNet1500 => "mirrord-net-1500",
+            Mode::MirrordNetStream => "mirrord-net-stream",
             Mode::Wrapper => "wrapper",
         }
     }
 
     /// Whether this is a mirrord-net session (whatever its packet path).
     pub fn is_mirrord_net(self) -> bool {
-        matches!(self, Mode::MirrordNet | Mode::MirrordNetQuic)
+        matches!(
+            self,
+            Mode::MirrordNet | Mode::MirrordNetQuic | Mode::MirrordNet1500 | Mode::MirrordNetStream
+        )
+    }
+
+    /// Whether the mode differs from [`Mode::MirrordNet`] only in the packets' path (so
+    /// workloads that move no packets, such as file reads, are not run in it again).
+    pub fn is_packet_path_variant(self) -> bool {
+        matches!(
+            self,
+            Mode::MirrordNetQuic | Mode::MirrordNet1500 | Mode::MirrordNetStream
+        )
     }
 }
 
@@ -88,7 +109,10 @@ impl Launcher {
             Mode::Direct => {
                 cleanup::with_fixture(|fixture| Invocation::in_pod(fixture.pod(), args).command())?
             }
-            Mode::MirrordNet | Mode::MirrordNetQuic => {
+            Mode::MirrordNet
+            | Mode::MirrordNetQuic
+            | Mode::MirrordNet1500
+            | Mode::MirrordNetStream => {
                 let packets = if mode == Mode::MirrordNet {
                     Packets::Tun
                 } else {
@@ -97,10 +121,18 @@ impl Launcher {
                 let mut invocation = Invocation::session_on(self.target_pid, args)
                     .client_flag("--as-root")
                     .packets(packets);
+                if mode == Mode::MirrordNetStream {
+                    invocation = invocation.env("MIRRORD_NET_LOCAL_TRANSPORT", "stream");
+                }
                 if self.verbose {
                     invocation = invocation.client_flag("-v");
                 }
-                invocation.command()
+                let command = invocation.command();
+                if mode == Mode::MirrordNet1500 {
+                    cleanup::with_fixture(|fixture| fixture.cluster_link().wrap(&command))??
+                } else {
+                    command
+                }
             }
             Mode::Wrapper => {
                 let wrapper = self
@@ -150,6 +182,60 @@ impl Launcher {
         Ok(done)
     }
 
+    /// Runs `job` (an incoming one) in the services namespace: a client of the target's own
+    /// service from outside the pod, whatever the mode.
+    pub fn incoming_client(&self, job: &Job, timeout: Duration) -> Result<Run> {
+        let exe = self.exe.to_string_lossy().into_owned();
+        let job_text = serde_json::to_string(job)?;
+        let mut command =
+            cleanup::with_fixture(|fixture| fixture.pod().services_netns().command(&exe))??;
+        command.args(["__client", &job_text]);
+        run(command, timeout, |_, stdout, _| {
+            let mut line = String::new();
+            stdout.read_line(&mut line)?;
+            let answer: Answer = serde_json::from_str(line.trim())
+                .with_context(|| format!("the client printed {line:?}"))?;
+            Ok((answer, None))
+        })
+    }
+
+    /// Starts a session that steals the target's incoming service by the bench's header,
+    /// serving it with its own copy (answers say `session`). Returns once started; the
+    /// incoming job waits until the steal is in place.
+    pub fn stealing_session(&self, timeout: Duration) -> Result<StealingSession> {
+        let exe = self.exe.to_string_lossy().into_owned();
+        let port = crate::ports::INCOMING.to_string();
+        let filter = format!(
+            "^{}: {}$",
+            crate::ports::STEAL_HEADER,
+            crate::ports::STEAL_VALUE
+        );
+        let mut command =
+            Invocation::session_on(self.target_pid, &[&exe, "__serve-incoming", "session"])
+                .client_flag("--as-root")
+                .client_flag("--steal")
+                .client_flag(&port)
+                .client_flag("--http-header-filter")
+                .client_flag(&filter)
+                .command();
+        let log_path = self.pod_dir.join("stealing-session.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let child = command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        cleanup::set_background(child.id() as i32);
+        Ok(StealingSession {
+            child,
+            log_path,
+            stop_within: timeout,
+        })
+    }
+
     /// CPU seconds (user + system) of the `mirrord-net` process `pid` and its agent so far.
     fn cpu_s(&self, pid: i32) -> Option<f64> {
         let agent = procfs::all()
@@ -181,6 +267,61 @@ impl Launcher {
             })
             .flatten();
         (client, agent)
+    }
+}
+
+/// A session stealing the target's incoming service, for the incoming rows.
+pub struct StealingSession {
+    child: std::process::Child,
+    log_path: PathBuf,
+    stop_within: Duration,
+}
+
+impl StealingSession {
+    /// Ends the session as `kill` would (SIGTERM to the client, passed on to its command) and
+    /// waits for it; fails (with its log) if it had died before.
+    pub fn end(mut self) -> Result<()> {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the stealing session ended early ({status}); its log:\n{}",
+                self.log_tail()
+            );
+        }
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + self.stop_within;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = self.child.wait();
+                cleanup::set_background(0);
+                bail!(
+                    "the stealing session did not end in {:?}; its log:\n{}",
+                    self.stop_within,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
+        cleanup::set_background(0);
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for StealingSession {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+            cleanup::set_background(0);
+        }
     }
 }
 

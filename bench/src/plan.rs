@@ -29,6 +29,8 @@ pub enum Workload {
     IdleFlows,
     FileRead,
     FileStat,
+    IncomingUnmatched,
+    IncomingStolen,
 }
 
 pub const WORKLOADS: &[Workload] = &[
@@ -45,6 +47,8 @@ pub const WORKLOADS: &[Workload] = &[
     Workload::IdleFlows,
     Workload::FileRead,
     Workload::FileStat,
+    Workload::IncomingUnmatched,
+    Workload::IncomingStolen,
 ];
 
 /// The workloads whose name contains one of `words` (all of them when `words` is empty).
@@ -148,6 +152,8 @@ impl Workload {
             Workload::IdleFlows => "idle flows",
             Workload::FileRead => "files read",
             Workload::FileStat => "files stat",
+            Workload::IncomingUnmatched => "incoming unmatched",
+            Workload::IncomingStolen => "incoming stolen",
         }
     }
 
@@ -168,7 +174,29 @@ impl Workload {
         !matches!(
             self,
             Workload::IdleFlows | Workload::FileRead | Workload::FileStat | Workload::Udp
-        )
+        ) && !self.is_incoming()
+    }
+
+    /// Whether the workload measures incoming traffic: a client outside the pod calls the
+    /// target's own service, directly (no session) or while a session steals its port with
+    /// an HTTP header filter ([`Workload::incoming_job`]).
+    pub fn is_incoming(self) -> bool {
+        matches!(self, Workload::IncomingUnmatched | Workload::IncomingStolen)
+    }
+
+    /// The job of an incoming workload: untagged requests answered by the target, or tagged
+    /// ones answered by the session when it steals (by the target when it does not: the
+    /// direct figure of the same request).
+    pub fn incoming_job(self, sizes: &Sizes, stealing: bool) -> Job {
+        let tagged = self == Workload::IncomingStolen;
+        let by_session = tagged && stealing;
+        Job::IncomingKeepAlive {
+            count: sizes.requests,
+            warmup: sizes.warmup,
+            tagged,
+            served_by: if by_session { "session" } else { "target" }.to_string(),
+            await_session: stealing,
+        }
     }
 
     /// Whether the workload's figures depend on the session's packet path (the file and
@@ -177,7 +205,7 @@ impl Workload {
         !matches!(
             self,
             Workload::ChildProcesses | Workload::FileRead | Workload::FileStat
-        )
+        ) && !self.is_incoming()
     }
 
     /// The client job, or `None` for session start (which runs `true`). File jobs read the
@@ -237,6 +265,9 @@ impl Workload {
                 path: target_data::tree_path(pod_dir).display().to_string(),
                 entries: sizes.data.tree_entries(),
             },
+            Workload::IncomingUnmatched | Workload::IncomingStolen => {
+                self.incoming_job(sizes, false)
+            }
         })
     }
 }
@@ -253,6 +284,8 @@ pub enum Target {
     AtMost { value: f64 },
     /// The mirrord-net figure at least the mirrord-net figure of another row.
     NotBelowRow { row: &'static str },
+    /// The mirrord-net figure at most `ratio` times the mirrord-net figure of another row.
+    RowRatioAtMost { row: &'static str, ratio: f64 },
 }
 
 impl Target {
@@ -262,6 +295,7 @@ impl Target {
             Target::RatioAtLeast { ratio } => format!("≥{:.0}% of direct", ratio * 100.0),
             Target::AtMost { value } => format!("≤{value}"),
             Target::NotBelowRow { row } => format!("≥ {row}"),
+            Target::RowRatioAtMost { row, ratio } => format!("≤{ratio}× {row}"),
         }
     }
 }
@@ -289,6 +323,7 @@ const fn metric(
     }
 }
 
+pub const KEEP_ALIVE_P50: &str = "HTTP keep-alive GET 1 KiB, p50";
 pub const UPLOAD_1: &str = "bulk upload, 1 flow";
 pub const DOWNLOAD_1: &str = "bulk download, 1 flow";
 
@@ -306,7 +341,7 @@ pub const METRICS: &[Metric] = &[
         Some(Target::RatioAtMost { ratio: 3.0 }),
     ),
     metric(
-        "HTTP keep-alive GET 1 KiB, p50",
+        KEEP_ALIVE_P50,
         "µs",
         Workload::KeepAlive,
         Some(Target::RatioAtMost { ratio: 1.6 }),
@@ -406,6 +441,38 @@ pub const METRICS: &[Metric] = &[
         "ms",
         Workload::FileStat,
         Some(Target::RatioAtMost { ratio: 3.0 }),
+    ),
+    // Incoming: a client in another namespace calls the target's own service on one
+    // keep-alive connection. direct: no session. mirrord-net: a session steals the port with
+    // a header filter; an unmatched request passes the filter to the target (its other users
+    // must barely notice), a matched one is answered by the session (compared with the same
+    // keep-alive request on the session's outgoing path, the keep-alive row).
+    metric(
+        "incoming unmatched request via the filter, p50",
+        "µs",
+        Workload::IncomingUnmatched,
+        Some(Target::RatioAtMost { ratio: 1.5 }),
+    ),
+    metric(
+        "incoming unmatched request via the filter, p99",
+        "µs",
+        Workload::IncomingUnmatched,
+        None,
+    ),
+    metric(
+        "incoming stolen request answered by the session, p50",
+        "µs",
+        Workload::IncomingStolen,
+        Some(Target::RowRatioAtMost {
+            row: KEEP_ALIVE_P50,
+            ratio: 1.3,
+        }),
+    ),
+    metric(
+        "incoming stolen request answered by the session, p99",
+        "µs",
+        Workload::IncomingStolen,
+        None,
     ),
 ];
 

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use mirrord_net_tests::topology::SERVICES_V4;
+use mirrord_net_tests::topology::{POD_V4, SERVICES_V4};
 
 /// TCP echo: every byte comes back.
 pub const ECHO: u16 = 9101;
@@ -22,6 +22,13 @@ pub const UDP_ECHO: u16 = 9105;
 /// Hold: keeps every connection open until the client sends a byte, then closes first.
 pub const HOLD: u16 = 9106;
 
+/// The target's own HTTP service (the same protocol as [`HTTP`], each answer saying who
+/// served it in `X-Served-By`), on the pod's address: what the incoming rows steal.
+pub const INCOMING: u16 = 9110;
+/// The header the incoming rows' session steals by.
+pub const STEAL_HEADER: &str = "X-Bench-Run";
+pub const STEAL_VALUE: &str = "steal";
+
 /// The TCP ports, for the readiness probe.
 pub const TCP_PORTS: &[u16] = &[ECHO, HTTP, SINK, SOURCE, HOLD];
 
@@ -30,4 +37,9 @@ pub const HTTP_BODY: usize = 1024;
 
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(SERVICES_V4), port)
+}
+
+/// The target's incoming service, as a client in the services namespace reaches it.
+pub fn incoming_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(POD_V4), INCOMING)
 }

@@ -24,6 +24,9 @@ fn meets(figures: &Figures, name: &str, target: Target) -> Option<bool> {
         Target::RatioAtLeast { ratio } => ours / median_of(figures, name, Mode::Direct)? >= ratio,
         Target::AtMost { value } => ours <= value,
         Target::NotBelowRow { row } => ours >= median_of(figures, row, Mode::MirrordNet)?,
+        Target::RowRatioAtMost { row, ratio } => {
+            ours / median_of(figures, row, Mode::MirrordNet)? <= ratio
+        }
     })
 }
 
@@ -50,15 +53,23 @@ fn ratio(ours: Option<f64>, direct: Option<f64>) -> String {
 
 pub fn markdown(outcome: &Outcome, wrapper: bool) -> String {
     let figures = &outcome.figures;
-    let mut text = String::from(
-        "| workload | unit | direct | mirrord-net | ratio | target | met | mirrord-net-quic | ratio |",
-    );
+    // Beside direct and the default path: the other packet paths, then the wrapper.
+    let mut others = vec![
+        Mode::MirrordNetQuic,
+        Mode::MirrordNet1500,
+        Mode::MirrordNetStream,
+    ];
     if wrapper {
-        text.push_str(" wrapper | ratio |");
+        others.push(Mode::Wrapper);
+    }
+    let mut text =
+        String::from("| workload | unit | direct | mirrord-net | ratio | target | met |");
+    for mode in &others {
+        text.push_str(&format!(" {} | ratio |", mode.label()));
     }
     text.push('\n');
-    text.push_str("|---|---|--:|--:|--:|---|---|--:|--:|");
-    if wrapper {
+    text.push_str("|---|---|--:|--:|--:|---|---|");
+    for _ in &others {
         text.push_str("--:|--:|");
     }
     text.push('\n');
@@ -91,10 +102,8 @@ pub fn markdown(outcome: &Outcome, wrapper: bool) -> String {
             target,
             met
         ));
-        let quic = median_of(figures, metric.name, Mode::MirrordNetQuic);
-        text.push_str(&format!(" {} | {} |", cell(quic), ratio(quic, direct)));
-        if wrapper {
-            let theirs = median_of(figures, metric.name, Mode::Wrapper);
+        for &mode in &others {
+            let theirs = median_of(figures, metric.name, mode);
             text.push_str(&format!(" {} | {} |", cell(theirs), ratio(theirs, direct)));
         }
         text.push('\n');

@@ -55,7 +55,10 @@ pub fn run_all(
             if mode == Mode::Wrapper && !workload.runs_under_wrapper() {
                 continue;
             }
-            if mode == Mode::MirrordNetQuic && !workload.uses_packets() {
+            if mode.is_packet_path_variant() && !workload.uses_packets() {
+                continue;
+            }
+            if workload.is_incoming() && !matches!(mode, Mode::Direct | Mode::MirrordNet) {
                 continue;
             }
             let result = measure(launcher, sizes, workload, mode).and_then(|figures| {
@@ -165,6 +168,9 @@ fn measure(
     workload: Workload,
     mode: Mode,
 ) -> Result<Vec<(&'static Metric, f64)>> {
+    if workload.is_incoming() {
+        return measure_incoming(launcher, sizes, workload, mode);
+    }
     let Some(job) = workload.job(sizes, &launcher.pod_dir) else {
         let mut walls = Vec::with_capacity(sizes.session_starts);
         for _ in 0..sizes.session_starts {
@@ -226,6 +232,40 @@ fn measure(
         }
     });
     Ok(figures)
+}
+
+/// An incoming workload: the client in the services namespace, with a stealing session
+/// running for the mirrord-net mode (started before, ended after the run).
+fn measure_incoming(
+    launcher: &Launcher,
+    sizes: &Sizes,
+    workload: Workload,
+    mode: Mode,
+) -> Result<Vec<(&'static Metric, f64)>> {
+    let stealing = match mode {
+        Mode::Direct => false,
+        Mode::MirrordNet => true,
+        other => anyhow::bail!("incoming rows do not run in mode {}", other.label()),
+    };
+    let session = stealing
+        .then(|| launcher.stealing_session(START_TIMEOUT))
+        .transpose()?;
+    let run = launcher.incoming_client(&workload.incoming_job(sizes, stealing), RUN_TIMEOUT);
+    if let Some(session) = session {
+        session.end()?;
+    }
+    let answer = run?.answer;
+    anyhow::ensure!(!answer.samples_us.is_empty(), "the client measured nothing");
+    Ok(metrics_of(workload)
+        .map(|metric| {
+            let p = if metric.name.ends_with("p99") {
+                99.0
+            } else {
+                50.0
+            };
+            (metric, percentile(&answer.samples_us, p))
+        })
+        .collect())
 }
 
 /// With `--verbose`: the client's and agent's log lines about packets and counters.

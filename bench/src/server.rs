@@ -71,13 +71,37 @@ async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
 }
 
 /// Answers every request (a header block ending in a blank line) with a fixed 1 KiB body.
-async fn http(mut stream: TcpStream) -> std::io::Result<()> {
+/// `mirrord-net-bench __serve-incoming BY`: the HTTP service of [`ports::INCOMING`] on every
+/// address, its answers naming `BY` (the target's own copy, or the session's).
+pub fn serve_incoming(by: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response: &'static [u8] = Vec::leak(http_response(Some(by)));
+    runtime.block_on(async {
+        let at = SocketAddr::from(([0, 0, 0, 0], ports::INCOMING));
+        eprintln!("incoming service ({by}) listening on {at}");
+        listen(at, move |stream| http_with(stream, response)).await
+    })
+}
+
+fn http_response(served_by: Option<&str>) -> Vec<u8> {
+    let by = served_by.map_or(String::new(), |by| format!("X-Served-By: {by}\r\n"));
     let mut response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{by}Content-Length: {}\r\n\r\n",
         ports::HTTP_BODY
     )
     .into_bytes();
     response.extend(std::iter::repeat_n(b'x', ports::HTTP_BODY));
+    response
+}
+
+async fn http(stream: TcpStream) -> std::io::Result<()> {
+    static RESPONSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    http_with(stream, RESPONSE.get_or_init(|| http_response(None))).await
+}
+
+async fn http_with(mut stream: TcpStream, response: &'static [u8]) -> std::io::Result<()> {
     let mut pending = Vec::with_capacity(4096);
     let mut buf = vec![0u8; 16 * 1024];
     loop {

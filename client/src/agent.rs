@@ -98,13 +98,18 @@ impl LocalAgent {
 
     /// Waits up to `grace` for the agent to exit by itself (it does once the session's
     /// connection closes), then kills it.
+    /// Says so (a warning) when it does not exit, or exits with a failure: a session that
+    /// ended normally ends its agent with status 0.
     pub async fn finish(mut self, grace: Duration) {
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => tracing::warn!("the agent exited with {status}"),
+            Ok(Err(err)) => tracing::warn!("cannot wait for the agent: {err}"),
+            Err(_) => {
+                tracing::warn!("the agent did not exit within {grace:?} of the session's end");
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+            }
         }
     }
 }
@@ -132,9 +137,17 @@ pub async fn start_local(
     log_filter: Option<&str>,
     fs_mode: crate::files::FsMode,
     packets: LocalPackets,
+    listen: Option<std::net::SocketAddr>,
 ) -> Result<LocalAgent, AgentError> {
     let path = agent_path()?;
     let mut command = Command::new(&path);
+    if let Some(addr) = listen {
+        // Reached over a real network path: small datagrams, as a cluster agent's.
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(["--path", "network"]);
+    }
     // Close-on-exec in this process (no other child inherits it); the agent's copy is made
     // inheritable between fork and exec below.
     let (tun_socket, agent_end) = match packets {

@@ -1,13 +1,20 @@
 //! The session's agent, wherever it runs: a local process or a Kubernetes pod.
 //!
 //! The session needs only two things from it: why it failed ([`SessionAgent::last_error`])
-//! and an end ([`SessionAgent::finish`]), which for a local agent waits for its exit and for a
-//! Kubernetes agent removes what the session created in the cluster.
+//! and an end ([`SessionAgent::end_session`]): the QUIC close with [`SESSION_OVER`] must reach
+//! the agent, which then exits 0 at once, before anything that carries it goes away. A local
+//! agent's exit says it arrived (waiting for it is the wait); a Kubernetes agent is reached
+//! through a port-forward or a path the client cannot watch, so the close is let out first
+//! (the endpoint drained, briefly bounded) and only then the port-forward stopped and the
+//! agent's objects removed.
+//!
+//! [`SESSION_OVER`]: crate::tunnel::SESSION_OVER
 
 use std::time::Duration;
 
 use crate::agent::LocalAgent;
 use crate::kubernetes::KubeAgent;
+use crate::tunnel::Tunnel;
 
 // One per session, moved a handful of times: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
@@ -22,6 +29,18 @@ impl SessionAgent {
         match self {
             SessionAgent::Local(agent) => agent.last_error(),
             SessionAgent::Kubernetes(agent) => agent.last_error(),
+        }
+    }
+
+    /// Ends the session on `tunnel` (see the module comment), then waits up to `grace` for
+    /// the agent to end by itself and stops or removes it.
+    pub async fn end_session(self, tunnel: Tunnel, grace: Duration) {
+        match self {
+            SessionAgent::Local(agent) => tunnel.close_until(agent.finish(grace)).await,
+            SessionAgent::Kubernetes(agent) => {
+                tunnel.close().await;
+                agent.finish(grace).await;
+            }
         }
     }
 

@@ -63,6 +63,16 @@ pub enum Command {
         #[arg(long, short = 'v', action = clap::ArgAction::Count)]
         verbose: u8,
     },
+    /// Check every prerequisite of a session (devices, user namespaces, kubeconfig, each RBAC
+    /// permission the agent mode needs, the target, the agent image on its node): one line
+    /// each with the fix; exits 0 only when a session would start.
+    Doctor {
+        #[command(flatten)]
+        args: crate::doctor::DoctorArgs,
+        /// More logs on stderr (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides.
+        #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
     /// Start a throwaway local "pod" and run a command in a session on it (default: a probe
     /// that prints what the session sees); the pod is removed afterwards.
     Demo {
@@ -153,7 +163,9 @@ impl Command {
             Command::Exec { session, .. }
             | Command::Shell { session }
             | Command::Env { session, .. } => session.verbose,
-            Command::Demo { verbose, .. } | Command::Ls { verbose, .. } => *verbose,
+            Command::Demo { verbose, .. }
+            | Command::Ls { verbose, .. }
+            | Command::Doctor { verbose, .. } => *verbose,
         }
     }
 }

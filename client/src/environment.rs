@@ -117,8 +117,7 @@ pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, Run
     let privileges = run::session_privileges(&args.target, args.as_root)?;
     let (agent, tunnel) = run::start_agent_and_connect(args).await?;
     let env = CommandEnv::for_target(&args.env, &tunnel.target.environ);
-    tunnel.close().await;
-    agent.finish(Duration::from_secs(2)).await;
+    agent.end_session(tunnel, Duration::from_secs(2)).await;
 
     let run_as = if args.as_root {
         None

@@ -24,6 +24,7 @@ pub mod agent_handle;
 pub mod cli;
 pub mod config_file;
 pub mod demo;
+pub mod doctor;
 pub mod environment;
 pub mod files;
 pub mod incoming;

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             Command::Ls { cluster, json, .. } => mirrord_net::kubernetes::ls::run(&cluster, json)
                 .await
                 .map_err(anyhow::Error::from),
+            Command::Doctor { args, .. } => Ok(mirrord_net::doctor::run(&args).await),
             Command::Demo { verbose, command } => {
                 let command = (!command.is_empty()).then_some(command);
                 demo::run_demo(verbose, command)

@@ -82,7 +82,22 @@ pub enum RunError {
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
     let privileges = preflight(args)?;
     let incoming = args.incoming.config()?;
-    let (agent, mut tunnel) = start_agent_and_connect(args).await?;
+    let (mut agent, mut tunnel) = start_agent_and_connect(args).await?;
+    let outcome = run_connected(args, command, privileges, incoming, &mut agent, &mut tunnel).await;
+    // Every way out, failures included, ends the session with its close.
+    agent.end_session(tunnel, Duration::from_secs(2)).await;
+    outcome
+}
+
+/// The session once the agent is connected: everything but its end.
+async fn run_connected(
+    args: &SessionArgs,
+    command: Vec<OsString>,
+    privileges: SessionPrivileges,
+    incoming: Option<mirrord_net_protocol::messages::IncomingConfig>,
+    agent: &mut SessionAgent,
+    tunnel: &mut Tunnel,
+) -> Result<i32, RunError> {
     let mut progress = Progress::new(args.quiet);
 
     progress.step("creating the session");
@@ -119,7 +134,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     progress.clear();
     // A TUN the local agent serves itself carries virtio-net headers (checksum offload); one
     // this process relays over QUIC carries bare packets.
-    let tun_offload = matches!(&agent, SessionAgent::Local(local) if local.takes_tun());
+    let tun_offload = matches!(agent, SessionAgent::Local(local) if local.takes_tun());
     let options = session::SessionOptions {
         privileges,
         tun_offload,
@@ -144,8 +159,7 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     };
 
     let stats = Arc::new(pump::PumpStats::default());
-    let mut agent = agent;
-    let mut pump_task = match &mut agent {
+    let mut pump_task = match agent {
         SessionAgent::Local(local) if local.takes_tun() => {
             // One relay: the agent's stack serves the TUN itself. This process keeps no
             // descriptor of it (so its packets never wake us) and only watches the connection,
@@ -170,9 +184,6 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
     let outcome = supervise(&mut session, &mut pump_task).await;
     pump_task.abort();
     tracing::info!("packets: {}", stats.summary());
-    tunnel
-        .close_until(agent.finish(Duration::from_secs(2)))
-        .await;
     outcome
 }
 
@@ -215,12 +226,14 @@ pub(crate) async fn start_agent_and_connect(
     progress.step(&format!("starting the agent for {}", args.target));
     let identity = SessionIdentity::generate()?;
     let packets = local_packets();
+    let listen = local_agent_listen();
     let agent = agent::start_local(
         pid,
         identity.fingerprint(),
         agent_log_filter(args.verbose),
         args.fs_mode,
         packets,
+        listen,
     )
     .await?;
 
@@ -232,7 +245,10 @@ pub(crate) async fn start_agent_and_connect(
                 agent.ready.addr,
                 &identity,
                 agent.ready.cert_sha256,
-                PathProfile::Loopback,
+                match listen {
+                    Some(_) => PathProfile::Network,
+                    None => PathProfile::Loopback,
+                },
             )
             .await
         }
@@ -295,6 +311,26 @@ fn local_transport() -> LocalTransport {
         Ok(other) => {
             tracing::warn!("{LOCAL_TRANSPORT_ENV}={other:?} is neither udp nor stream; using udp");
             LocalTransport::Udp
+        }
+    }
+}
+
+const LOCAL_AGENT_LISTEN_ENV: &str = "MIRRORD_NET_LOCAL_AGENT_LISTEN";
+
+/// Where a local agent listens when not on loopback (`MIRRORD_NET_LOCAL_AGENT_LISTEN=ADDR`):
+/// with the agent started in another network namespace (`MIRRORD_NET_AGENT` pointing at a
+/// wrapper that enters it), the session then crosses a real link with a real MTU, as a
+/// cluster agent's does. Both ends use the network path profile (datagrams of one MTU).
+/// The bench's cluster-path mode measures that path this way.
+fn local_agent_listen() -> Option<std::net::SocketAddr> {
+    let value = std::env::var(LOCAL_AGENT_LISTEN_ENV).ok()?;
+    match value.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            tracing::warn!(
+                "{LOCAL_AGENT_LISTEN_ENV}={value:?} is not an address and port; ignored"
+            );
+            None
         }
     }
 }

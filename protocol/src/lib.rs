@@ -16,7 +16,7 @@
 //! ([`fs`]), one stream per request, each opened with a stream-kind byte.
 //!
 //! Where only a byte stream reaches the agent, [`stream_datagrams`] frames the QUIC datagrams
-//! on it.
+//! on it. The target's mount table, sent in the hello, is parsed by [`mountinfo`].
 //!
 //! Nothing in this crate does I/O; the QUIC settings in [`transport`] are plain values.
 
@@ -27,6 +27,7 @@ pub mod http_filter;
 pub mod listening;
 pub mod loopback;
 pub mod messages;
+pub mod mountinfo;
 pub mod ready;
 pub mod stream_datagrams;
 pub mod transport;

@@ -53,6 +53,9 @@ pub struct IncomingConfig {
     /// Steal only the HTTP requests this filter matches, on its ports; `None` steals whole
     /// connections.
     pub http_filter: Option<HttpFilterConfig>,
+    /// Who the session is, for other sessions' users (`user@host pid N`): a steal refused
+    /// because this session holds the port names it.
+    pub session: String,
 }
 
 /// A session's HTTP filter as the user wrote it: the agent compiles it with

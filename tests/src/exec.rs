@@ -44,6 +44,7 @@ impl Outcome {
     #[track_caller]
     pub fn assert_success(&self) -> &str {
         assert!(self.status.success(), "command failed:\n{self}");
+        self.assert_agent_exited_cleanly();
         &self.stdout
     }
 
@@ -51,7 +52,24 @@ impl Outcome {
     #[track_caller]
     pub fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(self.code(), Some(code), "unexpected exit status:\n{self}");
+        self.assert_agent_exited_cleanly();
         self
+    }
+
+    /// A session that ended without an error of the client's own ends its local agent with
+    /// status 0 at once; the client warns when it did not (its `LocalAgent::finish`).
+    #[track_caller]
+    pub fn assert_agent_exited_cleanly(&self) {
+        if self.stderr.contains("mirrord-net: ") {
+            // The client failed: its agent may have too.
+            return;
+        }
+        for sign in ["the agent exited with", "the agent did not exit within"] {
+            assert!(
+                !self.stderr.contains(sign),
+                "the session's agent did not exit 0 at its end:\n{self}"
+            );
+        }
     }
 }
 

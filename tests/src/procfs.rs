@@ -151,6 +151,47 @@ pub fn fds_pointing_to(target: &str) -> Vec<(i32, String)> {
     found
 }
 
+/// The TCP ports `pid` listens on in this process's network namespace (its listening
+/// sockets found among its descriptors, by inode, in `/proc/net/tcp` and `tcp6`).
+pub fn listening_tcp_ports(pid: i32) -> Vec<u16> {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| link_text(fd.path()))
+                .filter_map(|text| {
+                    Some(text.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if *state != "0A" || !inodes.iter().any(|wanted| wanted == inode) {
+                continue;
+            }
+            if let Some(port) = local
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+            {
+                ports.push(port);
+            }
+        }
+    }
+    ports
+}
+
 fn link_text(path: impl AsRef<Path>) -> Option<String> {
     fs::read_link(path)
         .ok()

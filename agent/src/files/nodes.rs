@@ -52,6 +52,11 @@ impl NodeTable {
         self.by_id.get(&id).map(|node| node.fd.clone())
     }
 
+    /// Whether the file `key` has a node.
+    pub fn contains(&self, key: FileKey) -> bool {
+        self.by_key.contains_key(&key)
+    }
+
     /// Takes one reference on the file `key` (opened as `fd`) and returns its id; a file that
     /// already has a node keeps it, and `fd` is closed.
     pub fn insert(&mut self, key: FileKey, fd: OwnedFd) -> u64 {

@@ -56,12 +56,22 @@ impl From<FsResponse> for Answer {
     }
 }
 
+/// Files a client may hold open at once (each is a descriptor of the agent's, which also
+/// holds the session's sockets: a client must not be able to take them all).
+pub const MAX_HANDLES: usize = 16_384;
+/// Nodes (files the client's kernel has looked up and not forgotten; one `O_PATH` descriptor
+/// each) per session. The kernel forgets nodes as it evicts inodes, so a walk of a large
+/// tree stays well below; a new node past the cap fails with `ENFILE`.
+pub const MAX_NODES: usize = 262_144;
+
 /// Serves one session's file requests from a root directory.
 pub struct FileServer {
     access: Access,
     nodes: Mutex<NodeTable>,
     handles: Mutex<HashMap<u64, Arc<OwnedFd>>>,
     next_handle: AtomicU64,
+    max_handles: usize,
+    max_nodes: usize,
 }
 
 impl FileServer {
@@ -74,7 +84,16 @@ impl FileServer {
             nodes: Mutex::new(NodeTable::new(root, (st.st_dev, st.st_ino))),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            max_handles: MAX_HANDLES,
+            max_nodes: MAX_NODES,
         })
+    }
+
+    /// Other caps than [`MAX_HANDLES`] and [`MAX_NODES`].
+    pub fn with_limits(mut self, max_handles: usize, max_nodes: usize) -> Self {
+        self.max_handles = max_handles;
+        self.max_nodes = max_nodes;
+        self
     }
 
     /// Answers one request. Never fails: errors are errno answers.
@@ -120,7 +139,7 @@ impl FileServer {
                 check_openable(fd.as_fd(), flags)?;
                 let file = reopen(fd.as_fd(), flags)?;
                 let attr = sys::attr_of(node, &sys::stat(file.as_fd())?);
-                let handle = self.add_handle(file);
+                let handle = self.add_handle(file)?;
                 FsResponse::Opened { handle, attr }.into()
             }
             FsRequest::Read {
@@ -167,7 +186,7 @@ impl FileServer {
                 let file = sys::open_beneath(dir.as_fd(), &name, flags, mode & 0o1777)?;
                 give_to(&caller, file.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
                 let attr = self.lookup(parent, &name)?;
-                let handle = self.add_handle(file);
+                let handle = self.add_handle(file)?;
                 FsResponse::Created { handle, attr }.into()
             }
             FsRequest::Write {
@@ -264,11 +283,12 @@ impl FileServer {
         let dir = self.node(parent)?;
         let fd = sys::open_node(dir.as_fd(), name)?;
         let st = sys::stat(fd.as_fd())?;
-        let id = self
-            .nodes
-            .lock()
-            .expect("node table")
-            .insert((st.st_dev, st.st_ino), fd);
+        let key = (st.st_dev, st.st_ino);
+        let mut nodes = self.nodes.lock().expect("node table");
+        if nodes.len() >= self.max_nodes && !nodes.contains(key) {
+            return Err(io::Error::from_raw_os_error(libc::ENFILE));
+        }
+        let id = nodes.insert(key, fd);
         Ok(sys::attr_of(id, &st))
     }
 
@@ -293,13 +313,16 @@ impl FileServer {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 
-    fn add_handle(&self, file: OwnedFd) -> u64 {
+    /// Keeps `file` open for the client. Past the cap ([`MAX_HANDLES`]) the open fails with `EMFILE`,
+    /// what a program gets when it holds too many open files.
+    fn add_handle(&self, file: OwnedFd) -> io::Result<u64> {
+        let mut handles = self.handles.lock().expect("handles");
+        if handles.len() >= self.max_handles {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .expect("handles")
-            .insert(handle, Arc::new(file));
-        handle
+        handles.insert(handle, Arc::new(file));
+        Ok(handle)
     }
 
     /// A read-only session opens for reading only, whatever the flags ask.

@@ -541,3 +541,32 @@ fn reads_leave_the_access_time_alone() {
     let atime = std::fs::metadata(&path).unwrap().accessed().unwrap();
     assert_eq!(atime, past);
 }
+
+#[test]
+fn open_files_and_nodes_are_capped_and_freed() {
+    let root = TempRoot::new("caps");
+    // The root is one node: three more fit.
+    let server = root.server(Access::ReadOnly).with_limits(4, 4);
+    let file = walk(&server, "etc/app/config.yaml").unwrap().node;
+    assert_eq!(server.node_count(), 4, "root, etc, app, config.yaml");
+    // A fifth file is refused as a full file table would be; one already held is not.
+    assert_eq!(lookup(&server, ROOT_NODE, "sparse"), Err(libc::ENFILE));
+    assert!(lookup(&server, ROOT_NODE, "etc").is_ok());
+
+    let handles: Vec<u64> = (0..4)
+        .map(|_| open(&server, file, libc::O_RDONLY).unwrap())
+        .collect();
+    assert_eq!(open(&server, file, libc::O_RDONLY), Err(libc::EMFILE));
+    let released = server.handle(FsRequest::Release { handle: handles[0] });
+    assert!(matches!(released.response, FsResponse::Ok));
+    assert!(open(&server, file, libc::O_RDONLY).is_ok());
+
+    // Forgetting gives a node's place back.
+    let etc = lookup(&server, ROOT_NODE, "etc").unwrap().node;
+    server.handle(FsRequest::Forget {
+        node: file,
+        count: u64::MAX,
+    });
+    assert!(lookup(&server, ROOT_NODE, "sparse").is_ok());
+    let _ = etc;
+}

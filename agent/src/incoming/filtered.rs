@@ -20,8 +20,10 @@
 //! goes to the target. The pair costs two loopback sockets and a copy per session
 //! connection; an in-process stream handed to the stack would spare both.
 //!
-//! The proxy's futures are not `Send` (its routes are `Rc`): each connection is a task of the
-//! agent thread's `LocalSet`.
+//! Which sessions a port's requests may go to is the port's routes (`super::share`: this
+//! session's own filter and those of other sessions sharing the port). The proxy's futures
+//! are not `Send` (its routes are `Rc`): each connection is a task of the agent thread's
+//! `LocalSet`.
 
 use std::future::Future;
 use std::io;
@@ -34,7 +36,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Mutex};
 
-use super::http::{self, BoxedStream, Connector, HttpFilter, OneRoute, Route, TcpConnector};
+use super::http::{self, BoxedStream, Connector, Routes, TcpConnector};
 use crate::stack::inbound::{InboundConnection, InboundSender};
 
 /// How long making a loopback pair may take before it counts as failed.
@@ -80,11 +82,11 @@ impl Pairs {
 }
 
 /// Opens a connection into the session, from the original client's address.
-struct SessionConnector {
-    pairs: Arc<Pairs>,
-    stack: InboundSender,
-    peer: SocketAddr,
-    session: SocketAddr,
+pub struct SessionConnector {
+    pub pairs: Arc<Pairs>,
+    pub stack: InboundSender,
+    pub peer: SocketAddr,
+    pub session: SocketAddr,
 }
 
 impl Connector for SessionConnector {
@@ -113,34 +115,17 @@ impl Connector for SessionConnector {
     }
 }
 
-/// What a filtered connection needs besides the client's stream.
-pub struct Filtered {
-    pub filter: Arc<HttpFilter>,
-    pub pairs: Arc<Pairs>,
-    pub stack: InboundSender,
-    /// The original client.
-    pub peer: SocketAddr,
-    /// The session's address and port.
-    pub session: SocketAddr,
-    /// Where the client connected: the target's listener.
-    pub original: SocketAddr,
-}
-
-/// Serves `client` request by request on a task of the thread's `LocalSet`.
-pub fn spawn(client: TcpStream, to: Filtered) {
+/// Serves `client` (from `peer`, to the target's listener at `original`) request by request
+/// over `routes`, on a task of the thread's `LocalSet`.
+pub fn spawn(
+    client: TcpStream,
+    routes: impl Routes + 'static,
+    peer: SocketAddr,
+    original: SocketAddr,
+) {
     tokio::task::spawn_local(async move {
-        let route = Route {
-            filter: to.filter,
-            upstream: Rc::new(SessionConnector {
-                pairs: to.pairs,
-                stack: to.stack,
-                peer: to.peer,
-                session: to.session,
-            }),
-        };
-        let target: Rc<dyn Connector> = Rc::new(TcpConnector(to.original));
-        let peer = to.peer;
-        match http::serve_connection(Box::new(client), &OneRoute(route), target).await {
+        let target: Rc<dyn Connector> = Rc::new(TcpConnector(original));
+        match http::serve_connection(Box::new(client), &routes, target).await {
             Ok(()) => tracing::debug!(%peer, "filtered connection done"),
             Err(err) => tracing::debug!(%peer, "filtered connection: {err}"),
         }

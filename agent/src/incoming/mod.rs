@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  client in another pod            target's network namespace
-//!  10.0.0.7:51234 ──SYN──► eth0 ─► prerouting: table inet mirrord-net-<agent pid> (owner)
+//!  10.0.0.7:51234 ──SYN──► eth0 ─► prerouting: table inet mirrord-net-<pid>-<nonce> (owner)
 //!                                   tcp dport 8080 redirect to :L
 //!                                        │
 //!                                        ▼
@@ -32,6 +32,12 @@
 //! With an HTTP filter ([`IncomingConfig::http_filter`]), a stolen connection on a filtered
 //! port is not handed to the stack whole: [`filtered`] serves it request by request, the
 //! matching ones into the session, the others to the target.
+//!
+//! Several sessions may steal the same port at once ([`share`]): per port, the first agent
+//! whose session wants it routes it for all of them and alone redirects it; the others
+//! register with that router, which delivers their requests to them. So `current` is what
+//! this session wants, its claims (one task per wanted port) say what this agent is for
+//! each port (router, registered, refused), and the rules follow the ports it routes.
 
 mod filtered;
 pub mod http;
@@ -39,13 +45,15 @@ pub mod mirror;
 mod nft;
 mod original_dst;
 pub mod plan;
+mod session_addrs;
+pub mod share;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mirrord_net_protocol::listening::parse_listening;
 use mirrord_net_protocol::messages::{AgentMessage, IncomingConfig, SILENCE_LIMIT};
@@ -54,6 +62,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use self::http::HttpFilter;
+pub use self::session_addrs::SessionAddrs;
+use self::share::protocol::Claim;
+use self::share::{ClaimTask, Own, Role, RoleChange};
 use crate::stack::inbound::{InboundConnection, InboundSender};
 
 /// How often the redirect set is re-evaluated without news (the silence limit, the
@@ -66,26 +77,6 @@ pub enum ControlEvent {
     Config(IncomingConfig),
     /// The session's listening ports; also the client's heartbeat.
     Listening(Vec<u16>),
-}
-
-/// The target's addresses, which the session's TUN carries.
-#[derive(Debug, Clone, Default)]
-pub struct SessionAddrs {
-    pub ipv4: Vec<Ipv4Addr>,
-    pub ipv6: Vec<Ipv6Addr>,
-}
-
-impl SessionAddrs {
-    /// Where in the session a connection to `original` goes: the same address when the
-    /// session carries it, else the session's first address of the same family.
-    fn session_ip(&self, original: IpAddr) -> Option<IpAddr> {
-        match original {
-            IpAddr::V4(ip) if self.ipv4.contains(&ip) => Some(original),
-            IpAddr::V6(ip) if self.ipv6.contains(&ip) => Some(original),
-            IpAddr::V4(_) => self.ipv4.first().copied().map(IpAddr::V4),
-            IpAddr::V6(_) => self.ipv6.first().copied().map(IpAddr::V6),
-        }
-    }
 }
 
 /// The listeners the redirect points at: one port, IPv4 and IPv6.
@@ -147,12 +138,32 @@ fn bind_v6(port: u16) -> io::Result<Option<TcpListener>> {
     Ok(Some(TcpListener::from_std(socket.into())?))
 }
 
+/// A task aborted when dropped.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What is stolen now, and the means.
 struct Stealing {
     nft: nft::Nft,
     listeners: Listeners,
-    /// Loopback pairs for filtered connections.
-    pairs: Arc<filtered::Pairs>,
+    /// Into the session: loopback pairs to the stack.
+    own: Own,
+    /// This agent's ingress socket name (routers of shared ports deliver there).
+    ingress: String,
+    _ingress: Task,
+}
+
+/// This session's claim on a port it wants, held by a task ([`share`]).
+struct Held {
+    generation: u64,
+    claim: Claim,
+    role: Role,
+    _task: Task,
 }
 
 struct State {
@@ -161,11 +172,23 @@ struct State {
     filter: Option<Arc<HttpFilter>>,
     listening: Vec<u16>,
     last_heard: Instant,
-    /// Target port → session port, as the rules are now.
+    /// Target port → session port: what the session wants now.
     current: BTreeMap<u16, u16>,
     stealing: Option<Stealing>,
     /// The last failure reported, so a persistent one is said once.
     reported: Option<String>,
+    /// When the session began stealing each port (Unix time, ns): its precedence.
+    since: BTreeMap<u16, u64>,
+    /// The claims on the ports in `current`.
+    claims: BTreeMap<u16, Held>,
+    generation: u64,
+    roles: mpsc::UnboundedSender<RoleChange>,
+    /// The ports redirected to this agent now (those it routes).
+    redirected: Vec<u16>,
+    /// The ports last reported as taken (routed or registered).
+    taken: Vec<u16>,
+    stack: InboundSender,
+    addrs: SessionAddrs,
 }
 
 /// Runs the incoming side until the control stream ends (`events` closes). Dropping the
@@ -176,6 +199,7 @@ pub async fn run(
     report: mpsc::UnboundedSender<AgentMessage>,
     addrs: SessionAddrs,
 ) {
+    let (roles, mut role_changes) = mpsc::unbounded_channel();
     let mut state = State {
         config: None,
         filter: None,
@@ -184,6 +208,14 @@ pub async fn run(
         current: BTreeMap::new(),
         stealing: None,
         reported: None,
+        since: BTreeMap::new(),
+        claims: BTreeMap::new(),
+        generation: 0,
+        roles,
+        redirected: Vec::new(),
+        taken: Vec::new(),
+        stack,
+        addrs,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,7 +239,7 @@ pub async fn run(
                             }
                         }
                         if state.stealing.is_none() {
-                            match start() {
+                            match start(&state) {
                                 Ok(stealing) => state.stealing = Some(stealing),
                                 Err(err) => say(&mut state, &report, format!("cannot steal incoming traffic: {err}")),
                             }
@@ -221,10 +253,18 @@ pub async fn run(
                 update(&mut state, &report);
             }
             _ = tick.tick() => update(&mut state, &report),
+            Some(change) = role_changes.recv() => {
+                if let Some(held) = state.claims.get_mut(&change.port) {
+                    if held.generation == change.generation {
+                        held.role = change.role;
+                        reconcile(&mut state, &report);
+                    }
+                }
+            }
             accepted = accept(&state.stealing) => match accepted {
                 Ok((stream, peer)) => {
                     tracing::debug!(%peer, "accepted");
-                    dispatch(&state, &addrs, &stack, stream, peer)
+                    dispatch(&state, stream, peer)
                 }
                 Err(err) => tracing::debug!("accept: {err}"),
             },
@@ -253,21 +293,45 @@ fn compile(config: &IncomingConfig) -> Result<Option<Arc<HttpFilter>>, String> {
     .map_err(|err| format!("cannot use the HTTP filter: {err}").replace('\n', " "))
 }
 
-fn start() -> io::Result<Stealing> {
-    let table = format!("mirrord-net-{}", std::process::id());
+fn start(state: &State) -> io::Result<Stealing> {
+    let listeners = Listeners::bind()?;
+    let own = Own {
+        pairs: Arc::new(filtered::Pairs::bind()?),
+        stack: state.stack.clone(),
+        addrs: state.addrs.clone(),
+    };
+    let (ingress_listener, ingress) = share::bind_ingress().map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("cannot bind an abstract unix socket for other sessions' routers: {err}"),
+        )
+    })?;
+    let ingress_task = Task(tokio::task::spawn_local(share::serve_ingress(
+        ingress_listener,
+        own.clone(),
+    )));
+    // The table's socket last: a dying process's descriptors are released highest first
+    // (the kernel runs the deferred closes in reverse), so on SIGKILL the redirects go
+    // before the listener they point at, and no connection meets a closed port.
+    // Named like the ingress socket, whose name is unique in the namespace: pids repeat
+    // across agents from other pid namespaces (Kubernetes Job agents are often pid 1).
+    let table = format!(
+        "mirrord-net-{}",
+        ingress.rsplit('/').next().unwrap_or_default()
+    );
     let nft = nft::Nft::create(&table).map_err(|err| {
         io::Error::new(
             err.kind(),
             format!("cannot create nftables table inet {table}: {err}"),
         )
     })?;
-    let listeners = Listeners::bind()?;
-    let pairs = Arc::new(filtered::Pairs::bind()?);
-    tracing::info!(table = nft.table(), port = listeners.port, "ready to steal");
+    tracing::info!(table = nft.table(), port = listeners.port, %ingress, "ready to steal");
     Ok(Stealing {
         nft,
         listeners,
-        pairs,
+        own,
+        ingress,
+        _ingress: ingress_task,
     })
 }
 
@@ -279,7 +343,7 @@ fn say(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>, line: St
     }
 }
 
-/// Brings the rules in line with what should be stolen now.
+/// Brings the claims and rules in line with what should be stolen now.
 fn update(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>) {
     let Some(config) = &state.config else {
         return;
@@ -291,24 +355,147 @@ fn update(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>) {
         Vec::new()
     };
     let wanted = plan::redirects(config, &state.listening, &target_listening, alive);
-    if wanted == state.current {
+    if wanted != state.current {
+        if !alive && !state.current.is_empty() {
+            tracing::warn!("no word from the client: stolen ports go back to the target");
+        }
+        tracing::info!(ports = ?wanted, "the session wants");
+        state.current = wanted;
+    }
+    reconcile(state, report);
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}
+
+/// Brings the claims in line with the ports the session wants, and the redirects in line
+/// with the ports this agent routes.
+fn reconcile(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>) {
+    let (Some(config), Some(stealing)) = (&state.config, &state.stealing) else {
+        return;
+    };
+    let label = if config.session.is_empty() {
+        format!("agent pid {}", std::process::id())
+    } else {
+        config.session.clone()
+    };
+    let now = unix_ns();
+    let mut desired = BTreeMap::new();
+    for (&port, &session_port) in &state.current {
+        let since = *state.since.entry(port).or_insert(now);
+        let filter = config
+            .http_filter
+            .as_ref()
+            .filter(|filter| filter.applies_to(port))
+            .cloned();
+        desired.insert(
+            port,
+            Claim {
+                session: label.clone(),
+                since,
+                ingress: stealing.ingress.clone(),
+                filter,
+                session_port,
+            },
+        );
+    }
+    let stale: Vec<u16> = state
+        .claims
+        .iter()
+        .filter(|(port, held)| desired.get(port) != Some(&held.claim))
+        .map(|(port, _)| *port)
+        .collect();
+    if !stale.is_empty() {
+        // The redirects go before the claims, so no connection is redirected to a port
+        // this agent no longer routes while another agent takes over.
+        let keep: Vec<u16> = routed(state)
+            .into_iter()
+            .filter(|port| !stale.contains(port))
+            .collect();
+        set_redirects(state, report, keep);
+        for port in stale {
+            state.claims.remove(&port);
+        }
+    }
+    let Some(stealing) = &state.stealing else {
+        return;
+    };
+    for (port, claim) in desired {
+        if state.claims.contains_key(&port) {
+            continue;
+        }
+        state.generation += 1;
+        let filter = claim.filter.as_ref().and(state.filter.clone());
+        let task = ClaimTask {
+            port,
+            generation: state.generation,
+            claim: claim.clone(),
+            filter,
+            own: stealing.own.clone(),
+            roles: state.roles.clone(),
+        };
+        state.claims.insert(
+            port,
+            Held {
+                generation: state.generation,
+                claim,
+                role: Role::Racing,
+                _task: Task(tokio::task::spawn_local(task.run())),
+            },
+        );
+    }
+    set_redirects(state, report, routed(state));
+    let taken: Vec<u16> = state
+        .claims
+        .iter()
+        .filter(|(_, held)| matches!(held.role, Role::Router(_) | Role::Registered))
+        .map(|(port, _)| *port)
+        .collect();
+    if taken != state.taken {
+        tracing::info!(ports = ?taken, "stealing");
+        let _ = report.send(AgentMessage::Stealing(taken.clone()));
+        state.taken = taken;
+    }
+    let refused: Vec<String> = state
+        .claims
+        .values()
+        .filter_map(|held| match &held.role {
+            Role::Refused(line) => Some(line.clone()),
+            _ => None,
+        })
+        .collect();
+    for line in refused {
+        say(state, report, line);
+    }
+}
+
+/// The ports this agent routes.
+fn routed(state: &State) -> Vec<u16> {
+    state
+        .claims
+        .iter()
+        .filter(|(_, held)| matches!(held.role, Role::Router(_)))
+        .map(|(port, _)| *port)
+        .collect()
+}
+
+/// Redirects exactly `ports` to this agent's listener.
+fn set_redirects(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>, ports: Vec<u16>) {
+    if ports == state.redirected {
         return;
     }
     let Some(stealing) = state.stealing.as_mut() else {
         return;
     };
     let to = stealing.listeners.port;
-    let ports: Vec<(u16, u16)> = wanted.keys().map(|&port| (port, to)).collect();
-    match stealing.nft.set_ports(&ports) {
+    let rules: Vec<(u16, u16)> = ports.iter().map(|&port| (port, to)).collect();
+    match stealing.nft.set_ports(&rules) {
         Ok(()) => {
-            if !alive && !state.current.is_empty() {
-                tracing::warn!("no word from the client: stolen ports go back to the target");
-            }
-            tracing::info!(ports = ?wanted, "stealing");
-            state.current = wanted;
-            let _ = report.send(AgentMessage::Stealing(
-                state.current.keys().copied().collect(),
-            ));
+            tracing::info!(?ports, "redirected to this agent");
+            state.redirected = ports;
         }
         Err(err) => {
             let table = stealing.nft.table().to_owned();
@@ -334,16 +521,11 @@ fn target_listening() -> Vec<u16> {
     ports
 }
 
-/// Sends an accepted connection where it belongs: into the session when its port is stolen
-/// (or back to the target if the session does not take it), to the target when the port was
-/// given back meanwhile.
-fn dispatch(
-    state: &State,
-    addrs: &SessionAddrs,
-    stack: &InboundSender,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
+/// Sends an accepted connection where it belongs: when this agent routes its port, into the
+/// session (unfiltered) or through the port's routes (filtered: this session's and those
+/// sharing the port); to the target when the port was given back meanwhile, or the session
+/// does not take it.
+fn dispatch(state: &State, stream: TcpStream, peer: SocketAddr) {
     let original = match original_dst::of(&stream) {
         Ok(original) => original,
         Err(err) => {
@@ -352,37 +534,40 @@ fn dispatch(
         }
     };
     tracing::debug!(%peer, %original, "inbound connection");
-    let own_port = state.stealing.as_ref().map(|s| s.listeners.port);
-    if Some(original.port()) == own_port {
+    let Some(stealing) = &state.stealing else {
+        return;
+    };
+    if original.port() == stealing.listeners.port {
         // Someone connected to the listener itself, not to a stolen port.
         tracing::debug!(%peer, "a connection to the listener itself; closed");
         return;
     }
     let _ = stream.set_nodelay(true);
-    let session = state
-        .current
-        .get(&original.port())
-        .and_then(|&local| Some(SocketAddr::new(addrs.session_ip(original.ip())?, local)));
-    let Some(session) = session else {
+    let held = state.claims.get(&original.port());
+    let (Some(held), Some(session)) = (
+        held,
+        state.current.get(&original.port()).and_then(|&local| {
+            Some(SocketAddr::new(
+                state.addrs.session_ip(original.ip())?,
+                local,
+            ))
+        }),
+    ) else {
+        tokio::spawn(to_target(stream, original));
+        return;
+    };
+    let Role::Router(routes) = &held.role else {
         tokio::spawn(to_target(stream, original));
         return;
     };
     let peer = canonical(peer);
-    let filter_applies = state
-        .config
-        .as_ref()
-        .and_then(|config| config.http_filter.as_ref())
-        .is_some_and(|filter| filter.applies_to(original.port()));
-    if let (true, Some(filter), Some(stealing)) = (filter_applies, &state.filter, &state.stealing) {
-        let to = filtered::Filtered {
-            filter: filter.clone(),
-            pairs: stealing.pairs.clone(),
-            stack: stack.clone(),
+    if held.claim.filter.is_some() {
+        filtered::spawn(
+            stream,
+            routes.for_connection(peer, original),
             peer,
-            session,
             original,
-        };
-        filtered::spawn(stream, to);
+        );
         return;
     }
     let (done, outcome) = oneshot::channel();
@@ -392,7 +577,7 @@ fn dispatch(
         stream,
         done,
     };
-    if stack.send(conn).is_err() {
+    if state.stack.send(conn).is_err() {
         tracing::debug!(%peer, "the stack is gone");
         return;
     }

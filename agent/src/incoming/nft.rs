@@ -10,7 +10,7 @@
 //! per stolen port:
 //!
 //! ```text
-//! table inet mirrord-net-<pid> {            # flags owner
+//! table inet mirrord-net-<pid>-<nonce> {    # flags owner
 //!     chain steal {
 //!         type nat hook prerouting priority dstnat; policy accept;
 //!         meta l4proto tcp tcp dport 8080 tcp flags & (syn | ack) == syn

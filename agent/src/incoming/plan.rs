@@ -67,6 +67,7 @@ mod tests {
             steal_all: all,
             port_map: map.to_vec(),
             http_filter: None,
+            session: String::new(),
         }
     }
 

@@ -158,6 +158,7 @@ impl<L: PacketLink> Engine<L> {
             rx_buffer: config.tcp_rx_buffer,
             tx_buffer: config.tcp_tx_buffer,
             congestion: config.tcp_congestion.into(),
+            limits: config.limits,
         };
         let origin = clock.origin;
         Self {
@@ -170,12 +171,14 @@ impl<L: PacketLink> Engine<L> {
             blocked: Vec::new(),
             blocked_scratch: Vec::new(),
             tcp: TcpFlows::new(settings),
-            udp: UdpFlows::new(Duration::from_micros(
-                config.udp_idle_timeout.as_micros() as u64
-            )),
-            icmp: IcmpFlows::new(Duration::from_micros(
-                config.icmp_idle_timeout.as_micros() as u64
-            )),
+            udp: UdpFlows::new(
+                Duration::from_micros(config.udp_idle_timeout.as_micros() as u64),
+                config.limits,
+            ),
+            icmp: IcmpFlows::new(
+                Duration::from_micros(config.icmp_idle_timeout.as_micros() as u64),
+                config.limits,
+            ),
             stats: config.stats.clone(),
             clock,
             ident: random_seed() as u32,

@@ -30,6 +30,7 @@ use tokio::io::Interest;
 
 use super::engine::Ctx;
 use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
+use super::limits::{admit_flow, Limits, LoggedOnce, Refusal};
 use super::packet::{echo_request, push_echo_reply, push_unreachable, EchoKey};
 use super::stats::Stats;
 use super::udp::{idle_check, IdleCheck};
@@ -80,6 +81,8 @@ struct Flow {
 
 /// All echo flows of a stack.
 pub(crate) struct IcmpFlows {
+    limits: Limits,
+    logged: LoggedOnce,
     flows: Slab<Flow>,
     by_key: HashMap<EchoKey, FlowId>,
     idle: Duration,
@@ -96,8 +99,10 @@ fn family(addr: IpAddr) -> usize {
 }
 
 impl IcmpFlows {
-    pub fn new(idle: Duration) -> Self {
+    pub fn new(idle: Duration, limits: Limits) -> Self {
         Self {
+            limits,
+            logged: LoggedOnce::default(),
             flows: Slab::default(),
             by_key: HashMap::new(),
             idle,
@@ -119,6 +124,17 @@ impl IcmpFlows {
     ) {
         let id = match self.by_key.get(&key) {
             Some(&id) => id,
+            None if admit_flow(&self.limits, self.by_key.len()).is_err() => {
+                Stats::inc(&ctx.stats.icmp_refused_by_limit);
+                if self.logged.first(Refusal::Flows) {
+                    tracing::warn!(
+                        max = self.limits.max_flows,
+                        "dropping echo requests of new flows beyond the session's flow cap; \
+                         counted as icmp_refused_by_limit"
+                    );
+                }
+                return;
+            }
             None => match self.open(ctx, key) {
                 Ok(id) => id,
                 Err(e) => {

@@ -20,7 +20,7 @@
 //! `engine` (the event loop), `tcp` / `udp` / `icmp` (one flow table each), `packet`
 //! (parsing and building the packets smoltcp does not write), `device` (smoltcp's
 //! `phy::Device` and the outbound queue), `buffer` (a TCP flow's socket and memory), `flow`
-//! (ids, deadlines, readiness), `link` (the tunnel), `tun_link` (the session's TUN as the
+//! (ids, deadlines, readiness), `limits` (caps on flows and connects), `link` (the tunnel), `tun_link` (the session's TUN as the
 //! link), `upstream` (opening real sockets),
 //! `stats` (counters).
 //!
@@ -32,8 +32,11 @@ mod buffer;
 mod device;
 mod engine;
 mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 mod icmp;
 pub mod inbound;
+pub mod limits;
 mod link;
 mod packet;
 mod stats;
@@ -51,6 +54,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 pub use device::TxQueue;
+pub use limits::Limits;
 pub use link::{memory_link, LinkError, MemoryLink, MemoryPeer, PacketLink};
 pub use stats::{Stats, StatsSnapshot};
 pub use tun_link::TunLink;
@@ -93,6 +97,8 @@ pub struct StackConfig {
     pub tcp_tx_buffer: usize,
     /// Congestion control towards the session.
     pub tcp_congestion: TcpCongestion,
+    /// Caps on flows and connects in progress, and the connect timeout (see [`limits`]).
+    pub limits: Limits,
     /// Counters; clone the `Arc` before handing the config over to read them later.
     pub stats: Arc<Stats>,
 }
@@ -106,6 +112,7 @@ impl Default for StackConfig {
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
             tcp_congestion: TcpCongestion::default(),
+            limits: Limits::default(),
             stats: Arc::default(),
         }
     }

@@ -74,6 +74,10 @@ counters! {
     tcp_unreachable,
     /// Upstream connects that timed out (answered with nothing).
     tcp_timed_out,
+    /// SYNs answered with RST because of a cap on flows or connects in progress.
+    tcp_refused_by_limit,
+    /// Upstream connects given up at the agent's connect timeout (answered with RST).
+    tcp_connect_gave_up,
     /// TCP flows removed after they had opened.
     tcp_closed,
     /// TCP flows aborted towards the client because the upstream socket failed or reset.
@@ -98,6 +102,10 @@ counters! {
     udp_datagrams_down,
     /// UDP datagrams dropped (upstream send failed, or a flow's backlog was full).
     udp_dropped,
+    /// UDP datagrams of new flows beyond the flow cap (answered with ICMP prohibited).
+    udp_refused_by_limit,
+    /// Echo requests of new flows beyond the flow cap (dropped).
+    icmp_refused_by_limit,
     /// ICMP port-unreachable errors passed to the client for refused UDP.
     udp_refused,
     /// ICMP echo flows opened.

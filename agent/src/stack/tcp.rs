@@ -15,8 +15,14 @@
 //!     │                                 │ RST from client: cancel       │
 //!     └──── refused → RST+ACK ◄─────────┤                               │
 //!           unreachable → ICMP error ◄──┤                               │
-//!           timed out → nothing ◄───────┘                               │
+//!           timed out → nothing ◄───────┤                               │
+//!           given up (connect timeout) → RST+ACK ◄┘                     │
 //! ```
+//!
+//! Limits ([`Limits`]): a SYN beyond the flow cap or the caps on connects in progress (in
+//! all, towards its host) is answered with RST+ACK without a connect; a connect still in
+//! progress after the connect timeout is given up the same way (the session need not wait
+//! for the kernel's two minutes).
 //!
 //! * Connecting: the SYN is held and *not* shown to smoltcp, so nothing answers it until
 //!   the destination has. Holding (rather than smoltcp's `socket-tcp-pause-synack`) means
@@ -61,6 +67,7 @@ use super::buffer::TcpEndpoint;
 use super::engine::Ctx;
 use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
 use super::inbound::{InboundConnection, InboundDone};
+use super::limits::{HalfOpen, Limits, LoggedOnce};
 use super::packet::{push_tcp_reset, push_unreachable, FlowKey, Segment, Unreachable};
 use super::stats::Stats;
 use super::upstream;
@@ -83,6 +90,7 @@ pub(crate) struct TcpSettings {
     pub rx_buffer: usize,
     pub tx_buffer: usize,
     pub congestion: CongestionControl,
+    pub limits: Limits,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -141,6 +149,8 @@ pub(crate) enum ConnectFailure {
     Unreachable(Unreachable),
     /// Nothing: the session's connect times out by itself.
     TimedOut,
+    /// RST+ACK: the agent's connect timeout ran out first.
+    GaveUp,
 }
 
 pub(crate) fn classify_connect_error(err: &io::Error) -> ConnectFailure {
@@ -310,6 +320,8 @@ struct Connecting {
     upstream: TcpStream,
     syn: Vec<u8>,
     syn_seq: u32,
+    /// When the connect is given up.
+    deadline: Instant,
 }
 
 struct Open {
@@ -357,6 +369,8 @@ pub(crate) struct TcpFlows {
     flows: Slab<Flow>,
     by_key: HashMap<FlowKey, FlowId>,
     settings: TcpSettings,
+    half_open: HalfOpen,
+    logged: LoggedOnce,
 }
 
 impl TcpFlows {
@@ -365,6 +379,8 @@ impl TcpFlows {
             flows: Slab::default(),
             by_key: HashMap::new(),
             settings,
+            half_open: HalfOpen::default(),
+            logged: LoggedOnce::default(),
         }
     }
 
@@ -431,9 +447,29 @@ impl TcpFlows {
     }
 
     fn connect(&mut self, ctx: &mut Ctx<'_>, key: FlowKey, syn: &[u8], syn_seq: u32) {
+        let limits = self.settings.limits;
+        let host = key.server.ip();
+        if let Err(refusal) = self.half_open.admit(&limits, self.by_key.len(), host) {
+            Stats::inc(&ctx.stats.tcp_refused_by_limit);
+            if self.logged.first(refusal) {
+                tracing::warn!(
+                    "refusing new TCP connections beyond {} ({:?}; flows {}, connecting {}, \
+                     connecting to {host} {}); counted as tcp_refused_by_limit",
+                    refusal.describe(),
+                    limits,
+                    self.by_key.len(),
+                    self.half_open.total(),
+                    self.half_open.to(host),
+                );
+            }
+            push_tcp_reset(&mut ctx.device.tx, syn);
+            return;
+        }
         Stats::inc(&ctx.stats.tcp_connects);
         match upstream::connect_tcp(key.server) {
             Ok(upstream) => {
+                self.half_open.started(host);
+                let timeout = Duration::from_micros(limits.connect_timeout.as_micros() as u64);
                 // Service polls the connect, which registers the waker.
                 self.insert_and_wake(
                     ctx,
@@ -442,6 +478,7 @@ impl TcpFlows {
                         upstream,
                         syn: syn.to_vec(),
                         syn_seq,
+                        deadline: ctx.now + timeout,
                     }),
                 );
             }
@@ -535,7 +572,12 @@ impl TcpFlows {
             proto: Proto::Tcp,
             id,
         };
+        let was_connecting = matches!(flow.state, FlowState::Connecting(_));
         let step = service_flow(ctx, &settings, token, flow);
+        if was_connecting && !matches!(flow.state, FlowState::Connecting(_)) {
+            // Connected (a flow that failed is still connecting: its removal counts it).
+            self.half_open.ended(flow.key.server.ip());
+        }
         match step {
             Step::Keep => {}
             Step::Remove { reset_upstream } => self.remove(ctx, id, reset_upstream),
@@ -575,6 +617,9 @@ impl TcpFlows {
         if self.by_key.get(&flow.key) == Some(&id) {
             self.by_key.remove(&flow.key);
         }
+        if matches!(flow.state, FlowState::Connecting(_)) {
+            self.half_open.ended(flow.key.server.ip());
+        }
         Some(flow)
     }
 
@@ -612,6 +657,10 @@ fn report_failure(ctx: &mut Ctx<'_>, syn: &[u8], failure: ConnectFailure) {
             push_unreachable(&mut ctx.device.tx, mtu, syn, why);
         }
         ConnectFailure::TimedOut => Stats::inc(&ctx.stats.tcp_timed_out),
+        ConnectFailure::GaveUp => {
+            Stats::inc(&ctx.stats.tcp_connect_gave_up);
+            push_tcp_reset(&mut ctx.device.tx, syn);
+        }
     }
 }
 
@@ -644,7 +693,13 @@ fn service_flow(ctx: &mut Ctx<'_>, settings: &TcpSettings, token: Token, flow: &
     if let FlowState::Connecting(c) = &flow.state {
         let mut cx = Context::from_waker(flow.waker.waker());
         match poll_connected(&c.upstream, &mut cx) {
-            Poll::Pending => return Step::Keep,
+            Poll::Pending if ctx.now >= c.deadline => {
+                return Step::ConnectFailed(ConnectFailure::GaveUp)
+            }
+            Poll::Pending => {
+                ctx.timers.arm(&mut flow.timer_at, c.deadline, token);
+                return Step::Keep;
+            }
             Poll::Ready(Err(e)) => return Step::ConnectFailed(classify_connect_error(&e)),
             Poll::Ready(Ok(())) => {}
         }

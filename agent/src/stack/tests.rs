@@ -1273,3 +1273,136 @@ fn non_ip_garbage_is_counted_and_ignored() {
         assert!(peer.try_recv().is_none());
     });
 }
+
+/// A listener on `ip` whose accept queue is full: the kernel drops further SYNs to it, so
+/// connects to it stay in progress (a host that does not answer). Keep both halves alive.
+fn silent_port(ip: &str) -> (socket2::Socket, std::net::TcpStream, SocketAddr) {
+    let addr = sa(ip, 0);
+    let listener = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    listener.bind(&addr.into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // The one connection the queue holds, never accepted.
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    (listener, filler, addr)
+}
+
+fn start_stack_with(
+    limits: Limits,
+) -> (
+    MemoryPeer,
+    Arc<Stats>,
+    tokio::task::JoinHandle<Result<(), LinkError>>,
+) {
+    let (link, peer) = memory_link(256);
+    let config = StackConfig {
+        mtu: 1500,
+        limits,
+        ..StackConfig::default()
+    };
+    let stats = config.stats.clone();
+    let task = tokio::spawn(serve_link(link, config));
+    (peer, stats, task)
+}
+
+fn is_rst_to(pkt: &[u8], client: SocketAddr) -> bool {
+    let (_, dst, proto, body) = transport_of(pkt);
+    proto == IpProtocol::Tcp
+        && dst == client.ip().into()
+        && TcpPacket::new_checked(&body[..])
+            .is_ok_and(|tcp| tcp.rst() && tcp.dst_port() == client.port())
+}
+
+#[test]
+fn connects_beyond_the_per_host_cap_get_rst_and_other_hosts_still_connect() {
+    in_netns(|| async {
+        let limits = Limits {
+            max_half_open_per_host: 3,
+            connect_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let (peer, stats, _task) = start_stack_with(limits);
+        let (_listener, _filler, silent) = silent_port("127.0.0.1");
+        for port in 0..5u16 {
+            let client = sa(CLIENT_V4, 41000 + port);
+            peer.send(Bytes::from(tcp_segment(
+                client,
+                silent,
+                1,
+                None,
+                TcpControl::Syn,
+                &[],
+            )));
+        }
+        // The two beyond the cap are refused at once.
+        for port in 3..5u16 {
+            let reply = next_packet(&peer).await;
+            assert!(is_rst_to(&reply, sa(CLIENT_V4, 41000 + port)), "{reply:?}");
+        }
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.tcp_refused_by_limit, 2, "{snapshot}");
+        assert_eq!(snapshot.tcp_connects, 3, "{snapshot}");
+
+        // Another host connects at once.
+        let server = echo_server("[::1]:0").await;
+        let client = sa(CLIENT_V6, 42000);
+        peer.send(Bytes::from(tcp_segment(
+            client,
+            server,
+            1,
+            None,
+            TcpControl::Syn,
+            &[],
+        )));
+        let reply = next_packet(&peer).await;
+        let (_, _, _, body) = transport_of(&reply);
+        let tcp = TcpPacket::new_checked(&body[..]).unwrap();
+        assert!(tcp.syn() && tcp.ack(), "a SYN-ACK from the other host");
+        assert_eq!(stats.snapshot().tcp_refused_by_limit, 2);
+    });
+}
+
+#[test]
+fn a_connect_that_takes_too_long_is_given_up_with_rst() {
+    in_netns(|| async {
+        let limits = Limits {
+            connect_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let (peer, stats, _task) = start_stack_with(limits);
+        let (_listener, _filler, silent) = silent_port("127.0.0.1");
+        let client = sa(CLIENT_V4, 43000);
+        let started = std::time::Instant::now();
+        peer.send(Bytes::from(tcp_segment(
+            client,
+            silent,
+            1,
+            None,
+            TcpControl::Syn,
+            &[],
+        )));
+        let reply = next_packet(&peer).await;
+        assert!(is_rst_to(&reply, client), "{reply:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+            "given up after {waited:?}"
+        );
+        assert_eq!(stats.snapshot().tcp_connect_gave_up, 1);
+        // The slot is free again: a new connect to the same host starts.
+        peer.send(Bytes::from(tcp_segment(
+            sa(CLIENT_V4, 43001),
+            silent,
+            1,
+            None,
+            TcpControl::Syn,
+            &[],
+        )));
+        wait_stats(&stats, "a second connect", |s| s.tcp_connects == 2).await;
+    });
+}

@@ -38,6 +38,7 @@ use tokio::net::UdpSocket;
 
 use super::engine::Ctx;
 use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
+use super::limits::{admit_flow, Limits, LoggedOnce, Refusal};
 use super::packet::{push_udp, push_unreachable, synthetic_udp, FlowKey, Unreachable};
 use super::stats::Stats;
 use super::upstream;
@@ -92,6 +93,8 @@ struct Flow {
 
 /// All UDP flows of a stack.
 pub(crate) struct UdpFlows {
+    limits: Limits,
+    logged: LoggedOnce,
     flows: Slab<Flow>,
     by_key: HashMap<FlowKey, FlowId>,
     idle: Duration,
@@ -99,8 +102,10 @@ pub(crate) struct UdpFlows {
 }
 
 impl UdpFlows {
-    pub fn new(idle: Duration) -> Self {
+    pub fn new(idle: Duration, limits: Limits) -> Self {
         Self {
+            limits,
+            logged: LoggedOnce::default(),
             flows: Slab::default(),
             by_key: HashMap::new(),
             idle,
@@ -118,6 +123,19 @@ impl UdpFlows {
     ) {
         let id = match self.by_key.get(&key) {
             Some(&id) => id,
+            None if admit_flow(&self.limits, self.by_key.len()).is_err() => {
+                Stats::inc(&ctx.stats.udp_refused_by_limit);
+                if self.logged.first(Refusal::Flows) {
+                    tracing::warn!(
+                        max = self.limits.max_flows,
+                        "refusing new UDP flows beyond the session's flow cap; counted as \
+                         udp_refused_by_limit"
+                    );
+                }
+                let mtu = ctx.device.mtu();
+                push_unreachable(&mut ctx.device.tx, mtu, &pkt, Unreachable::Prohibited);
+                return;
+            }
             None => match self.open(ctx, key) {
                 Ok(id) => id,
                 Err(e) => {

@@ -25,13 +25,36 @@ pub fn session_listening(session_pid: u32) -> Vec<u16> {
     ports
 }
 
+/// How other sessions' users know this one: `user@host pid N` (the user who ran the tool,
+/// under sudo the one who called sudo; the client's pid).
+pub fn session_label() -> String {
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|user| user.name)
+        })
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|host| host.into_string().ok())
+        .unwrap_or_else(|| "?".to_owned());
+    format!("{user}@{host} pid {}", std::process::id())
+}
+
 /// Speaks for the session on the control stream until it ends or this task is dropped.
 pub async fn run(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    config: IncomingConfig,
+    mut config: IncomingConfig,
     session_pid: u32,
 ) {
+    if config.session.is_empty() {
+        config.session = session_label();
+    }
     let write = |message: &ClientMessage| framing::encode(message).ok();
     let Some(frame) = write(&ClientMessage::Incoming(config)) else {
         return;

@@ -105,6 +105,7 @@ impl IncomingArgs {
             steal_all: self.steal_all,
             port_map: self.port_map.clone(),
             http_filter,
+            session: String::new(),
         }))
     }
 
@@ -192,6 +193,7 @@ mod tests {
                 steal_all: false,
                 port_map: vec![(9000, 80)],
                 http_filter: None,
+                session: String::new(),
             })
         );
         assert_eq!(args.reconnect_window, 15);

@@ -63,7 +63,8 @@ impl Kind {
     }
 
     /// The resource for RBAC messages.
-    fn resource(self) -> &'static str {
+    /// The resource as RBAC rules name it.
+    pub fn resource(self) -> &'static str {
         match self {
             Kind::Pod => "pods",
             Kind::Deployment => "deployments.apps",

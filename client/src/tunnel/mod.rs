@@ -12,5 +12,7 @@ pub mod pump;
 mod release;
 pub mod stream_socket;
 
-pub use connect::{connect, connect_over_stream, AgentPath, Tunnel, TunnelError, STREAM_ENDED};
+pub use connect::{
+    connect, connect_over_stream, AgentPath, Tunnel, TunnelError, SESSION_OVER, STREAM_ENDED,
+};
 pub use release::release_with_namespace;

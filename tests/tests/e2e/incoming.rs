@@ -15,23 +15,31 @@ use mirrord_net_tests::{tool, Invocation, Pod};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-const PORT: u16 = 8080;
+pub(super) const PORT: u16 = 8080;
 /// How soon a change (listener up or down, session gone) must show in where requests go.
-const SWITCH: Duration = Duration::from_secs(5);
+pub(super) const SWITCH: Duration = Duration::from_secs(5);
 
 /// A process group killed when the test ends, however it ends.
-struct Group(Option<Running>);
+pub(super) struct Group(Option<Running>);
 
 impl Group {
-    fn start(command: Command) -> Group {
+    pub(super) fn start(command: Command) -> Group {
         Group(Some(Running::start(command).expect("spawn")))
     }
 
-    fn running(&mut self) -> &mut Running {
+    pub(super) fn running(&mut self) -> &mut Running {
         self.0.as_mut().expect("running")
     }
 
-    fn wait_for(&mut self, needle: &str) {
+    /// What it said on stderr so far.
+    pub(super) fn stderr(&self) -> String {
+        self.0
+            .as_ref()
+            .map(|running| running.stderr_so_far())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn wait_for(&mut self, needle: &str) {
         let running = self.running();
         assert!(
             running.wait_for_stdout(needle, Duration::from_secs(30)),
@@ -41,7 +49,7 @@ impl Group {
         );
     }
 
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         if let Some(running) = self.0.take() {
             let _ = killpg(Pid::from_raw(running.pid()), Signal::SIGKILL);
             let _ = running.finish(Duration::from_secs(10));
@@ -56,7 +64,7 @@ impl Drop for Group {
 }
 
 /// The deployed service, in the pod's network namespace.
-fn deployed(pod: &Pod) -> Group {
+pub(super) fn deployed(pod: &Pod) -> Group {
     let mut command = pod.pod_netns().command(&tool("python3")).unwrap();
     command.args([&pod.script("tagged_httpd.py"), &PORT.to_string(), "v1"]);
     let mut group = Group::start(command);
@@ -147,7 +155,7 @@ fn switches_to(pod: &Pod, want: &str, within: Duration, session: &Group) -> Dura
     }
 }
 
-fn ruleset(pod: &Pod) -> String {
+pub(super) fn ruleset(pod: &Pod) -> String {
     let out = pod
         .pod_netns()
         .command(&tool("nft"))
@@ -159,7 +167,7 @@ fn ruleset(pod: &Pod) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn assert_ruleset_restored(pod: &Pod, before: &str) {
+pub(super) fn assert_ruleset_restored(pod: &Pod, before: &str) {
     let start = Instant::now();
     while ruleset(pod) != before {
         assert!(
@@ -334,7 +342,7 @@ fn matching_switches_to(pod: &Pod, header: Option<&str>, path: &str, want: &str)
 /// 100 matching and 100 other requests interleaved on one keep-alive connection: every
 /// matching one answered by the session (which sees the real client), every other one by the
 /// target, none lost.
-fn interleaved_on_one_connection(pod: &Pod, mode: &str, key: &str) {
+pub(super) fn interleaved_on_one_connection(pod: &Pod, mode: &str, key: &str) {
     let mut command = pod.services_netns().command(&tool("python3")).unwrap();
     command.args([
         &pod.script("keepalive_requests.py"),

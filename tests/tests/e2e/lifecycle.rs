@@ -114,3 +114,56 @@ fn assert_distinct_from_host_and_pod(pod: &Pod, session: &SessionNamespaces) {
         );
     }
 }
+
+/// After entering the target, the agent keeps only the capabilities its features use and
+/// sets `no_new_privs` (`agent/src/privileges.rs`), read from its `/proc/PID/status` while
+/// the session runs.
+#[test]
+fn the_agent_runs_with_reduced_capabilities_and_no_new_privs() {
+    const SYS_ADMIN: u64 = 1 << 21;
+    const NET_ADMIN: u64 = 1 << 12;
+    const CHOWN: u64 = 1 << 0;
+    let pod = Pod::start();
+    let invocation = Invocation::session(&pod, &sh("echo started; sleep 3"));
+    let mut running = invocation.start();
+    assert!(
+        running.wait_for_stdout("started", Duration::from_secs(20)),
+        "the session did not start:\n{}",
+        running.stderr_so_far()
+    );
+    let agent = procfs::descendants_of(running.pid())
+        .into_iter()
+        .find(|proc| {
+            procfs::cmdline(proc.pid)
+                .first()
+                .is_some_and(|program| program.ends_with("mirrord-net-agent"))
+        })
+        .expect("the session's agent");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid)).expect("status");
+    let out = running
+        .finish(invocation.timeout_value())
+        .unwrap_or_else(|timed_out| panic!("{timed_out}"));
+    out.assert_success();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| value.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in\n{status}"))
+    };
+    let mask = |name: &str| u64::from_str_radix(&field(name), 16).expect("a hex mask");
+    let (eff, bnd) = (mask("CapEff:"), mask("CapBnd:"));
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(eff & SYS_ADMIN, 0, "CAP_SYS_ADMIN kept:\n{status}");
+    assert_eq!(
+        bnd & SYS_ADMIN,
+        0,
+        "CAP_SYS_ADMIN left in the bounding set:\n{status}"
+    );
+    assert_ne!(
+        eff & NET_ADMIN,
+        0,
+        "CAP_NET_ADMIN (stealing) dropped:\n{status}"
+    );
+    assert_eq!(eff & CHOWN, 0, "CAP_CHOWN kept in read mode:\n{status}");
+}

@@ -118,3 +118,51 @@ fn the_documented_role_is_enough_for_both_transports() {
     let _ = std::fs::remove_file(&kubeconfig);
     assert_agent_objects_gone(&ns, "agent Jobs removed", Duration::from_secs(30));
 }
+
+#[test]
+fn doctor_names_a_missing_permission_and_passes_with_the_documented_role() {
+    let (ns, _, _) = crate::app_and_web("doctor");
+    ns.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: reader}\nrules:\n\
+         - apiGroups: [\"\"]\n  resources: [pods, pods/log]\n  verbs: [get, list, watch]\n\
+         - apiGroups: [apps]\n  resources: [deployments, replicasets]\n  verbs: [get, list]\n",
+    );
+    ns.apply(DOCUMENTED_RBAC);
+    let reader = service_account_kubeconfig(&ns, "reader", "reader");
+    let developer = service_account_kubeconfig(&ns, "developer", "mirrord-net");
+    let doctor = |kubeconfig: &PathBuf| {
+        ns.cluster
+            .client(&["doctor", "--target", "deploy/web", "-n", ns.name()])
+            .env("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))
+            .run()
+    };
+    let denied = doctor(&reader);
+    let allowed = doctor(&developer);
+    let _ = std::fs::remove_file(&reader);
+    let _ = std::fs::remove_file(&developer);
+
+    assert_eq!(denied.code(), Some(1), "{denied}");
+    let line = format!(
+        "✗ not allowed: create jobs.batch in namespace {}",
+        ns.name()
+    );
+    assert!(denied.stdout.contains(&line), "no {line:?}:\n{denied}");
+    assert!(
+        denied.stdout.contains("✓ allowed: get pods"),
+        "what the role grants is said too:\n{denied}"
+    );
+
+    let stdout = allowed.assert_success();
+    assert!(!stdout.contains('✗'), "{allowed}");
+    assert!(stdout.contains("✓ API server reachable"), "{allowed}");
+    assert!(
+        stdout.contains("✓ target deploy/web: pod web-"),
+        "{allowed}"
+    );
+    // The documented role may not read nodes: the image check is a warning, never a failure.
+    assert!(
+        stdout.contains("agent image"),
+        "the agent image is looked for:\n{allowed}"
+    );
+    assert!(agent_objects(&ns).is_empty(), "doctor creates nothing");
+}

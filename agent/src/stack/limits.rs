@@ -1,0 +1,190 @@
+//! The stack's limits: how many flows a session may hold and how many connects may be in
+//! progress, in all and towards one host, and how long a connect may take.
+//!
+//! A session is one client, but not a trusted one: a program in it may open connections
+//! faster than the pod's network answers (a scanner, a retry loop, a SYN flood). Each new TCP
+//! flow costs a real `connect()` from the target's namespace, which the kernel keeps for up to
+//! two minutes when the destination never answers; without bounds a flood towards one silent
+//! host fills the pod's socket tables and starves every other connection. So:
+//!
+//! * at most [`Limits::max_flows`] flows per protocol (TCP, UDP, ICMP echo);
+//! * at most [`Limits::max_half_open`] TCP connects in progress, and at most
+//!   [`Limits::max_half_open_per_host`] towards one destination address, so a flood towards
+//!   one host leaves room for connects to every other;
+//! * a connect that has not completed after [`Limits::connect_timeout`] is given up and the
+//!   session's SYN answered with RST.
+//!
+//! A SYN beyond a cap is answered with RST (the session's `connect()` fails with
+//! ECONNREFUSED at once), a UDP datagram with ICMP administratively prohibited, an echo
+//! request is dropped; each is counted, and the first refusal of each kind is logged. The
+//! decisions here are free of I/O; the flow tables apply them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The caps; see the module comment. The agent's options set them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_flows: usize,
+    pub max_half_open: usize,
+    pub max_half_open_per_host: usize,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_flows: 16_384,
+            max_half_open: 4_096,
+            max_half_open_per_host: 1_024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which cap refused a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Flows,
+    HalfOpen,
+    HalfOpenToHost,
+}
+
+impl Refusal {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::Flows => "the session's flow cap",
+            Refusal::HalfOpen => "the session's cap on connects in progress",
+            Refusal::HalfOpenToHost => "the cap on connects in progress towards one host",
+        }
+    }
+}
+
+/// Whether a new flow may join a table that holds `flows`.
+pub(crate) fn admit_flow(limits: &Limits, flows: usize) -> Result<(), Refusal> {
+    if flows >= limits.max_flows {
+        Err(Refusal::Flows)
+    } else {
+        Ok(())
+    }
+}
+
+/// TCP connects in progress, in all and by destination address.
+#[derive(Debug, Default)]
+pub(crate) struct HalfOpen {
+    total: usize,
+    by_host: HashMap<IpAddr, usize>,
+}
+
+impl HalfOpen {
+    /// Whether a new connect to `host` may start, with `flows` TCP flows in the table.
+    pub fn admit(&self, limits: &Limits, flows: usize, host: IpAddr) -> Result<(), Refusal> {
+        admit_flow(limits, flows)?;
+        if self.total >= limits.max_half_open {
+            return Err(Refusal::HalfOpen);
+        }
+        if self.to(host) >= limits.max_half_open_per_host {
+            return Err(Refusal::HalfOpenToHost);
+        }
+        Ok(())
+    }
+
+    pub fn started(&mut self, host: IpAddr) {
+        self.total += 1;
+        *self.by_host.entry(host).or_default() += 1;
+    }
+
+    /// A connect to `host` completed, failed or was given up.
+    pub fn ended(&mut self, host: IpAddr) {
+        if let Some(count) = self.by_host.get_mut(&host) {
+            *count -= 1;
+            self.total -= 1;
+            if *count == 0 {
+                self.by_host.remove(&host);
+            }
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn to(&self, host: IpAddr) -> usize {
+        self.by_host.get(&host).copied().unwrap_or(0)
+    }
+}
+
+/// Which refusals have been logged: each kind once per table.
+#[derive(Debug, Default)]
+pub(crate) struct LoggedOnce([bool; 3]);
+
+impl LoggedOnce {
+    /// Whether `refusal` is the first of its kind (and from now on, not).
+    pub fn first(&mut self, refusal: Refusal) -> bool {
+        !std::mem::replace(&mut self.0[refusal.index()], true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_flows: 10,
+            max_half_open: 4,
+            max_half_open_per_host: 2,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_flood_to_one_host_leaves_room_for_others() {
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+        );
+        let mut half = HalfOpen::default();
+        for _ in 0..2 {
+            assert_eq!(half.admit(&limits(), 0, a), Ok(()));
+            half.started(a);
+        }
+        assert_eq!(half.admit(&limits(), 2, a), Err(Refusal::HalfOpenToHost));
+        assert_eq!(half.admit(&limits(), 2, b), Ok(()));
+        half.started(b);
+        half.started(b);
+        assert_eq!(half.total(), 4);
+        assert_eq!(half.admit(&limits(), 4, c), Err(Refusal::HalfOpen));
+        half.ended(a);
+        assert_eq!(half.to(a), 1);
+        assert_eq!(half.admit(&limits(), 4, c), Ok(()));
+        assert_eq!(half.admit(&limits(), 10, c), Err(Refusal::Flows));
+    }
+
+    #[test]
+    fn ends_of_unknown_connects_change_nothing() {
+        let mut half = HalfOpen::default();
+        half.ended("10.0.0.1".parse().unwrap());
+        assert_eq!(half.total(), 0);
+    }
+
+    #[test]
+    fn flow_cap() {
+        assert_eq!(admit_flow(&limits(), 9), Ok(()));
+        assert_eq!(admit_flow(&limits(), 10), Err(Refusal::Flows));
+    }
+
+    #[test]
+    fn each_refusal_is_logged_once() {
+        let mut logged = LoggedOnce::default();
+        assert!(logged.first(Refusal::HalfOpen));
+        assert!(!logged.first(Refusal::HalfOpen));
+        assert!(logged.first(Refusal::Flows));
+    }
+}
