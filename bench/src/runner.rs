@@ -217,21 +217,24 @@ fn measure(
             let only = metrics_of(workload).next().expect("a bulk metric");
             vec![(only, answer.gbit_per_s.unwrap_or_default())]
         }
-        _ => {
-            anyhow::ensure!(!answer.samples_us.is_empty(), "the client measured nothing");
-            metrics_of(workload)
-                .map(|metric| {
-                    let p = if metric.name.ends_with("p99") {
-                        99.0
-                    } else {
-                        50.0
-                    };
-                    (metric, percentile(&answer.samples_us, p))
-                })
-                .collect()
-        }
+        _ => latency_figures(workload, &answer.samples_us)?,
     });
     Ok(figures)
+}
+
+/// A latency workload's rows: the p50 and p99 of its samples, as each row's name says.
+fn latency_figures(workload: Workload, samples_us: &[f64]) -> Result<Vec<(&'static Metric, f64)>> {
+    anyhow::ensure!(!samples_us.is_empty(), "the client measured nothing");
+    Ok(metrics_of(workload)
+        .map(|metric| {
+            let p = if metric.name.ends_with("p99") {
+                99.0
+            } else {
+                50.0
+            };
+            (metric, percentile(samples_us, p))
+        })
+        .collect())
 }
 
 /// An incoming workload: the client in the services namespace, with a stealing session
@@ -254,18 +257,7 @@ fn measure_incoming(
     if let Some(session) = session {
         session.end()?;
     }
-    let answer = run?.answer;
-    anyhow::ensure!(!answer.samples_us.is_empty(), "the client measured nothing");
-    Ok(metrics_of(workload)
-        .map(|metric| {
-            let p = if metric.name.ends_with("p99") {
-                99.0
-            } else {
-                50.0
-            };
-            (metric, percentile(&answer.samples_us, p))
-        })
-        .collect())
+    latency_figures(workload, &run?.answer.samples_us)
 }
 
 /// With `--verbose`: the client's and agent's log lines about packets and counters.
