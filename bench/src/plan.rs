@@ -529,7 +529,10 @@ mod tests {
                 Workload::Udp,
                 Workload::IdleFlows,
                 Workload::FileRead,
-                Workload::FileStat
+                Workload::FileStat,
+                // A preload tool cannot steal the target's incoming traffic.
+                Workload::IncomingUnmatched,
+                Workload::IncomingStolen,
             ]
         );
     }

@@ -96,9 +96,11 @@ pub fn choose(
     local: &[PathBuf],
     remote_root: &Path,
 ) -> RemotePaths {
+    // A namespace handle bound to a file (`ip netns add`, a runtime's pinned namespaces) is no
+    // tree to show; and one the host removed a moment ago looks like the target's own.
     let target_only = target
         .iter()
-        .filter(|line| !host.contains(line))
+        .filter(|line| line.fs_type != "nsfs" && !host.contains(line))
         .map(|line| line.mount_point.clone());
     let mut candidates: Vec<PathBuf> = target_only
         .chain(extra_remote.iter().map(|path| normalize(path)))
@@ -177,7 +179,8 @@ mod tests {
              41 22 0:51 / /proc/sys ro - proc proc ro\n\
              42 22 0:52 / /etc/resolv.conf rw - ext4 /dev/sda1 rw\n\
              43 40 0:53 / /srv/secrets/nested rw - tmpfs tmpfs rw\n\
-             44 22 0:54 / / rw - overlay overlay rw"
+             44 22 0:54 / / rw - overlay overlay rw\n\
+             45 24 0:4 net:[4026532301] /run/netns/other-pod rw shared:3 - nsfs nsfs rw"
         );
         let chosen = choose(
             &lines(&target),
