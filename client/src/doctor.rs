@@ -483,9 +483,14 @@ async fn image_line(cluster: &Cluster, node: &str, image: &str) -> Line {
                 )
             }
         }
+        Err(kube::Error::Api(status)) if status.code == 403 => Line::warn(
+            format!("agent image {image}: cannot tell whether node {node} holds it"),
+            "that needs `get` on `nodes` (cluster-wide); without it the session still works, \
+             pulling the image if the node lacks it",
+        ),
         Err(err) => Line::warn(
-            format!("cannot see node {node}'s images ({err})"),
-            "needs `get` on `nodes` (cluster-wide); the session works without it",
+            format!("agent image {image}: cannot read node {node} ({err})"),
+            "the session still works, pulling the image if the node lacks it",
         ),
     }
 }
