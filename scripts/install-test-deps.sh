@@ -28,6 +28,7 @@ PACKAGES=(
     coreutils
     libc-bin        # getent
     procps
+    groff-base      # renders the generated manual page in its test
     proxychains4    # the preload design the bench compares with (LD_PRELOAD connect hooks)
     dante-server    # danted, the SOCKS5 server proxychains4 talks to (bench/wrappers)
 )

@@ -87,6 +87,13 @@ pub enum Command {
         )]
         command: Vec<OsString>,
     },
+    /// Print the completion script for a shell: `source <(mirrord-net completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `mirrord-net man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +173,7 @@ impl Command {
             Command::Demo { verbose, .. }
             | Command::Ls { verbose, .. }
             | Command::Doctor { verbose, .. } => *verbose,
+            Command::Completions { .. } | Command::Man => 0,
         }
     }
 }

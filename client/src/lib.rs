@@ -29,6 +29,7 @@ pub mod environment;
 pub mod files;
 pub mod incoming;
 pub mod kubernetes;
+pub mod manual;
 pub mod progress;
 pub mod run;
 pub mod session;

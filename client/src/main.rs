@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use mirrord_net::cli::{Cli, Command};
-use mirrord_net::{demo, environment, run};
+use mirrord_net::{demo, environment, manual, run};
 
 fn main() -> ExitCode {
     // The session child re-executes this binary; it must not start a runtime or parse the
@@ -15,6 +15,25 @@ fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse_with_config();
+    match &cli.command {
+        Command::Completions { .. } | Command::Man => {
+            let mut out = std::io::stdout().lock();
+            let written = match &cli.command {
+                Command::Completions { shell } => manual::completions(*shell, &mut out),
+                _ => manual::man_page(&mut out),
+            };
+            return match written {
+                Ok(()) => ExitCode::SUCCESS,
+                // `mirrord-net man | head`: the reader had enough.
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("mirrord-net: cannot write it: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     mirrord_net_protocol::transport::tune_heap_for_packets();
     init_logging(cli.command.verbose());
 
@@ -53,6 +72,7 @@ fn main() -> ExitCode {
                     .await
                     .map_err(anyhow::Error::from)
             }
+            Command::Completions { .. } | Command::Man => Ok(0),
         }
     });
     match result {

@@ -44,6 +44,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod localhost;
+mod manual;
 mod network;
 mod packet_paths;
 mod preload_blind_spots;
