@@ -7,10 +7,11 @@
 //! harness itself is SIGKILLed, the next pod anyone builds (a test or a bench) sweeps the
 //! names of dead processes, as the tests crate does for its own.
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use mirrord_net_tests::netns::Netns;
 use mirrord_net_tests::process::Supervised;
 use mirrord_net_tests::Pod;
 use nix::sys::signal::Signal;
@@ -73,46 +74,26 @@ impl Fixture {
     }
 
     /// Waits until every TCP server accepts a connection from the pod namespace (the path
-    /// every client takes).
+    /// every client takes), and the target's incoming service one from the services namespace.
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         for &port in ports::TCP_PORTS {
-            loop {
-                let reachable = self.pod.pod_netns().run(|| {
-                    TcpStream::connect_timeout(&ports::addr(port), Duration::from_millis(200))
-                        .is_ok()
-                })?;
-                if reachable {
-                    break;
-                }
-                self.servers.ensure_running()?;
-                if Instant::now() >= deadline {
-                    bail!(
-                        "bench server on port {port} not ready in 10 s; log:\n{}",
-                        self.servers.log_tail(20)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_reachable(
+                self.pod.pod_netns(),
+                ports::addr(port),
+                &mut self.servers,
+                &format!("bench server on port {port}"),
+                deadline,
+            )?;
         }
         // The target's incoming service, as clients outside the pod reach it.
-        loop {
-            let reachable = self.pod.services_netns().run(|| {
-                TcpStream::connect_timeout(&ports::incoming_addr(), Duration::from_millis(200))
-                    .is_ok()
-            })?;
-            if reachable {
-                return Ok(());
-            }
-            self.incoming.ensure_running()?;
-            if Instant::now() >= deadline {
-                bail!(
-                    "the target's incoming service not ready in 10 s; log:\n{}",
-                    self.incoming.log_tail(20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_reachable(
+            self.pod.services_netns(),
+            ports::incoming_addr(),
+            &mut self.incoming,
+            "the target's incoming service",
+            deadline,
+        )
     }
 
     pub fn pod(&self) -> &Pod {
@@ -127,5 +108,28 @@ impl Fixture {
     pub fn check(&mut self) -> Result<()> {
         self.servers.ensure_running()?;
         self.incoming.ensure_running()
+    }
+}
+
+/// Waits until `addr` accepts a connection from inside `from`, failing with `server`'s log
+/// if it dies or `deadline` passes first.
+fn wait_reachable(
+    from: &Netns,
+    addr: SocketAddr,
+    server: &mut Supervised,
+    what: &str,
+    deadline: Instant,
+) -> Result<()> {
+    loop {
+        let reachable =
+            from.run(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+        if reachable {
+            return Ok(());
+        }
+        server.ensure_running()?;
+        if Instant::now() >= deadline {
+            bail!("{what} not ready in 10 s; log:\n{}", server.log_tail(20));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

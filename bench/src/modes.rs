@@ -162,10 +162,7 @@ impl Launcher {
         let holds_flows = matches!(job, Job::IdleFlows { .. });
         let cpu = std::cell::RefCell::new(None);
         let mut done = run(command, timeout, |child_pid, stdout, stdin| {
-            let mut line = String::new();
-            stdout.read_line(&mut line)?;
-            let answer: Answer = serde_json::from_str(line.trim())
-                .with_context(|| format!("the client printed {line:?}"))?;
+            let answer = read_answer(stdout)?;
             if mode.is_mirrord_net() {
                 *cpu.borrow_mut() = self.cpu_s(child_pid);
             }
@@ -191,11 +188,7 @@ impl Launcher {
             cleanup::with_fixture(|fixture| fixture.pod().services_netns().command(&exe))??;
         command.args(["__client", &job_text]);
         run(command, timeout, |_, stdout, _| {
-            let mut line = String::new();
-            stdout.read_line(&mut line)?;
-            let answer: Answer = serde_json::from_str(line.trim())
-                .with_context(|| format!("the client printed {line:?}"))?;
-            Ok((answer, None))
+            Ok((read_answer(stdout)?, None))
         })
     }
 
@@ -268,6 +261,13 @@ impl Launcher {
             .flatten();
         (client, agent)
     }
+}
+
+/// The client's one line of output: its [`Answer`].
+fn read_answer(stdout: &mut BufReader<std::process::ChildStdout>) -> Result<Answer> {
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    serde_json::from_str(line.trim()).with_context(|| format!("the client printed {line:?}"))
 }
 
 /// A session stealing the target's incoming service, for the incoming rows.

@@ -293,11 +293,15 @@ fn probe_user_namespace() -> Result<(), String> {
     }
 }
 
+/// Whether a session would find a cluster: a kubeconfig by the same decision `connect`
+/// makes, or the in-cluster service account.
 fn kubeconfig_present(args: &KubeArgs) -> bool {
-    args.cluster.kubeconfig.is_some()
-        || std::env::var_os("KUBECONFIG").is_some()
-        || std::env::var_os("HOME")
-            .is_some_and(|home| Path::new(&home).join(".kube/config").is_file())
+    let source = config::config_source(
+        args.cluster.kubeconfig.as_deref(),
+        std::env::var_os("KUBECONFIG").as_deref(),
+        std::env::var_os("HOME").as_deref().map(Path::new),
+    );
+    matches!(source, config::ConfigSource::Files(_))
         || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
 }
 

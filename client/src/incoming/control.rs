@@ -4,26 +4,13 @@
 use std::time::Duration;
 
 use mirrord_net_protocol::framing::{self, FrameDecoder};
-use mirrord_net_protocol::listening::parse_listening;
 use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, IncomingConfig, HEARTBEAT};
 use tokio::time::Instant;
 
+use crate::session::tcp_listening;
+
 /// How often the session's listening sockets are read.
 const WATCH: Duration = Duration::from_millis(250);
-
-/// The TCP ports the session's programs listen on: the session child is in the session's
-/// network namespace, and `/proc/PID/net` shows that namespace's tables.
-pub fn session_listening(session_pid: u32) -> Vec<u16> {
-    let mut ports = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{session_pid}/net/{table}")) {
-            ports.extend(parse_listening(&text));
-        }
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
 
 /// How other sessions' users know this one: `user@host pid N` (the user who ran the tool,
 /// under sudo the one who called sudo; the client's pid).
@@ -70,7 +57,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = watch.tick() => {
-                let ports = session_listening(session_pid);
+                let ports = tcp_listening(session_pid);
                 let due = match &last {
                     Some((sent, at)) => *sent != ports || at.elapsed() >= HEARTBEAT,
                     None => true,

@@ -80,6 +80,21 @@ const SOURCE_CHAIN: &str = "loopback-source";
 /// How often the session's sockets are read.
 const WATCH: Duration = Duration::from_millis(250);
 
+/// The TCP ports the session's programs listen on: `session_pid` is in the session's network
+/// namespace, and `/proc/PID/net` shows that namespace's tables. (Also what the incoming side
+/// reports to the agent.)
+pub fn tcp_listening(session_pid: u32) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{session_pid}/net/{table}")) {
+            ports.extend(parse_listening(&text));
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// The ports programs of the session serve, which stay in the session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Kept {
@@ -90,24 +105,18 @@ pub struct Kept {
 impl Kept {
     /// Reads them from the session's network namespace, through a process inside it.
     pub fn read(session_pid: u32) -> Self {
-        let read =
-            |table: &str| std::fs::read_to_string(format!("/proc/{session_pid}/net/{table}"));
-        let mut kept = Kept::default();
-        for table in ["tcp", "tcp6"] {
-            if let Ok(text) = read(table) {
-                kept.tcp.extend(parse_listening(&text));
-            }
-        }
+        let mut udp = Vec::new();
         for table in ["udp", "udp6"] {
-            if let Ok(text) = read(table) {
-                kept.udp.extend(parse_bound_udp(&text));
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{session_pid}/net/{table}")) {
+                udp.extend(parse_bound_udp(&text));
             }
         }
-        for ports in [&mut kept.tcp, &mut kept.udp] {
-            ports.sort_unstable();
-            ports.dedup();
+        udp.sort_unstable();
+        udp.dedup();
+        Kept {
+            tcp: tcp_listening(session_pid),
+            udp,
         }
-        kept
     }
 }
 

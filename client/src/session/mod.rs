@@ -55,6 +55,7 @@ pub mod userns;
 pub use child::child_main;
 pub use exec::command_env;
 pub use identity::invoking_user;
+pub use loopback::tcp_listening;
 pub use parent::{Session, SessionError};
 pub use protocol::{IpFamily, SetupFailure, SetupStep};
 pub use spec::{
