@@ -5,9 +5,19 @@
 //! each within [`HANDSHAKE_TIMEOUT`] and at most [`MAX_HANDSHAKES`] at once (one more is
 //! refused), so a stalled or hostile attempt never holds up the real client; once the client is
 //! in, every new attempt is refused at once rather than left queued for the session's
-//! lifetime, and the stream relay is told which of its streams is the client's (see
-//! [`stream_relay`](crate::stream_relay)). The first bidirectional stream carries the hello; then packets flow until the connection closes — because the
-//! client said so, or because it fell silent for the idle timeout — and the agent exits.
+//! lifetime, and the stream relay is told which of its streams is the client's (again
+//! whenever the client moves to a re-opened stream, [`follow_client`]; see
+//! [`stream_relay`](crate::stream_relay)). The first bidirectional stream carries the hello;
+//! then packets flow until the connection closes — because the client said so, or because it
+//! fell silent for the idle timeout — and the agent exits 0 either way.
+//!
+//! **A lost client.** The idle timeout is the liveness rule's: 3 s of silence, after which the
+//! incoming side gives stolen traffic back (it watches the control stream's heartbeat), then
+//! the client's reconnect window, which the client's own idle timeout sets (QUIC takes the
+//! smaller of both ends'; `transport::idle_timeout`). Within it the same client may come back
+//! on the same connection, from the same address or a new one (QUIC migration; only the
+//! pinned client's packets decrypt). After it the connection times out, the session ends and
+//! the agent exits 0 with one line: a client that went away is not the agent's failure.
 //! Every later bidirectional stream starts with a `StreamKind` byte and is dispatched by it
 //! (today: one file request per stream, answered by [`files`](crate::files)).
 //!
@@ -61,8 +71,9 @@ pub async fn serve_one_session(
         .await
         .map_err(|_| anyhow!("no client connected within {accept_timeout:?}"))??;
     tracing::debug!(peer = %connection.remote_address(), "client connected");
-    if let Some(stream) = &stream_clients {
+    if let Some(stream) = stream_clients {
         let _ = stream.claimed.send(Some(connection.remote_address()));
+        tokio::spawn(follow_client(connection.clone(), stream.claimed));
     }
     tokio::spawn(refuse_all(endpoint.clone()));
 
@@ -107,10 +118,25 @@ pub async fn serve_one_session(
     // Local: filtered connections are served by tasks that are not `Send`.
     tokio::task::spawn_local(incoming::run(events_rx, inbound, report, addrs));
     tokio::spawn(accept_streams(connection.clone(), files));
-    match tun {
-        None => stack::serve_with_inbound(connection, config, Some(inbound_rx)).await,
-        Some(handoff) => serve_on_tun(connection, handoff, config, inbound_rx).await,
+    let served = match tun {
+        None => stack::serve_with_inbound(connection.clone(), config, Some(inbound_rx)).await,
+        Some(handoff) => serve_on_tun(connection.clone(), handoff, config, inbound_rx).await,
+    };
+    if client_lost(connection.close_reason()) {
+        // Not the agent's failure: the session is over, and its end is an ordinary one.
+        eprintln!(
+            "mirrord-net-agent: the client was silent through its reconnect window; the session is over"
+        );
+        return Ok(());
     }
+    served
+}
+
+/// Whether the connection ended because the client stayed silent past the idle timeout,
+/// i.e. [`SILENCE_LIMIT`](mirrord_net_protocol::messages::SILENCE_LIMIT) and then the
+/// session's reconnect window (see `transport::idle_timeout`).
+fn client_lost(reason: Option<quinn::ConnectionError>) -> bool {
+    matches!(reason, Some(quinn::ConnectionError::TimedOut))
 }
 
 /// The stack on the session's TUN, once the client has sent it, until the connection ends.
@@ -274,6 +300,31 @@ impl HandshakeCap {
     /// Whether another handshake may start while `running` are in progress.
     fn admits(self, running: usize) -> bool {
         running < self.0
+    }
+}
+
+/// How often the client's address is compared with the one the stream relay knows.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+
+/// Tells the stream relay where the client is whenever its address changes (it moved to a
+/// re-opened stream, which QUIC sees as a path change), so the relay keeps that stream and
+/// closes the others. Ends with the connection.
+async fn follow_client(connection: quinn::Connection, claimed: watch::Sender<Option<SocketAddr>>) {
+    let mut ticks = tokio::time::interval(FOLLOW_EVERY);
+    loop {
+        tokio::select! {
+            _ = connection.closed() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = connection.remote_address();
+        claimed.send_if_modified(|known| {
+            if *known == Some(now) {
+                return false;
+            }
+            tracing::info!(peer = %now, "the client moved to a new path");
+            *known = Some(now);
+            true
+        });
     }
 }
 

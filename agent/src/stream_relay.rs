@@ -20,13 +20,17 @@
 //! **Who is the client.** Anyone who reaches the port may open a stream, so every stream gets
 //! its own socket and thus its own QUIC peer address: QUIC's mutual certificate pinning, not
 //! the order of arrival, decides which stream carries the session. When the control loop has
-//! accepted the pinned client it names that client's address (the `claimed` watch); from then
-//! on every other stream is closed and new ones are closed at once (a session has one client
-//! and no way to resume on another stream). Before that, a stream that has not become the
-//! session within [`RelayLimits::unclaimed`] is closed, and at most [`RelayLimits::streams`]
-//! are relayed at once; one more evicts the oldest ([`Slots`], the decisions without I/O), so a
-//! stranger who holds streams open delays the real client by at most the time it takes him to
-//! open that many.
+//! accepted the pinned client it names that client's address (the `claimed` watch), and
+//! every other stream is closed. The session's stream is never closed by the relay. New streams
+//! are still relayed, because the client re-opens its stream when the old one broke (a
+//! port-forward that dropped, a cut that outlasted TCP): its packets on the new stream arrive
+//! from a new relay socket, which to QUIC is a path change of the same connection (migration,
+//! which only the pinned client's packets can cause), and the control loop names the new
+//! address, which closes the old stream. A stream that has not become the session within
+//! [`RelayLimits::unclaimed`] is closed, and at most [`RelayLimits::streams`] are relayed at
+//! once; one more evicts the oldest that is not the session's ([`Slots`], the decisions
+//! without I/O), so a stranger who holds streams open delays the real client by at most the
+//! time it takes him to open that many, and never closes the session's.
 //!
 //! The listener and the relay's sockets are made in the agent's own network namespace, before
 //! it enters the target's, like the QUIC socket, so that all of them stay reachable by each
@@ -200,7 +204,6 @@ impl StreamRelay {
                         watching = false;
                     }
                     if let Some(client) = client {
-                        watching = false;
                         let slot = addrs.iter().position(|addr| *addr == client);
                         for id in slots.claim(slot) {
                             tracing::debug!(stream = id, "stream closed: the session has its client");
@@ -251,7 +254,7 @@ fn drain(socket: &tokio::net::UdpSocket) {
 /// What to do with a new stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Close it: the session has its client.
+    /// Close it: every socket serves the session's stream.
     Refuse,
     /// Relay it as stream `id` through socket `slot`, after ending stream `evict`, which had
     /// that socket.
@@ -269,7 +272,6 @@ pub struct Slots {
     /// Streams being relayed, oldest first: (id, slot, deadline; none for the session's).
     active: VecDeque<(u64, usize, Option<Instant>)>,
     next_id: u64,
-    claimed: bool,
     unclaimed: Duration,
 }
 
@@ -279,23 +281,25 @@ impl Slots {
             free: (0..sockets).rev().collect(),
             active: VecDeque::new(),
             next_id: 0,
-            claimed: false,
             unclaimed,
         }
     }
 
-    /// A new stream at `now`: a free socket, else the oldest stream's, unless the session
-    /// has its client.
+    /// A new stream at `now`: a free socket, else that of the oldest stream that is not the
+    /// session's.
     pub fn admit(&mut self, now: Instant) -> Admission {
-        if self.claimed {
-            return Admission::Refuse;
-        }
         let (slot, evict) = match self.free.pop() {
             Some(slot) => (slot, None),
-            None => match self.active.pop_front() {
-                Some((victim, slot, _)) => (slot, Some(victim)),
-                None => return Admission::Refuse,
-            },
+            None => {
+                let oldest = self
+                    .active
+                    .iter()
+                    .position(|(_, _, deadline)| deadline.is_some());
+                match oldest.and_then(|at| self.active.remove(at)) {
+                    Some((victim, slot, _)) => (slot, Some(victim)),
+                    None => return Admission::Refuse,
+                }
+            }
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -312,10 +316,9 @@ impl Slots {
         }
     }
 
-    /// The session's client is the stream on `slot` (none: it came over UDP). Returns the
-    /// streams to close: all others. New streams are refused from now on.
+    /// The session's client is the stream on `slot` (none: it came over UDP), now or again
+    /// after it moved to a new stream. Returns the streams to close: all others.
     pub fn claim(&mut self, slot: Option<usize>) -> Vec<u64> {
-        self.claimed = true;
         let mut closed = Vec::new();
         let active = std::mem::take(&mut self.active);
         for (id, at, _) in active {
@@ -463,18 +466,45 @@ mod tests {
     }
 
     #[test]
-    fn the_claim_closes_every_other_stream_and_refuses_new_ones() {
+    fn the_claim_closes_every_other_stream_and_the_sessions_is_never_evicted() {
         let now = Instant::now();
-        let mut slots = Slots::new(4, TEN);
+        let mut slots = Slots::new(2, TEN);
         let (a, _, _) = relayed(slots.admit(now));
         let (b, slot_b, _) = relayed(slots.admit(now));
-        let (c, _, _) = relayed(slots.admit(now));
-        assert_eq!(slots.claim(Some(slot_b)), vec![a, c]);
-        assert_eq!(slots.admit(now), Admission::Refuse);
+        assert_eq!(slots.claim(Some(slot_b)), vec![a]);
         // The client's stream never runs out of time.
         assert_eq!(slots.next_deadline(), None);
         assert!(slots.expired(now + TEN * 100).is_empty());
+        // A new stream (a stranger, or the client re-opening) gets the free socket, and the
+        // one after it evicts that one, never the session's.
+        let (c, _, evict) = relayed(slots.admit(now));
+        assert_eq!(evict, None);
+        let (_, _, evict) = relayed(slots.admit(now));
+        assert_eq!(evict, Some(c));
+        assert_eq!(slots.next_deadline(), Some(now + TEN));
         let _ = b;
+    }
+
+    #[test]
+    fn with_only_the_sessions_stream_a_new_one_is_refused() {
+        let now = Instant::now();
+        let mut slots = Slots::new(1, TEN);
+        let (_, slot, _) = relayed(slots.admit(now));
+        assert!(slots.claim(Some(slot)).is_empty());
+        assert_eq!(slots.admit(now), Admission::Refuse);
+    }
+
+    #[test]
+    fn a_client_that_moved_to_a_new_stream_closes_its_old_one() {
+        let now = Instant::now();
+        let mut slots = Slots::new(4, TEN);
+        let (old, slot_old, _) = relayed(slots.admit(now));
+        assert!(slots.claim(Some(slot_old)).is_empty());
+        let (new, slot_new, _) = relayed(slots.admit(now));
+        let (stranger, _, _) = relayed(slots.admit(now));
+        assert_eq!(slots.claim(Some(slot_new)), vec![old, stranger]);
+        assert_eq!(slots.next_deadline(), None);
+        let _ = new;
     }
 
     #[test]
@@ -483,7 +513,9 @@ mod tests {
         let mut slots = Slots::new(2, TEN);
         let (a, _, _) = relayed(slots.admit(now));
         assert_eq!(slots.claim(None), vec![a]);
-        assert_eq!(slots.admit(now), Admission::Refuse);
+        // Later streams are strangers' and run out of time.
+        let (b, _, _) = relayed(slots.admit(now));
+        assert_eq!(slots.expired(now + TEN), vec![b]);
     }
 
     #[test]
@@ -566,19 +598,13 @@ mod tests {
             from_first = from;
         }
 
-        // The second stream becomes the session: the first is closed, and so is a new one.
+        // The second stream becomes the session: the first is closed.
         claim.send(from_first).unwrap();
         let mut byte = [0u8; 1];
         assert_eq!(
             first.read(&mut byte).await.unwrap(),
             0,
             "first stream closed"
-        );
-        let mut third = tokio::net::TcpStream::connect(listen).await.unwrap();
-        assert_eq!(
-            third.read(&mut byte).await.unwrap_or(0),
-            0,
-            "new stream closed"
         );
         second.write_all(&wire[..wire.len() / 2]).await.unwrap();
         let (_, sender) = quic.recv_from(&mut buf).await.unwrap();
@@ -587,6 +613,27 @@ mod tests {
             from_first,
             "the session's stream still relays"
         );
+
+        // The client moves to a new stream: once it is named, the old one is closed.
+        let mut third = tokio::net::TcpStream::connect(listen).await.unwrap();
+        third.write_all(&wire[..wire.len() / 2]).await.unwrap();
+        let moved = loop {
+            let (_, sender) = quic.recv_from(&mut buf).await.unwrap();
+            if Some(sender) != from_first {
+                break sender;
+            }
+        };
+        assert!(peers.contains(moved));
+        claim.send(Some(moved)).unwrap();
+        assert_eq!(
+            second.read(&mut byte).await.unwrap_or(0),
+            0,
+            "old stream closed"
+        );
+        quic.send_to(b"back", moved).await.unwrap();
+        let mut back = vec![0u8; stream_datagrams::frame_len(4)];
+        third.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back[2..], b"back");
     }
 
     /// More streams than sockets: the oldest goes, the newest is relayed.

@@ -16,8 +16,8 @@ use mirrord_net_tests::process::Supervised;
 use mirrord_net_tests::Pod;
 use nix::sys::signal::Signal;
 
-use crate::cluster_path::ClusterLink;
 use crate::ports;
+use mirrord_net_tests::cluster_path::ClusterLink;
 
 pub struct Fixture {
     // Declared first so it is dropped before the pod's namespaces go.

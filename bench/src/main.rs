@@ -7,7 +7,6 @@
 
 mod cleanup;
 mod client;
-mod cluster_path;
 mod file_passes;
 mod fixture;
 mod job;

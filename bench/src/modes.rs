@@ -8,7 +8,7 @@
 //!   relayed by the client as a QUIC datagram, the path a remote agent's packets take;
 //! - **mirrord-net-1500**: the QUIC path across a veth of MTU 1500 between the client's and
 //!   the agent's own namespaces, what a cluster agent's direct transport sees
-//!   ([`crate::cluster_path`]);
+//!   ([`mirrord_net_tests::cluster_path`]);
 //! - **mirrord-net-stream**: the QUIC path framed on a TCP connection to the agent
 //!   (`MIRRORD_NET_LOCAL_TRANSPORT=stream`), the framing a Kubernetes port-forward carries;
 //! - **wrapper**: any command line the user gives (e.g. a preload tool), run by `sh -c` with

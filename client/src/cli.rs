@@ -9,6 +9,7 @@ use crate::files::FsMode;
 use crate::incoming::IncomingArgs;
 use crate::kubernetes::{ClusterArgs, KubeArgs};
 use crate::target::Target;
+use crate::tunnel::ReconnectArgs;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -142,6 +143,8 @@ pub struct SessionArgs {
     pub kube: KubeArgs,
     #[command(flatten)]
     pub incoming: IncomingArgs,
+    #[command(flatten)]
+    pub reconnect: ReconnectArgs,
 }
 
 impl Cli {

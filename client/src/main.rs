@@ -86,7 +86,10 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // A send the network refuses (a cut, a lost route) is quinn_udp's warning on every
+        // retry; the session says itself whether it lost the agent (one line), so without
+        // -v those stay quiet.
+        0 => "warn,quinn_udp=error",
         1 => "info",
         2 => "debug",
         _ => "trace",

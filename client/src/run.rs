@@ -70,6 +70,9 @@ pub enum RunError {
     Incoming(#[from] incoming::IncomingError),
     #[error("{0}; the session was stopped")]
     AgentLost(pump::PumpError),
+    /// The agent stayed silent through the reconnect window (`liveness::lost_line`).
+    #[error("{0}")]
+    AgentSilent(String),
     #[error("cannot look up the invoking user: {0}")]
     UserLookup(std::io::Error),
     #[error("cannot write the output: {0}")]
@@ -181,7 +184,14 @@ async fn run_connected(
         )),
     };
 
-    let outcome = supervise(&mut session, &mut pump_task).await;
+    let outcome = match supervise(&mut session, &mut pump_task).await {
+        Err(RunError::AgentLost(pump::PumpError::Connection(quinn::ConnectionError::TimedOut))) => {
+            Err(RunError::AgentSilent(tunnel::liveness::lost_line(
+                args.reconnect.window(),
+            )))
+        }
+        outcome => outcome,
+    };
     pump_task.abort();
     tracing::info!("packets: {}", stats.summary());
     outcome
@@ -213,6 +223,7 @@ pub(crate) async fn start_agent_and_connect(
                 &identity,
                 args.fs_mode,
                 agent_log_filter(args.verbose),
+                args.reconnect.window(),
                 &mut |step| progress.step(step),
             )
             .await?;
@@ -249,17 +260,28 @@ pub(crate) async fn start_agent_and_connect(
                     Some(_) => PathProfile::Network,
                     None => PathProfile::Loopback,
                 },
+                args.reconnect.window(),
             )
             .await
         }
         LocalTransport::Stream => match tokio::net::TcpStream::connect(agent.ready.addr).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
+                let addr = agent.ready.addr;
+                let reopen: tunnel::ReopenStream = Box::new(move || {
+                    Box::pin(async move {
+                        let stream = tokio::net::TcpStream::connect(addr).await?;
+                        let _ = stream.set_nodelay(true);
+                        Ok(Box::new(stream) as Box<dyn tunnel::ByteStream>)
+                    })
+                });
                 tunnel::connect_over_stream(
                     stream,
                     &identity,
                     agent.ready.cert_sha256,
                     PathProfile::Stream,
+                    args.reconnect.window(),
+                    Some(reopen),
                 )
                 .await
             }

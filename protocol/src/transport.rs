@@ -18,10 +18,20 @@
 //! agent's userspace stack has a one-second minimum RTO, so a datagram dropped on a full
 //! queue costs a second; backpressure (`send_datagram_wait`) is used on the send side, and the
 //! receive side must simply never be the bottleneck.
+//!
+//! **Liveness.** Keep-alives every second make silence mean something; the idle timeout is
+//! not the 3 s after which an agent gives stolen traffic back ([`SILENCE_LIMIT`], an
+//! application decision made on the control stream's heartbeat) but that plus the session's
+//! reconnect window ([`idle_timeout`]), so a cut shorter than that leaves the connection, its
+//! streams and the flows inside it intact: QUIC retransmits what was lost once packets pass
+//! again. The agent advertises the longest window and the client its own; QUIC takes the
+//! smaller, so the client's `--reconnect-window` reaches the agent without a message of its
+//! own, and both ends give up at the same moment.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::messages::SILENCE_LIMIT;
 use crate::trust::{self, Fingerprint, SessionIdentity, TrustError};
 
 /// What lies between client and agent.
@@ -58,22 +68,34 @@ impl PathProfile {
     }
 }
 
-/// How long a silent peer is kept. The agent exits this long after its client vanishes.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-/// Keep-alives well inside [`IDLE_TIMEOUT`], so an idle but live session never times out.
+/// How long an agent waits for a client it lost, unless the client says otherwise
+/// (`--reconnect-window`).
+pub const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(15);
+/// The longest reconnect window a client may ask for; also what the agent offers, so that
+/// the client's choice decides (QUIC takes the smaller of both ends' idle timeouts).
+pub const MAX_RECONNECT_WINDOW: Duration = Duration::from_secs(600);
+/// Keep-alives: an idle but live session is heard at least this often, well inside
+/// [`SILENCE_LIMIT`], so silence means the path or the peer is gone.
 pub const KEEP_ALIVE: Duration = Duration::from_millis(1000);
+
+/// How long a silent peer is kept: [`SILENCE_LIMIT`] (after which an agent gives stolen
+/// traffic back to the target) and then the reconnect window, within which the same client
+/// may still come back, on the same path or a new one. When it runs out, both ends close the
+/// connection: the agent exits, the client ends the session.
+pub fn idle_timeout(reconnect_window: Duration) -> Duration {
+    SILENCE_LIMIT + reconnect_window.min(MAX_RECONNECT_WINDOW)
+}
 
 const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024 * 1024;
 const DATAGRAM_SEND_BUFFER: usize = 16 * 1024 * 1024;
 
-/// Transport parameters for either end.
-pub fn transport_config(profile: PathProfile) -> quinn::TransportConfig {
+/// Transport parameters for either end; `idle` is this end's idle timeout (see
+/// [`idle_timeout`]).
+pub fn transport_config(profile: PathProfile, idle: Duration) -> quinn::TransportConfig {
     let mtu = profile.udp_payload_size();
     let mut config = quinn::TransportConfig::default();
     config
-        .max_idle_timeout(Some(
-            IDLE_TIMEOUT.try_into().expect("idle timeout fits a varint"),
-        ))
+        .max_idle_timeout(Some(idle.try_into().expect("idle timeout fits a varint")))
         .keep_alive_interval(Some(KEEP_ALIVE))
         .initial_mtu(mtu)
         .min_mtu(profile.min_udp_payload_size())
@@ -123,21 +145,39 @@ pub fn agent_endpoint_config(profile: PathProfile) -> quinn::EndpointConfig {
     config
 }
 
-/// The client's QUIC configuration for one session.
+/// The client's QUIC configuration for one session, with the default reconnect window.
 pub fn client_config(
     identity: &SessionIdentity,
     agent: Fingerprint,
     profile: PathProfile,
 ) -> Result<quinn::ClientConfig, TrustError> {
+    client_config_with_window(identity, agent, profile, DEFAULT_RECONNECT_WINDOW)
+}
+
+/// The client's QUIC configuration for one session whose agent waits `reconnect_window` for
+/// it after [`SILENCE_LIMIT`]. The client's idle timeout is the session's: the agent offers
+/// the longest one ([`MAX_RECONNECT_WINDOW`]) and QUIC takes the smaller.
+pub fn client_config_with_window(
+    identity: &SessionIdentity,
+    agent: Fingerprint,
+    profile: PathProfile,
+    reconnect_window: Duration,
+) -> Result<quinn::ClientConfig, TrustError> {
     let tls = trust::client_tls(identity, agent)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|_| TrustError::Tls(rustls::Error::General("no QUIC cipher suite".into())))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(profile)));
+    config.transport_config(Arc::new(transport_config(
+        profile,
+        idle_timeout(reconnect_window),
+    )));
     Ok(config)
 }
 
-/// The agent's QUIC configuration for one session.
+/// The agent's QUIC configuration for one session. Migration is on: a client that comes back
+/// after a cut from another address or port (a new socket, a NAT's new mapping, a re-opened
+/// stream, which the relay gives a new source port) carries on the same connection. Only the
+/// pinned client can: a packet on a new path must decrypt with the connection's keys.
 pub fn server_config(
     identity: &SessionIdentity,
     client: Fingerprint,
@@ -147,8 +187,11 @@ pub fn server_config(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|_| TrustError::Tls(rustls::Error::General("no QUIC cipher suite".into())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(profile)));
-    config.migration(false);
+    config.transport_config(Arc::new(transport_config(
+        profile,
+        idle_timeout(MAX_RECONNECT_WINDOW),
+    )));
+    config.migration(true);
     Ok(config)
 }
 
@@ -213,5 +256,24 @@ pub fn tune_heap_for_packets() {
         // SAFETY: mallopt only changes allocator parameters; any value is accepted or refused.
         // Best effort: a refused value costs speed, not correctness.
         let _ = unsafe { libc::mallopt(param, value) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_peer_is_kept_for_the_silence_limit_and_the_window() {
+        assert_eq!(
+            idle_timeout(DEFAULT_RECONNECT_WINDOW),
+            Duration::from_secs(18)
+        );
+        assert_eq!(idle_timeout(Duration::ZERO), SILENCE_LIMIT);
+        assert_eq!(
+            idle_timeout(Duration::from_secs(100_000)),
+            SILENCE_LIMIT + MAX_RECONNECT_WINDOW
+        );
+        assert!(KEEP_ALIVE < SILENCE_LIMIT);
     }
 }

@@ -36,6 +36,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cat", "coreutils"),
     ("mount", "mount"),
     ("hostname", "hostname"),
+    ("nft", "nftables"),
 ];
 
 /// The absolute path of `name` on [`SYSTEM_PATH`]; panics naming the package if it is missing.

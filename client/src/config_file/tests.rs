@@ -371,3 +371,22 @@ fn a_mirrord_file_runs_through_clap() {
     assert_eq!(session.env.include.len(), 2);
     assert_eq!(session.fs_mode, FsMode::Write);
 }
+
+#[test]
+fn the_reconnect_window_comes_from_the_file_or_the_flag() {
+    let file = ConfigFile::new("json", r#"{"target": "pid/7", "reconnect_window": 40}"#);
+    let path = file.0.to_str().unwrap();
+    let window = |args: &[&str]| match parse(args).unwrap().command {
+        Command::Exec { session, .. } => session.reconnect.reconnect_window,
+        _ => panic!("not exec"),
+    };
+    assert_eq!(window(&["exec", "-f", path, "--", "true"]), 40);
+    assert_eq!(
+        window(&["exec", "-f", path, "--reconnect-window", "3", "--", "true"]),
+        3
+    );
+    assert_eq!(window(&["exec", "-t", "pid/7", "--", "true"]), 15);
+    let bad = ConfigFile::new("json", r#"{"target": "pid/7", "reconnect_window": 9999}"#);
+    let err = parse(&["exec", "-f", bad.0.to_str().unwrap(), "--", "true"]).unwrap_err();
+    assert!(err.contains("from 0 to 600"), "{err}");
+}

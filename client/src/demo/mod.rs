@@ -138,6 +138,7 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         no_target_localhost: false,
         kube: Default::default(),
         incoming: Default::default(),
+        reconnect: Default::default(),
     };
     let outcome = run::run_session(&args, command).await;
     drop(host_listener);

@@ -44,9 +44,6 @@ pub struct IncomingArgs {
     /// Replaces `{{ key }}` in the HTTP filters, regex-escaped.
     #[arg(long, value_name = "VALUE")]
     pub key: Option<String>,
-    /// How long the agent waits for a lost client to come back.
-    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
-    pub reconnect_window: u64,
 }
 
 /// A combination of incoming flags this build cannot serve.
@@ -196,7 +193,6 @@ mod tests {
                 session: String::new(),
             })
         );
-        assert_eq!(args.reconnect_window, 15);
         assert_eq!(parse(&[]).unwrap().config().unwrap(), None);
     }
 

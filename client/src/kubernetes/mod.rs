@@ -120,6 +120,7 @@ pub async fn start_agent_and_connect(
     identity: &SessionIdentity,
     fs_mode: FsMode,
     log_filter: Option<&'static str>,
+    reconnect_window: Duration,
     on_step: &mut dyn FnMut(&str),
 ) -> Result<(KubeAgent, Tunnel), KubeError> {
     let cluster = config::connect(&args.cluster).await?;
@@ -173,7 +174,14 @@ pub async fn start_agent_and_connect(
     }
     tracing::info!("agent ready in {:?}", started.elapsed());
     on_step("connecting to the agent");
-    match until_interrupted(transport::connect(&mut agent, identity, args.transport)).await {
+    match until_interrupted(transport::connect(
+        &mut agent,
+        identity,
+        args.transport,
+        reconnect_window,
+    ))
+    .await
+    {
         Ok(tunnel) => Ok((agent, tunnel)),
         Err(err) => {
             let reason = agent.last_error();

@@ -39,6 +39,7 @@ pub async fn connect(
     agent: &mut KubeAgent,
     identity: &SessionIdentity,
     mode: TransportMode,
+    reconnect_window: Duration,
 ) -> Result<Tunnel, KubeError> {
     let ready = agent.ready.clone().expect("the agent is ready");
     let direct_addr = agent
@@ -49,7 +50,7 @@ pub async fn connect(
         TransportMode::Direct => {
             let addr = direct_addr
                 .ok_or_else(|| KubeError::Transport("directly: its pod has no IP yet".into()))?;
-            let tunnel = direct(addr, identity, ready.cert_sha256).await?;
+            let tunnel = direct(addr, identity, ready.cert_sha256, reconnect_window).await?;
             tracing::info!(
                 "connected to the agent directly at {addr} in {:?}",
                 started.elapsed()
@@ -57,8 +58,14 @@ pub async fn connect(
             Ok(tunnel)
         }
         TransportMode::PortForward => {
-            let tunnel =
-                port_forward(agent, ready.addr.port(), identity, ready.cert_sha256).await?;
+            let tunnel = port_forward(
+                agent,
+                ready.addr.port(),
+                identity,
+                ready.cert_sha256,
+                reconnect_window,
+            )
+            .await?;
             tracing::info!(
                 "connected to the agent through port-forward in {:?}",
                 started.elapsed()
@@ -69,7 +76,13 @@ pub async fn connect(
             if let Some(addr) = direct_addr {
                 match tokio::time::timeout(
                     DIRECT_ATTEMPT,
-                    tunnel::connect(addr, identity, ready.cert_sha256, PathProfile::Network),
+                    tunnel::connect(
+                        addr,
+                        identity,
+                        ready.cert_sha256,
+                        PathProfile::Network,
+                        reconnect_window,
+                    ),
                 )
                 .await
                 {
@@ -88,8 +101,14 @@ pub async fn connect(
                     ),
                 }
             }
-            let tunnel =
-                port_forward(agent, ready.addr.port(), identity, ready.cert_sha256).await?;
+            let tunnel = port_forward(
+                agent,
+                ready.addr.port(),
+                identity,
+                ready.cert_sha256,
+                reconnect_window,
+            )
+            .await?;
             tracing::info!(
                 "transport: port-forward (connected in {:?})",
                 started.elapsed()
@@ -103,10 +122,17 @@ async fn direct(
     addr: SocketAddr,
     identity: &SessionIdentity,
     agent: Fingerprint,
+    reconnect_window: Duration,
 ) -> Result<Tunnel, KubeError> {
-    tunnel::connect(addr, identity, agent, PathProfile::Network)
-        .await
-        .map_err(|err| KubeError::Transport(format!("directly at {addr}: {err}")))
+    tunnel::connect(
+        addr,
+        identity,
+        agent,
+        PathProfile::Network,
+        reconnect_window,
+    )
+    .await
+    .map_err(|err| KubeError::Transport(format!("directly at {addr}: {err}")))
 }
 
 async fn port_forward(
@@ -114,6 +140,7 @@ async fn port_forward(
     port: u16,
     identity: &SessionIdentity,
     fingerprint: Fingerprint,
+    reconnect_window: Duration,
 ) -> Result<Tunnel, KubeError> {
     let container = agent.container.clone().expect("the agent is ready");
     let pods: Api<Pod> = Api::namespaced(agent.client().clone(), &container.namespace);
@@ -129,7 +156,7 @@ async fn port_forward(
         .take_stream(port)
         .ok_or_else(|| KubeError::Transport("through port-forward: no stream".into()))?;
     agent.keep_port_forward(forwarder);
-    over_stream(stream, identity, fingerprint)
+    over_stream(stream, identity, fingerprint, reconnect_window)
         .await
         .map_err(|err| {
             KubeError::Transport(format!(
@@ -144,6 +171,15 @@ async fn over_stream(
     stream: tokio::io::DuplexStream,
     identity: &SessionIdentity,
     fingerprint: Fingerprint,
+    reconnect_window: Duration,
 ) -> Result<Tunnel, TunnelError> {
-    tunnel::connect_over_stream(stream, identity, fingerprint, PathProfile::Stream).await
+    tunnel::connect_over_stream(
+        stream,
+        identity,
+        fingerprint,
+        PathProfile::Stream,
+        reconnect_window,
+        None,
+    )
+    .await
 }

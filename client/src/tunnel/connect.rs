@@ -4,8 +4,17 @@
 //! address; [`connect_over_stream`] frames the same QUIC packets on a byte stream the caller
 //! opened to the agent's TCP listener (e.g. a Kubernetes port-forward), through
 //! [`StreamSocket`].
+//!
+//! Both take the session's reconnect window (see [`liveness`](super::liveness)), which sets
+//! the connection's idle timeout at both ends. Over UDP the client also watches for a silent
+//! agent and moves to a new socket ([`liveness::keep_path`]). A stream's TCP connection
+//! retransmits across a cut by itself; when the stream breaks, the caller's `reopen` gives a
+//! new one and the endpoint moves onto it ([`follow_stream`]), which the agent's relay shows
+//! QUIC as a new source port: a path change of the same connection.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use mirrord_net_protocol::framing::{self, FrameDecoder};
@@ -15,6 +24,7 @@ use mirrord_net_protocol::transport::{self, PathProfile};
 use mirrord_net_protocol::trust::{Fingerprint, SessionIdentity, TrustError, AGENT_SERVER_NAME};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::liveness;
 use super::stream_socket::{StreamSocket, STREAM_PEER};
 
 /// How long the QUIC handshake and hello exchange may take.
@@ -103,40 +113,47 @@ impl Tunnel {
     }
 }
 
-/// Connects to the agent at `addr`, accepting only the certificate `agent`.
+/// Connects to the agent at `addr`, accepting only the certificate `agent`; the agent waits
+/// `reconnect_window` for this client after a silence.
 pub async fn connect(
     addr: SocketAddr,
     identity: &SessionIdentity,
     agent: Fingerprint,
     profile: PathProfile,
+    reconnect_window: Duration,
 ) -> Result<Tunnel, TunnelError> {
     let path = AgentPath::Udp(addr);
-    let local: SocketAddr = match addr {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = std::net::UdpSocket::bind(local).map_err(TunnelError::Socket)?;
-    transport::enlarge_socket_buffers(&socket);
+    let socket = liveness::new_socket(addr).map_err(TunnelError::Socket)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| TunnelError::Socket(std::io::Error::other("no async runtime")))?;
     let socket = runtime
         .wrap_udp_socket(socket)
         .map_err(TunnelError::Socket)?;
-    let endpoint = endpoint_on(socket, runtime, identity, agent, profile)?;
-    tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, addr, path))
+    let endpoint = endpoint_on(socket, runtime, identity, agent, profile, reconnect_window)?;
+    let tunnel = tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, addr, path))
         .await
-        .map_err(|_| TunnelError::Timeout(path))?
+        .map_err(|_| TunnelError::Timeout(path))??;
+    tokio::spawn(liveness::keep_path(
+        tunnel.endpoint.clone(),
+        tunnel.connection.clone(),
+        addr,
+    ));
+    Ok(tunnel)
 }
 
 /// Connects to the agent over `stream`, a byte stream to its TCP listener (the agent's
 /// address and port, or a port-forward to them), accepting only the certificate `agent`.
-/// QUIC runs on the stream exactly as on UDP; when the stream ends, so does the connection.
+/// QUIC runs on the stream exactly as on UDP. When the stream ends, `reopen` (if given) is
+/// asked for a new one until it gives one or the connection ends (the reconnect window), and
+/// the connection moves onto it; without `reopen`, the stream's end ends the connection.
 /// Use [`PathProfile::Stream`] unless the datagrams must stay small.
 pub async fn connect_over_stream<S>(
     stream: S,
     identity: &SessionIdentity,
     agent: Fingerprint,
     profile: PathProfile,
+    reconnect_window: Duration,
+    reopen: Option<ReopenStream>,
 ) -> Result<Tunnel, TunnelError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -146,19 +163,78 @@ where
         .ok_or_else(|| TunnelError::Socket(std::io::Error::other("no async runtime")))?;
     let socket = StreamSocket::new(stream);
     let ended = socket.ended();
-    let endpoint = endpoint_on(socket, runtime, identity, agent, profile)?;
+    let endpoint = endpoint_on(socket, runtime, identity, agent, profile, reconnect_window)?;
     let tunnel = tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, STREAM_PEER, path))
         .await
         .map_err(|_| TunnelError::Timeout(path))??;
-    // A stream that ends ends the connection now, rather than after QUIC's idle timeout.
-    let connection = tunnel.connection.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = ended => connection.close(STREAM_ENDED.into(), b"the stream to the agent ended"),
-            _ = connection.closed() => {}
-        }
-    });
+    tokio::spawn(follow_stream(
+        tunnel.endpoint.clone(),
+        tunnel.connection.clone(),
+        Box::pin(ended),
+        reopen,
+    ));
     Ok(tunnel)
+}
+
+/// A byte stream to the agent's TCP listener.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
+
+/// Opens a new stream to the agent's listener, for a client whose stream broke.
+pub type ReopenStream = Box<
+    dyn FnMut() -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn ByteStream>>> + Send>>
+        + Send,
+>;
+
+/// How long after a failed attempt a broken stream is re-opened again.
+const REOPEN_EVERY: Duration = Duration::from_millis(500);
+
+/// Moves the connection to a new stream each time its stream ends, or ends the connection at
+/// once when there is no way to open one (rather than after QUIC's idle timeout).
+async fn follow_stream(
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    mut ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+    mut reopen: Option<ReopenStream>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut ended => {}
+            _ = connection.closed() => return,
+        }
+        let Some(reopen) = reopen.as_mut() else {
+            connection.close(STREAM_ENDED.into(), b"the stream to the agent ended");
+            return;
+        };
+        tracing::info!("the stream to the agent ended: re-opening it");
+        let lost = std::time::Instant::now();
+        let stream = loop {
+            let attempt = tokio::select! {
+                opened = reopen() => opened,
+                _ = connection.closed() => return,
+            };
+            match attempt {
+                Ok(stream) => break stream,
+                Err(err) => {
+                    tracing::debug!("re-opening the stream to the agent: {err}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(REOPEN_EVERY) => {}
+                        _ = connection.closed() => return,
+                    }
+                }
+            }
+        };
+        let socket = StreamSocket::new(stream);
+        ended = Box::pin(socket.ended());
+        // quinn pings the agent from the new socket at once: to QUIC, a path change.
+        match endpoint.rebind_abstract(socket) {
+            Ok(()) => tracing::info!(
+                "moved to a new stream {:?} after the old one ended",
+                lost.elapsed()
+            ),
+            Err(err) => tracing::warn!("cannot move to the new stream: {err}"),
+        }
+    }
 }
 
 /// Application error code of a connection whose stream ended under it.
@@ -170,6 +246,7 @@ fn endpoint_on(
     identity: &SessionIdentity,
     agent: Fingerprint,
     profile: PathProfile,
+    reconnect_window: Duration,
 ) -> Result<quinn::Endpoint, TunnelError> {
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
         transport::endpoint_config(profile),
@@ -178,7 +255,12 @@ fn endpoint_on(
         runtime,
     )
     .map_err(TunnelError::Socket)?;
-    endpoint.set_default_client_config(transport::client_config(identity, agent, profile)?);
+    endpoint.set_default_client_config(transport::client_config_with_window(
+        identity,
+        agent,
+        profile,
+        reconnect_window,
+    )?);
     Ok(endpoint)
 }
 

@@ -48,6 +48,7 @@ mod manual;
 mod network;
 mod packet_paths;
 mod preload_blind_spots;
+mod reconnect;
 mod shell;
 mod stream_transport;
 mod transfer;

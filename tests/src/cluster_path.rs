@@ -1,5 +1,6 @@
-//! The link of the cluster-path mode: the mirrord-net client and its agent in two network
-//! namespaces of their own, joined by a veth of MTU 1500.
+//! The cluster path: the mirrord-net client and its agent in two network namespaces of their
+//! own, joined by a veth of MTU 1500 (the bench's cluster-path mode, and the tests of a
+//! session across a network cut).
 //!
 //! ```text
 //!  client netns <id>-cl              agent netns <id>-ag              target (the pod)
@@ -16,19 +17,27 @@
 //!
 //! The addresses come from 198.18.0.0/15, the range set aside for benchmarks (RFC 2544);
 //! each namespace is private to this run, so runs in parallel do not collide.
+//!
+//! Faults go on the link as nftables rules in the client's namespace (this kernel has no
+//! netem): [`ClusterLink::cut`] drops every packet both ways on the client's end,
+//! [`ClusterLink::lose`] a random share of them. Each is a table of its own, removed with
+//! [`ClusterLink::heal`] or with the namespace.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
-use mirrord_net_tests::netns::{self, Netns};
-use mirrord_net_tests::tool;
+use anyhow::{bail, Context, Result};
+
+use crate::netns::{self, Netns};
+use crate::tools::tool;
 
 const CLIENT_IF: &str = "cl0";
 const AGENT_IF: &str = "ag0";
 const CLIENT_ADDR: &str = "198.18.0.1";
 const AGENT_ADDR: &str = "198.18.0.2";
 const MTU: u32 = 1500;
+/// The nftables table of a fault on the link (in the client's namespace).
+const FAULT_TABLE: &str = "mnet_link_fault";
 
 pub struct ClusterLink {
     client: Netns,
@@ -70,6 +79,77 @@ impl ClusterLink {
             _agent: agent,
             agent_script,
         })
+    }
+
+    /// The agent's address on the link.
+    pub fn agent_addr(&self) -> &'static str {
+        AGENT_ADDR
+    }
+
+    /// The client's namespace.
+    pub fn client_netns(&self) -> &Netns {
+        &self.client
+    }
+
+    /// Drops every packet crossing the link, both ways, until [`ClusterLink::heal`].
+    pub fn cut(&self) -> Result<()> {
+        self.fault("drop", "drop")
+    }
+
+    /// Cuts the link and breaks the client's TCP connections across it, as a port-forward
+    /// that drops does: each segment the client sends is answered with a reset.
+    pub fn cut_and_reset(&self) -> Result<()> {
+        self.fault(
+            "drop",
+            &format!("meta l4proto tcp reject with tcp reset; oifname {CLIENT_IF} drop"),
+        )
+    }
+
+    /// Drops `percent` of the packets crossing the link, each way, at random.
+    pub fn lose(&self, percent: u8) -> Result<()> {
+        let verdict = format!("numgen random mod 100 < {percent} drop");
+        self.fault(&verdict, &verdict)
+    }
+
+    /// Removes the fault: the link passes everything again.
+    pub fn heal(&self) -> Result<()> {
+        self.nft(&format!("delete table inet {FAULT_TABLE}\n"))
+    }
+
+    /// Rules for packets coming in from the link and going out to it (the interface is
+    /// matched first).
+    fn fault(&self, incoming: &str, outgoing: &str) -> Result<()> {
+        self.nft(&format!(
+            "table inet {FAULT_TABLE} {{\n\
+             chain in {{ type filter hook input priority -300; iifname {CLIENT_IF} {incoming}; }}\n\
+             chain out {{ type filter hook output priority -300; oifname {CLIENT_IF} {outgoing}; }}\n\
+             }}\n"
+        ))
+    }
+
+    fn nft(&self, script: &str) -> Result<()> {
+        use std::io::Write;
+        let mut command = self.client.command(&tool("nft"))?;
+        command
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().context("starting nft")?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "nft in {}: {}\n{script}",
+                self.client.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// `command` (a `mirrord-net exec`) run in the client's namespace, its agent in the
