@@ -10,7 +10,8 @@
 //!
 //! Lifetime: the client deletes the Job (propagation Background, so its pod goes too) when the
 //! session ends. If the client is killed, the agent exits by itself (30 s without a client,
-//! or 4 s after the connection goes quiet), the Job finishes and its TTL removes it.
+//! or 3 s plus the reconnect window after the connection goes quiet, 18 s by default), the
+//! Job finishes and its TTL removes it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
