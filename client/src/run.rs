@@ -212,6 +212,7 @@ pub(crate) async fn start_agent_and_connect(
                 target,
                 &identity,
                 args.fs_mode,
+                args.incoming.agent_arg(),
                 agent_log_filter(args.verbose),
                 &mut |step| progress.step(step),
             )
@@ -234,6 +235,7 @@ pub(crate) async fn start_agent_and_connect(
         args.fs_mode,
         packets,
         listen,
+        args.incoming.agent_arg(),
     )
     .await?;
 

@@ -115,16 +115,17 @@ fn assert_distinct_from_host_and_pod(pod: &Pod, session: &SessionNamespaces) {
     }
 }
 
-/// After entering the target, the agent keeps only the capabilities its features use and
-/// sets `no_new_privs` (`agent/src/privileges.rs`), read from its `/proc/PID/status` while
-/// the session runs.
-#[test]
-fn the_agent_runs_with_reduced_capabilities_and_no_new_privs() {
-    const SYS_ADMIN: u64 = 1 << 21;
-    const NET_ADMIN: u64 = 1 << 12;
-    const CHOWN: u64 = 1 << 0;
-    let pod = Pod::start();
-    let invocation = Invocation::session(&pod, &sh("echo started; sleep 3"));
+const CHOWN: u64 = 1 << 0;
+const NET_ADMIN: u64 = 1 << 12;
+const NET_RAW: u64 = 1 << 13;
+const SYS_ADMIN: u64 = 1 << 21;
+
+/// The session's agent's `/proc/PID/status`, read while a session with `flags` runs.
+fn agent_status(pod: &Pod, flags: &[&str]) -> String {
+    let mut invocation = Invocation::session(pod, &sh("echo started; sleep 3"));
+    for flag in flags {
+        invocation = invocation.client_flag(flag);
+    }
     let mut running = invocation.start();
     assert!(
         running.wait_for_stdout("started", Duration::from_secs(20)),
@@ -144,26 +145,79 @@ fn the_agent_runs_with_reduced_capabilities_and_no_new_privs() {
         .finish(invocation.timeout_value())
         .unwrap_or_else(|timed_out| panic!("{timed_out}"));
     out.assert_success();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .map(|value| value.trim().to_owned())
-            .unwrap_or_else(|| panic!("no {name} in\n{status}"))
-    };
-    let mask = |name: &str| u64::from_str_radix(&field(name), 16).expect("a hex mask");
-    let (eff, bnd) = (mask("CapEff:"), mask("CapBnd:"));
-    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    status
+}
+
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {name} in\n{status}"))
+}
+
+fn status_mask(status: &str, name: &str) -> u64 {
+    u64::from_str_radix(&status_field(status, name), 16).expect("a hex mask")
+}
+
+/// After entering the target, the agent keeps only the capabilities its features use, sets
+/// `no_new_privs` and runs under its seccomp filter (`agent/src/privileges.rs`,
+/// `agent/src/seccomp.rs`), read from its `/proc/PID/status` while the session runs. A
+/// session that steals nothing has no CAP_NET_ADMIN; this pod's namespace refuses ping
+/// sockets to root's group (the kernel's default range), so raw sockets stay for pings.
+#[test]
+fn the_agent_runs_with_reduced_capabilities_no_new_privs_and_seccomp() {
+    let pod = Pod::start();
+    let status = agent_status(&pod, &[]);
+    let (eff, bnd) = (
+        status_mask(&status, "CapEff:"),
+        status_mask(&status, "CapBnd:"),
+    );
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+    assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
     assert_eq!(eff & SYS_ADMIN, 0, "CAP_SYS_ADMIN kept:\n{status}");
     assert_eq!(
         bnd & SYS_ADMIN,
         0,
         "CAP_SYS_ADMIN left in the bounding set:\n{status}"
     );
+    assert_eq!(
+        eff & NET_ADMIN,
+        0,
+        "CAP_NET_ADMIN kept without a steal:\n{status}"
+    );
+    assert_ne!(
+        eff & NET_RAW,
+        0,
+        "CAP_NET_RAW dropped where pings need raw sockets:\n{status}"
+    );
+    assert_eq!(eff & CHOWN, 0, "CAP_CHOWN kept in read mode:\n{status}");
+}
+
+/// A stealing session's agent keeps CAP_NET_ADMIN (its nftables table); where the target's
+/// namespace gives root ping sockets, it has no use for CAP_NET_RAW and drops it.
+#[test]
+fn a_stealing_agent_keeps_network_administration_and_drops_raw_sockets_it_does_not_need() {
+    let pod = Pod::start();
+    let widened = pod
+        .pod_netns()
+        .command("sysctl")
+        .unwrap()
+        .args(["-q", "-w", "net.ipv4.ping_group_range=0 2147483647"])
+        .status()
+        .expect("sysctl");
+    assert!(widened.success(), "sysctl failed");
+    let status = agent_status(&pod, &["--steal", "8080"]);
+    let eff = status_mask(&status, "CapEff:");
+    assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
     assert_ne!(
         eff & NET_ADMIN,
         0,
-        "CAP_NET_ADMIN (stealing) dropped:\n{status}"
+        "CAP_NET_ADMIN dropped while stealing:\n{status}"
     );
-    assert_eq!(eff & CHOWN, 0, "CAP_CHOWN kept in read mode:\n{status}");
+    assert_eq!(
+        eff & NET_RAW,
+        0,
+        "CAP_NET_RAW kept without a mirror or a need for raw pings:\n{status}"
+    );
 }
