@@ -221,3 +221,110 @@ fn a_stealing_agent_keeps_network_administration_and_drops_raw_sockets_it_does_n
         "CAP_NET_RAW kept without a mirror or a need for raw pings:\n{status}"
     );
 }
+
+/// How the client names itself to its local agent (`client/src/client_process.rs`), for
+/// process `pid` of this machine with start time `start`.
+fn client_identity(pid: u32, start: u64) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot_id");
+    let pid_ns = std::fs::metadata("/proc/self/ns/pid")
+        .expect("pid ns")
+        .ino();
+    let host = nix::unistd::gethostname().expect("hostname");
+    format!(
+        "host={} boot={} pidns={pid_ns} pid={pid} start={start}",
+        host.to_string_lossy(),
+        boot.trim()
+    )
+}
+
+/// Field 22 of `/proc/PID/stat`: the process's start time.
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
+    rest.split_whitespace()
+        .nth(19)
+        .expect("starttime")
+        .parse()
+        .expect("a number")
+}
+
+/// A local agent started by hand with `identity` as its client, waited for until ready;
+/// killed when dropped.
+struct HandStartedAgent(std::process::Child);
+
+impl HandStartedAgent {
+    fn start(pod: &Pod, identity: &str) -> HandStartedAgent {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(
+            mirrord_net_tests::session::bin_dir().join("mirrord-net-agent"),
+        )
+        .args(["--target-pid", &pod.target_pid().to_string()])
+        .args(["--client-cert-sha256", &"ab".repeat(32)])
+        .args(["--accept-timeout-secs", "120", "--fs-mode", "off"])
+        .env("MIRRORD_NET_CLIENT", identity)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the agent's ready line");
+        assert!(!line.is_empty(), "the agent exited before its ready line");
+        HandStartedAgent(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for HandStartedAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `mirrord-net clean --local` kills a local agent whose client process is gone (named by
+/// PID and start time, so a reused PID does not count) and keeps one whose client runs.
+#[test]
+fn clean_kills_a_local_agent_whose_client_is_gone_and_keeps_a_live_ones() {
+    let pod = Pod::start();
+    let my_pid = std::process::id();
+    let me = client_identity(my_pid, start_time(my_pid));
+    let mut gone = std::process::Command::new("true").spawn().expect("true");
+    let gone_pid = gone.id();
+    let gone_start = start_time(gone_pid);
+    gone.wait().expect("true ends");
+    let dead = client_identity(gone_pid, gone_start);
+    let mut orphan = HandStartedAgent::start(&pod, &dead);
+    let mut kept = HandStartedAgent::start(&pod, &me);
+    let out = Invocation::client(&["clean", "--local"]).run();
+    out.assert_success();
+    let killed_line = format!(
+        "killed local agent {}: its client, process {gone_pid}, is gone",
+        orphan.pid()
+    );
+    let kept_line = format!(
+        "kept local agent {}: its client, process {my_pid}, runs",
+        kept.pid()
+    );
+    assert!(
+        out.stdout.contains(&killed_line),
+        "no `{killed_line}`:\n{out}"
+    );
+    assert!(out.stdout.contains(&kept_line), "no `{kept_line}`:\n{out}");
+    let status = orphan.0.wait().expect("the orphan agent's status");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status}"
+    );
+    assert!(
+        kept.0.try_wait().expect("try_wait").is_none(),
+        "the live client's agent was ended"
+    );
+}

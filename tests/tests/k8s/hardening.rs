@@ -82,15 +82,15 @@ fn the_agent_job_asks_for_capabilities_and_resources_not_privilege() {
 #[test]
 fn clean_removes_the_agent_of_a_sigkilled_client_and_never_a_live_ones() {
     let (ns, service_ip, _) = app_and_web("clean");
-    // The live session outlives its agent timeout (10 s): its Job's deadline must be lifted.
+    // The live session outlives its agent timeout (20 s): its Job's deadline must be lifted.
     let live_script = format!(
-        "echo started; sleep 25; curl -sS -o /dev/null --max-time 10 http://{service_ip}/ \
+        "echo started; sleep 35; curl -sS -o /dev/null --max-time 10 http://{service_ip}/ \
          && echo still-served"
     );
     let mut live = ns
         .session(
             "pod/app",
-            &["--agent-timeout", "10"],
+            &["--agent-timeout", "20"],
             &["sh", "-c", &live_script],
         )
         .start();
