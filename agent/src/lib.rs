@@ -28,6 +28,7 @@ pub mod incoming;
 pub mod namespaces;
 pub mod privileges;
 pub mod root_fs;
+pub mod seccomp;
 pub mod stack;
 pub mod stream_relay;
 pub mod target_info;

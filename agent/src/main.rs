@@ -3,7 +3,7 @@
 //! Started by the client (local targets) or as a pod (Kubernetes), it binds its QUIC socket
 //! (UDP) and a TCP listener on the same address and port where the client can reach it, then
 //! enters the target's namespaces, drops the privileges the session does not use (see
-//! `privileges`), prints its ready line and serves exactly one session, to a client that comes
+//! `privileges`) and installs its system call allow-list (see `seccomp`), prints its ready line and serves exactly one session, to a client that comes
 //! over UDP or over a byte stream (see `stream_relay`). The stack's caps on flows and connects
 //! in progress are options (see `stack::limits`).
 //!
@@ -24,6 +24,7 @@ use mirrord_net_agent::files::{Access, FileServer};
 use mirrord_net_agent::namespaces::TargetNamespaces;
 use mirrord_net_agent::privileges;
 use mirrord_net_agent::root_fs::TargetRoot;
+use mirrord_net_agent::seccomp;
 use mirrord_net_agent::stack::Limits;
 use mirrord_net_agent::stream_relay::{RelayLimits, StreamRelay};
 use mirrord_net_agent::target_info;
@@ -79,6 +80,14 @@ struct Args {
     /// stack then reads and writes the device itself instead of QUIC datagrams.
     #[arg(long, value_name = "FD", hide = true)]
     tun_socket_fd: Option<i32>,
+    /// The inbound traffic the session may ask for: `steal`, `mirror`, `all` or `none`. The
+    /// capabilities the others need are dropped at start (see `privileges`).
+    #[arg(long, default_value = "all", value_parser = ["all", "steal", "mirror", "none"])]
+    incoming: String,
+    /// The system call allow-list: `enforce`, `log` (allow and log what it would refuse)
+    /// or `off` (see `seccomp`).
+    #[arg(long, default_value = "enforce", value_name = "MODE")]
+    seccomp: seccomp::Mode,
 }
 
 fn parse_container_id(value: &str) -> Result<ContainerId, String> {
@@ -159,9 +168,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     // From here on, this thread (and every thread it starts) lives in the target's namespaces.
     namespaces.enter(pid)?;
     let target = target_info::gather(&root, pid)?;
-    // Everything that needed more is open: keep what the session's features use.
-    privileges::drop_to(privileges::kept(access == Some(Access::ReadWrite)))
-        .context("cannot drop the agent's privileges")?;
+    // Everything that needed more is open: keep what the session's features use, then
+    // refuse every system call the agent does not make.
+    let mirror = matches!(args.incoming.as_str(), "mirror" | "all");
+    let needs = privileges::Needs {
+        write_files: access == Some(Access::ReadWrite),
+        steal: matches!(args.incoming.as_str(), "steal" | "all"),
+        raw_sockets: mirror || !privileges::ping_sockets_allowed(),
+    };
+    privileges::drop_to(privileges::kept(needs)).context("cannot drop the agent's privileges")?;
+    seccomp::install(args.seccomp)?;
     tracing::debug!(?target.ipv4, ?target.ipv6, hostname = %target.hostname, "target");
 
     // One thread, for the same reason as the client's: no cross-thread wake-ups between the

@@ -8,14 +8,16 @@
 //!
 //! | kept | for |
 //! |---|---|
-//! | `NET_ADMIN` | the steal's nftables table and transparent sockets |
-//! | `NET_RAW` | raw ICMP sockets (pings without ping-socket permission), the mirror's sniffer |
+//! | `NET_ADMIN` | only when the session may steal: the steal's nftables table |
+//! | `NET_RAW` | only when the session may mirror (the sniffer's packet socket) or the target's namespace refuses the agent ping sockets (raw ICMP sockets for the session's pings) |
 //! | `NET_BIND_SERVICE` | listeners on low ports |
 //! | `DAC_OVERRIDE`, `DAC_READ_SEARCH`, `SYS_PTRACE` | the file server reads the target's whole tree and `/proc` |
 //! | `CHOWN`, `FOWNER`, `FSETID` | only in write mode: changes to files other users own |
 //!
 //! `SYS_ADMIN` (namespaces, mounts), `SYS_MODULE`, `SYS_RAWIO`, `MKNOD`, `SETUID`/`SETGID`
-//! and the rest go. No seccomp filter yet. Capabilities are per thread: this runs on the main thread before the
+//! and the rest go. The client says at start which inbound traffic the session may ask for
+//! (`--incoming`), so a session that steals nothing runs without network administration.
+//! The seccomp allow-list follows (see [`seccomp`](crate::seccomp)). Capabilities are per thread: this runs on the main thread before the
 //! runtime starts, so every thread the agent starts later inherits the reduced sets.
 
 /// Capability numbers (linux/capability.h).
@@ -35,20 +37,54 @@ pub mod cap {
     pub const LAST_KNOWN: u32 = 40;
 }
 
+/// What the session's features need, which decides the capabilities kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The file server writes (`--fs-mode write`).
+    pub write_files: bool,
+    /// The session may steal inbound connections.
+    pub steal: bool,
+    /// Raw or packet sockets: the mirror's sniffer, or pings where ping sockets are refused.
+    pub raw_sockets: bool,
+}
+
 /// The capabilities the agent keeps, as a 64-bit mask: see the module comment.
-pub fn kept(write_files: bool) -> u64 {
+pub fn kept(needs: Needs) -> u64 {
     let mut caps = vec![
-        cap::NET_ADMIN,
-        cap::NET_RAW,
         cap::NET_BIND_SERVICE,
         cap::DAC_OVERRIDE,
         cap::DAC_READ_SEARCH,
         cap::SYS_PTRACE,
     ];
-    if write_files {
+    if needs.steal {
+        caps.push(cap::NET_ADMIN);
+    }
+    if needs.raw_sockets {
+        caps.push(cap::NET_RAW);
+    }
+    if needs.write_files {
         caps.extend([cap::CHOWN, cap::FOWNER, cap::FSETID]);
     }
     caps.into_iter().fold(0, |mask, cap| mask | 1 << cap)
+}
+
+/// Whether this network namespace gives the calling process ICMP ping sockets (its
+/// `net.ipv4.ping_group_range` covers our group), so pings need no raw socket.
+pub fn ping_sockets_allowed() -> bool {
+    [
+        (libc::AF_INET, libc::IPPROTO_ICMP),
+        (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+    ]
+    .into_iter()
+    .any(|(family, protocol)| {
+        // SAFETY: socket with integer arguments; the descriptor is closed at once.
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, protocol) };
+        if fd >= 0 {
+            // SAFETY: the descriptor just made, closed once.
+            unsafe { libc::close(fd) };
+        }
+        fd >= 0
+    })
 }
 
 #[repr(C)]
@@ -126,11 +162,13 @@ mod tests {
 
     #[test]
     fn file_ownership_is_kept_only_for_write_mode() {
-        let read = kept(false);
-        let write = kept(true);
+        let read = kept(Needs::default());
+        let write = kept(Needs {
+            write_files: true,
+            ..Needs::default()
+        });
         assert_eq!(read & (1 << cap::CHOWN), 0);
         assert_ne!(write & (1 << cap::CHOWN), 0);
-        assert_ne!(read & (1 << cap::NET_ADMIN), 0);
         assert_eq!(write & (1 << cap::SYS_ADMIN), 0);
         assert_eq!(
             write & !read,
@@ -138,11 +176,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn network_administration_only_for_a_steal_and_raw_sockets_only_when_needed() {
+        let none = kept(Needs::default());
+        assert_eq!(none & (1 << cap::NET_ADMIN | 1 << cap::NET_RAW), 0);
+        let steal = kept(Needs {
+            steal: true,
+            ..Needs::default()
+        });
+        assert_eq!(steal & !none, 1 << cap::NET_ADMIN);
+        let raw = kept(Needs {
+            raw_sockets: true,
+            ..Needs::default()
+        });
+        assert_eq!(raw & !none, 1 << cap::NET_RAW);
+    }
+
     /// On a thread of its own (capabilities are per thread; the test process keeps its own).
     #[test]
     fn the_thread_keeps_only_what_it_was_told() {
         std::thread::spawn(|| {
-            drop_to(kept(false)).expect("dropping capabilities");
+            drop_to(kept(Needs::default())).expect("dropping capabilities");
             let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
             let field = |name: &str| {
                 status
@@ -152,10 +206,10 @@ mod tests {
                     .unwrap_or_else(|| panic!("no {name} in {status}"))
             };
             let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
-            assert_eq!(eff & !kept(false), 0, "CapEff {eff:x}");
+            assert_eq!(eff & !kept(Needs::default()), 0, "CapEff {eff:x}");
             assert_eq!(eff & (1 << cap::SYS_ADMIN), 0);
             let bnd = u64::from_str_radix(&field("CapBnd:"), 16).unwrap();
-            assert_eq!(bnd & !kept(false), 0, "CapBnd {bnd:x}");
+            assert_eq!(bnd & !kept(Needs::default()), 0, "CapBnd {bnd:x}");
             assert_eq!(field("NoNewPrivs:"), "1");
         })
         .join()

@@ -138,6 +138,7 @@ pub async fn start_local(
     fs_mode: crate::files::FsMode,
     packets: LocalPackets,
     listen: Option<std::net::SocketAddr>,
+    incoming: &str,
 ) -> Result<LocalAgent, AgentError> {
     let path = agent_path()?;
     let mut command = Command::new(&path);
@@ -171,6 +172,8 @@ pub async fn start_local(
         .arg(client.to_string())
         .arg("--fs-mode")
         .arg(fs_mode.as_arg())
+        .arg("--incoming")
+        .arg(incoming)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -179,6 +182,10 @@ pub async fn start_local(
         .process_group(0);
     if let Some(filter) = log_filter {
         command.env("MIRRORD_NET_AGENT_LOG", filter);
+    }
+    // Who its client is, for `mirrord-net clean`.
+    if let Some(client) = crate::client_process::ClientProcess::current() {
+        command.env(crate::client_process::LOCAL_CLIENT_ENV, client.to_text());
     }
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {

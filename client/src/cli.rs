@@ -74,6 +74,15 @@ pub enum Command {
         #[arg(long, short = 'v', action = clap::ArgAction::Count)]
         verbose: u8,
     },
+    /// Remove the agents of sessions that are over (Kubernetes Jobs of dead or never-started
+    /// sessions, local agents whose client is gone); never a live session's.
+    Clean {
+        #[command(flatten)]
+        args: crate::kubernetes::clean::CleanArgs,
+        /// More logs on stderr (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides.
+        #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
     /// Start a throwaway local "pod" and run a command in a session on it (default: a probe
     /// that prints what the session sees); the pod is removed afterwards.
     Demo {
@@ -175,7 +184,8 @@ impl Command {
             | Command::Env { session, .. } => session.verbose,
             Command::Demo { verbose, .. }
             | Command::Ls { verbose, .. }
-            | Command::Doctor { verbose, .. } => *verbose,
+            | Command::Doctor { verbose, .. }
+            | Command::Clean { verbose, .. } => *verbose,
             Command::Completions { .. } | Command::Man => 0,
         }
     }

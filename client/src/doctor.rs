@@ -328,6 +328,7 @@ pub fn required_operations(
         AgentMode::Job => {
             ops.push(Operation::new("create", "jobs.batch", agent_namespace));
             ops.push(Operation::new("delete", "jobs.batch", agent_namespace));
+            ops.push(Operation::new("patch", "jobs.batch", agent_namespace));
             ops.push(Operation::new("get", "pods", agent_namespace));
             ops.push(Operation::new("list", "pods", agent_namespace));
             ops.push(Operation::new("get", "pods/log", agent_namespace));

@@ -22,6 +22,7 @@
 pub mod agent;
 pub mod agent_handle;
 pub mod cli;
+pub mod client_process;
 pub mod config_file;
 pub mod demo;
 pub mod doctor;

@@ -66,6 +66,9 @@ fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from),
             Command::Doctor { args, .. } => Ok(mirrord_net::doctor::run(&args).await),
+            Command::Clean { args, .. } => mirrord_net::kubernetes::clean::run(&args)
+                .await
+                .map_err(anyhow::Error::from),
             Command::Demo { verbose, command } => {
                 let command = (!command.is_empty()).then_some(command);
                 demo::run_demo(verbose, command)

@@ -222,6 +222,7 @@ pub(crate) async fn start_agent_and_connect(
                 target,
                 &identity,
                 args.fs_mode,
+                args.incoming.agent_arg(),
                 agent_log_filter(args.verbose),
                 args.reconnect.window(),
                 &mut |step| progress.step(step),
@@ -245,6 +246,7 @@ pub(crate) async fn start_agent_and_connect(
         args.fs_mode,
         packets,
         listen,
+        args.incoming.agent_arg(),
     )
     .await?;
 

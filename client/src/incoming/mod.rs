@@ -66,6 +66,19 @@ pub enum IncomingError {
 }
 
 impl IncomingArgs {
+    /// The agent's `--incoming`: the inbound traffic the session may ask for, so the agent
+    /// keeps network administration only for a steal and raw sockets only for a mirror.
+    pub fn agent_arg(&self) -> &'static str {
+        let steal = !self.steal.is_empty() || self.steal_all;
+        let mirror = !self.mirror.is_empty() || self.mirror_all;
+        match (steal, mirror) {
+            (true, true) => "all",
+            (true, false) => "steal",
+            (false, true) => "mirror",
+            (false, false) => "none",
+        }
+    }
+
     /// What to ask the agent for; `None` when the session takes no inbound traffic.
     pub fn config(&self) -> Result<Option<IncomingConfig>, IncomingError> {
         if let Some(port) = self.steal.iter().find(|p| self.mirror.contains(p)) {

@@ -1,9 +1,10 @@
-//! `--agent job`: the agent as a short-lived privileged pod on the target's node.
+//! `--agent job`: the agent as a short-lived pod on the target's node.
 //!
 //! A `batch/v1` Job (so that `ttlSecondsAfterFinished` can remove it if the client vanishes)
 //! with one pod: `nodeName` = the target's node, `hostPID` so it sees the target container's
-//! processes, privileged so it may enter their namespaces, tolerating every taint, never
-//! restarted. The agent finds the target container's process by the container ID in the pod
+//! processes, the capabilities it needs to enter their namespaces (not privileged; see
+//! [`agent_resources`](super::agent_resources), which also sets its resource requests and
+//! limits), tolerating every taint, never restarted. The agent finds the target container's process by the container ID in the pod
 //! status (matched against cgroups), binds its QUIC socket in its own pod's network (reachable
 //! at the agent pod's IP, or through port-forward), enters the target's network namespace and
 //! prints its ready line.
@@ -11,17 +12,23 @@
 //! Lifetime: the client deletes the Job (propagation Background, so its pod goes too) when the
 //! session ends. If the client is killed, the agent exits by itself (30 s without a client,
 //! or 3 s plus the reconnect window after the connection goes quiet, 18 s by default), the
-//! Job finishes and its TTL removes it.
+//! Job finishes and its TTL removes it. A Job whose pod never starts (an image that cannot
+//! be pulled) would never finish: it is created with `activeDeadlineSeconds` = the client's
+//! agent timeout, so Kubernetes fails it (and its TTL removes it) by then whether the client
+//! is still there or not; once the agent is ready the client removes the deadline (a `patch`
+//! of the Job). The Job carries its client's identity for `mirrord-net clean` (see
+//! [`client_process`](crate::client_process)).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodSpec, PodTemplateSpec, SecurityContext, Toleration,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, PodTemplateSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+
+use super::agent_resources;
+use crate::client_process::{CLIENT_ANNOTATION, TIMEOUT_ANNOTATION};
 
 use super::agent_pod::{self, AgentContainer};
 use super::error::{api_error, KubeError};
@@ -60,6 +67,8 @@ pub fn common_args(settings: &AgentSettings) -> Vec<String> {
         "network".into(),
         "--fs-mode".into(),
         settings.fs_mode.as_arg().into(),
+        "--incoming".into(),
+        settings.incoming.into(),
     ]
 }
 
@@ -92,12 +101,17 @@ pub fn job_spec(target: &ResolvedTarget, settings: &AgentSettings) -> Job {
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(agent_args(target, settings)),
         env: agent_env(settings),
-        security_context: Some(SecurityContext {
-            privileged: Some(true),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(agent_resources::security_context(settings.privileged)),
+        resources: Some(settings.resources.requirements()),
         ..Container::default()
     };
+    let mut annotations = BTreeMap::from([(
+        TIMEOUT_ANNOTATION.to_owned(),
+        settings.timeout.as_secs().to_string(),
+    )]);
+    if let Some(client) = &settings.client_process {
+        annotations.insert(CLIENT_ANNOTATION.to_owned(), client.clone());
+    }
     let pod = PodSpec {
         node_name: Some(target.node.clone()),
         host_pid: Some(true),
@@ -116,10 +130,15 @@ pub fn job_spec(target: &ResolvedTarget, settings: &AgentSettings) -> Job {
             name: Some(format!("mirrord-net-agent-{}", settings.session)),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
+            // Until the agent is ready (then lifted, see `lift_deadline`): a Job whose pod
+            // never starts (an image that cannot be pulled) fails at the client's timeout,
+            // and its TTL removes it, even when the client is gone.
+            active_deadline_seconds: Some(deadline(settings)),
             ttl_seconds_after_finished: Some(TTL_AFTER_FINISHED),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -209,6 +228,21 @@ pub async fn wait_ready(
         .and_then(|status| status.pod_ip)
         .and_then(|ip| ip.parse().ok());
     agent.set_ready(container, ip, ready, tail, log_task);
+    lift_deadline(client, namespace, &job_name).await
+}
+
+/// The Job's `activeDeadlineSeconds` while its agent starts: the client's timeout.
+fn deadline(settings: &AgentSettings) -> i64 {
+    i64::try_from(settings.timeout.as_secs().max(1)).unwrap_or(i64::MAX)
+}
+
+/// Removes the Job's start deadline once its agent is ready: the session may last.
+async fn lift_deadline(client: &kube::Client, namespace: &str, job: &str) -> Result<(), KubeError> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({ "spec": { "activeDeadlineSeconds": null } });
+    jobs.patch(job, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(api_error(Operation::new("patch", "jobs.batch", namespace)))?;
     Ok(())
 }
 
@@ -252,6 +286,7 @@ fn truncate_label(value: &str) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::files::FsMode;
+    use crate::kubernetes::AgentResources;
     use mirrord_net_protocol::trust::Fingerprint;
 
     pub(crate) fn target() -> ResolvedTarget {
@@ -273,13 +308,17 @@ pub(crate) mod tests {
             image: "localhost/mirrord-net-agent:0.1.0".into(),
             client: Fingerprint::of(b"client"),
             fs_mode: FsMode::Read,
+            incoming: "none",
             log_filter: None,
             timeout: Duration::from_secs(60),
+            resources: AgentResources::default(),
+            privileged: false,
+            client_process: Some("host=h boot=b pidns=1 pid=2 start=3".into()),
         }
     }
 
     #[test]
-    fn the_job_runs_one_privileged_hostpid_pod_on_the_targets_node() {
+    fn the_job_runs_one_hostpid_pod_with_capabilities_resources_and_a_start_deadline() {
         let job = job_spec(&target(), &settings());
         let value = serde_json::to_value(&job).unwrap();
         assert_eq!(value["metadata"]["name"], "mirrord-net-agent-0a1b2c3d4e");
@@ -297,7 +336,20 @@ pub(crate) mod tests {
         let container = &pod["containers"][0];
         assert_eq!(container["image"], "localhost/mirrord-net-agent:0.1.0");
         assert_eq!(container["imagePullPolicy"], "IfNotPresent");
-        assert_eq!(container["securityContext"]["privileged"], true);
+        assert_eq!(container["securityContext"]["privileged"], false);
+        assert_eq!(
+            container["securityContext"]["capabilities"]["add"][0],
+            "SYS_ADMIN"
+        );
+        assert_eq!(container["resources"]["limits"]["memory"], "1Gi");
+        assert_eq!(container["resources"]["requests"]["cpu"], "100m");
+        assert_eq!(value["spec"]["activeDeadlineSeconds"], 60);
+        let annotations = &value["metadata"]["annotations"];
+        assert_eq!(annotations[TIMEOUT_ANNOTATION], "60");
+        assert_eq!(
+            annotations[CLIENT_ANNOTATION],
+            "host=h boot=b pidns=1 pid=2 start=3"
+        );
         assert!(
             container.get("command").is_none(),
             "the image's entrypoint runs"
@@ -327,7 +379,9 @@ pub(crate) mod tests {
                 "--path",
                 "network",
                 "--fs-mode",
-                "off"
+                "off",
+                "--incoming",
+                "none"
             ]
         );
         let env = container.env.clone().unwrap();

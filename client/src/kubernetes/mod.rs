@@ -11,10 +11,13 @@
 //! 4. [`transport`]: QUIC to the agent pod's IP, or over port-forward.
 //!
 //! [`handle::KubeAgent`] owns what the session created in the cluster and removes it on every
-//! exit path. [`rbac`] turns a 403 into the permission the user lacks; [`ls`] lists targets.
+//! exit path. [`rbac`] turns a 403 into the permission the user lacks; [`ls`] lists targets;
+//! [`clean`] removes the agents of sessions that are over.
 
 pub mod agent_job;
 pub mod agent_pod;
+pub mod agent_resources;
+pub mod clean;
 pub mod config;
 pub mod ephemeral;
 pub mod error;
@@ -32,6 +35,7 @@ use std::time::Duration;
 use mirrord_net_protocol::trust::{Fingerprint, SessionIdentity};
 use tokio::signal::unix::{signal, SignalKind};
 
+pub use agent_resources::AgentResources;
 pub use config::ClusterArgs;
 pub use error::KubeError;
 pub use handle::KubeAgent;
@@ -77,9 +81,20 @@ pub struct KubeArgs {
     /// server), or `auto` (direct if it answers within about a second).
     #[arg(long, value_enum, default_value_t = TransportMode::Auto, value_name = "HOW")]
     pub transport: TransportMode,
-    /// Seconds the agent may take to start and print its ready line.
+    /// Seconds the agent may take to start and print its ready line. A Job agent that is
+    /// not ready by then is removed by Kubernetes even if this client is gone.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub agent_timeout: u64,
+    /// The agent Job's CPU limit (e.g. 500m, 2; it asks for 100m at most).
+    #[arg(long, default_value = agent_resources::DEFAULT_CPU_LIMIT, value_name = "CPU")]
+    pub agent_cpu: agent_resources::CpuQuantity,
+    /// The agent Job's memory limit (e.g. 256Mi, 2Gi; it asks for 64Mi at most).
+    #[arg(long, default_value = agent_resources::DEFAULT_MEMORY_LIMIT, value_name = "MEMORY")]
+    pub agent_memory: agent_resources::MemoryQuantity,
+    /// Run the agent Job's container privileged instead of with the capabilities it needs
+    /// (for a runtime whose default profile refuses it `setns`).
+    #[arg(long)]
+    pub agent_privileged: bool,
 }
 
 impl Default for KubeArgs {
@@ -93,6 +108,9 @@ impl Default for KubeArgs {
             agent_namespace: None,
             transport: TransportMode::Auto,
             agent_timeout: 60,
+            agent_cpu: AgentResources::default().cpu,
+            agent_memory: AgentResources::default().memory,
+            agent_privileged: false,
         }
     }
 }
@@ -108,8 +126,16 @@ pub struct AgentSettings {
     /// The only client the agent accepts.
     pub client: Fingerprint,
     pub fs_mode: FsMode,
+    /// The agent's `--incoming` (see `IncomingArgs::agent_arg`).
+    pub incoming: &'static str,
     pub log_filter: Option<&'static str>,
     pub timeout: Duration,
+    /// The Job container's resource limits.
+    pub resources: AgentResources,
+    /// A privileged Job container instead of named capabilities.
+    pub privileged: bool,
+    /// This client, for `mirrord-net clean` (see [`crate::client_process`]).
+    pub client_process: Option<String>,
 }
 
 /// Resolves `target`, starts its agent and connects to it. On failure nothing is left in the
@@ -119,6 +145,7 @@ pub async fn start_agent_and_connect(
     target: &KubeTarget,
     identity: &SessionIdentity,
     fs_mode: FsMode,
+    incoming: &'static str,
     log_filter: Option<&'static str>,
     reconnect_window: Duration,
     on_step: &mut dyn FnMut(&str),
@@ -146,8 +173,16 @@ pub async fn start_agent_and_connect(
         image: args.agent_image.clone().unwrap_or_else(default_agent_image),
         client: identity.fingerprint(),
         fs_mode,
+        incoming,
         log_filter,
         timeout: Duration::from_secs(args.agent_timeout),
+        resources: AgentResources {
+            cpu: args.agent_cpu.clone(),
+            memory: args.agent_memory.clone(),
+        },
+        privileged: args.agent_privileged,
+        client_process: crate::client_process::ClientProcess::current()
+            .map(|client| client.to_text()),
     };
     on_step(&format!(
         "starting the agent for {}/{} on node {}",

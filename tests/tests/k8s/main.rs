@@ -13,6 +13,7 @@
 mod manifests;
 
 mod access;
+mod hardening;
 mod lifecycle;
 mod rootless;
 mod targets;
