@@ -8,6 +8,7 @@
 //! as the pump's would.
 
 mod connect;
+pub mod offload;
 pub mod pump;
 mod release;
 pub mod stream_socket;
