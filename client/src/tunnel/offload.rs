@@ -300,7 +300,7 @@ pub struct TunWrite {
 
 impl TunWrite {
     /// The IP packet's length.
-    pub fn len(&self) -> usize {
+    pub fn packet_len(&self) -> usize {
         self.head.len() + self.payloads.iter().map(Bytes::len).sum::<usize>()
     }
 
@@ -719,7 +719,10 @@ mod tests {
             let hdr = VnetHdr::decode(&writes[0].vnet).unwrap();
             assert_eq!(hdr.gso_size, 1400);
             assert_eq!(hdr.gso_type, if v6 { GSO_TCPV6 } else { GSO_TCPV4 });
-            assert_eq!(writes[0].len(), if v6 { 72 } else { 52 } + data.len());
+            assert_eq!(
+                writes[0].packet_len(),
+                if v6 { 72 } else { 52 } + data.len()
+            );
             let back = resegment(&writes[0]);
             assert_eq!(back.len(), 6);
             for (i, (b, s)) in back.iter().zip(&segments).enumerate() {
@@ -786,7 +789,7 @@ mod tests {
         let mut writes = Vec::new();
         coalescer.drain(&mut writes);
         assert_eq!(writes[0].payloads.len(), 2, "1000 + 500");
-        assert!(writes.iter().all(|w| w.len() <= MAX_COALESCED));
+        assert!(writes.iter().all(|w| w.packet_len() <= MAX_COALESCED));
         let segments: usize = writes.iter().map(|w| w.payloads.len()).sum();
         assert_eq!(segments, 73);
         assert_eq!(writes.len(), 3);

@@ -85,17 +85,17 @@ pub struct PumpStats {
 impl PumpStats {
     pub fn summary(&self) -> String {
         format!(
-            "up {} packets / {} bytes in {} TUN reads, down {} packets / {} bytes in {} TUN \
-             writes, too large {}, unsegmentable {}, tun write errors {}",
+            "up {} packets / {} bytes, down {} packets / {} bytes, too large {}, tun write \
+             errors {}, TUN reads {}, TUN writes {}, unsegmentable {}",
             self.packets_up.load(Ordering::Relaxed),
             self.bytes_up.load(Ordering::Relaxed),
-            self.tun_reads.load(Ordering::Relaxed),
             self.packets_down.load(Ordering::Relaxed),
             self.bytes_down.load(Ordering::Relaxed),
-            self.tun_writes.load(Ordering::Relaxed),
             self.too_large.load(Ordering::Relaxed),
-            self.unsegmentable.load(Ordering::Relaxed),
             self.tun_write_errors.load(Ordering::Relaxed),
+            self.tun_reads.load(Ordering::Relaxed),
+            self.tun_writes.load(Ordering::Relaxed),
+            self.unsegmentable.load(Ordering::Relaxed),
         )
     }
 }
@@ -249,7 +249,7 @@ async fn downlink_coalesced(
         }
         coalescer.drain(&mut writes);
         for write in writes.drain(..) {
-            let len = write.len();
+            let len = write.packet_len();
             let packets = write.payloads.len().max(1);
             let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + write.payloads.len());
             parts.push(&write.vnet);
