@@ -62,6 +62,10 @@ struct Args {
     /// e.g. `--only ping,udp`); every workload when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Run only these mirrord-net modes besides direct (comma-separated labels, e.g.
+    /// `--modes mirrord-net-1500`); every mode when absent.
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -177,6 +181,9 @@ fn harness(args: &Args) -> Result<()> {
         Mode::MirrordNet1500,
         Mode::MirrordNetStream,
     ];
+    if !args.modes.is_empty() {
+        modes.retain(|mode| *mode == Mode::Direct || args.modes.iter().any(|m| m == mode.label()));
+    }
     if wrapper.is_some() {
         modes.push(Mode::Wrapper);
     }

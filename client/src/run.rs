@@ -136,11 +136,14 @@ async fn run_connected(
     );
     progress.clear();
     // A TUN the local agent serves itself carries virtio-net headers (checksum offload); one
-    // this process relays over QUIC carries bare packets.
+    // this process relays over QUIC carries bare packets, except on an MTU-limited path,
+    // where it segments and coalesces (virtio-net headers with TSO, `tunnel::offload`).
     let tun_offload = matches!(agent, SessionAgent::Local(local) if local.takes_tun());
+    let framing = pump::Framing::for_mtu(tunnel.mtu);
     let options = session::SessionOptions {
         privileges,
         tun_offload,
+        tun_segmentation: !tun_offload && framing == pump::Framing::Segmented,
         target_localhost: !args.no_target_localhost,
         ..session::SessionOptions::default()
     };
@@ -177,7 +180,8 @@ async fn run_connected(
             tokio::spawn(pump::watch(tunnel.connection.clone()))
         }
         _ => tokio::spawn(pump::pump(
-            session.tun().clone(),
+            session.take_tun_fd().expect("the TUN is still ours"),
+            framing,
             tunnel.connection.clone(),
             tunnel.mtu,
             stats.clone(),

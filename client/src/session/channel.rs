@@ -212,6 +212,7 @@ mod tests {
             env_overrides: Vec::new(),
             remote_files: None,
             tun_offload: false,
+            tun_segmentation: false,
             target_localhost: false,
         };
         let message = ParentMessage::Spec(Box::new(spec));

@@ -9,7 +9,9 @@
 //!    that the local agent's stack will serve (`tun_offload`) also gets `IFF_VNET_HDR` and
 //!    `TUNSETOFFLOAD(TUN_F_CSUM)`: the session's kernel then leaves TCP/UDP checksums partial
 //!    on what it sends and trusts what it receives (see the agent's `tun_link`). Only the
-//!    checksum offload: no TSO, so every read is still one IP packet.
+//!    checksum offload: no TSO, so every read is still one IP packet. A TUN the client's
+//!    tunnel pump serves on an MTU-limited path (`tun_segmentation`) gets TSO too: the pump
+//!    segments and coalesces (`tunnel::offload`).
 //! 3. MTU, and — only when IPv6 is wanted — `addrgenmode none`, in one `RTM_SETLINK` before
 //!    the link goes up: with it the kernel gives the TUN no link-local address, so it sends no
 //!    duplicate-address probes or router solicitations down the tunnel.
@@ -68,8 +70,10 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
         .build_sync()
         .map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
     if spec.tun_offload {
-        // The builder turns on TSO (and USO) too; keep the checksum offload alone.
-        checksum_offload_only(&tun).map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
+        // The builder turns on USO (and TSO) too: keep the checksum offload, and TSO only
+        // for a reader that segments.
+        set_offloads(&tun, spec.tun_segmentation)
+            .map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
     }
     let index = nix::net::if_::if_nametoindex(spec.tun_name.as_str())
         .map_err(|err| SetupFailure::os(SetupStep::TunDevice, err))?;
@@ -160,14 +164,19 @@ fn local_ipv6_loopback(netlink: &mut Netlink, index: u32) -> std::io::Result<()>
 /// The kernel's `local` routing table (`RT_TABLE_LOCAL`).
 const LOCAL_TABLE: u32 = 255;
 
-/// Sets the device's offloads to `TUN_F_CSUM` alone.
-fn checksum_offload_only(tun: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+/// Sets the device's offloads to `TUN_F_CSUM`, with `TUN_F_TSO4 | TUN_F_TSO6` when
+/// `segmentation`.
+fn set_offloads(tun: &impl std::os::fd::AsRawFd, segmentation: bool) -> std::io::Result<()> {
+    let mut offloads = libc::TUN_F_CSUM;
+    if segmentation {
+        offloads |= libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    }
     // SAFETY: an ioctl taking an unsigned int argument by value on the device's descriptor.
     let done = unsafe {
         libc::ioctl(
             tun.as_raw_fd(),
             libc::TUNSETOFFLOAD,
-            libc::TUN_F_CSUM as libc::c_ulong,
+            offloads as libc::c_ulong,
         )
     };
     if done != 0 {

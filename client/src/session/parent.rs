@@ -201,7 +201,7 @@ impl Session {
                 Err(problem) => return Err(child.fail(problem).await),
             }
         }
-        let (tun, offload_tun) = if options.tun_offload {
+        let (tun, offload_tun) = if options.tun_offload || options.tun_segmentation {
             (None, Some(ready.tun))
         } else {
             // SAFETY: the descriptor came from the child's TUNSETIFF with IFF_NO_PI and

@@ -77,6 +77,10 @@ pub struct ChildSpec {
     /// `TUN_F_CSUM`): for a TUN the local agent's stack serves itself.
     #[serde(default)]
     pub tun_offload: bool,
+    /// Also turn on TCP segmentation offload (`TUN_F_TSO4 | TUN_F_TSO6`): for a TUN the
+    /// client's tunnel pump serves on an MTU-limited path (`tunnel::offload`).
+    #[serde(default)]
+    pub tun_segmentation: bool,
     /// Build the loopback redirect (`session::loopback`) and send its netlink socket along.
     pub target_localhost: bool,
 }
@@ -376,6 +380,7 @@ mod tests {
             env_overrides: vec![(b"HOME".to_vec(), b"/srv".to_vec())],
             remote_files: None,
             tun_offload: false,
+            tun_segmentation: false,
             target_localhost: false,
         }
     }

@@ -94,6 +94,9 @@ pub struct SessionOptions {
     /// handles them (a local agent's stack); the session then gives it out only as a
     /// descriptor ([`take_tun_fd`](super::Session::take_tun_fd)).
     pub tun_offload: bool,
+    /// Virtio-net headers with checksum and TCP segmentation offload: the session's kernel hands over
+    /// 64 KiB super-segments and takes coalesced ones (`tunnel::offload`).
+    pub tun_segmentation: bool,
     /// Send the session's connections to `127.0.0.0/8` and `::1` to the target's loopback,
     /// except ports a program of the session serves ([`loopback`](super::loopback)).
     pub target_localhost: bool,
@@ -108,6 +111,7 @@ impl Default for SessionOptions {
             setup_timeout: Duration::from_secs(30),
             extra_files: Vec::new(),
             tun_offload: false,
+            tun_segmentation: false,
             target_localhost: false,
         }
     }
@@ -262,7 +266,8 @@ pub(crate) fn child_spec(
             .map(|(key, value)| (key.as_bytes().to_vec(), value.as_bytes().to_vec()))
             .collect(),
         remote_files: None,
-        tun_offload: options.tun_offload,
+        tun_offload: options.tun_offload || options.tun_segmentation,
+        tun_segmentation: options.tun_segmentation,
         target_localhost: options.target_localhost,
     })
 }

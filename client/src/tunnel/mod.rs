@@ -10,6 +10,7 @@
 
 mod connect;
 pub mod liveness;
+pub mod offload;
 pub mod pump;
 mod release;
 pub mod stream_socket;

@@ -1,29 +1,68 @@
 //! Moving packets between the session's TUN device and QUIC datagrams.
 //!
 //! Two loops share the connection: uplink reads IP packets from the TUN and sends each as one
-//! datagram; downlink writes each received datagram to the TUN. Packets are not inspected —
-//! the IP header already says everything the agent needs.
+//! datagram; downlink writes each received datagram to the TUN. Packets are not inspected on
+//! a loopback or stream path — the IP header already says everything the agent needs.
 //!
 //! Uplink uses `send_datagram_wait`: when QUIC's send buffer is full the loop stops reading
 //! the TUN, the TUN's queue fills, and the local kernel's TCP slows down — backpressure instead
 //! of drops inside the tunnel. The TUN is read straight into the spare capacity of a `BytesMut`
-//! ([`TunReader`]), whose memory is reclaimed once QUIC has sent (and dropped) earlier
+//! ([`Tun::recv_into`]), whose memory is reclaimed once QUIC has sent (and dropped) earlier
 //! packets: no copy of the packet in this process before QUIC's own, no zeroing of an
 //! MTU-sized buffer per read, and no allocation per packet in steady state. (A 64 KiB copy from
 //! a scratch buffer was about half of the client's `memmove` time in a bulk upload.)
+//!
+//! On an MTU-limited path (a cluster's pod network: datagrams of ~1452 bytes) the TUN carries
+//! virtio-net headers with TCP segmentation offload ([`Framing::Segmented`]): uplink reads
+//! 64 KiB super-segments and cuts them into one packet per datagram, and downlink drains the
+//! datagrams that have arrived and writes consecutive segments of a flow as one coalesced
+//! super-segment (`writev` of the rewritten headers and the datagrams' payloads), see
+//! [`offload`](super::offload). Each TUN read or write then moves up to 64 KiB instead of one
+//! MTU, and the session's kernel runs its TCP once per super-segment.
 //!
 //! A local agent that was handed the TUN moves the packets itself; the client then runs
 //! [`watch`] instead, which holds no descriptor of the device and ends with the connection.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use quinn::{ConnectionError, SendDatagramError};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+use super::offload::{self, Coalescer, TunWrite, VNET_HDR_LEN};
+
+/// Datagram sizes below this are an MTU-limited network path, whose TUN segments and
+/// coalesces ([`Framing::Segmented`]); loopback and stream paths carry ~64 KiB datagrams.
+pub const SEGMENTING_BELOW: u16 = 16_000;
+/// The largest read from the TUN: a 64 KiB IP packet and its virtio-net header.
+const MAX_READ: usize = 65_535 + VNET_HDR_LEN;
+/// At most this many datagrams are drained into one coalescing batch.
+const COALESCE_BATCH: usize = 128;
+
+/// What the TUN's reads and writes hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Bare IP packets, one per datagram (`IFF_NO_PI`, no virtio-net header).
+    Plain,
+    /// A virtio-net header before each packet, with TCP segmentation offload.
+    Segmented,
+}
+
+impl Framing {
+    /// The framing for a tunnel whose datagrams are `mtu` bytes.
+    pub fn for_mtu(mtu: u16) -> Framing {
+        if mtu < SEGMENTING_BELOW {
+            Framing::Segmented
+        } else {
+            Framing::Plain
+        }
+    }
+}
 
 /// Counters of one session's packet flow, for `--verbose` reports and benchmarks.
 #[derive(Debug, Default)]
@@ -36,18 +75,27 @@ pub struct PumpStats {
     pub too_large: AtomicU64,
     /// Writes the TUN refused (e.g. a malformed packet from the far end).
     pub tun_write_errors: AtomicU64,
+    /// TUN reads and writes (segmented framing: fewer than packets).
+    pub tun_reads: AtomicU64,
+    pub tun_writes: AtomicU64,
+    /// Reads the segmentation refused.
+    pub unsegmentable: AtomicU64,
 }
 
 impl PumpStats {
     pub fn summary(&self) -> String {
         format!(
-            "up {} packets / {} bytes, down {} packets / {} bytes, too large {}, tun write errors {}",
+            "up {} packets / {} bytes, down {} packets / {} bytes, too large {}, tun write \
+             errors {}, TUN reads {}, TUN writes {}, unsegmentable {}",
             self.packets_up.load(Ordering::Relaxed),
             self.bytes_up.load(Ordering::Relaxed),
             self.packets_down.load(Ordering::Relaxed),
             self.bytes_down.load(Ordering::Relaxed),
             self.too_large.load(Ordering::Relaxed),
             self.tun_write_errors.load(Ordering::Relaxed),
+            self.tun_reads.load(Ordering::Relaxed),
+            self.tun_writes.load(Ordering::Relaxed),
+            self.unsegmentable.load(Ordering::Relaxed),
         )
     }
 }
@@ -62,15 +110,28 @@ pub enum PumpError {
     Tun(std::io::Error),
 }
 
-/// Runs both directions until the connection ends or the TUN fails.
+/// Runs both directions until the connection ends or the TUN fails. `tun` is the session's
+/// TUN descriptor, opened for `framing`.
 pub async fn pump(
-    tun: Arc<tun_rs::AsyncDevice>,
+    tun: OwnedFd,
+    framing: Framing,
     connection: quinn::Connection,
     mtu: u16,
     stats: Arc<PumpStats>,
 ) -> Result<(), PumpError> {
-    let uplink = uplink(tun.clone(), connection.clone(), mtu, stats.clone());
-    let downlink = downlink(tun, connection, stats);
+    let tun = Arc::new(Tun::new(tun).map_err(PumpError::Tun)?);
+    let uplink = async {
+        match framing {
+            Framing::Plain => uplink(&tun, &connection, mtu, &stats).await,
+            Framing::Segmented => uplink_segmented(&tun, &connection, &stats).await,
+        }
+    };
+    let downlink = async {
+        match framing {
+            Framing::Plain => downlink(&tun, &connection, &stats).await,
+            Framing::Segmented => downlink_coalesced(&tun, &connection, &stats).await,
+        }
+    };
     tokio::select! {
         result = uplink => result,
         result = downlink => result,
@@ -83,73 +144,171 @@ pub async fn watch(connection: quinn::Connection) -> Result<(), PumpError> {
     Err(connection.closed().await.into())
 }
 
+async fn send(
+    connection: &quinn::Connection,
+    packet: Bytes,
+    stats: &PumpStats,
+) -> Result<(), PumpError> {
+    let len = packet.len();
+    match connection.send_datagram_wait(packet).await {
+        Ok(()) => {
+            stats.packets_up.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(SendDatagramError::TooLarge) => {
+            stats.too_large.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(len, "packet larger than the datagram size dropped");
+            Ok(())
+        }
+        Err(SendDatagramError::ConnectionLost(err)) => Err(err.into()),
+        Err(err) => Err(PumpError::Datagram(err)),
+    }
+}
+
 async fn uplink(
-    tun: Arc<tun_rs::AsyncDevice>,
-    connection: quinn::Connection,
+    tun: &Tun,
+    connection: &quinn::Connection,
     mtu: u16,
-    stats: Arc<PumpStats>,
+    stats: &PumpStats,
 ) -> Result<(), PumpError> {
     let mtu = usize::from(mtu);
-    let reader = TunReader::new(&tun).map_err(PumpError::Tun)?;
     let mut buffer = BytesMut::with_capacity(mtu * 16);
     loop {
-        let len = reader
-            .recv_into(&mut buffer, mtu)
+        tun.recv_into(&mut buffer, mtu)
             .await
             .map_err(PumpError::Tun)?;
-        let packet = buffer.split().freeze();
-        match connection.send_datagram_wait(packet).await {
-            Ok(()) => {
-                stats.packets_up.fetch_add(1, Ordering::Relaxed);
-                stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
-            }
-            Err(SendDatagramError::TooLarge) => {
-                stats.too_large.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(len, "packet larger than the datagram size dropped");
-            }
-            Err(SendDatagramError::ConnectionLost(err)) => return Err(err.into()),
-            Err(err) => return Err(PumpError::Datagram(err)),
+        stats.tun_reads.fetch_add(1, Ordering::Relaxed);
+        send(connection, buffer.split().freeze(), stats).await?;
+    }
+}
+
+/// Uplink of a segmenting TUN: each read (up to a 64 KiB super-segment) becomes the packets
+/// it stands for, one datagram each.
+async fn uplink_segmented(
+    tun: &Tun,
+    connection: &quinn::Connection,
+    stats: &PumpStats,
+) -> Result<(), PumpError> {
+    let mut read = BytesMut::with_capacity(MAX_READ);
+    let mut out = BytesMut::with_capacity(4 * MAX_READ);
+    let mut packets = Vec::with_capacity(64);
+    loop {
+        read.clear();
+        tun.recv_into(&mut read, MAX_READ)
+            .await
+            .map_err(PumpError::Tun)?;
+        stats.tun_reads.fetch_add(1, Ordering::Relaxed);
+        out.reserve(2 * read.len());
+        if let Err(err) = offload::segment(&read, &mut out, &mut packets) {
+            stats.unsegmentable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(len = read.len(), "TUN read not segmented: {err}");
+        }
+        for packet in packets.drain(..) {
+            send(connection, packet, stats).await?;
         }
     }
 }
 
 async fn downlink(
-    tun: Arc<tun_rs::AsyncDevice>,
-    connection: quinn::Connection,
-    stats: Arc<PumpStats>,
+    tun: &Tun,
+    connection: &quinn::Connection,
+    stats: &PumpStats,
 ) -> Result<(), PumpError> {
     loop {
         let packet = connection.read_datagram().await?;
-        match tun.send(&packet).await {
-            Ok(_) => {
-                stats.packets_down.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .bytes_down
-                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
+        write_counted(tun, &[&packet], 1, packet.len(), stats).await?;
+    }
+}
+
+/// Downlink of a segmenting TUN: the datagrams that have arrived are coalesced into as few
+/// writes as their flows allow.
+async fn downlink_coalesced(
+    tun: &Tun,
+    connection: &quinn::Connection,
+    stats: &PumpStats,
+) -> Result<(), PumpError> {
+    let mut coalescer = Coalescer::default();
+    let mut writes: Vec<TunWrite> = Vec::new();
+    loop {
+        let first = connection.read_datagram().await;
+        let mut ended = None;
+        match first {
+            Ok(packet) => coalescer.push(packet),
+            Err(err) => return Err(err.into()),
+        }
+        for _ in 1..COALESCE_BATCH {
+            match connection.read_datagram().now_or_never() {
+                Some(Ok(packet)) => coalescer.push(packet),
+                Some(Err(err)) => {
+                    ended = Some(err);
+                    break;
+                }
+                None => break,
             }
-            Err(err) => {
-                stats.tun_write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("TUN refused a packet of {} bytes: {err}", packet.len());
-            }
+        }
+        coalescer.drain(&mut writes);
+        for write in writes.drain(..) {
+            let len = write.packet_len();
+            let packets = write.payloads.len().max(1);
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + write.payloads.len());
+            parts.push(&write.vnet);
+            parts.push(&write.head);
+            parts.extend(write.payloads.iter().map(|p| &p[..]));
+            write_counted(tun, &parts, packets, len, stats).await?;
+        }
+        if let Some(err) = ended {
+            return Err(err.into());
         }
     }
 }
 
-/// The receiving side of the TUN, reading each packet into memory that then travels on as
-/// the datagram. It owns a duplicate of the device's descriptor with its own registration in
-/// the runtime (read interest only; the device's own registration keeps serving writes).
-struct TunReader {
+/// Writes one packet (in `parts`) standing for `packets` packets of `len` bytes in all.
+async fn write_counted(
+    tun: &Tun,
+    parts: &[&[u8]],
+    packets: usize,
+    len: usize,
+    stats: &PumpStats,
+) -> Result<(), PumpError> {
+    match tun.write_vectored(parts).await {
+        Ok(()) => {
+            stats.tun_writes.fetch_add(1, Ordering::Relaxed);
+            stats
+                .packets_down
+                .fetch_add(packets as u64, Ordering::Relaxed);
+            stats.bytes_down.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Err(err) if err.raw_os_error() == Some(libc::EBADFD) => return Err(PumpError::Tun(err)),
+        Err(err) => {
+            stats.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TUN refused a packet of {len} bytes: {err}");
+        }
+    }
+    Ok(())
+}
+
+/// The session's TUN descriptor, non-blocking, registered for reads and writes. Reads go
+/// straight into memory that then travels on as the datagram.
+struct Tun {
     fd: AsyncFd<OwnedFd>,
 }
 
-impl TunReader {
-    fn new(tun: &tun_rs::AsyncDevice) -> io::Result<Self> {
-        // SAFETY: `tun` keeps its descriptor open while borrowed here; the clone is our own.
-        let device = unsafe { BorrowedFd::borrow_raw(tun.as_raw_fd()) };
-        let fd = device.try_clone_to_owned()?;
+impl Tun {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+        unsafe {
+            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
         // SAFETY: an `OwnedFd` stays open, and names the same descriptor, until it is dropped
         // with the `AsyncFd`.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE)
+        }?;
         Ok(Self { fd })
     }
 
@@ -182,4 +341,33 @@ impl TunReader {
             }
         }
     }
+
+    /// Writes one packet made of `parts`. A TUN takes writes at once; `EAGAIN` only waits.
+    async fn write_vectored(&self, parts: &[&[u8]]) -> io::Result<()> {
+        loop {
+            match writev(self.fd.as_raw_fd(), parts) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            let mut ready = self.fd.writable().await?;
+            ready.clear_ready();
+        }
+    }
+}
+
+/// One `writev(2)` of `parts` as one packet.
+fn writev(fd: libc::c_int, parts: &[&[u8]]) -> io::Result<()> {
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points into a slice borrowed for the whole call.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
