@@ -155,6 +155,12 @@ async fn serve_on_tun(
         return connection_ended(connection.closed().await);
     };
     tracing::info!("packets on the session's TUN device");
+    // One process between the session and the upstream sockets: poll on briefly after
+    // traffic rather than pay a wake-up per crossing (see `busy_poll`).
+    let config = StackConfig {
+        busy_poll: crate::busy_poll::BusyPoll::process(),
+        ..config
+    };
     tokio::select! {
         served = stack::serve_tun(tun, config, Some(inbound)) => {
             served?;

@@ -21,6 +21,7 @@
 //! - [`stack`]: the userspace network stack that terminates the session's IP packets and
 //!   re-originates every flow from real sockets in the target's namespace.
 
+pub mod busy_poll;
 pub mod container;
 pub mod control;
 pub mod files;

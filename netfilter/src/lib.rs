@@ -2,10 +2,12 @@
 //!
 //! Two programs keep an nftables table of their own: the agent (the redirect of stolen ports,
 //! in the target's network namespace) and the client (the session's loopback redirect, in the
-//! session's namespace). Both need the same things: a `NETLINK_NETFILTER` socket, tables made
-//! with `NFT_TABLE_F_OWNER` (the kernel deletes such a table when the socket that made it
-//! closes, so nothing outlives its owner, SIGKILL included), base chains, and rules of a
-//! handful of expressions, sent in batches the kernel applies atomically. This crate holds
+//! session's namespace). Both need the same things: a `NETLINK_NETFILTER` socket, tables
+//! (the agent's with `NFT_TABLE_F_OWNER`: the kernel deletes such a table when the socket
+//! that made it closes, so nothing outlives its owner, SIGKILL included; the session's
+//! without, since it goes with the session's namespace and an owned table's deletion would
+//! hold up the owner's `close`), base chains, and rules of a handful of expressions, sent in
+//! batches the kernel applies atomically. This crate holds
 //! exactly that; each user keeps the content of its own rules.
 //!
 //! It is a crate of its own, not a module of `mirrord-net-protocol`: that crate is the wire
@@ -281,9 +283,14 @@ fn batch_marker(kind: u16, seq: u32) -> Vec<u8> {
 
 /// `add table inet NAME { flags owner; }`
 pub fn new_table(seq: u32, table: &str) -> Vec<u8> {
+    new_table_with_flags(seq, table, NFT_TABLE_F_OWNER)
+}
+
+/// `add table inet NAME` with the table flags `flags` (0: a table that lives as long as its
+/// network namespace, whoever made it).
+pub fn new_table_with_flags(seq: u32, table: &str, flags: u32) -> Vec<u8> {
     let mut m = Message::nft(NFT_MSG_NEWTABLE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq);
-    m.str(NFTA_TABLE_NAME, table)
-        .be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+    m.str(NFTA_TABLE_NAME, table).be32(NFTA_TABLE_FLAGS, flags);
     m.finish()
 }
 

@@ -20,6 +20,11 @@
 //! goes to the target. The pair costs two loopback sockets and a copy per session
 //! connection; an in-process stream handed to the stack would spare both.
 //!
+//! Every request that reaches the target crosses the agent twice (the request in, the answer
+//! back): the client's and the target's sockets are wrapped so that bytes through them kick
+//! the agent's busy poll ([`crate::busy_poll`]), and the answer is taken without a wake-up of
+//! the agent's thread when it comes within the window.
+//!
 //! Which sessions a port's requests may go to is the port's routes (`super::share`: this
 //! session's own filter and those of other sessions sharing the port). The proxy's futures
 //! are not `Send` (its routes are `Rc`): each connection is a task of the agent thread's
@@ -37,6 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Mutex};
 
 use super::http::{self, BoxedStream, Connector, Routes, TcpConnector};
+use crate::busy_poll::{BusyPoll, Kicking};
 use crate::stack::inbound::{InboundConnection, InboundSender};
 
 /// How long making a loopback pair may take before it counts as failed.
@@ -115,6 +121,21 @@ impl Connector for SessionConnector {
     }
 }
 
+/// Connects like `inner`, the stream kicking `poll` on traffic.
+struct KickingConnector<C> {
+    inner: C,
+    poll: BusyPoll,
+}
+
+impl<C: Connector> Connector for KickingConnector<C> {
+    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>> {
+        Box::pin(async move {
+            let stream = self.inner.connect().await?;
+            Ok(Box::new(Kicking::new(stream, self.poll.clone())) as BoxedStream)
+        })
+    }
+}
+
 /// Serves `client` (from `peer`, to the target's listener at `original`) request by request
 /// over `routes`, on a task of the thread's `LocalSet`.
 pub fn spawn(
@@ -124,8 +145,19 @@ pub fn spawn(
     original: SocketAddr,
 ) {
     tokio::task::spawn_local(async move {
-        let target: Rc<dyn Connector> = Rc::new(TcpConnector(original));
-        match http::serve_connection(Box::new(client), &routes, target).await {
+        // Bytes through the client's and the target's sockets keep the runtime polling
+        // briefly for the answer (see `busy_poll`); a session's own are the stack's traffic.
+        let (client, target): (BoxedStream, Rc<dyn Connector>) = match BusyPoll::process() {
+            Some(poll) => (
+                Box::new(Kicking::new(client, poll.clone())),
+                Rc::new(KickingConnector {
+                    inner: TcpConnector(original),
+                    poll,
+                }),
+            ),
+            None => (Box::new(client), Rc::new(TcpConnector(original))),
+        };
+        match http::serve_connection(client, &routes, target).await {
             Ok(()) => tracing::debug!(%peer, "filtered connection done"),
             Err(err) => tracing::debug!(%peer, "filtered connection: {err}"),
         }

@@ -42,6 +42,7 @@ use super::stats::Stats;
 use super::tcp::{TcpFlows, TcpSettings};
 use super::udp::UdpFlows;
 use super::StackConfig;
+use crate::busy_poll::BusyPoll;
 
 /// Rounds per poll before yielding to other tasks.
 const ROUNDS_PER_POLL: usize = 16;
@@ -103,6 +104,8 @@ pub(crate) struct Engine<L> {
     sleep_at: Option<Instant>,
     /// Connections to open into the session (stolen inbound ones), if the agent steals.
     inbound: Option<InboundReceiver>,
+    /// Told of traffic, so the runtime polls on briefly before it sleeps.
+    busy_poll: Option<BusyPoll>,
 }
 
 macro_rules! ctx {
@@ -185,6 +188,7 @@ impl<L: PacketLink> Engine<L> {
             sleep: Box::pin(tokio::time::sleep_until(origin)),
             sleep_at: None,
             inbound: None,
+            busy_poll: config.busy_poll.clone(),
         }
     }
 
@@ -272,6 +276,9 @@ impl<L: PacketLink> Engine<L> {
     }
 
     fn on_inbound(&mut self, now: Instant, pkt: Bytes) {
+        if let Some(busy) = &self.busy_poll {
+            busy.kick();
+        }
         Stats::inc(&self.stats.packets_in);
         Stats::add(&self.stats.bytes_in, pkt.len() as u64);
         let mut ctx = ctx!(self, now);
@@ -309,6 +316,11 @@ impl<L: PacketLink> Engine<L> {
         }
         // (The link may have put fragments of a refused packet back: never underflow.)
         let sent = packets.saturating_sub(self.device.tx.len());
+        if sent > 0 {
+            if let Some(busy) = &self.busy_poll {
+                busy.kick();
+            }
+        }
         Stats::add(&self.stats.packets_out, sent as u64);
         Stats::add(
             &self.stats.bytes_out,

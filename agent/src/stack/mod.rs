@@ -101,6 +101,9 @@ pub struct StackConfig {
     pub limits: Limits,
     /// Counters; clone the `Arc` before handing the config over to read them later.
     pub stats: Arc<Stats>,
+    /// Kicked on every packet the stack takes or sends, so the runtime keeps polling for the
+    /// answer briefly instead of sleeping (see [`crate::busy_poll`]). `None`: no busy polling.
+    pub busy_poll: Option<crate::busy_poll::BusyPoll>,
 }
 
 impl Default for StackConfig {
@@ -114,6 +117,7 @@ impl Default for StackConfig {
             tcp_congestion: TcpCongestion::default(),
             limits: Limits::default(),
             stats: Arc::default(),
+            busy_poll: None,
         }
     }
 }
