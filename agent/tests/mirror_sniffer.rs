@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mirrord_net_agent::incoming::mirror::flows::{FlowEvent, FlowTable, DEFAULT_IDLE};
 use mirrord_net_agent::incoming::mirror::packet::FlowKey;
-use mirrord_net_agent::incoming::mirror::sniffer::{capture, Sniffer};
+use mirrord_net_agent::incoming::mirror::sniffer::{capture, Loopback, Sniffer};
 use std::io::{BufRead, BufReader};
 
 /// Runs `body` on a thread in a new network namespace with its loopback up.
@@ -57,7 +57,7 @@ fn sniffer_rebuilds_each_client_stream_the_server_received() {
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let sniffer = Sniffer::open(&[port]).expect("a packet socket");
+            let sniffer = Sniffer::open(&[port], Loopback::Capture).expect("a packet socket");
             let mut table = FlowTable::new(DEFAULT_IDLE, 64, 1 << 20);
             let mut streams: HashMap<FlowKey, (Vec<u8>, Option<FlowEvent>)> = HashMap::new();
             let body = "x".repeat(100_000);

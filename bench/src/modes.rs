@@ -196,22 +196,54 @@ impl Launcher {
     /// serving it with its own copy (answers say `session`). Returns once started; the
     /// incoming job waits until the steal is in place.
     pub fn stealing_session(&self, timeout: Duration) -> Result<StealingSession> {
-        let exe = self.exe.to_string_lossy().into_owned();
         let port = crate::ports::INCOMING.to_string();
         let filter = format!(
             "^{}: {}$",
             crate::ports::STEAL_HEADER,
             crate::ports::STEAL_VALUE
         );
-        let mut command =
+        let flags = ["--steal", &port, "--http-header-filter", &filter];
+        self.incoming_session(&flags, "stealing-session.log", timeout)
+    }
+
+    /// Starts a session that mirrors the target's incoming service into its own copy;
+    /// returns once the agent reports the port mirrored (its client's `-v` log line), so
+    /// the run's connection is one the session gets a copy of.
+    pub fn mirroring_session(&self, timeout: Duration) -> Result<StealingSession> {
+        let port = crate::ports::INCOMING.to_string();
+        let session =
+            self.incoming_session(&["-v", "--mirror", &port], "mirroring-session.log", timeout)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(&session.log_path).unwrap_or_default();
+            if log.contains("mirrored into the session") {
+                return Ok(session);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the session did not mirror in 20 s; its log:\n{}",
+                    session.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn incoming_session(
+        &self,
+        flags: &[&str],
+        log_name: &str,
+        timeout: Duration,
+    ) -> Result<StealingSession> {
+        let exe = self.exe.to_string_lossy().into_owned();
+        let mut invocation =
             Invocation::session_on(self.target_pid, &[&exe, "__serve-incoming", "session"])
-                .client_flag("--as-root")
-                .client_flag("--steal")
-                .client_flag(&port)
-                .client_flag("--http-header-filter")
-                .client_flag(&filter)
-                .command();
-        let log_path = self.pod_dir.join("stealing-session.log");
+                .client_flag("--as-root");
+        for flag in flags {
+            invocation = invocation.client_flag(flag);
+        }
+        let mut command = invocation.command();
+        let log_path = self.pod_dir.join(log_name);
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let child = command
@@ -270,7 +302,7 @@ fn read_answer(stdout: &mut BufReader<std::process::ChildStdout>) -> Result<Answ
     serde_json::from_str(line.trim()).with_context(|| format!("the client printed {line:?}"))
 }
 
-/// A session stealing the target's incoming service, for the incoming rows.
+/// A session stealing (or mirroring) the target's incoming service, for the incoming rows.
 pub struct StealingSession {
     child: std::process::Child,
     log_path: PathBuf,

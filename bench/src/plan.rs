@@ -31,6 +31,7 @@ pub enum Workload {
     FileStat,
     IncomingUnmatched,
     IncomingStolen,
+    IncomingMirrored,
 }
 
 pub const WORKLOADS: &[Workload] = &[
@@ -49,6 +50,7 @@ pub const WORKLOADS: &[Workload] = &[
     Workload::FileStat,
     Workload::IncomingUnmatched,
     Workload::IncomingStolen,
+    Workload::IncomingMirrored,
 ];
 
 /// The workloads whose name contains one of `words` (all of them when `words` is empty).
@@ -154,6 +156,7 @@ impl Workload {
             Workload::FileStat => "files stat",
             Workload::IncomingUnmatched => "incoming unmatched",
             Workload::IncomingStolen => "incoming stolen",
+            Workload::IncomingMirrored => "incoming mirrored",
         }
     }
 
@@ -179,9 +182,12 @@ impl Workload {
 
     /// Whether the workload measures incoming traffic: a client outside the pod calls the
     /// target's own service, directly (no session) or while a session steals its port with
-    /// an HTTP header filter ([`Workload::incoming_job`]).
+    /// an HTTP header filter, or mirrors it ([`Workload::incoming_job`]).
     pub fn is_incoming(self) -> bool {
-        matches!(self, Workload::IncomingUnmatched | Workload::IncomingStolen)
+        matches!(
+            self,
+            Workload::IncomingUnmatched | Workload::IncomingStolen | Workload::IncomingMirrored
+        )
     }
 
     /// The job of an incoming workload: untagged requests answered by the target, or tagged
@@ -265,7 +271,7 @@ impl Workload {
                 path: target_data::tree_path(pod_dir).display().to_string(),
                 entries: sizes.data.tree_entries(),
             },
-            Workload::IncomingUnmatched | Workload::IncomingStolen => {
+            Workload::IncomingUnmatched | Workload::IncomingStolen | Workload::IncomingMirrored => {
                 self.incoming_job(sizes, false)
             }
         })
@@ -472,6 +478,20 @@ pub const METRICS: &[Metric] = &[
         "incoming stolen request answered by the session, p99",
         "µs",
         Workload::IncomingStolen,
+        None,
+    ),
+    // A session mirrors the port (copies of the requests, answers dropped): the target's
+    // clients must not notice.
+    metric(
+        "incoming request on a mirrored port, p50",
+        "µs",
+        Workload::IncomingMirrored,
+        Some(Target::RatioAtMost { ratio: 1.2 }),
+    ),
+    metric(
+        "incoming request on a mirrored port, p99",
+        "µs",
+        Workload::IncomingMirrored,
         None,
     ),
 ];

@@ -237,8 +237,9 @@ fn latency_figures(workload: Workload, samples_us: &[f64]) -> Result<Vec<(&'stat
         .collect())
 }
 
-/// An incoming workload: the client in the services namespace, with a stealing session
-/// running for the mirrord-net mode (started before, ended after the run).
+/// An incoming workload: the client in the services namespace, with a stealing (or, for the
+/// mirrored row, mirroring) session running for the mirrord-net mode (started before, ended
+/// after the run).
 fn measure_incoming(
     launcher: &Launcher,
     sizes: &Sizes,
@@ -250,9 +251,13 @@ fn measure_incoming(
         Mode::MirrordNet => true,
         other => anyhow::bail!("incoming rows do not run in mode {}", other.label()),
     };
-    let session = stealing
-        .then(|| launcher.stealing_session(START_TIMEOUT))
-        .transpose()?;
+    let mirroring = workload == Workload::IncomingMirrored;
+    let session = match (stealing, mirroring) {
+        (false, _) => None,
+        (true, false) => Some(launcher.stealing_session(START_TIMEOUT)?),
+        (true, true) => Some(launcher.mirroring_session(START_TIMEOUT)?),
+    };
+    let stealing = stealing && !mirroring;
     let run = launcher.incoming_client(&workload.incoming_job(sizes, stealing), RUN_TIMEOUT);
     if let Some(session) = session {
         session.end()?;

@@ -38,6 +38,9 @@ pub enum AgentMessage {
     Stealing(Vec<u16>),
     /// Inbound traffic could not be taken as asked; one line for the user.
     IncomingFailed(String),
+    /// The target ports whose inbound connections are now copied into the session (sorted),
+    /// sent whenever the set changes.
+    Mirroring(Vec<u16>),
 }
 
 /// Which of the target's inbound TCP connections a session takes.
@@ -47,11 +50,16 @@ pub struct IncomingConfig {
     pub steal: Vec<u16>,
     /// Steal every port the session listens on that the target serves too.
     pub steal_all: bool,
+    /// Target ports to mirror (the session gets a copy of their inbound connections' bytes;
+    /// the target still serves them).
+    pub mirror: Vec<u16>,
+    /// Mirror every port the session listens on that the target serves too.
+    pub mirror_all: bool,
     /// `(local, remote)`: the session's program listens on `local` for the target's
     /// `remote`. Ports not named here are the same on both sides.
     pub port_map: Vec<(u16, u16)>,
-    /// Steal only the HTTP requests this filter matches, on its ports; `None` steals whole
-    /// connections.
+    /// Steal (or mirror) only the HTTP requests this filter matches, on its ports; `None`
+    /// takes whole connections.
     pub http_filter: Option<HttpFilterConfig>,
     /// Who the session is, for other sessions' users (`user@host pid N`): a steal refused
     /// because this session holds the port names it.

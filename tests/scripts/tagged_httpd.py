@@ -2,6 +2,7 @@
 incoming tests.
 
     GET /anything  ->  "TAG CLIENT_IP:CLIENT_PORT\n"
+    POST (Content-Length body, read whole) -> the same
 
 HTTP/1.1 with exact lengths (keep-alive works). Prints "listening" once its socket listens.
 With a STOP_FILE, exits (closing its socket) as soon as that file exists.
@@ -30,6 +31,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.do_GET()
 
     def log_message(self, *args):
         pass

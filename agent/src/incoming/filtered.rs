@@ -95,29 +95,35 @@ pub struct SessionConnector {
     pub session: SocketAddr,
 }
 
+impl SessionConnector {
+    /// Opens the connection into the session: the local end of a loopback pair whose other
+    /// end the stack relays into the session, once the session accepted.
+    pub async fn open(&self) -> io::Result<TcpStream> {
+        let (near, far) = self.pairs.pair().await?;
+        let (done, outcome) = oneshot::channel();
+        let conn = InboundConnection {
+            peer: self.peer,
+            session: self.session,
+            stream: far,
+            done,
+        };
+        if self.stack.send(conn).is_err() {
+            return Err(io::Error::other("the stack is gone"));
+        }
+        match outcome.await {
+            Ok(Ok(())) => Ok(near),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "the session did not take the connection",
+            )),
+            Err(_) => Err(io::Error::other("the stack dropped the connection")),
+        }
+    }
+}
+
 impl Connector for SessionConnector {
     fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>> {
-        Box::pin(async move {
-            let (near, far) = self.pairs.pair().await?;
-            let (done, outcome) = oneshot::channel();
-            let conn = InboundConnection {
-                peer: self.peer,
-                session: self.session,
-                stream: far,
-                done,
-            };
-            if self.stack.send(conn).is_err() {
-                return Err(io::Error::other("the stack is gone"));
-            }
-            match outcome.await {
-                Ok(Ok(())) => Ok(Box::new(near) as BoxedStream),
-                Ok(Err(_)) => Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    "the session did not take the connection",
-                )),
-                Err(_) => Err(io::Error::other("the stack dropped the connection")),
-            }
-        })
+        Box::pin(async move { Ok(Box::new(self.open().await?) as BoxedStream) })
     }
 }
 

@@ -1,4 +1,5 @@
-//! Incoming traffic: the target's inbound TCP connections taken into the session (steal).
+//! Incoming traffic: the target's inbound TCP connections taken into the session (steal)
+//! or copied into it (mirror).
 //!
 //! ```text
 //!  client in another pod            target's network namespace
@@ -38,6 +39,16 @@
 //! register with that router, which delivers their requests to them. So `current` is what
 //! this session wants, its claims (one task per wanted port) say what this agent is for
 //! each port (router, registered, refused), and the rules follow the ports it routes.
+//!
+//! Mirroring ([`mirror`]) changes nothing in the target's namespace: no rule, no listener.
+//! The ports to mirror follow the same plan as stolen ones ([`plan::mirrors`]: the session
+//! listens, the client is heard from); while there are any, a packet socket reads copies of
+//! the segments arriving for them, and each connection begun meanwhile is replayed into
+//! the session through the stack exactly as a stolen one is opened (a loopback pair,
+//! `filtered::SessionConnector`, the original client as the source), its answers dropped.
+//! Each agent captures on its own, so any number of sessions mirror a port at once, and a
+//! port another session steals is mirrored too: the capture sees the client's segments as
+//! they arrive, before the redirect.
 
 mod filtered;
 pub mod http;
@@ -62,6 +73,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use self::http::HttpFilter;
+use self::mirror::{Mirror, MirrorPort};
 pub use self::session_addrs::SessionAddrs;
 use self::share::protocol::Claim;
 use self::share::{ClaimTask, Own, Role, RoleChange};
@@ -189,6 +201,10 @@ struct State {
     taken: Vec<u16>,
     stack: InboundSender,
     addrs: SessionAddrs,
+    /// The mirror at work, while ports are mirrored.
+    mirror: Option<Mirror>,
+    /// The ports last reported as mirrored.
+    mirrored: Vec<u16>,
 }
 
 /// Runs the incoming side until the control stream ends (`events` closes). Dropping the
@@ -216,6 +232,8 @@ pub async fn run(
         taken: Vec::new(),
         stack,
         addrs,
+        mirror: None,
+        mirrored: Vec::new(),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,7 +256,11 @@ pub async fn run(
                                 say(&mut state, &report, line);
                             }
                         }
-                        if state.stealing.is_none() {
+                        let steals = state
+                            .config
+                            .as_ref()
+                            .is_some_and(|config| !config.steal.is_empty() || config.steal_all);
+                        if state.stealing.is_none() && steals {
                             match start(&state) {
                                 Ok(stealing) => state.stealing = Some(stealing),
                                 Err(err) => say(&mut state, &report, format!("cannot steal incoming traffic: {err}")),
@@ -349,12 +371,14 @@ fn update(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>) {
         return;
     };
     let alive = state.last_heard.elapsed() < SILENCE_LIMIT;
-    let target_listening = if config.steal_all {
+    let target_listening = if config.steal_all || config.mirror_all {
         target_listening()
     } else {
         Vec::new()
     };
     let wanted = plan::redirects(config, &state.listening, &target_listening, alive);
+    let mirrors = plan::mirrors(config, &state.listening, &target_listening, alive);
+    mirror(state, report, mirrors, alive);
     if wanted != state.current {
         if !alive && !state.current.is_empty() {
             tracing::warn!("no word from the client: stolen ports go back to the target");
@@ -363,6 +387,67 @@ fn update(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>) {
         state.current = wanted;
     }
     reconcile(state, report);
+}
+
+/// Mirrors exactly `ports` (target port → session port), with the session's HTTP filter on
+/// the ports it applies to.
+fn mirror(
+    state: &mut State,
+    report: &mpsc::UnboundedSender<AgentMessage>,
+    ports: BTreeMap<u16, u16>,
+    alive: bool,
+) {
+    let filter = state.config.as_ref().and_then(|c| c.http_filter.as_ref());
+    let ports: BTreeMap<u16, MirrorPort> = ports
+        .into_iter()
+        .map(|(port, session_port)| {
+            let filtered = filter.is_some_and(|filter| filter.applies_to(port));
+            let port_filter = state.filter.clone().filter(|_| filtered);
+            (
+                port,
+                MirrorPort {
+                    session_port,
+                    filter: port_filter,
+                },
+            )
+        })
+        .collect();
+    if ports.is_empty() {
+        if state.mirror.take().is_some() && !alive {
+            tracing::warn!("no word from the client: mirroring stopped");
+        }
+    } else if let Some(mirror) = &mut state.mirror {
+        if let Err(err) = mirror.set_ports(&ports) {
+            say(
+                state,
+                report,
+                format!("cannot change the mirrored ports: {err}"),
+            );
+        }
+    } else {
+        let started = filtered::Pairs::bind().and_then(|pairs| {
+            let own = Own {
+                pairs: Arc::new(pairs),
+                stack: state.stack.clone(),
+                addrs: state.addrs.clone(),
+            };
+            Mirror::start(&ports, own)
+        });
+        match started {
+            Ok(mirror) => state.mirror = Some(mirror),
+            Err(err) => say(
+                state,
+                report,
+                format!("cannot mirror incoming traffic: {err}"),
+            ),
+        }
+    }
+    let mirrored = state.mirror.as_ref().map(Mirror::ports).unwrap_or_default();
+    if mirrored != state.mirrored {
+        tracing::info!(ports = ?mirrored, "mirroring");
+        let _ = report.send(AgentMessage::Mirroring(mirrored.clone()));
+        state.mirrored = mirrored;
+    }
 }
 
 fn unix_ns() -> u64 {

@@ -82,6 +82,9 @@ pub async fn run(
                         AgentMessage::Stealing(ports) => {
                             tracing::info!(?ports, "the target's connections to these ports go to the session");
                         }
+                        AgentMessage::Mirroring(ports) => {
+                            tracing::info!(?ports, "the target's connections to these ports are mirrored into the session");
+                        }
                         AgentMessage::IncomingFailed(line) => eprintln!("mirrord-net: {line}"),
                         other => tracing::debug!(?other, "unexpected control message"),
                     }

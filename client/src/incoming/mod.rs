@@ -1,8 +1,9 @@
-//! Incoming traffic: the flags that take the target's inbound connections into the session,
-//! and the session's side of the conversation about them ([`control`]).
+//! Incoming traffic: the flags that take the target's inbound connections into the session
+//! (steal) or give it a copy of them (mirror), and the session's side of the conversation
+//! about them ([`control`]).
 //!
-//! The agent does the stealing (see the agent's `incoming` module); the client says what to
-//! steal ([`IncomingConfig`], once after the hello) and which ports the session's programs
+//! The agent does the stealing and mirroring (see the agent's `incoming` module); the client
+//! says what to steal or mirror ([`IncomingConfig`], once after the hello) and which ports the session's programs
 //! listen on, read from the session's network namespace (`/proc/<session child>/net/tcp`
 //! and `tcp6`) four times a second and sent when it changes and at least every second, which
 //! is also the heartbeat the agent's liveness rule waits for.
@@ -20,7 +21,9 @@ pub struct IncomingArgs {
     /// program of the session listens on it (repeatable).
     #[arg(long, value_name = "PORT", value_parser = parse_port)]
     pub steal: Vec<u16>,
-    /// Give the session a copy of this port's inbound traffic (repeatable).
+    /// Give the session a copy of this port's inbound connections, while a program of the
+    /// session listens on it; the target still serves them and the session's answers are
+    /// dropped (repeatable).
     #[arg(long, value_name = "PORT", value_parser = parse_port)]
     pub mirror: Vec<u16>,
     /// Steal every port the session's programs listen on that the target serves too.
@@ -32,13 +35,14 @@ pub struct IncomingArgs {
     /// The session's program listens on LOCAL for the target's REMOTE (repeatable).
     #[arg(long, value_name = "LOCAL:REMOTE", value_parser = parse_port_map)]
     pub port_map: Vec<(u16, u16)>,
-    /// Steal only HTTP requests with a header `Name: value` this regex matches.
+    /// Steal (or mirror) only HTTP requests with a header `Name: value` this regex matches.
     #[arg(long, value_name = "REGEX")]
     pub http_header_filter: Option<String>,
-    /// Steal only HTTP requests whose path (with query) this regex matches.
+    /// Steal (or mirror) only HTTP requests whose path (with query) this regex matches.
     #[arg(long, value_name = "REGEX")]
     pub http_path_filter: Option<String>,
-    /// The ports the HTTP filter applies to (repeatable; default: every stolen port).
+    /// The ports the HTTP filter applies to (repeatable; default: every stolen or mirrored
+    /// port).
     #[arg(long, value_name = "PORT", value_parser = parse_port)]
     pub http_filter_port: Vec<u16>,
     /// Replaces `{{ key }}` in the HTTP filters, regex-escaped.
@@ -49,8 +53,6 @@ pub struct IncomingArgs {
 /// A combination of incoming flags this build cannot serve.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IncomingError {
-    #[error("{0} is not available yet in this build of mirrord-net")]
-    Unsupported(&'static str),
     #[error("port {0} is given to both --steal and --mirror")]
     StealAndMirror(u16),
     #[error("--port-map names target port {0} twice")]
@@ -61,7 +63,7 @@ pub enum IncomingError {
     Filter(String),
     #[error("{0} needs --http-header-filter or --http-path-filter")]
     FilterMissing(&'static str),
-    #[error("an HTTP filter needs --steal or --steal-all")]
+    #[error("an HTTP filter needs --steal, --steal-all, --mirror or --mirror-all")]
     FilterWithoutSteal,
 }
 
@@ -94,25 +96,25 @@ impl IncomingArgs {
                 }
             }
         }
-        if !self.mirror.is_empty() {
-            return Err(IncomingError::Unsupported("--mirror"));
-        }
-        if self.mirror_all {
-            return Err(IncomingError::Unsupported("--mirror-all"));
-        }
         let http_filter = self.http_filter()?;
-        if self.steal.is_empty() && !self.steal_all {
+        let takes = |ports: &[u16], all: bool| !ports.is_empty() || all;
+        if !takes(&self.steal, self.steal_all) && !takes(&self.mirror, self.mirror_all) {
             if http_filter.is_some() {
                 return Err(IncomingError::FilterWithoutSteal);
             }
             return Ok(None);
         }
-        let mut steal = self.steal.clone();
-        steal.sort_unstable();
-        steal.dedup();
+        let sorted = |ports: &[u16]| {
+            let mut ports = ports.to_vec();
+            ports.sort_unstable();
+            ports.dedup();
+            ports
+        };
         Ok(Some(IncomingConfig {
-            steal,
+            steal: sorted(&self.steal),
             steal_all: self.steal_all,
+            mirror: sorted(&self.mirror),
+            mirror_all: self.mirror_all,
             port_map: self.port_map.clone(),
             http_filter,
             session: String::new(),
@@ -200,13 +202,33 @@ mod tests {
             args.config().unwrap(),
             Some(IncomingConfig {
                 steal: vec![80, 8080],
-                steal_all: false,
                 port_map: vec![(9000, 80)],
-                http_filter: None,
-                session: String::new(),
+                ..IncomingConfig::default()
             })
         );
         assert_eq!(parse(&[]).unwrap().config().unwrap(), None);
+    }
+
+    #[test]
+    fn mirror_ports_and_mirror_all_become_the_agents_request() {
+        let args = parse(&["--mirror", "8080", "--mirror", "80", "--mirror", "80"]).unwrap();
+        assert_eq!(
+            args.config().unwrap(),
+            Some(IncomingConfig {
+                mirror: vec![80, 8080],
+                ..IncomingConfig::default()
+            })
+        );
+        let args = parse(&["--mirror-all", "--steal", "9000", "--port-map", "1:2"]).unwrap();
+        assert_eq!(
+            args.config().unwrap(),
+            Some(IncomingConfig {
+                steal: vec![9000],
+                mirror_all: true,
+                port_map: vec![(1, 2)],
+                ..IncomingConfig::default()
+            })
+        );
     }
 
     #[test]

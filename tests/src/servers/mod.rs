@@ -39,6 +39,14 @@ pub const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../../scripts/keepalive_requests.py"),
     ),
     (
+        "logging_httpd.py",
+        include_str!("../../scripts/logging_httpd.py"),
+    ),
+    (
+        "mirror_requests.py",
+        include_str!("../../scripts/mirror_requests.py"),
+    ),
+    (
         "loopback_servers.py",
         include_str!("../../scripts/loopback_servers.py"),
     ),

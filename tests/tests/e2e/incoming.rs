@@ -291,16 +291,18 @@ fn steal_all_takes_the_ports_both_sides_serve() {
 }
 
 #[test]
-fn incoming_flags_this_build_cannot_serve_fail_with_one_line() {
+fn a_port_both_stolen_and_mirrored_is_one_line() {
     let pod = Pod::start();
     let out = Invocation::session(&pod, &["true"])
         .client_flag("--mirror")
+        .client_flag("8080")
+        .client_flag("--steal")
         .client_flag("8080")
         .run();
     assert_eq!(out.code(), Some(1), "{out}");
     let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(lines.len(), 1, "{out}");
-    assert!(lines[0].contains("--mirror"), "{out}");
+    assert!(lines[0].contains("both --steal and --mirror"), "{out}");
 }
 
 /// One request with `header` (`Name: value`, or none) to `path`: the answer's tag.

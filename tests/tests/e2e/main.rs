@@ -39,6 +39,7 @@ mod environment;
 mod exit_codes;
 mod files;
 mod incoming;
+mod incoming_mirror;
 mod incoming_shared;
 mod isolation;
 mod lifecycle;

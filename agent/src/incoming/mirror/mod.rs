@@ -18,8 +18,19 @@
 //! - [`flows`]: the connections by 4-tuple, created by a SYN, expired when idle.
 //!
 //! All three are free of I/O: segments and the current time go in, bytes and events come out.
+//! Around them:
+//!
+//! - [`sniffer`]: the packet socket of the target's namespace and its BPF filter;
+//! - [`select`]: with an HTTP filter, the matching requests of a rebuilt stream (no I/O);
+//! - [`replay`]: the [`Mirror`] at work: each rebuilt connection opened into the session
+//!   from the original client's address (the stolen connections' path), its bytes written,
+//!   the session's answers dropped.
 
 pub mod flows;
 pub mod packet;
 pub mod reassembly;
+pub mod replay;
+pub mod select;
 pub mod sniffer;
+
+pub use self::replay::{Mirror, MirrorPort};

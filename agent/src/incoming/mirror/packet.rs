@@ -32,7 +32,10 @@ pub fn parse(packet: &[u8]) -> Option<(FlowKey, Segment<'_>)> {
             if flags_fragment & 0x1fff != 0 || flags_fragment & 0x2000 != 0 {
                 return None; // a fragment
             }
-            let end = total.min(packet.len());
+            if total > packet.len() {
+                return None; // cut short: skipped, so a gap, never corrupt bytes
+            }
+            let end = total;
             let src: [u8; 4] = packet[12..16].try_into().ok()?;
             let dst: [u8; 4] = packet[16..20].try_into().ok()?;
             (
@@ -46,7 +49,10 @@ pub fn parse(packet: &[u8]) -> Option<(FlowKey, Segment<'_>)> {
                 return None;
             }
             let payload_len = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
-            let end = (40 + payload_len).min(packet.len());
+            let end = 40 + payload_len;
+            if end > packet.len() {
+                return None;
+            }
             let src: [u8; 16] = packet[8..24].try_into().ok()?;
             let dst: [u8; 16] = packet[24..40].try_into().ok()?;
             (
@@ -151,6 +157,11 @@ mod tests {
         fragment[6] = 0x20; // more fragments
         assert!(parse(&fragment).is_none());
         assert!(parse(&[0x45, 0, 0]).is_none());
+        let cut = build_ipv4(&key(), 1, flags::ACK, b"abcdef");
+        assert!(
+            parse(&cut[..cut.len() - 2]).is_none(),
+            "a capture cut short is skipped, not read as a shorter payload"
+        );
         assert!(parse(&[]).is_none());
     }
 

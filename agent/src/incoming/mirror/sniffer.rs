@@ -7,13 +7,19 @@
 //! in the kernel, before any copy to the agent:
 //!
 //! ```text
-//!   pkttype == HOST (arriving, not sent) ─▶ IPv4: protocol TCP, first fragment, dst port ∈ ports
-//!                                        └▶ IPv6: next header TCP,            dst port ∈ ports
+//!   not loopback, pkttype == HOST (arriving, not sent)
+//!        ├─▶ IPv4: protocol TCP, first fragment, dst port ∈ ports
+//!        └─▶ IPv6: next header TCP,              dst port ∈ ports
 //! ```
 //!
 //! so the target's answers, its other ports and its other protocols cost the agent nothing.
-//! (On loopback each packet passes twice, once sent and once received: the pkttype test keeps
-//! one.) The socket only reads copies: the target's traffic is neither delayed nor changed.
+//! Loopback is left out ([`Loopback::Skip`], the mirror's setting): what crosses it comes
+//! from inside the namespace (the pod's other containers, and the agents' own connections to
+//! the target when a session steals the port and hands a request back), not from the
+//! target's clients, and mirroring those would copy a stolen-then-returned request twice.
+//! The socket only reads copies: the target's traffic is neither delayed nor changed. The
+//! filter can be replaced while the socket runs ([`Sniffer::set_ports`]), so the mirrored
+//! set changes without losing the connections in progress on the ports that stay.
 //! IPv6 packets with extension headers before TCP are not matched; see [`super::packet`].
 //!
 //! The socket must be made in the target's namespace (`Sniffer::open` on a thread that entered
@@ -44,9 +50,15 @@ const JA: u16 = 0x00;
 const JEQ: u16 = 0x10;
 const JSET: u16 = 0x40;
 const K: u16 = 0x00;
-/// Ancillary loads: `SKF_AD_OFF + SKF_AD_PROTOCOL` and `+ SKF_AD_PKTTYPE`.
+/// Ancillary loads: `SKF_AD_OFF + SKF_AD_PROTOCOL`, `+ SKF_AD_PKTTYPE`, `+ SKF_AD_IFINDEX`.
 const AD_PROTOCOL: u32 = (-0x1000i32) as u32;
 const AD_PKTTYPE: u32 = (-0x1000i32 + 4) as u32;
+const AD_IFINDEX: u32 = (-0x1000i32 + 8) as u32;
+/// Instructions before the port tests.
+const HEAD: usize = 17;
+/// The receive buffer asked for: bursts of a busy port wait here while the agent is busy
+/// (a packet the buffer cannot hold is a gap, which drops that connection's mirror).
+const RCVBUF: usize = 8 << 20;
 /// Bytes of each packet kept: headers and a full loopback-sized segment.
 const SNAPLEN: u32 = 0x40000;
 
@@ -54,36 +66,52 @@ fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
+/// Whether segments crossing the loopback interface are captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loopback {
+    /// Left out: the mirror's setting (see the module comment).
+    Skip,
+    /// Captured too: for a capture of a namespace whose traffic is all local.
+    Capture,
+}
+
 /// The BPF program for `ports` (see the module comment). At most 200 ports: the jumps are
 /// 8-bit.
-pub fn program(ports: &[u16]) -> Vec<libc::sock_filter> {
+pub fn program(ports: &[u16], loopback: Loopback) -> Vec<libc::sock_filter> {
     assert!(
         !ports.is_empty() && ports.len() <= 200,
         "1 to 200 mirrored ports"
     );
     let n = ports.len() as u8;
     // Offsets to the last two instructions (accept, reject) from the instruction after `at`.
-    let total = 15 + usize::from(n) + 2;
+    let total = HEAD + usize::from(n) + 2;
     let reject = |at: usize| (total - 1 - (at + 1)) as u8;
+    let skip_loopback = |to_reject: u8| match loopback {
+        Loopback::Skip => to_reject,
+        Loopback::Capture => 0,
+    };
     let mut p = vec![
-        op(LD | W | ABS, 0, 0, AD_PKTTYPE),       // 0
-        op(JMP | JEQ | K, 0, reject(1), 0),       // 1: PACKET_HOST
-        op(LD | W | ABS, 0, 0, AD_PROTOCOL),      // 2
-        op(JMP | JEQ | K, 1, 0, 0x0800),          // 3: IPv4 → 5
-        op(JMP | JEQ | K, 7, reject(4), 0x86dd),  // 4: IPv6 → 12
-        op(LD | B | ABS, 0, 0, 9),                // 5: protocol
-        op(JMP | JEQ | K, 0, reject(6), 6),       // 6: TCP
-        op(LD | H | ABS, 0, 0, 6),                // 7: flags and fragment offset
-        op(JMP | JSET | K, reject(8), 0, 0x1fff), // 8: not a later fragment
-        op(LDX | B | MSH, 0, 0, 0),               // 9: X = IP header length
-        op(LD | H | IND, 0, 0, 2),                // 10: destination port
-        op(JMP | JA, 0, 0, 3),                    // 11: → 15
-        op(LD | B | ABS, 0, 0, 6),                // 12: next header
-        op(JMP | JEQ | K, 0, reject(13), 6),      // 13: TCP
-        op(LD | H | ABS, 0, 0, 42),               // 14: destination port
+        op(LD | W | ABS, 0, 0, AD_IFINDEX), // 0
+        // 1: not loopback (ifindex 1), unless it is captured
+        op(JMP | JEQ | K, skip_loopback(reject(1)), 0, 1),
+        op(LD | W | ABS, 0, 0, AD_PKTTYPE),        // 2
+        op(JMP | JEQ | K, 0, reject(3), 0),        // 3: PACKET_HOST
+        op(LD | W | ABS, 0, 0, AD_PROTOCOL),       // 4
+        op(JMP | JEQ | K, 1, 0, 0x0800),           // 5: IPv4 → 7
+        op(JMP | JEQ | K, 7, reject(6), 0x86dd),   // 6: IPv6 → 14
+        op(LD | B | ABS, 0, 0, 9),                 // 7: protocol
+        op(JMP | JEQ | K, 0, reject(8), 6),        // 8: TCP
+        op(LD | H | ABS, 0, 0, 6),                 // 9: flags and fragment offset
+        op(JMP | JSET | K, reject(10), 0, 0x1fff), // 10: not a later fragment
+        op(LDX | B | MSH, 0, 0, 0),                // 11: X = IP header length
+        op(LD | H | IND, 0, 0, 2),                 // 12: destination port
+        op(JMP | JA, 0, 0, 3),                     // 13: → 17
+        op(LD | B | ABS, 0, 0, 6),                 // 14: next header
+        op(JMP | JEQ | K, 0, reject(15), 6),       // 15: TCP
+        op(LD | H | ABS, 0, 0, 42),                // 16: destination port
     ];
     for (i, &port) in ports.iter().enumerate() {
-        let at = 15 + i;
+        let at = HEAD + i;
         let accept = (total - 2 - (at + 1)) as u8;
         let next_or_reject = if i + 1 == ports.len() { reject(at) } else { 0 };
         p.push(op(JMP | JEQ | K, accept, next_or_reject, u32::from(port)));
@@ -97,11 +125,12 @@ pub fn program(ports: &[u16]) -> Vec<libc::sock_filter> {
 /// A packet socket seeing the segments that arrive for some ports.
 pub struct Sniffer {
     fd: AsyncFd<OwnedFd>,
+    loopback: Loopback,
 }
 
 impl Sniffer {
     /// Opens the capture in the current thread's network namespace.
-    pub fn open(ports: &[u16]) -> io::Result<Self> {
+    pub fn open(ports: &[u16], loopback: Loopback) -> io::Result<Self> {
         let protocol = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
         // SAFETY: plain socket(2); the descriptor is owned at once.
         let raw = unsafe {
@@ -116,38 +145,38 @@ impl Sniffer {
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let filter = program(ports);
-        let fprog = libc::sock_fprog {
-            len: filter.len() as u16,
-            filter: filter.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: `fprog` points at `filter`, alive for the call; the kernel copies it.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&fprog as *const libc::sock_fprog).cast(),
-                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        attach(&fd, ports, loopback)?;
+        let socket = socket2::SockRef::from(&fd);
+        // Past the system's rmem_max with CAP_NET_ADMIN; within it otherwise.
+        if set_int(&fd, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
+            let _ = socket.set_recv_buffer_size(RCVBUF);
         }
         // SAFETY: the OwnedFd keeps its descriptor, unchanged, until the AsyncFd that owns it
         // drops it.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
-        Ok(Self { fd })
+        Ok(Self { fd, loopback })
     }
 
-    /// The next captured packet, from its IP header; its length (cut at `buf`'s).
+    /// Replaces the filter: from now on only segments for `ports` arrive.
+    pub fn set_ports(&self, ports: &[u16]) -> io::Result<()> {
+        attach(self.fd.get_ref(), ports, self.loopback)
+    }
+
+    /// The next captured packet, from its IP header, and its length before any cut
+    /// (larger than `buf` when it did not fit: such a packet must be skipped).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
             let result = guard.try_io(|fd| {
                 // SAFETY: `buf` is valid for writes of its length.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                let n = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_TRUNC,
+                    )
+                };
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {
@@ -159,6 +188,47 @@ impl Sniffer {
             }
         }
     }
+}
+
+/// Attaches the BPF program for `ports` to the socket, replacing any before it.
+fn attach(fd: &OwnedFd, ports: &[u16], loopback: Loopback) -> io::Result<()> {
+    let filter = program(ports, loopback);
+    let fprog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `filter`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_int(fd: &OwnedFd, option: libc::c_int, value: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Feeds captured segments to `table` forever, calling `on_event` with each connection's
@@ -184,6 +254,9 @@ pub async fn capture(
         }
         let Ok(received) = received else { continue };
         let len = received?;
+        if len > packet.len() {
+            continue; // cut: a gap, never a corrupt stream
+        }
         let Some((key, segment)) = packet::parse(&packet[..len]) else {
             continue;
         };
@@ -202,7 +275,7 @@ mod tests {
     #[test]
     fn program_jumps_land_on_accept_or_reject() {
         for ports in [&[80u16][..], &[80, 8080, 443]] {
-            let p = program(ports);
+            let p = program(ports, Loopback::Skip);
             let (accept, reject) = (p.len() - 2, p.len() - 1);
             for (i, insn) in p.iter().enumerate() {
                 if insn.code & 0x07 == JMP && insn.code != JMP | JA {
@@ -213,14 +286,18 @@ mod tests {
             }
             // Every port test jumps to accept when equal.
             for (i, _) in ports.iter().enumerate() {
-                let at = 15 + i;
+                let at = HEAD + i;
                 assert_eq!(at + 1 + usize::from(p[at].jt), accept);
             }
-            let last = 15 + ports.len() - 1;
+            let last = HEAD + ports.len() - 1;
             assert_eq!(last + 1 + usize::from(p[last].jf), reject);
-            assert_eq!(1 + 1 + usize::from(p[1].jf), reject);
-            assert_eq!(11 + 1 + p[11].k as usize, 15);
-            assert_eq!(4 + 1 + usize::from(p[4].jt), 12);
+            assert_eq!(1 + 1 + usize::from(p[1].jt), reject, "loopback");
+            assert_eq!(3 + 1 + usize::from(p[3].jf), reject, "not arriving");
+            assert_eq!(13 + 1 + p[13].k as usize, HEAD);
+            assert_eq!(5 + 1 + usize::from(p[5].jt), 7);
+            assert_eq!(6 + 1 + usize::from(p[6].jt), 14);
+            let with_loopback = program(ports, Loopback::Capture);
+            assert_eq!(with_loopback[1].jt, 0, "loopback goes on to the next test");
         }
     }
 }

@@ -98,7 +98,10 @@ pub struct Own {
 }
 
 impl Own {
-    fn connector(
+    /// A connector into this session for a connection from `peer` to the target's
+    /// `original`, to the session's `session_port`; `None` when the session carries no
+    /// address of `original`'s family.
+    pub fn connector(
         &self,
         peer: SocketAddr,
         original: SocketAddr,
