@@ -174,7 +174,10 @@ pub async fn start_agent_and_connect(
     tracing::info!("agent ready in {:?}", started.elapsed());
     on_step("connecting to the agent");
     match until_interrupted(transport::connect(&mut agent, identity, args.transport)).await {
-        Ok(tunnel) => Ok((agent, tunnel)),
+        Ok(tunnel) => {
+            agent.target_pod = Some(resolved.pod.clone());
+            Ok((agent, tunnel))
+        }
         Err(err) => {
             let reason = agent.last_error();
             agent.finish(Duration::ZERO).await;
