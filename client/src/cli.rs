@@ -210,9 +210,10 @@ impl Cli {
             .skip(1)
             .take_while(|arg| *arg != "--")
             .any(|arg| arg == "--json");
+        // Found while reading the command line: nothing started, exit 2 whatever the kind.
         let usage = |kind: crate::report::Kind, message: String| -> ! {
-            let code = crate::report::Failure::new(kind, message).print(json);
-            std::process::exit(i32::from(code))
+            crate::report::Failure::new(kind, message).print(json);
+            std::process::exit(2)
         };
         let argv = match crate::config_file::merge_into_command_line(Self::command(), argv) {
             Ok(argv) => argv,

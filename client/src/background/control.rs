@@ -42,9 +42,9 @@ pub fn connect(name: &str, op: Op) -> Result<UnixStream, Failure> {
         ),
     })?;
     let mut writer = &stream;
-    writer
-        .write_all(&protocol::encode(&Request::new(op)))
-        .map_err(|err| lost(name, err))?;
+    // A holder that refuses this user answers before reading and closes: the write may fail
+    // then, and the reply still waits to be read.
+    let _ = writer.write_all(&protocol::encode(&Request::new(op)));
     Ok(stream)
 }
 
@@ -63,7 +63,7 @@ pub fn recv(
 ) -> std::io::Result<Option<Reply>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     loop {
-        match decoder.next::<Reply>() {
+        match decoder.next_message::<Reply>() {
             Ok(Some(reply)) => return Ok(Some(reply)),
             Ok(None) => {}
             Err(err) => return Err(std::io::Error::other(err)),
@@ -240,7 +240,7 @@ pub fn down(name: &str) -> Result<u8, Failure> {
     let _ = reader.read_to_end(&mut rest);
     let mut decoder = FrameDecoder::default();
     decoder.push(&rest);
-    match decoder.next::<Reply>() {
+    match decoder.next_message::<Reply>() {
         Ok(Some(Reply::Refused { reason })) => Err(Failure::new(Kind::Permission, reason)),
         _ => Ok(0),
     }

@@ -599,8 +599,10 @@ async fn serve(mut stream: UnixStream, shared: Arc<Shared>, down: mpsc::Sender<U
         Ok(cred) => cred.uid(),
         Err(_) => return,
     };
-    if let Err(refusal) = protocol::authorize(peer, shared.owner) {
-        let _ = stream.write_all(&protocol::encode(&refusal)).await;
+    if let Err(reason) = protocol::authorize(peer, shared.owner) {
+        let _ = stream
+            .write_all(&protocol::encode(&Reply::Refused { reason }))
+            .await;
         return;
     }
     let mut decoder = FrameDecoder::default();
@@ -675,7 +677,7 @@ async fn read_message<T: for<'de> Deserialize<'de>>(
     decoder: &mut FrameDecoder,
 ) -> Option<T> {
     loop {
-        if let Ok(Some(message)) = decoder.next() {
+        if let Ok(Some(message)) = decoder.next_message() {
             return Some(message);
         }
         stream.readable().await.ok()?;
