@@ -497,10 +497,12 @@ fn every_error_class_has_its_json_kind() {
         "permission",
         1,
     );
-    let mut command = sessions.command(&["env", "--json", "--target", "pid/1"]);
+    // A target that exists here (pid 1 may not, in the test's PID namespace): this process.
+    let me = format!("pid/{}", std::process::id());
+    let mut command = sessions.command(&["env", "--json", "--target", &me]);
     command.env("MIRRORD_NET_AGENT", "/bin/false");
     assert_kind(&run(command), "agent-failed", 1);
-    let mut command = sessions.command(&["env", "--json", "--target", "pid/1"]);
+    let mut command = sessions.command(&["env", "--json", "--target", &me]);
     command.env("MIRRORD_NET_AGENT", sessions.dir.join("no-agent"));
     assert_kind(&run(command), "environment", 1);
 }
