@@ -276,6 +276,62 @@ impl Launcher {
         Ok(run(command, timeout, |_, _, _| Ok((Answer::default(), None)))?.wall)
     }
 
+    /// The wall times of `count` runs of `true` in a background session: one `mirrord-net up`
+    /// on the target, then `exec --session NAME -- true` each time, then `down`. Direct mode
+    /// runs `true` in the pod, as session start does.
+    pub fn background_exec(
+        &self,
+        mode: Mode,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Duration>> {
+        if !mode.is_mirrord_net() {
+            return (0..count).map(|_| self.start_true(mode, timeout)).collect();
+        }
+        let dir = std::env::temp_dir().join(format!("mnet-bench-bg-{}", std::process::id()));
+        let dir_text = dir.to_string_lossy().into_owned();
+        let name = "bench";
+        let packets = if mode == Mode::MirrordNet {
+            Packets::Tun
+        } else {
+            Packets::Quic
+        };
+        let target = format!("pid/{}", self.target_pid);
+        let up = Invocation::client(&[
+            "up",
+            "--name",
+            name,
+            "--target",
+            &target,
+            "--quiet",
+            "--as-root",
+        ])
+        .env("MIRRORD_NET_RUNTIME_DIR", &dir_text)
+        .packets(packets)
+        .command();
+        let down = || {
+            let command = Invocation::client(&["down", name])
+                .env("MIRRORD_NET_RUNTIME_DIR", &dir_text)
+                .command();
+            let _ = run(command, timeout, |_, _, _| Ok((Answer::default(), None)));
+            let _ = std::fs::remove_dir(&dir);
+        };
+        if let Err(err) = run(up, timeout, |_, _, _| Ok((Answer::default(), None))) {
+            down();
+            return Err(err.context("mirrord-net up"));
+        }
+        let walls = (0..count)
+            .map(|_| {
+                let command = Invocation::client(&["exec", "--session", name, "--", "true"])
+                    .env("MIRRORD_NET_RUNTIME_DIR", &dir_text)
+                    .command();
+                Ok(run(command, timeout, |_, _, _| Ok((Answer::default(), None)))?.wall)
+            })
+            .collect();
+        down();
+        walls
+    }
+
     /// (client, agent) resident memory in KiB. For mirrord-net the client is the
     /// `mirrord-net` process and the agent its `mirrord-net-agent` child; otherwise the
     /// client is the process started, and there is no agent.

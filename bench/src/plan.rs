@@ -1,7 +1,8 @@
 //! The workloads, their sizes (full and smoke), the metrics each yields, and the targets the
 //! table checks.
 //!
-//! A workload is one client job (or, for session start, a series of `true` starts); a metric
+//! A workload is one client job (or, for session start and background exec, a series of
+//! `true` starts); a metric
 //! is one row of the table (a file job's two passes are two rows). Targets compare the
 //! mirrord-net column with the direct one (a ratio), with an absolute bound, or with another
 //! row of the same column (8 flows against one flow). Targets are reported, never enforced:
@@ -25,6 +26,7 @@ pub enum Workload {
     BulkDownload8,
     Udp,
     SessionStart,
+    BackgroundExec,
     ChildProcesses,
     IdleFlows,
     FileRead,
@@ -44,6 +46,7 @@ pub const WORKLOADS: &[Workload] = &[
     Workload::BulkDownload8,
     Workload::Udp,
     Workload::SessionStart,
+    Workload::BackgroundExec,
     Workload::ChildProcesses,
     Workload::IdleFlows,
     Workload::FileRead,
@@ -150,6 +153,7 @@ impl Workload {
             Workload::BulkDownload8 => "bulk download x8",
             Workload::Udp => "udp request/response",
             Workload::SessionStart => "session start",
+            Workload::BackgroundExec => "background exec",
             Workload::ChildProcesses => "child processes",
             Workload::IdleFlows => "idle flows",
             Workload::FileRead => "files read",
@@ -176,7 +180,11 @@ impl Workload {
     pub fn runs_under_wrapper(self) -> bool {
         !matches!(
             self,
-            Workload::IdleFlows | Workload::FileRead | Workload::FileStat | Workload::Udp
+            Workload::IdleFlows
+                | Workload::FileRead
+                | Workload::FileStat
+                | Workload::Udp
+                | Workload::BackgroundExec
         ) && !self.is_incoming()
     }
 
@@ -256,7 +264,7 @@ impl Workload {
                 count: sizes.udp,
                 warmup: sizes.warmup,
             },
-            Workload::SessionStart => return None,
+            Workload::SessionStart | Workload::BackgroundExec => return None,
             Workload::ChildProcesses => Job::SpawnChildren {
                 count: sizes.child_processes,
             },
@@ -406,6 +414,14 @@ pub const METRICS: &[Metric] = &[
         "ms",
         Workload::SessionStart,
         Some(Target::AtMost { value: 30.0 }),
+    ),
+    // A command in a session that `mirrord-net up` holds: no agent start, no namespaces made
+    // (`exec --session NAME -- true`; direct: `true` in the pod, as for session start).
+    metric(
+        "exec --session (`true`), median",
+        "ms",
+        Workload::BackgroundExec,
+        Some(Target::AtMost { value: 5.0 }),
     ),
     // A preload design pays its start-up again in every process it enters; mirrord-net's
     // namespaces cost a child nothing. 1.2×: the run-to-run spread of this row here.

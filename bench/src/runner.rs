@@ -171,6 +171,17 @@ fn measure(
     if workload.is_incoming() {
         return measure_incoming(launcher, sizes, workload, mode);
     }
+    if workload == Workload::BackgroundExec {
+        let walls: Vec<f64> = launcher
+            .background_exec(mode, sizes.session_starts * 2, START_TIMEOUT)?
+            .into_iter()
+            .map(|wall| wall.as_secs_f64() * 1000.0)
+            .collect();
+        let only = metrics_of(workload)
+            .next()
+            .expect("a background exec metric");
+        return Ok(vec![(only, median(&walls))]);
+    }
     let Some(job) = workload.job(sizes, &launcher.pod_dir) else {
         let mut walls = Vec::with_capacity(sizes.session_starts);
         for _ in 0..sizes.session_starts {

@@ -91,6 +91,11 @@ impl LocalAgent {
         }
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The agent's last words on stderr, for error messages.
     pub fn last_error(&self) -> Option<String> {
         last_line(&self.stderr_tail)

@@ -51,6 +51,9 @@ pub enum Command {
         /// How to print it: dotenv (reads back with --env-file or `set -a; . FILE`) or json.
         #[arg(long, value_enum, default_value_t = EnvFormat::Dotenv)]
         format: EnvFormat,
+        /// The same as --format json, and errors as JSON on stderr.
+        #[arg(long)]
+        json: bool,
     },
     /// List the Kubernetes targets of a namespace: running pods (with their containers) and
     /// workloads, as --target takes them.
@@ -83,6 +86,33 @@ pub enum Command {
         #[arg(long, short = 'v', action = clap::ArgAction::Count)]
         verbose: u8,
     },
+    /// Start a background session on the target and return once it is ready; `exec
+    /// --session NAME` and `shell --session NAME` run in it at once, `down NAME` ends it.
+    Up {
+        /// The session's name (letters, digits, `.`, `_`, `-`; at most 64).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Print the session as JSON on stdout, and errors as JSON on stderr.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// List your background sessions: name, target, pod, agent, addresses, start, commands
+    /// running, state.
+    Ps {
+        /// Print JSON: {"sessions": [{"name": …, "target": …, …}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a background session and every command still running in it.
+    Down {
+        /// The session's name.
+        name: String,
+        /// Errors as JSON on stderr.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway local "pod" and run a command in a session on it (default: a probe
     /// that prints what the session sees); the pod is removed afterwards.
     Demo {
@@ -114,8 +144,17 @@ pub struct SessionArgs {
     pub config: Option<PathBuf>,
     /// What to impersonate: pod/NAME, deploy/NAME, statefulset/NAME, daemonset/NAME,
     /// job/NAME, replicaset/NAME (Kubernetes), or pid/PID (a process on this machine).
-    #[arg(long, short = 't', value_name = "KIND/NAME")]
-    pub target: Target,
+    #[arg(
+        long,
+        short = 't',
+        value_name = "KIND/NAME",
+        required_unless_present = "session"
+    )]
+    pub target: Option<Target>,
+    /// exec, shell: run in the background session NAME (`mirrord-net up`) instead of
+    /// starting one: no agent start, its namespaces joined at once.
+    #[arg(long, value_name = "NAME", conflicts_with = "target")]
+    pub session: Option<String>,
     /// Run the command as root instead of the user who invoked sudo.
     #[arg(long)]
     pub as_root: bool,
@@ -156,6 +195,20 @@ pub struct SessionArgs {
     pub reconnect: ReconnectArgs,
 }
 
+impl SessionArgs {
+    /// The target. Only `exec --session`/`shell --session` come without one, and they never
+    /// start a session of their own.
+    ///
+    /// # Panics
+    ///
+    /// Without `--target`, which the command line requires unless `--session` is given.
+    pub fn target(&self) -> &Target {
+        self.target
+            .as_ref()
+            .expect("the command line requires --target without --session")
+    }
+}
+
 impl Cli {
     /// Parses the process's command line, with the flags of a `-f/--config` file merged in
     /// (see [`config_file`](crate::config_file)); a usage error or a bad file ends the process
@@ -163,30 +216,85 @@ impl Cli {
     pub fn parse_with_config() -> Self {
         use clap::CommandFactory;
         let argv: Vec<OsString> = std::env::args_os().collect();
+        // `--json` anywhere before `--`: usage errors too are one JSON object.
+        let json = argv
+            .iter()
+            .skip(1)
+            .take_while(|arg| *arg != "--")
+            .any(|arg| arg == "--json");
+        // Found while reading the command line: nothing started, exit 2 whatever the kind.
+        let usage = |kind: crate::report::Kind, message: String| -> ! {
+            crate::report::Failure::new(kind, message).print(json);
+            std::process::exit(2)
+        };
         let argv = match crate::config_file::merge_into_command_line(Self::command(), argv) {
             Ok(argv) => argv,
+            Err(crate::config_file::MergeError::Usage(err)) if json && err.use_stderr() => {
+                usage(crate::report::Kind::Usage, first_line(&err))
+            }
             Err(crate::config_file::MergeError::Usage(err)) => err.exit(),
             Err(crate::config_file::MergeError::Config(err)) => {
-                eprintln!("mirrord-net: {err}");
-                std::process::exit(2);
+                usage(crate::report::Kind::BadConfig, err.to_string())
             }
         };
-        Self::parse_from(argv)
+        match Self::try_parse_from(argv) {
+            Ok(cli) => cli,
+            Err(err) if json && err.use_stderr() => {
+                usage(crate::report::Kind::Usage, first_line(&err))
+            }
+            Err(err) => err.exit(),
+        }
+    }
+}
+
+/// clap's message without its "error: " prefix and usage lines.
+fn first_line(err: &clap::Error) -> String {
+    let text = err.kind().to_string();
+    let rendered = err.to_string();
+    let line = rendered
+        .lines()
+        .next()
+        .unwrap_or(&text)
+        .trim_start_matches("error: ")
+        .to_owned();
+    if line.is_empty() {
+        text
+    } else {
+        line
     }
 }
 
 impl Command {
+    /// Whether errors are to be JSON (`--json`).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Ls { json, .. }
+            | Command::Up { json, .. }
+            | Command::Ps { json }
+            | Command::Down { json, .. } => *json,
+            Command::Env { json, .. } => *json,
+            _ => false,
+        }
+    }
+
     /// The -v count of any subcommand.
     pub fn verbose(&self) -> u8 {
         match self {
             Command::Exec { session, .. }
             | Command::Shell { session }
             | Command::Env { session, .. } => session.verbose,
+            Command::Up { session, .. } => session.verbose,
             Command::Demo { verbose, .. }
             | Command::Ls { verbose, .. }
             | Command::Doctor { verbose, .. }
             | Command::Clean { verbose, .. } => *verbose,
             Command::Completions { .. } | Command::Man => 0,
+    },
+            | Command::Doctor { verbose, .. } => *verbose,
+            Command::Completions { .. }
+            | Command::Man
+            | Command::Ps { .. }
+            | Command::Down { .. } => 0,
         }
     }
 }
@@ -212,7 +320,7 @@ mod tests {
         let Command::Exec { session, command } = cli.command else {
             panic!("not exec")
         };
-        assert_eq!(session.target, Target::Pid(7));
+        assert_eq!(session.target(), &Target::Pid(7));
         assert_eq!(command, ["curl", "-v", "--target", "x"]);
     }
 
@@ -247,7 +355,7 @@ mod tests {
         let Command::Exec { session, .. } = cli.command else {
             panic!("not exec")
         };
-        assert_eq!(session.target.to_string(), "deploy/web");
+        assert_eq!(session.target().to_string(), "deploy/web");
         let kube = session.kube;
         assert_eq!(kube.cluster.namespace.as_deref(), Some("team"));
         assert_eq!(kube.cluster.context.as_deref(), Some("prod"));

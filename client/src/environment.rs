@@ -113,8 +113,8 @@ fn to_os(vars: &[Var]) -> Vec<(OsString, OsString)> {
 /// `mirrord-net env`: starts the agent and connects as a session does, prints the
 /// environment the session's command would get, and exits. No namespaces, no TUN.
 pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, RunError> {
-    run::check_root_for_agent(&args.target)?;
-    let privileges = run::session_privileges(&args.target, args.as_root)?;
+    run::check_root_for_agent(args.target())?;
+    let privileges = run::session_privileges(args.target(), args.as_root)?;
     let (agent, tunnel) = run::start_agent_and_connect(args).await?;
     let env = CommandEnv::for_target(&args.env, &tunnel.target.environ);
     agent.end_session(tunnel, Duration::from_secs(2)).await;

@@ -17,10 +17,13 @@
 //!   the heartbeat);
 //! - [`run`]: one session from start to exit code;
 //! - [`environment`]: the command's environment (flags, composition) and `mirrord-net env`;
-//! - [`progress`]: the one status line shown while a session starts.
+//! - [`progress`]: the one status line shown while a session starts;
+//! - [`background`]: background sessions (`up`, `exec --session`, `ps`, `down`);
+//! - [`report`]: error kinds, and errors as JSON for `--json`.
 
 pub mod agent;
 pub mod agent_handle;
+pub mod background;
 pub mod cli;
 pub mod client_process;
 pub mod config_file;
@@ -32,7 +35,27 @@ pub mod incoming;
 pub mod kubernetes;
 pub mod manual;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod session;
 pub mod target;
 pub mod tunnel;
+
+/// Logs on stderr at the -v level (or as `RUST_LOG` says).
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        // A send the network refuses (a cut, a lost route) is quinn_udp's warning on every
+        // retry; the session says itself whether it lost the agent (one line), so without
+        // -v those stay quiet.
+        0 => "warn,quinn_udp=error",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
+use mirrord_net::background::{self, control, join};
 use mirrord_net::cli::{Cli, Command};
+use mirrord_net::report::{classify, Failure};
 use mirrord_net::{demo, environment, manual, run};
 
 fn main() -> ExitCode {
@@ -12,9 +14,38 @@ fn main() -> ExitCode {
         Some(arg) if arg == "__session" => mirrord_net::session::child_main(),
         Some(arg) if arg == demo::POD_ARG => demo::pod_main(),
         Some(arg) if arg == demo::PROBE_ARG => demo::probe_main(),
+        Some(arg) if arg == background::KEEP_ARG => background::keep_main(),
         _ => {}
     }
     let cli = Cli::parse_with_config();
+    // Background sessions' commands run before any thread exists: `up` forks its holder,
+    // `exec --session` enters namespaces (`setns` wants a single-threaded caller).
+    let cli = match cli.command {
+        Command::Up {
+            session,
+            name,
+            json,
+        } => return ExitCode::from(background::up(session, name, json)),
+        Command::Ps { json } => return finish(control::ps(json), json),
+        Command::Down { name, json } => return finish(control::down(&name), json),
+        Command::Exec {
+            session:
+                mirrord_net::cli::SessionArgs {
+                    session: Some(name),
+                    ..
+                },
+            command,
+        } => return finish_code(join::run(&name, command)),
+        Command::Shell {
+            session:
+                mirrord_net::cli::SessionArgs {
+                    session: Some(name),
+                    ..
+                },
+        } => return finish_code(join::run(&name, run::shell_command())),
+        command => Cli { command },
+    };
+    let json = cli.command.json();
     match &cli.command {
         Command::Completions { .. } | Command::Man => {
             let mut out = std::io::stdout().lock();
@@ -35,7 +66,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     mirrord_net_protocol::transport::tune_heap_for_packets();
-    init_logging(cli.command.verbose());
+    mirrord_net::init_logging(cli.command.verbose());
 
     // Children (the agent, the session) are spawned from this thread, inside `block_on`: their
     // parent-death signal is tied to the spawning thread, and this one lives to the end.
@@ -59,9 +90,28 @@ fn main() -> ExitCode {
             Command::Shell { session } => run::run_session(&session, run::shell_command())
                 .await
                 .map_err(anyhow::Error::from),
-            Command::Env { session, format } => environment::print_env(&session, format)
-                .await
-                .map_err(anyhow::Error::from),
+            Command::Env {
+                session,
+                format,
+                json,
+            } => {
+                let format = if json {
+                    environment::EnvFormat::Json
+                } else {
+                    format
+                };
+                if session.session.is_some() {
+                    Err(Failure::new(
+                        mirrord_net::report::Kind::Usage,
+                        "--session is for exec and shell",
+                    )
+                    .into())
+                } else {
+                    environment::print_env(&session, format)
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+            }
             Command::Ls { cluster, json, .. } => mirrord_net::kubernetes::ls::run(&cluster, json)
                 .await
                 .map_err(anyhow::Error::from),
@@ -75,32 +125,34 @@ fn main() -> ExitCode {
                     .await
                     .map_err(anyhow::Error::from)
             }
-            Command::Completions { .. } | Command::Man => Ok(0),
+            Command::Completions { .. }
+            | Command::Man
+            | Command::Up { .. }
+            | Command::Ps { .. }
+            | Command::Down { .. } => Ok(0),
         }
     });
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
         Err(err) => {
-            eprintln!("mirrord-net: {err}");
-            ExitCode::FAILURE
+            let failure = Failure::new(classify(&err), err.to_string());
+            ExitCode::from(failure.print(json))
         }
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        // A send the network refuses (a cut, a lost route) is quinn_udp's warning on every
-        // retry; the session says itself whether it lost the agent (one line), so without
-        // -v those stay quiet.
-        0 => "warn,quinn_udp=error",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// The exit of a command that prints its own output.
+fn finish(result: Result<u8, Failure>, json: bool) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => ExitCode::from(failure.print(json)),
+    }
+}
+
+/// The exit of a command in a background session: its own code, or the failure's.
+fn finish_code(result: Result<i32, Failure>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+        Err(failure) => ExitCode::from(failure.print(false)),
+    }
 }

@@ -101,6 +101,40 @@ async fn run_connected(
     agent: &mut SessionAgent,
     tunnel: &mut Tunnel,
 ) -> Result<i32, RunError> {
+    let mut running = start_connected(args, command, privileges, incoming, agent, tunnel).await?;
+    let outcome = match supervise(&mut running.session, &mut running.pump_task).await {
+        Err(RunError::AgentLost(pump::PumpError::Connection(quinn::ConnectionError::TimedOut))) => {
+            Err(RunError::AgentSilent(tunnel::liveness::lost_line(
+                args.reconnect.window(),
+            )))
+        }
+        outcome => outcome,
+    };
+    running.pump_task.abort();
+    tracing::info!("packets: {}", running.stats.summary());
+    outcome
+}
+
+/// A started session: its namespaces and command, and the task that carries its packets (or
+/// watches the connection, when the agent serves the TUN itself); the pump task ends when
+/// the agent is lost.
+pub(crate) struct Running {
+    pub session: Session,
+    pub pump_task: tokio::task::JoinHandle<Result<(), pump::PumpError>>,
+    _incoming: Option<AbortOnDrop>,
+    stats: Arc<pump::PumpStats>,
+}
+
+/// Starts the session's namespaces and `command` on a connected agent (the part of a session
+/// a background session's holder shares, see [`crate::background`]).
+pub(crate) async fn start_connected(
+    args: &SessionArgs,
+    command: Vec<OsString>,
+    privileges: SessionPrivileges,
+    incoming: Option<mirrord_net_protocol::messages::IncomingConfig>,
+    agent: &mut SessionAgent,
+    tunnel: &mut Tunnel,
+) -> Result<Running, RunError> {
     let mut progress = Progress::new(args.quiet);
 
     progress.step("creating the session");
@@ -165,7 +199,7 @@ async fn run_connected(
     };
 
     let stats = Arc::new(pump::PumpStats::default());
-    let mut pump_task = match agent {
+    let pump_task = match agent {
         SessionAgent::Local(local) if local.takes_tun() => {
             // One relay: the agent's stack serves the TUN itself. This process keeps no
             // descriptor of it (so its packets never wake us) and only watches the connection,
@@ -188,17 +222,12 @@ async fn run_connected(
         )),
     };
 
-    let outcome = match supervise(&mut session, &mut pump_task).await {
-        Err(RunError::AgentLost(pump::PumpError::Connection(quinn::ConnectionError::TimedOut))) => {
-            Err(RunError::AgentSilent(tunnel::liveness::lost_line(
-                args.reconnect.window(),
-            )))
-        }
-        outcome => outcome,
-    };
-    pump_task.abort();
-    tracing::info!("packets: {}", stats.summary());
-    outcome
+    Ok(Running {
+        session,
+        pump_task,
+        _incoming,
+        stats,
+    })
 }
 
 /// Aborts its task when dropped.
@@ -215,8 +244,8 @@ impl Drop for AbortOnDrop {
 pub(crate) async fn start_agent_and_connect(
     args: &SessionArgs,
 ) -> Result<(SessionAgent, Tunnel), RunError> {
-    args.target.check_exists()?;
-    let pid = match &args.target {
+    args.target().check_exists()?;
+    let pid = match args.target() {
         Target::Pid(pid) => *pid,
         Target::Kubernetes(target) => {
             let mut progress = Progress::new(args.quiet);
@@ -239,7 +268,7 @@ pub(crate) async fn start_agent_and_connect(
     };
 
     let mut progress = Progress::new(args.quiet);
-    progress.step(&format!("starting the agent for {}", args.target));
+    progress.step(&format!("starting the agent for {}", args.target()));
     let identity = SessionIdentity::generate()?;
     let packets = local_packets();
     let listen = local_agent_listen();
@@ -463,8 +492,8 @@ async fn supervise(
 }
 
 /// Checks what the session needs before anything is started, and chooses its privileges.
-fn preflight(args: &SessionArgs) -> Result<SessionPrivileges, RunError> {
-    let privileges = session_privileges(&args.target, args.as_root)?;
+pub(crate) fn preflight(args: &SessionArgs) -> Result<SessionPrivileges, RunError> {
+    let privileges = session_privileges(args.target(), args.as_root)?;
     if !Path::new(TUN).exists() {
         return Err(RunError::NoTunDevice);
     }

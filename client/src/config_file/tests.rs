@@ -76,7 +76,7 @@ fn own_keys_become_the_flags_of_the_same_name() {
     let Command::Exec { session, command } = cli.command else {
         panic!("not exec")
     };
-    assert_eq!(session.target, Target::Pid(7));
+    assert_eq!(session.target(), &Target::Pid(7));
     assert!(session.as_root);
     assert!(!session.quiet);
     assert_eq!(session.env.include.len(), 2);
@@ -106,7 +106,7 @@ fn flags_on_the_command_line_win_over_the_file() {
     let Command::Shell { session } = cli.command else {
         panic!("not shell")
     };
-    assert_eq!(session.target, Target::Pid(9));
+    assert_eq!(session.target(), &Target::Pid(9));
     // Not on the command line: from the file.
     assert_eq!(session.fs_mode, FsMode::Write);
     // A list the command line gives is the command line's alone.
@@ -172,7 +172,7 @@ fn a_toml_file_reads_like_json() {
     let Command::Exec { session, .. } = cli.command else {
         panic!("not exec")
     };
-    assert_eq!(session.target, Target::Pid(7));
+    assert_eq!(session.target(), &Target::Pid(7));
     assert_eq!(session.fs_mode, FsMode::Off);
     assert_eq!(session.env.exclude.len(), 1);
 }
@@ -364,7 +364,7 @@ fn a_mirrord_file_runs_through_clap() {
     let Command::Exec { session, .. } = cli.command else {
         panic!("not exec")
     };
-    assert_eq!(session.target.to_string(), "pod/api");
+    assert_eq!(session.target().to_string(), "pod/api");
     assert_eq!(session.kube.container.as_deref(), Some("app"));
     assert_eq!(session.kube.cluster.namespace.as_deref(), Some("team"));
     assert_eq!(session.kube.agent_namespace.as_deref(), Some("agents"));

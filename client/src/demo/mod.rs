@@ -127,7 +127,8 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
 
     let args = SessionArgs {
         config: None,
-        target,
+        target: Some(target),
+        session: None,
         as_root: true,
         verbose,
         quiet: false,

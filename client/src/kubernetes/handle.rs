@@ -30,6 +30,8 @@ pub struct KubeAgent {
     cleanup: Cleanup,
     /// Set once the agent is ready.
     pub container: Option<AgentContainer>,
+    /// The target's pod, once resolved (for `ps`).
+    pub target_pod: Option<String>,
     pub pod_ip: Option<IpAddr>,
     pub ready: Option<AgentReady>,
     log_tail: Option<LogTail>,
@@ -44,6 +46,7 @@ impl KubeAgent {
             client,
             cleanup,
             container: None,
+            target_pod: None,
             pod_ip: None,
             ready: None,
             log_tail: None,

@@ -217,7 +217,10 @@ pub async fn start_agent_and_connect(
     ))
     .await
     {
-        Ok(tunnel) => Ok((agent, tunnel)),
+        Ok(tunnel) => {
+            agent.target_pod = Some(resolved.pod.clone());
+            Ok((agent, tunnel))
+        }
         Err(err) => {
             let reason = agent.last_error();
             agent.finish(Duration::ZERO).await;

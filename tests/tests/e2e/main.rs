@@ -30,6 +30,7 @@ macro_rules! on_both_packet_paths {
     };
 }
 
+mod background;
 mod clients;
 mod concurrency;
 mod demo;
