@@ -288,9 +288,6 @@ impl Command {
             | Command::Ls { verbose, .. }
             | Command::Doctor { verbose, .. }
             | Command::Clean { verbose, .. } => *verbose,
-            Command::Completions { .. } | Command::Man => 0,
-    },
-            | Command::Doctor { verbose, .. } => *verbose,
             Command::Completions { .. }
             | Command::Man
             | Command::Ps { .. }
