@@ -129,7 +129,7 @@ fn run_kind(err: &RunError) -> Kind {
         RunError::Kubernetes(err) => kube_kind(err),
         RunError::Tunnel(_) | RunError::Trust(_) => Kind::Connection,
         RunError::Incoming(_) => Kind::BadConfig,
-        RunError::AgentLost(_) => Kind::AgentLost,
+        RunError::AgentLost(_) | RunError::AgentSilent(_) => Kind::AgentLost,
         RunError::Session(_)
         | RunError::UserLookup(_)
         | RunError::Output(_)

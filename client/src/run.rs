@@ -254,10 +254,12 @@ pub(crate) async fn start_agent_and_connect(
                 &args.kube,
                 target,
                 &identity,
-                args.fs_mode,
-                args.incoming.agent_arg(),
-                agent_log_filter(args.verbose),
-                args.reconnect.window(),
+                kubernetes::SessionWants {
+                    fs_mode: args.fs_mode,
+                    incoming: args.incoming.agent_arg(),
+                    log_filter: agent_log_filter(args.verbose),
+                    reconnect_window: args.reconnect.window(),
+                },
                 &mut |step| progress.step(step),
             )
             .await?;

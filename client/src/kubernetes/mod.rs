@@ -138,18 +138,32 @@ pub struct AgentSettings {
     pub client_process: Option<String>,
 }
 
+/// What the session asks of its agent beyond the Kubernetes flags.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionWants {
+    pub fs_mode: FsMode,
+    /// The agent's `--incoming` (see `IncomingArgs::agent_arg`).
+    pub incoming: &'static str,
+    pub log_filter: Option<&'static str>,
+    /// How long the connection waits for a lost agent (see `tunnel::liveness`).
+    pub reconnect_window: Duration,
+}
+
 /// Resolves `target`, starts its agent and connects to it. On failure nothing is left in the
 /// cluster; on success the returned [`KubeAgent`] owns what was created.
 pub async fn start_agent_and_connect(
     args: &KubeArgs,
     target: &KubeTarget,
     identity: &SessionIdentity,
-    fs_mode: FsMode,
-    incoming: &'static str,
-    log_filter: Option<&'static str>,
-    reconnect_window: Duration,
+    wants: SessionWants,
     on_step: &mut dyn FnMut(&str),
 ) -> Result<(KubeAgent, Tunnel), KubeError> {
+    let SessionWants {
+        fs_mode,
+        incoming,
+        log_filter,
+        reconnect_window,
+    } = wants;
     let cluster = config::connect(&args.cluster).await?;
     on_step(&format!("looking up {target}"));
     let resolved = target::resolve(
