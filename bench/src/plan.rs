@@ -563,12 +563,15 @@ mod tests {
             skipped,
             vec![
                 Workload::Udp,
+                // A background session is mirrord-net's own.
+                Workload::BackgroundExec,
                 Workload::IdleFlows,
                 Workload::FileRead,
                 Workload::FileStat,
-                // A preload tool cannot steal the target's incoming traffic.
+                // A preload tool can neither steal nor mirror the target's incoming traffic.
                 Workload::IncomingUnmatched,
                 Workload::IncomingStolen,
+                Workload::IncomingMirrored,
             ]
         );
     }

@@ -730,7 +730,8 @@ pub fn merge_into_command_line(
     let command = command
         .mut_subcommand("exec", optional_target)
         .mut_subcommand("shell", optional_target)
-        .mut_subcommand("env", optional_target);
+        .mut_subcommand("env", optional_target)
+        .mut_subcommand("up", optional_target);
     let matches = command
         .clone()
         .try_get_matches_from(argv.clone())
@@ -797,7 +798,11 @@ pub fn merge_into_command_line(
 }
 
 fn optional_target(command: clap::Command) -> clap::Command {
-    command.mut_arg("target", |arg| arg.required(false))
+    // `--target` is required unless `--session` is given: both rules go for this pass.
+    command.mut_arg("target", |arg| {
+        arg.required(false)
+            .required_unless_present(clap::builder::Resettable::<clap::Id>::Reset)
+    })
 }
 
 /// Why a command line with a configuration file cannot be parsed.

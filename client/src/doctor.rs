@@ -535,6 +535,7 @@ mod tests {
                 "list replicasets.apps",
                 "create jobs.batch",
                 "delete jobs.batch",
+                "patch jobs.batch",
                 "get pods/log",
                 "create pods/portforward",
             ]
