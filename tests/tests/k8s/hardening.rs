@@ -39,7 +39,7 @@ fn the_agent_job_asks_for_capabilities_and_resources_not_privilege() {
         "session did not start:\n{}",
         running.stderr_so_far()
     );
-    let job = format!("job/{}", jobs(&ns).remove(0));
+    let job = jobs(&ns).remove(0);
     let container = |path: &str| {
         ns.field(
             &format!("job/{job}"),
