@@ -8,6 +8,7 @@ use crate::environment::{EnvArgs, EnvFormat};
 use crate::files::FsMode;
 use crate::incoming::IncomingArgs;
 use crate::kubernetes::{ClusterArgs, KubeArgs};
+use crate::outgoing::OutgoingArgs;
 use crate::target::Target;
 use crate::tunnel::ReconnectArgs;
 use std::path::PathBuf;
@@ -187,6 +188,8 @@ pub struct SessionArgs {
     /// reach the target's loopback, except ports a program of the session listens on.
     #[arg(long)]
     pub no_target_localhost: bool,
+    #[command(flatten)]
+    pub outgoing: OutgoingArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]

@@ -522,7 +522,67 @@ mod mirrord {
         for (key, value) in network {
             match key.as_str() {
                 "incoming" => incoming(value, out)?,
+                "outgoing" => outgoing(value, out)?,
                 _ => unsupported(out, &format!("feature.network.{key}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// `feature.network.outgoing`: its `filter.local` / `filter.remote` lists are the
+    /// `--local` / `--remote` entries, in the same syntax. Turning TCP or UDP off is not
+    /// something mirrord-net does (a warning).
+    fn outgoing(value: &Value, out: &mut Translation) -> Result<(), String> {
+        let map = match value {
+            Value::Object(map) => map,
+            Value::Bool(true) => return Ok(()),
+            other => {
+                return Err(format!(
+                    "feature.network.outgoing: expected an object, found {other}"
+                ))
+            }
+        };
+        for (key, value) in map {
+            let name = format!("feature.network.outgoing.{key}");
+            match key.as_str() {
+                "filter" => {
+                    let filter = value.as_object().ok_or_else(|| {
+                        format!(
+                            "{name}: expected an object with `local` or `remote`, found {value}"
+                        )
+                    })?;
+                    for (which, list) in filter {
+                        let flag = match which.as_str() {
+                            "local" => "local",
+                            "remote" => "remote",
+                            _ => {
+                                unsupported(out, &format!("{name}.{which}"));
+                                continue;
+                            }
+                        };
+                        let entries = match list {
+                            Value::String(entry) => vec![entry.clone()],
+                            Value::Array(items) => items
+                                .iter()
+                                .map(|item| {
+                                    item.as_str().map(str::to_owned).ok_or_else(|| {
+                                        format!("{name}.{which}: {item} is not a string")
+                                    })
+                                })
+                                .collect::<Result<_, _>>()?,
+                            other => {
+                                return Err(format!(
+                                    "{name}.{which}: expected a list of destinations, found {other}"
+                                ))
+                            }
+                        };
+                        if !entries.is_empty() {
+                            out.settings.push(Setting::values(flag, entries));
+                        }
+                    }
+                }
+                "tcp" | "udp" if value == &Value::Bool(true) => {}
+                _ => unsupported(out, &name),
             }
         }
         Ok(())

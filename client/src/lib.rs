@@ -34,6 +34,7 @@ pub mod files;
 pub mod incoming;
 pub mod kubernetes;
 pub mod manual;
+pub mod outgoing;
 pub mod progress;
 pub mod report;
 pub mod run;

@@ -128,7 +128,7 @@ fn run_kind(err: &RunError) -> Kind {
         RunError::Agent(_) => Kind::AgentFailed,
         RunError::Kubernetes(err) => kube_kind(err),
         RunError::Tunnel(_) | RunError::Trust(_) => Kind::Connection,
-        RunError::Incoming(_) => Kind::BadConfig,
+        RunError::Incoming(_) | RunError::Outgoing(_) => Kind::BadConfig,
         RunError::AgentLost(_) | RunError::AgentSilent(_) => Kind::AgentLost,
         RunError::Session(_)
         | RunError::UserLookup(_)

@@ -11,6 +11,7 @@
 //! namespace) where the target allows it, after checks that name what the machine forbids
 //! before anything is started.
 
+use crate::outgoing::OutgoingError;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -68,6 +69,8 @@ pub enum RunError {
     Trust(#[from] TrustError),
     #[error("{0}")]
     Incoming(#[from] incoming::IncomingError),
+    #[error("{0}")]
+    Outgoing(#[from] OutgoingError),
     #[error("{0}; the session was stopped")]
     AgentLost(pump::PumpError),
     /// The agent stayed silent through the reconnect window (`liveness::lost_line`).
@@ -179,6 +182,7 @@ pub(crate) async fn start_connected(
         tun_offload,
         tun_segmentation: !tun_offload && framing == pump::Framing::Segmented,
         target_localhost: !args.no_target_localhost,
+        outgoing: args.outgoing.rules()?,
         ..session::SessionOptions::default()
     };
     let mut session = Session::start_with_files(spec, options, files).await?;

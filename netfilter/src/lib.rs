@@ -25,9 +25,14 @@
 //! attributes carry `NLA_F_NESTED`. A batch is `NFNL_MSG_BATCH_BEGIN`, the messages,
 //! `NFNL_MSG_BATCH_END`; every inner message asks for an acknowledgement (`NLM_F_ACK`), so
 //! [`Socket::talk`] knows when the kernel applied (or refused) all of it.
+//!
+//! [`conntrack`] asks the same kind of socket where a redirected datagram was going (the
+//! session's outgoing filter).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+pub mod conntrack;
 
 // netlink
 pub const NLMSG_ERROR: u16 = 2;

@@ -203,7 +203,7 @@ fn unknown_and_unsupported_keys_are_one_warning_each() {
         "target": "pid/7",
         "colour": "blue",
         "telemetry": false,
-        "feature": {"network": {"outgoing": {"filter": {"local": ["10.0.0.0/8"]}}}, "copy_target": true},
+        "feature": {"network": {"dns": {"filter": {"local": ["x"]}}}, "copy_target": true},
     });
     let translation = translate(&document, &exec_flags).unwrap();
     assert_eq!(translation.settings, [setting("target", &["pid/7"])]);
@@ -219,7 +219,7 @@ fn unknown_and_unsupported_keys_are_one_warning_each() {
         "{warnings:?}"
     );
     assert!(
-        warnings[2].starts_with("feature.network.outgoing: "),
+        warnings[2].starts_with("feature.network.dns: "),
         "{warnings:?}"
     );
     assert!(warnings[3].starts_with("telemetry: "), "{warnings:?}");
@@ -389,4 +389,55 @@ fn the_reconnect_window_comes_from_the_file_or_the_flag() {
     let bad = ConfigFile::new("json", r#"{"target": "pid/7", "reconnect_window": 9999}"#);
     let err = parse(&["exec", "-f", bad.0.to_str().unwrap(), "--", "true"]).unwrap_err();
     assert!(err.contains("from 0 to 600"), "{err}");
+}
+
+#[test]
+fn mirrords_outgoing_filter_becomes_local_or_remote() {
+    let translation = translate(
+        &json!({"feature": {"network": {"outgoing": {
+            "tcp": true,
+            "filter": {"local": ["127.0.0.1:5432", "udp://:53"]},
+        }}}}),
+        &exec_flags,
+    )
+    .unwrap();
+    assert_eq!(
+        translation.settings,
+        [setting("local", &["127.0.0.1:5432", "udp://:53"])]
+    );
+    assert!(
+        translation.warnings.is_empty(),
+        "{:?}",
+        translation.warnings
+    );
+    let translation = translate(
+        &json!({"feature": {"network": {"outgoing": {"udp": false, "filter": {"remote": "10.0.0.0/8"}}}}}),
+        &exec_flags,
+    )
+    .unwrap();
+    assert_eq!(translation.settings, [setting("remote", &["10.0.0.0/8"])]);
+    assert_eq!(translation.warnings.len(), 1, "{:?}", translation.warnings);
+    assert!(translate(
+        &json!({"feature": {"network": {"outgoing": {"filter": {"local": [5]}}}}}),
+        &exec_flags,
+    )
+    .unwrap_err()
+    .contains("feature.network.outgoing.filter.local"));
+
+    // Through clap: the entries are checked as the flags' are.
+    let file = ConfigFile::new(
+        "json",
+        r#"{"target": "pod/api", "feature": {"network": {"outgoing": {"filter": {"local": ["db:5432"]}}}}}"#,
+    );
+    let cli = parse(&["exec", "-f", file.0.to_str().unwrap(), "--", "true"]).unwrap();
+    let Command::Exec { session, .. } = cli.command else {
+        panic!("not exec")
+    };
+    assert_eq!(session.outgoing.local.len(), 1);
+    let bad = ConfigFile::new(
+        "json",
+        r#"{"target": "pod/api", "feature": {"network": {"outgoing": {"filter": {"local": ["http://x"]}}}}}"#,
+    );
+    let err = parse(&["exec", "-f", bad.0.to_str().unwrap(), "--", "true"]).unwrap_err();
+    assert!(err.contains("tcp:// or udp://"), "{err}");
 }

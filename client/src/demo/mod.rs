@@ -137,6 +137,7 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         fs_remote: Vec::new(),
         fs_local: Vec::new(),
         no_target_localhost: false,
+        outgoing: Default::default(),
         kube: Default::default(),
         incoming: Default::default(),
         reconnect: Default::default(),

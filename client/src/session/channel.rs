@@ -23,8 +23,9 @@ use serde::Serialize;
 
 use super::protocol::{self, FrameError, FRAME_HEADER_LEN};
 
-/// Most descriptors accepted on one read.
-const MAX_FDS: usize = 4;
+/// Most descriptors accepted on one read: the TUN, the session table's socket, the outgoing
+/// relay's five, FUSE.
+const MAX_FDS: usize = 8;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,7 @@ mod tests {
             tun_name: "mnet0".into(),
             warnings: vec![],
             loopback_ipv6: false,
+            outgoing_relay: false,
         };
         send(a.as_fd(), &ready, &[file.as_fd()]).unwrap();
         send(a.as_fd(), &ready, &[]).unwrap();
@@ -214,6 +216,7 @@ mod tests {
             tun_offload: false,
             tun_segmentation: false,
             target_localhost: false,
+            outgoing: None,
         };
         let message = ParentMessage::Spec(Box::new(spec));
         send(a.as_fd(), &message, &[]).unwrap();

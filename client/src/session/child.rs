@@ -36,6 +36,7 @@ use super::init;
 use super::mounts;
 use super::namespaces;
 use super::network;
+use super::outgoing_relay::RelaySockets;
 use super::protocol::{
     ChildMessage, ChildSpec, ParentMessage, SetupFailure, SetupStep, PROTOCOL_VERSION,
 };
@@ -116,15 +117,22 @@ fn run() -> i32 {
             return SETUP_FAILED;
         }
     };
-    let network::Built { tun, loopback } = network;
+    let network::Built {
+        tun,
+        loopback,
+        relay,
+    } = network;
     let ready = ChildMessage::Ready {
         tun_name: spec.tun_name.clone(),
         warnings,
         loopback_ipv6: loopback.as_ref().is_some_and(|(_, ipv6)| *ipv6),
+        outgoing_relay: relay.is_some(),
     };
-    // The order the client expects: TUN, the loopback redirect's socket, FUSE.
+    let relay = relay.map(RelaySockets::into_fds).unwrap_or_default();
+    // The order the client expects: TUN, the table's socket, the relay's, FUSE.
     let mut fds = vec![tun.as_fd()];
     fds.extend(loopback.as_ref().map(|(socket, _)| socket.as_fd()));
+    fds.extend(relay.iter().map(|fd| fd.as_fd()));
     fds.extend(root.as_ref().map(|(device, _)| device.as_fd()));
     if channel::send(socket.as_fd(), &ready, &fds).is_err() {
         return SETUP_FAILED;
@@ -134,6 +142,7 @@ fn run() -> i32 {
     // client (a FUSE connection whose server died must abort, not hang its callers).
     drop(tun);
     drop(loopback);
+    drop(relay);
     if let (Some(files), Some((device, kept))) = (&spec.remote_files, root) {
         drop(device);
         match channel::recv::<ParentMessage>(socket.as_fd()) {

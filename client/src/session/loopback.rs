@@ -76,6 +76,8 @@ use mirrord_net_netfilter::{
 use mirrord_net_protocol::listening::{parse_bound_udp, parse_listening};
 use mirrord_net_protocol::loopback::{LOOPBACK_V4_NET, LOOPBACK_V6};
 
+use super::outgoing::{self, OutgoingRules, RelayPorts};
+
 /// The session's table.
 pub const TABLE: &str = "mirrord-net";
 /// The chain that sends loopback destinations to the target.
@@ -200,60 +202,109 @@ fn masquerade_rules(seq: u32, v6: bool) -> Vec<u8> {
     })
 }
 
-/// The messages that set the `loopback` chain: flush, the kept ports, the rewrites.
-fn chain_messages(push: &mut nf::Push<'_>, kept: &Kept, ipv6: bool) {
+/// What the session's table holds besides the kept ports: the loopback redirect, the
+/// outgoing filter, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatPlan {
+    /// Loopback destinations go to the target (`--no-target-localhost` turns it off).
+    pub target_localhost: bool,
+    /// The session has IPv6.
+    pub ipv6: bool,
+    /// The outgoing filter and the ports of its relay's sockets.
+    pub outgoing: Option<(OutgoingRules, RelayPorts)>,
+}
+
+/// The messages that set the `loopback` chain: flush, the kept ports, the outgoing filter's
+/// rules around the loopback rewrites (see [`outgoing`](super::outgoing) for the order).
+fn chain_messages(push: &mut nf::Push<'_>, kept: &Kept, plan: &NatPlan) {
     push(&|seq| nf::flush_chain(seq, TABLE, CHAIN));
-    for &port in &kept.tcp {
-        push(&|seq| keep_rule(seq, PROTOS[0], port));
-    }
-    for &port in &kept.udp {
-        push(&|seq| keep_rule(seq, PROTOS[1], port));
-    }
-    for proto in PROTOS {
-        push(&|seq| dnat_v4_rule(seq, proto));
-    }
-    if ipv6 {
-        for proto in PROTOS {
-            push(&|seq| dnat_v6_rule(seq, proto));
+    for (protos, ports) in [(PROTOS[0], &kept.tcp), (PROTOS[1], &kept.udp)] {
+        for &port in ports {
+            if plan.outgoing.is_some() {
+                // Rules for other destinations follow: keep only loopback ones.
+                push(&|seq| keep_loopback_rule(seq, protos, port, false));
+                if plan.ipv6 {
+                    push(&|seq| keep_loopback_rule(seq, protos, port, true));
+                }
+            } else {
+                push(&|seq| keep_rule(seq, protos, port));
+            }
         }
     }
+    if let Some((rules, relay)) = &plan.outgoing {
+        outgoing::before_loopback(push, TABLE, CHAIN, rules, relay);
+    }
+    if plan.target_localhost {
+        for proto in PROTOS {
+            push(&|seq| dnat_v4_rule(seq, proto));
+        }
+        if plan.ipv6 {
+            for proto in PROTOS {
+                push(&|seq| dnat_v6_rule(seq, proto));
+            }
+        }
+    }
+    if let Some((rules, relay)) = &plan.outgoing {
+        if !plan.target_localhost {
+            outgoing::loopback_stays(push, TABLE, CHAIN, plan.ipv6, relay);
+        }
+        outgoing::after_loopback(push, TABLE, CHAIN, rules, relay);
+    }
+}
+
+/// `meta l4proto PROTO ip daddr 127.0.0.0/8 th dport PORT return` (or `ip6 daddr ::1`)
+fn keep_loopback_rule(seq: u32, proto: u8, port: u16, v6: bool) -> Vec<u8> {
+    nf::new_rule(seq, TABLE, CHAIN, |m| {
+        m.meta(NFT_META_L4PROTO).cmp_eq(&[proto]);
+        if v6 {
+            match_v6(m, std::net::Ipv6Addr::LOCALHOST);
+        } else {
+            match_v4_first_byte(m, 127);
+        }
+        m.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)
+            .cmp_eq(&port.to_be_bytes())
+            .verdict(NFT_RETURN);
+    })
 }
 
 /// Creates the table in the calling thread's network namespace (the session child's),
 /// with nothing kept yet, and returns the socket that made it (unowned: see the module
 /// comment).
-pub fn install(ipv6: bool) -> io::Result<OwnedFd> {
+pub fn install(plan: &NatPlan) -> io::Result<OwnedFd> {
     let mut socket = Socket::open()?;
-    socket.apply(|push| install_messages(push, ipv6))?;
+    socket.apply(|push| install_messages(push, plan))?;
     Ok(socket.into_fd())
 }
 
-/// The messages that make the table: the table, both chains, the masquerades, the rewrites.
-fn install_messages(push: &mut nf::Push<'_>, ipv6: bool) {
+/// The messages that make the table: the table, its chains, the masquerades (for the
+/// loopback redirect), the rules.
+fn install_messages(push: &mut nf::Push<'_>, plan: &NatPlan) {
     push(&|seq| nf::new_table_with_flags(seq, TABLE, 0));
     push(&|seq| nf::new_nat_chain(seq, TABLE, CHAIN, NF_INET_LOCAL_OUT, NF_IP_PRI_NAT_DST));
-    push(&|seq| {
-        nf::new_nat_chain(
-            seq,
-            TABLE,
-            SOURCE_CHAIN,
-            NF_INET_POST_ROUTING,
-            NF_IP_PRI_NAT_SRC,
-        )
-    });
-    push(&|seq| masquerade_rules(seq, false));
-    if ipv6 {
-        push(&|seq| masquerade_rules(seq, true));
+    if plan.target_localhost {
+        push(&|seq| {
+            nf::new_nat_chain(
+                seq,
+                TABLE,
+                SOURCE_CHAIN,
+                NF_INET_POST_ROUTING,
+                NF_IP_PRI_NAT_SRC,
+            )
+        });
+        push(&|seq| masquerade_rules(seq, false));
+        if plan.ipv6 {
+            push(&|seq| masquerade_rules(seq, true));
+        }
     }
-    chain_messages(push, &Kept::default(), ipv6);
+    chain_messages(push, &Kept::default(), plan);
 }
 
 /// The task of [`follow`], aborted when the session ends.
 pub struct Follower(tokio::task::JoinHandle<()>);
 
 impl Follower {
-    pub fn start(socket: OwnedFd, session_pid: u32, ipv6: bool) -> Self {
-        Follower(tokio::spawn(follow(socket, session_pid, ipv6)))
+    pub fn start(socket: OwnedFd, session_pid: u32, plan: NatPlan) -> Self {
+        Follower(tokio::spawn(follow(socket, session_pid, plan)))
     }
 }
 
@@ -265,17 +316,24 @@ impl Drop for Follower {
 
 /// Follows the session's listening sockets for as long as it runs, keeping the ports they
 /// serve in the session.
-async fn follow(socket: OwnedFd, session_pid: u32, ipv6: bool) {
+async fn follow(socket: OwnedFd, session_pid: u32, plan: NatPlan) {
     let mut socket = Socket::from_fd(socket);
     let mut current = Kept::default();
     let mut watch = tokio::time::interval(WATCH);
     loop {
         watch.tick().await;
-        let kept = Kept::read(session_pid);
+        let mut kept = Kept::read(session_pid);
+        if let Some((_, relay)) = &plan.outgoing {
+            // The relay's own sockets are not a program's.
+            kept.tcp
+                .retain(|p| ![Some(relay.tcp4), relay.tcp6].contains(&Some(*p)));
+            kept.udp
+                .retain(|p| ![Some(relay.udp4), relay.udp6].contains(&Some(*p)));
+        }
         if kept == current {
             continue;
         }
-        match socket.apply(|push| chain_messages(push, &kept, ipv6)) {
+        match socket.apply(|push| chain_messages(push, &kept, &plan)) {
             Ok(()) => {
                 tracing::debug!(?kept, "loopback ports kept in the session");
                 current = kept;
@@ -294,8 +352,20 @@ mod tests {
     use nf::inspect::{attrs, expr_names};
     use nf::Batch;
 
+    fn plan(ipv6: bool) -> NatPlan {
+        NatPlan {
+            target_localhost: true,
+            ipv6,
+            outgoing: None,
+        }
+    }
+
     fn rules(kept: &Kept, ipv6: bool) -> Vec<Vec<String>> {
-        let batch = Batch::new(1, |push| chain_messages(push, kept, ipv6));
+        rules_of(kept, &plan(ipv6))
+    }
+
+    fn rules_of(kept: &Kept, plan: &NatPlan) -> Vec<Vec<String>> {
+        let batch = Batch::new(1, |push| chain_messages(push, kept, plan));
         let mut out = Vec::new();
         let mut rest = &batch.bytes[..];
         while !rest.is_empty() {
@@ -311,7 +381,7 @@ mod tests {
 
     #[test]
     fn the_table_is_not_owned_by_its_socket() {
-        let batch = Batch::new(1, |push| install_messages(push, true));
+        let batch = Batch::new(1, |push| install_messages(push, &plan(true)));
         let mut rest = &batch.bytes[..];
         let mut tables = Vec::new();
         while !rest.is_empty() {
@@ -346,6 +416,59 @@ mod tests {
             assert_eq!(dnat.last().unwrap(), "nat");
         }
         assert_eq!(rules(&Kept::default(), false).len(), 2);
+    }
+
+    #[test]
+    fn with_an_outgoing_filter_kept_ports_are_loopback_only_and_the_catch_all_comes_last() {
+        use super::super::outgoing::{Destination, FilterMode};
+        let relay = RelayPorts {
+            tcp4: 40001,
+            udp4: 40002,
+            tcp6: Some(40003),
+            udp6: Some(40004),
+        };
+        let rules = OutgoingRules {
+            mode: FilterMode::Remote,
+            listed: vec![Destination::new(
+                "10.0.0.0".parse().unwrap(),
+                8,
+                None,
+                true,
+                false,
+            )],
+            exempt: vec![],
+        };
+        let kept = Kept {
+            tcp: vec![8080],
+            udp: vec![],
+        };
+        let mut plan = NatPlan {
+            target_localhost: true,
+            ipv6: true,
+            outgoing: Some((rules, relay)),
+        };
+        let r = rules_of(&kept, &plan);
+        // 2 keeps (v4, v6), 1 listed return (TCP only), 4 loopback rewrites, 4 catch-alls.
+        assert_eq!(r.len(), 2 + 1 + 4 + 4, "{r:?}");
+        for keep in &r[..2] {
+            assert_eq!(keep.last().unwrap(), "immediate");
+            assert_eq!(keep.iter().filter(|e| *e == "payload").count(), 2);
+        }
+        assert_eq!(r[2].last().unwrap(), "immediate");
+        for dnat in &r[3..7] {
+            assert_eq!(dnat.last().unwrap(), "nat");
+        }
+        for relay in &r[7..] {
+            assert_eq!(relay.last().unwrap(), "redir");
+        }
+        // Without the loopback redirect, loopback destinations are returned before the
+        // catch-all instead.
+        plan.target_localhost = false;
+        let r = rules_of(&kept, &plan);
+        assert_eq!(r.len(), 2 + 1 + 4 + 4, "{r:?}");
+        for stays in &r[3..7] {
+            assert_eq!(stays.last().unwrap(), "immediate");
+        }
     }
 
     #[test]

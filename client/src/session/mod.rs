@@ -25,6 +25,9 @@
 //! - `init`: after `Go` — the child, the namespace's init and the command, and their signals;
 //! - `namespaces`, `network` (with `netlink`), `mounts`, `identity`, `exec`: one step each;
 //! - `hosts`: the target's hosts file with an entry for its own name (pure).
+//! - `loopback`: the session's nftables table: the pod's localhost, and the outgoing filter's
+//!   rules from `outgoing` (pure); `outgoing_relay`: the flows that filter keeps local,
+//!   opened again from the host.
 //! - `remote_files`: the FUSE mount of the target's root and the binds of its paths.
 //! - `userns`: what a session without root does differently: its user namespace and id maps,
 //!   and the errors of a machine that forbids them.
@@ -45,6 +48,8 @@ mod mounts;
 mod namespaces;
 mod netlink;
 mod network;
+mod outgoing;
+mod outgoing_relay;
 mod parent;
 mod protocol;
 mod remote_files;
@@ -61,6 +66,7 @@ pub use identity::invoking_user;
 pub(crate) use identity::{become_user, identity_env, resolve as resolve_user};
 pub(crate) use init::FORWARDED;
 pub use loopback::tcp_listening;
+pub use outgoing::{Destination, FilterMode, OutgoingRules};
 pub use parent::{Session, SessionError};
 pub(crate) use protocol::ResolvedUser;
 pub use protocol::{IpFamily, SetupFailure, SetupStep};

@@ -25,6 +25,8 @@
 //!
 //! 6. With the loopback redirect (`target_localhost`): `route_localnet` on the TUN, a
 //!    `local ::1` route on it, and the session's nftables table ([`loopback`] says why each).
+//!    With the outgoing filter (`--local`/`--remote`): the relay's sockets on the session's
+//!    loopback and the filter's rules in the same table ([`outgoing`](super::outgoing)).
 //!
 //! IPv6 is skipped, with a warning for the client's log, when it cannot work: the kernel has
 //! no IPv6 (`ipv6.disable=1`: no `/proc/sys/net/ipv6`) or the MTU is below IPv6's minimum of
@@ -41,18 +43,21 @@ use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::loopback;
+use super::loopback::{self, NatPlan};
 use super::netlink::Netlink;
+use super::outgoing_relay::RelaySockets;
 use super::protocol::{ChildSpec, IpFamily, SetupFailure, SetupStep};
 
 /// IPv6's minimum link MTU (RFC 8200).
 const IPV6_MIN_MTU: u16 = 1280;
 
-/// The session's network as built: the TUN descriptor and, with the loopback redirect, the
-/// netlink socket that owns its table and whether it covers IPv6.
+/// The session's network as built: the TUN descriptor; with the loopback redirect or the
+/// outgoing filter, the netlink socket that made their table and whether it covers IPv6;
+/// with the outgoing filter, its relay's sockets.
 pub struct Built {
     pub tun: OwnedFd,
     pub loopback: Option<(OwnedFd, bool)>,
+    pub relay: Option<RelaySockets>,
 }
 
 /// Builds the whole network of the session.
@@ -120,22 +125,50 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
             .create(RouteNetlinkMessage::NewRoute(route))
             .map_err(|err| SetupFailure::os(SetupStep::DefaultRoute(IpFamily::V6), err))?;
     }
-    let loopback = if spec.target_localhost {
-        let redirect = |err| SetupFailure::os(SetupStep::LoopbackRedirect, err);
+    let redirect = |err| SetupFailure::os(SetupStep::LoopbackRedirect, err);
+    if spec.target_localhost {
         if !spec.ipv4.is_empty() {
             route_localnet(&spec.tun_name).map_err(redirect)?;
         }
         if !ipv6.is_empty() {
             local_ipv6_loopback(&mut netlink, index).map_err(redirect)?;
         }
-        let socket = loopback::install(!ipv6.is_empty()).map_err(redirect)?;
+    }
+    let relay = match &spec.outgoing {
+        Some(rules) => {
+            let failed = |err| SetupFailure::os(SetupStep::OutgoingFilter, err);
+            let sockets = RelaySockets::open(!ipv6.is_empty()).map_err(failed)?;
+            let ports = sockets.ports().map_err(failed)?;
+            Some((sockets, rules.clone(), ports))
+        }
+        None => None,
+    };
+    let loopback = if spec.target_localhost || relay.is_some() {
+        let plan = NatPlan {
+            target_localhost: spec.target_localhost,
+            ipv6: !ipv6.is_empty(),
+            outgoing: relay
+                .as_ref()
+                .map(|(_, rules, ports)| (rules.clone(), *ports)),
+        };
+        let socket = loopback::install(&plan).map_err(|err| {
+            if spec.target_localhost {
+                redirect(err)
+            } else {
+                SetupFailure::os(SetupStep::OutgoingFilter, err)
+            }
+        })?;
         Some((socket, !ipv6.is_empty()))
     } else {
         None
     };
     // SAFETY: into_raw_fd hands over the device's only descriptor.
     let tun = unsafe { OwnedFd::from_raw_fd(tun.into_raw_fd()) };
-    Ok(Built { tun, loopback })
+    Ok(Built {
+        tun,
+        loopback,
+        relay: relay.map(|(sockets, _, _)| sockets),
+    })
 }
 
 /// Lets loopback addresses be routed through the TUN (`net.ipv4.conf.<tun>.route_localnet`),

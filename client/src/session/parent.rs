@@ -46,8 +46,9 @@ use tokio::io::Interest;
 use super::channel::{self, ChannelError};
 use super::exec;
 use super::identity;
-use super::loopback;
-use super::protocol::{ChildMessage, ParentMessage, SetupFailure};
+use super::loopback::{self, NatPlan};
+use super::outgoing_relay::{Relay, RelaySockets};
+use super::protocol::{ChildMessage, ParentMessage, SetupFailure, SetupStep};
 use super::spec::{self, InvalidSpec, RemoteFiles, SessionOptions, SessionSpec};
 use super::userns;
 
@@ -104,6 +105,8 @@ pub struct Session {
     _files: Option<Box<dyn std::any::Any + Send>>,
     /// The task that keeps the session's served ports out of the loopback redirect.
     _loopback: Option<loopback::Follower>,
+    /// The outgoing filter's relay: the session's local flows, opened from the host.
+    _outgoing: Option<Relay>,
 }
 
 impl Session {
@@ -143,9 +146,9 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let mut child_spec = spec::child_spec(&spec, &options, None)?;
         child_spec.remote_files = files.as_ref().map(RemoteFiles::wire);
-        let fds_expected = 1 + usize::from(options.target_localhost) + usize::from(files.is_some());
+        let outgoing = child_spec.outgoing.clone();
         let has_fuse = files.is_some();
-        let has_loopback = options.target_localhost;
+        let has_table = options.target_localhost || outgoing.is_some();
         if let Some(run_as) = spec.run_as {
             let user = tokio::task::spawn_blocking(move || identity::resolve(run_as))
                 .await
@@ -172,9 +175,8 @@ impl Session {
         let mut child = spawn(&program, theirs)?;
 
         let message = ParentMessage::Spec(Box::new(child_spec));
-        let conversation = tokio::task::spawn_blocking(move || {
-            converse(ours, &message, fds_expected, has_loopback, has_fuse)
-        });
+        let conversation =
+            tokio::task::spawn_blocking(move || converse(ours, &message, has_table, has_fuse));
         let outcome = match tokio::time::timeout(options.setup_timeout, conversation).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(join)) => Err(Conversation::Broken(join.to_string())),
@@ -210,10 +212,32 @@ impl Session {
                 .map_err(SessionError::Tun)?;
             (Some(Arc::new(tun)), None)
         };
-        let loopback_follower = ready
-            .loopback
-            .take()
-            .map(|(socket, ipv6)| loopback::Follower::start(socket, child.pid, ipv6));
+        let relay = match ready.relay.take() {
+            Some(sockets) => {
+                let ports = sockets.ports();
+                let started = ports.and_then(|ports| Ok((ports, Relay::start(sockets)?)));
+                match started {
+                    Ok(started) => Some(started),
+                    Err(err) => {
+                        let failure = SetupFailure::os(SetupStep::OutgoingFilter, err);
+                        return Err(child.fail(Conversation::Failed(failure)).await);
+                    }
+                }
+            }
+            None => None,
+        };
+        let plan_outgoing = match (&outgoing, &relay) {
+            (Some(rules), Some((ports, _))) => Some((rules.clone(), *ports)),
+            _ => None,
+        };
+        let loopback_follower = ready.loopback.take().map(|(socket, ipv6)| {
+            let plan = NatPlan {
+                target_localhost: options.target_localhost,
+                ipv6,
+                outgoing: plan_outgoing,
+            };
+            loopback::Follower::start(socket, child.pid, plan)
+        });
         if let Err(err) = channel::send(ready.socket.as_fd(), &ParentMessage::Go, &[]) {
             return Err(child.fail(Conversation::from(err)).await);
         }
@@ -225,6 +249,7 @@ impl Session {
             tun_name: ready.tun_name,
             _files: served,
             _loopback: loopback_follower,
+            _outgoing: relay.map(|(_, relay)| relay),
         })
     }
 
@@ -307,8 +332,10 @@ impl Session {
 struct Ready {
     socket: OwnedFd,
     tun: OwnedFd,
-    /// The loopback redirect's netlink socket, and whether it covers IPv6.
+    /// The session table's netlink socket, and whether it covers IPv6.
     loopback: Option<(OwnedFd, bool)>,
+    /// The outgoing relay's sockets.
+    relay: Option<RelaySockets>,
     fuse: Option<OwnedFd>,
     tun_name: String,
     warnings: Vec<String>,
@@ -337,39 +364,55 @@ impl From<ChannelError> for Conversation {
 fn converse(
     socket: OwnedFd,
     spec: &ParentMessage,
-    fds_expected: usize,
-    has_loopback: bool,
+    has_table: bool,
     has_fuse: bool,
 ) -> Result<Ready, Conversation> {
     channel::send(socket.as_fd(), spec, &[])?;
-    let (message, mut fds) = channel::recv::<ChildMessage>(socket.as_fd())?;
+    let (message, fds) = channel::recv::<ChildMessage>(socket.as_fd())?;
     match message {
         ChildMessage::Ready {
             tun_name,
             warnings,
             loopback_ipv6,
-        } if fds.len() == fds_expected => {
-            // In the child's order: TUN, loopback redirect, FUSE.
-            let fuse = if has_fuse { fds.pop() } else { None };
-            let loopback = if has_loopback {
-                fds.pop().map(|socket| (socket, loopback_ipv6))
+            outgoing_relay,
+        } => {
+            let relay_fds = if outgoing_relay {
+                RelaySockets::fd_count(loopback_ipv6)
+            } else {
+                0
+            };
+            let expected = 1 + usize::from(has_table) + relay_fds + usize::from(has_fuse);
+            if fds.len() != expected {
+                return Err(Conversation::Broken(format!(
+                    "Ready came with {} descriptors instead of {expected}",
+                    fds.len()
+                )));
+            }
+            // In the child's order: TUN, the table's socket, the relay's, FUSE.
+            let mut fds = fds.into_iter();
+            let tun = fds.next().expect("counted");
+            let loopback = if has_table {
+                fds.next().map(|socket| (socket, loopback_ipv6))
             } else {
                 None
             };
-            let tun = fds.remove(0);
+            let relay = if outgoing_relay {
+                let relay: Vec<OwnedFd> = fds.by_ref().take(relay_fds).collect();
+                RelaySockets::from_fds(relay)
+            } else {
+                None
+            };
+            let fuse = if has_fuse { fds.next() } else { None };
             Ok(Ready {
                 socket,
                 tun,
                 loopback,
+                relay,
                 fuse,
                 tun_name,
                 warnings,
             })
         }
-        ChildMessage::Ready { .. } => Err(Conversation::Broken(format!(
-            "Ready came with {} descriptors instead of {fds_expected}",
-            fds.len()
-        ))),
         ChildMessage::Failed(failure) => Err(Conversation::Failed(failure)),
         other => Err(Conversation::Broken(format!(
             "expected Ready, got {other:?}"

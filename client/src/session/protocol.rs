@@ -36,6 +36,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use super::outgoing::OutgoingRules;
+
 use super::spec::SessionPrivileges;
 
 /// Version of the conversation; bumped whenever a message changes shape.
@@ -83,6 +85,10 @@ pub struct ChildSpec {
     pub tun_segmentation: bool,
     /// Build the loopback redirect (`session::loopback`) and send its netlink socket along.
     pub target_localhost: bool,
+    /// The outgoing filter (`session::outgoing`): its rules go into the same table, and the
+    /// relay's sockets travel after the table's.
+    #[serde(default)]
+    pub outgoing: Option<OutgoingRules>,
 }
 
 /// Where the target's root is mounted and which of its paths are shown over local ones.
@@ -139,6 +145,10 @@ pub enum ChildMessage {
         warnings: Vec<String>,
         /// The loopback redirect covers `::1` too (the session has IPv6).
         loopback_ipv6: bool,
+        /// The outgoing relay's sockets follow the table's socket (IPv6's too when
+        /// `loopback_ipv6`).
+        #[serde(default)]
+        outgoing_relay: bool,
     },
     /// The remote paths are bound (answer to `BindRemote`).
     Bound {
@@ -178,6 +188,8 @@ pub enum SetupStep {
     SendReady,
     /// The nftables table that sends loopback destinations to the target.
     LoopbackRedirect,
+    /// The outgoing filter's rules and relay sockets.
+    OutgoingFilter,
     /// Opening or mounting `/dev/fuse` for the target's files.
     FuseDevice,
     /// Binding a remote path over the local one.
@@ -217,6 +229,10 @@ impl fmt::Display for SetupStep {
             SetupStep::LoopbackRedirect => f.write_str(
                 "cannot set up the redirect of the session's localhost to the target's \
                  (nftables in the session's namespace; --no-target-localhost turns it off)",
+            ),
+            SetupStep::OutgoingFilter => f.write_str(
+                "cannot set up the outgoing filter (--local/--remote: nftables and the relay's \
+                 sockets in the session's namespace)",
             ),
             SetupStep::FuseDevice => {
                 f.write_str("cannot mount the target's files (FUSE device /dev/fuse)")
@@ -382,6 +398,17 @@ mod tests {
             tun_offload: false,
             tun_segmentation: false,
             target_localhost: false,
+            outgoing: Some(OutgoingRules {
+                mode: super::super::outgoing::FilterMode::Local,
+                listed: vec![super::super::outgoing::Destination::new(
+                    "10.0.0.0".parse().unwrap(),
+                    8,
+                    Some(5432),
+                    true,
+                    false,
+                )],
+                exempt: vec![],
+            }),
         }
     }
 
@@ -406,6 +433,7 @@ mod tests {
                 tun_name: "mnet0".into(),
                 warnings: vec!["no IPv6".into()],
                 loopback_ipv6: false,
+                outgoing_relay: false,
             },
             ChildMessage::Failed(SetupFailure::os(
                 SetupStep::Address("fd00::1".parse().unwrap()),

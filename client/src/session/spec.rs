@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::outgoing::{resolver_destinations, Destination, OutgoingRules};
 use super::protocol::{ChildSpec, FileOverlay, ResolvedUser, PROTOCOL_VERSION};
 use super::userns::IdMaps;
 
@@ -100,6 +101,9 @@ pub struct SessionOptions {
     /// Send the session's connections to `127.0.0.0/8` and `::1` to the target's loopback,
     /// except ports a program of the session serves ([`loopback`](super::loopback)).
     pub target_localhost: bool,
+    /// The outgoing filter: flows it keeps local leave from the host
+    /// ([`outgoing`](super::outgoing)). Its `exempt` list is filled in from the spec.
+    pub outgoing: Option<OutgoingRules>,
 }
 
 impl Default for SessionOptions {
@@ -113,6 +117,7 @@ impl Default for SessionOptions {
             tun_offload: false,
             tun_segmentation: false,
             target_localhost: false,
+            outgoing: None,
         }
     }
 }
@@ -269,6 +274,21 @@ pub(crate) fn child_spec(
         tun_offload: options.tun_offload || options.tun_segmentation,
         tun_segmentation: options.tun_segmentation,
         target_localhost: options.target_localhost,
+        outgoing: options.outgoing.clone().map(|mut rules| {
+            // The session's resolvers and its own addresses never leave from the host.
+            rules.exempt = spec
+                .resolv_conf
+                .as_deref()
+                .map(resolver_destinations)
+                .unwrap_or_default();
+            rules.exempt.extend(
+                spec.ipv4
+                    .iter()
+                    .map(|a| Destination::host((*a).into()))
+                    .chain(spec.ipv6.iter().map(|a| Destination::host((*a).into()))),
+            );
+            rules
+        }),
     })
 }
 

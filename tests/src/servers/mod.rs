@@ -51,6 +51,10 @@ pub const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../../scripts/loopback_servers.py"),
     ),
     (
+        "host_servers.py",
+        include_str!("../../scripts/host_servers.py"),
+    ),
+    (
         "interactive_shell.py",
         include_str!("../../scripts/interactive_shell.py"),
     ),

@@ -48,6 +48,7 @@ mod limits;
 mod localhost;
 mod manual;
 mod network;
+mod outgoing_filter;
 mod packet_paths;
 mod preload_blind_spots;
 mod reconnect;

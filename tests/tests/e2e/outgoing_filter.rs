@@ -1,0 +1,211 @@
+//! The outgoing filter: `--local` destinations leave from this machine, `--remote` ones go to
+//! the target and everything else leaves from this machine, TCP and UDP, on both packet
+//! paths.
+//!
+//! The host's side is `host_servers.py`, run in the host's own namespaces (HTTP and a UDP
+//! echo on one free port, answering "host ..."). The pod runs `loopback_servers.py` on the
+//! same port number on its own loopback (answering "target ..."), so a wrong path shows in
+//! the answer, never as a timeout alone.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use mirrord_net_tests::exec::Running;
+use mirrord_net_tests::topology::WEB;
+use mirrord_net_tests::{sh, tool, Invocation, Packets, Pod};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// A python server, killed with its process group when the test ends.
+struct Servers(Option<Running>, u16);
+
+impl Servers {
+    fn start(mut command: Command, ready: &str) -> Servers {
+        command.process_group(0);
+        let mut running = Running::start(command).expect("spawn");
+        assert!(
+            running.wait_for_stdout(ready, Duration::from_secs(30)),
+            "the servers did not start:\n{}",
+            running.stderr_so_far()
+        );
+        let port = running
+            .stdout_so_far()
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        Servers(Some(running), port)
+    }
+
+    /// `host_servers.py ADDR host` in the host's namespaces, on a free port.
+    fn on_host(pod: &Pod, addr: &str) -> Servers {
+        let mut command = Command::new(tool("python3"));
+        command.args([&pod.script("host_servers.py"), addr, "host"]);
+        Servers::start(command, "listening")
+    }
+
+    /// `loopback_servers.py PORT` in the pod's namespace (its loopback, ports PORT and
+    /// PORT+1).
+    fn on_pods_loopback(pod: &Pod, port: u16) -> Servers {
+        let mut command: Command = pod.pod_netns().command(&tool("python3")).unwrap();
+        command.args([&pod.script("loopback_servers.py"), &port.to_string()]);
+        let mut servers = Servers::start(command, "listening");
+        servers.1 = port;
+        servers
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if let Some(running) = self.0.take() {
+            let _ = killpg(Pid::from_raw(running.pid()), Signal::SIGKILL);
+            let _ = running.finish(Duration::from_secs(10));
+        }
+    }
+}
+
+fn lines(out: &str) -> Vec<&str> {
+    out.lines().collect()
+}
+
+/// This machine's first global IPv4 address: reachable from the host, not from the pod.
+fn host_address() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| !line.contains(" mnet-") && !line.contains(" k8s-"))
+        .find_map(|line| {
+            let cidr = line.split_whitespace().nth(3)?;
+            Some(cidr.split('/').next()?.to_owned())
+        })
+        .expect("this machine has a global IPv4 address")
+}
+
+on_both_packet_paths! {
+    fn local_entries_leave_from_the_host_and_the_rest_reach_the_target(packets: Packets) {
+        let pod = Pod::builder().udp_echo().build();
+        let host = Servers::on_host(&pod, "127.0.0.1");
+        let port = host.1;
+        let _pods = Servers::on_pods_loopback(&pod, port);
+        let script = format!(
+            "{curl} -sS -m 5 http://127.0.0.1:{port}/ && \
+             echo dgram | {socat} -t 2 - UDP4:127.0.0.1:{port} && \
+             {curl} -sS -m 5 http://127.0.0.1:{next}/ && \
+             echo six | {socat} -t 2 - UDP6:[::1]:{port} && \
+             {curl} -sS -m 5 -o /dev/null -w '%{{http_code}}\\n' http://{WEB}/",
+            curl = tool("curl"),
+            socat = tool("socat"),
+            next = port + 1,
+        );
+        let local = format!("127.0.0.1:{port}");
+        let out = Invocation::session(&pod, &sh(&script))
+            .packets(packets)
+            .client_flag("--local")
+            .client_flag(&local)
+            .run();
+        assert_eq!(
+            lines(out.assert_success()),
+            [
+                format!("host 127.0.0.1 {port}"),
+                "host 127.0.0.1 dgram".to_string(),
+                // Not listed: the pod's localhost, as without a filter.
+                format!("target 127.0.0.1 {}", port + 1),
+                "target ::1 six".to_string(),
+                // The pod's DNS and services still answer through the target.
+                "200".to_string(),
+            ],
+            "{out}"
+        );
+        out.assert_agent_exited_cleanly();
+    }
+
+    fn remote_entries_reach_the_target_and_the_rest_leave_from_the_host(packets: Packets) {
+        let pod = Pod::builder().udp_echo().build();
+        let addr = host_address();
+        let host = Servers::on_host(&pod, &addr);
+        let port = host.1;
+        let script = format!(
+            "{curl} -sS -m 5 http://{addr}:{port}/ && \
+             echo dgram | {socat} -t 2 - UDP4:{addr}:{port} && \
+             {curl} -sS -m 5 -o /dev/null -w '%{{http_code}}\\n' http://{WEB}/",
+            curl = tool("curl"),
+            socat = tool("socat"),
+        );
+        let out = Invocation::session(&pod, &sh(&script))
+            .packets(packets)
+            .client_flag("--remote")
+            .client_flag("10.213.0.0/16")
+            .client_flag("--remote")
+            .client_flag("[fd6d:6e65:7400::]/48")
+            .run();
+        assert_eq!(
+            lines(out.assert_success()),
+            [
+                format!("host {addr} {port}"),
+                format!("host {addr} dgram"),
+                "200".to_string(),
+            ],
+            "{out}"
+        );
+        out.assert_agent_exited_cleanly();
+    }
+}
+
+#[test]
+fn without_a_filter_the_hosts_address_is_not_reached() {
+    // The control for the tests above: the pod's network cannot reach this machine's
+    // address, so an answer from it can only have come through the filter.
+    let pod = Pod::start();
+    let addr = host_address();
+    let host = Servers::on_host(&pod, &addr);
+    let script = format!(
+        "{curl} -s -m 2 http://{addr}:{port}/; echo \"curl exit $?\"",
+        curl = tool("curl"),
+        port = host.1,
+    );
+    let out = Invocation::session(&pod, &sh(&script)).run();
+    let text = out.assert_success();
+    assert!(!text.contains("host "), "{out}");
+    assert!(text.contains("curl exit"), "{out}");
+}
+
+#[test]
+fn a_refused_local_destination_is_a_reset_and_a_bad_entry_one_line() {
+    let pod = Pod::start();
+    // A port nothing listens on, on this machine's loopback.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let script = format!(
+        "{curl} -sS -m 5 http://127.0.0.1:{port}/; echo \"curl exit $?\"",
+        curl = tool("curl"),
+    );
+    let out = Invocation::session(&pod, &sh(&script))
+        .client_flag("--local")
+        .client_flag(&format!("tcp://127.0.0.1:{port}"))
+        .run();
+    // Connected to the relay, then reset: curl's "recv failure" (56), at once.
+    assert!(out.assert_success().contains("curl exit 56"), "{out}");
+
+    let out = Invocation::session(&pod, &["true"])
+        .client_flag("--local")
+        .client_flag("http://x")
+        .run();
+    out.assert_code(2);
+    assert!(out.stderr.contains("tcp:// or udp://"), "{out}");
+    let out = Invocation::session(&pod, &["true"])
+        .client_flag("--remote")
+        .client_flag("api.internal")
+        .run();
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("--remote api.internal:")),
+        "{out}"
+    );
+}
