@@ -454,7 +454,7 @@ class Crate:
             # A name in scope in `mod`: a child module, an item or an imported name (not the
             # parent's names: Rust paths do not see them). Otherwise another crate.
             found = self._lookup(mod, first, seen)
-            if found is None:
+            if found is None or found[0] == "extern":
                 return None
             if found[0] == "file":
                 return found
@@ -464,14 +464,16 @@ class Crate:
             if found is None:
                 # A name the module does not show (made by a macro): its file.
                 return ("file", cur.file)
+            if found[0] == "extern":  # an alias of another crate's module or item
+                return None
             if found[0] == "file":
                 return found
             cur = found[1]
         return ("module", cur)
 
     def _lookup(self, mod, name, seen):
-        """What `name` is in module `mod`: ('module', Module), ('file', path) for an item, or
-        None when it is not known there."""
+        """What `name` is in module `mod`: ('module', Module), ('file', path) for an item,
+        ('extern', None) for an import from another crate, or None when it is not known."""
         if name in mod.children:
             return ("module", mod.children[name])
         if name in mod.items:
@@ -481,7 +483,8 @@ class Crate:
             if key in seen:
                 return None
             seen = seen | {key}
-            return self._walk(mod, mod.aliases[name], seen, True)
+            r = self._walk(mod, mod.aliases[name], seen, True)
+            return ("extern", None) if r is None else r
         for g in mod.globs:
             key = (id(mod), "*", tuple(g))
             if key in seen:

@@ -171,6 +171,14 @@ class ResolveTest(Case):
         w = self.ws({"src/lib.rs": "use std::io;\nuse ::serde::Serialize;\nfn f() { tokio::spawn(); }\n"})
         self.assertEqual(w.edges(), set())
 
+    def test_alias_of_another_crate_is_no_edge(self):
+        w = self.ws({
+            "src/lib.rs": "mod http;\n",
+            "src/http/mod.rs": "mod h1;\npub use other_crate::filter as filter;\n",
+            "src/http/h1.rs": "use super::filter::Head;\n",
+        })
+        self.assertEqual(w.edges(), set())
+
     def test_glob_reexport_is_followed(self):
         w = self.ws({
             "src/lib.rs": "mod a;\nmod b;\npub use a::*;\n",
