@@ -38,6 +38,7 @@ An import circle is a strongly connected component of more than one file.
 import argparse
 import os
 import re
+import signal
 import sys
 import tomllib
 from collections import defaultdict
@@ -737,4 +738,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
     sys.exit(main())
