@@ -145,6 +145,19 @@ def _is_ident(t):
     return bool(_IDENT_START.match(t)) or t.startswith("$")
 
 
+def _next_is_name(toks, i):
+    """Whether toks[i + 1] names what the keyword toks[i] declares (not a macro's `$name`)."""
+    return i + 1 < len(toks) and _IDENT_START.match(toks[i + 1].text) is not None
+
+
+def _path_starts(toks, i):
+    """Whether a path `a::b..` starts at toks[i] (not the middle of one, not a method's
+    turbofish `.f::<T>`)."""
+    if i + 1 >= len(toks) or toks[i + 1].text != "::":
+        return False
+    return i == 0 or toks[i - 1].text not in ("::", ".")
+
+
 # ---------------------------------------------------------------------------------------------
 # Use trees.
 
@@ -330,7 +343,7 @@ class Crate:
                 if depth == 0:
                     return i + 1
                 depth -= 1
-            elif t == "mod" and i + 1 < len(toks) and _is_ident(toks[i + 1].text) and not toks[i + 1].text.startswith("$"):
+            elif t == "mod" and _next_is_name(toks, i):
                 name = toks[i + 1].text
                 nxt = toks[i + 2].text if i + 2 < len(toks) else ";"
                 if nxt == ";":
@@ -360,12 +373,9 @@ class Crate:
                 self.macros.setdefault(toks[i + 2].text, mod.file)
                 if depth == 0:
                     mod.items.add(toks[i + 2].text)
-            elif t in ITEM_KEYWORDS and depth == 0 and i + 1 < len(toks) and _is_ident(toks[i + 1].text):
+            elif t in ITEM_KEYWORDS and depth == 0 and _next_is_name(toks, i):
                 mod.items.add(toks[i + 1].text)
-            elif t in ("crate", "super", "self", "$crate") and i + 1 < len(toks) and toks[i + 1].text == "::":
-                if i == 0 or toks[i - 1].text != "::":
-                    self._record_path(mod, toks, i)
-            elif _is_ident(t) and i + 1 < len(toks) and toks[i + 1].text == "::" and (i == 0 or toks[i - 1].text not in ("::", ".")):
+            elif _is_ident(t) and _path_starts(toks, i):
                 self._record_path(mod, toks, i)
             if t not in ("pub", "(", ")", "crate", "in", "super", "self"):
                 pending_path = None  # `#[path]` holds only for the `mod` it stands before
@@ -417,9 +427,11 @@ class Crate:
         for mod in self.modules:
             for segs, alias, line in mod.uses:
                 target = self.resolve(mod, segs, use=True, glob=(alias == "*"))
-                self._edge(mod, target, line, "use " + "::".join(segs) + ("::*" if alias == "*" else ""))
+                text = "use " + "::".join(segs) + ("::*" if alias == "*" else "")
+                self._edge(mod, target, line, text)
             for segs, line, is_macro in mod.paths:
-                if is_macro and len(segs) >= 2 and segs[0] in ("crate", "$crate") and segs[-1] in self.macros:
+                exported_macro = segs[0] in ("crate", "$crate") and segs[-1] in self.macros
+                if is_macro and len(segs) >= 2 and exported_macro:
                     target = self.macros[segs[-1]]
                 else:
                     target = self.resolve(mod, segs, use=False)
@@ -595,12 +607,17 @@ def package_targets(pkg_dir):
     if os.path.isfile(os.path.join(pkg_dir, lib)):
         out.append(("lib", name, lib))
     listed = set()
-    for kind, key, auto_dir in (("bin", "bin", "src/bin"), ("test", "test", "tests"), ("example", "example", "examples"), ("bench", "bench", "benches")):
-        for t in manifest.get(key, []):
-            path = t.get("path") or (f"src/main.rs" if kind == "bin" and t["name"] == name else f"{auto_dir}/{t['name']}.rs")
+    kinds = (("bin", "src/bin"), ("test", "tests"), ("example", "examples"), ("bench", "benches"))
+    for kind, auto_dir in kinds:
+        for t in manifest.get(kind, []):
+            if kind == "bin" and t["name"] == name:
+                default = "src/main.rs"
+            else:
+                default = f"{auto_dir}/{t['name']}.rs"
+            path = t.get("path") or default
             out.append((kind, t["name"], path))
             listed.add(os.path.normpath(path))
-        if pkg.get(f"auto{key}s", True) is False:
+        if pkg.get(f"auto{kind}s", True) is False:
             continue
         candidates = []
         if kind == "bin" and os.path.isfile(os.path.join(pkg_dir, "src/main.rs")):
@@ -707,11 +724,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("root", nargs="?", default=os.path.dirname(here), help="the workspace (default: this repository)")
-    ap.add_argument("--check", action="store_true", help="exit 1 if a crate has an import circle, naming each")
+    ap.add_argument("root", nargs="?", default=os.path.dirname(here),
+                    help="the workspace (default: this repository)")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 if a crate has an import circle, naming each")
     ap.add_argument("--dot", action="store_true", help="print the graph as graphviz")
     ap.add_argument("--sites", action="store_true", help="with the graph, the line of each import")
-    ap.add_argument("--crate", action="append", default=[], help="only the targets of this package (repeatable)")
+    ap.add_argument("--crate", action="append", default=[],
+                    help="only the targets of this package (repeatable)")
     args = ap.parse_args(argv)
 
     crates = load_crates(os.path.abspath(args.root))
