@@ -24,6 +24,13 @@ cargo fmt --all -- --check
 step "linting"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "checking that imports flow one way within each crate (scripts/import-graph.py)"
+python3 -m unittest discover -s scripts/tests -q
+python3 scripts/import-graph.py --check
+
+step "the test cluster's apt source choice, on sample files (tests/k8s/apt-sources-test.sh)"
+bash tests/k8s/apt-sources-test.sh
+
 step "benchmark harness, smoke mode (checks it runs; no timing assertions)"
 # The binary the build step made: `cargo run -p` alone would rebuild dependencies with the
 # features of that one package.

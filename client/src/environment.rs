@@ -1,5 +1,5 @@
-//! The command's environment: the flags that shape it, its composition for a session, and
-//! `mirrord-net env`, which prints it.
+//! The command's environment: the flags that shape it, and its composition for a session;
+//! `mirrord-net env` prints it ([`env_command`](crate::env_command)).
 //!
 //! The rules live in the `mirrord-net-env-injector` crate (no I/O); this module feeds it the
 //! local environment, the target's (from the agent's hello) and the flags, and splits the
@@ -7,22 +7,16 @@
 //! target's) goes into [`SessionSpec::env`](crate::session::SessionSpec::env), the
 //! `--env-file`/`-e` assignments into `env_overrides`, which the session sets after HOME,
 //! USER and LOGNAME of the user the command runs as. `mirrord-net env` composes the same
-//! pieces with the same function as the session ([`session::command_env`]), so what it prints
-//! is what the command gets.
+//! pieces with the same function as the session ([`crate::session::command_env`]), so what it
+//! prints is what the command gets.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use mirrord_net_env_injector::{self as injector, dotenv, Filter, Pattern, Var};
-
-use crate::cli::SessionArgs;
-use crate::run::{self, RunError};
-use crate::session;
 
 /// The environment flags of `exec`, `shell` and `env`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -108,64 +102,6 @@ fn to_os(vars: &[Var]) -> Vec<(OsString, OsString)> {
             )
         })
         .collect()
-}
-
-/// `mirrord-net env`: starts the agent and connects as a session does, prints the
-/// environment the session's command would get, and exits. No namespaces, no TUN.
-pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, RunError> {
-    run::check_root_for_agent(args.target())?;
-    let privileges = run::session_privileges(args.target(), args.as_root)?;
-    let (agent, tunnel) = run::start_agent_and_connect(args).await?;
-    let env = CommandEnv::for_target(&args.env, &tunnel.target.environ);
-    agent.end_session(tunnel, Duration::from_secs(2)).await;
-
-    let run_as = if args.as_root {
-        None
-    } else {
-        session::invoking_user()
-    };
-    let base = env.base.clone();
-    let overrides = env.overrides.clone();
-    // The session's command also learns where the target's root is mounted: the same
-    // directory a session of this user would mount it on.
-    let remote_root = (args.fs_mode != crate::files::FsMode::Off).then(|| {
-        run::session_remote_root(privileges)
-            .into_os_string()
-            .into_vec()
-    });
-    let composed = tokio::task::spawn_blocking(move || {
-        session::command_env(Some(&base), &overrides, run_as, remote_root.as_deref())
-    })
-    .await
-    .expect("the user lookup does not panic")
-    .map_err(RunError::UserLookup)?;
-    let composed: Vec<Var> = composed
-        .into_iter()
-        .map(|(name, value)| (name.into_vec(), value.into_vec()))
-        .collect();
-
-    let (text, skipped) = match format {
-        EnvFormat::Dotenv => {
-            let rendered = dotenv::render(&composed);
-            (rendered.text, rendered.skipped)
-        }
-        EnvFormat::Json => {
-            let (text, skipped) = injector::json::render(&composed);
-            (text.into_bytes(), skipped)
-        }
-    };
-    for name in skipped {
-        eprintln!(
-            "mirrord-net: left out {:?}: the {format:?} format cannot name it",
-            String::from_utf8_lossy(&name)
-        );
-    }
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(&text)
-        .and_then(|()| stdout.flush())
-        .map_err(RunError::Output)?;
-    Ok(0)
 }
 
 /// A clap value parser from a function of the flag's raw bytes; its error becomes a usage

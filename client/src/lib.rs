@@ -16,7 +16,8 @@
 //! - [`incoming`]: the steal flags and the session's side of stealing (its listening ports,
 //!   the heartbeat);
 //! - [`run`]: one session from start to exit code;
-//! - [`environment`]: the command's environment (flags, composition) and `mirrord-net env`;
+//! - [`environment`]: the command's environment (flags, composition);
+//! - [`env_command`]: `mirrord-net env`, which prints it;
 //! - [`progress`]: the one status line shown while a session starts;
 //! - [`background`]: background sessions (`up`, `exec --session`, `ps`, `down`);
 //! - [`report`]: error kinds, and errors as JSON for `--json`.
@@ -29,6 +30,7 @@ pub mod client_process;
 pub mod config_file;
 pub mod demo;
 pub mod doctor;
+pub mod env_command;
 pub mod environment;
 pub mod files;
 pub mod incoming;

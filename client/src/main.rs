@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use mirrord_net::background::{self, control, join};
 use mirrord_net::cli::{Cli, Command};
-use mirrord_net::report::{classify, Failure};
-use mirrord_net::{demo, environment, manual, run};
+use mirrord_net::report::Failure;
+use mirrord_net::run::classify;
+use mirrord_net::{demo, env_command, environment, manual, run};
 
 fn main() -> ExitCode {
     // The session child re-executes this binary; it must not start a runtime or parse the
@@ -107,7 +108,7 @@ fn main() -> ExitCode {
                     )
                     .into())
                 } else {
-                    environment::print_env(&session, format)
+                    env_command::print_env(&session, format)
                         .await
                         .map_err(anyhow::Error::from)
                 }

@@ -5,18 +5,14 @@
 //! {"error":{"kind":"target-not-found","message":"target pid/9 does not exist (…)"}}
 //! ```
 //!
-//! The kinds are the error classes that exist ([`classify`] maps each error type to one);
-//! their names never change meaning, and docs/agents.md lists them with the exit codes.
-//! Usage errors (clap's, a bad `-f` file) exit 2, everything else 1, as before: the kind, not
-//! the code, tells the classes apart. A usage error is JSON too when `--json` comes before
-//! `--` on the command line.
+//! The kinds are the error classes that exist: each error type says its own (`kind()`), and
+//! [`classify`](crate::run::classify) finds it for any error a command returns; this module
+//! imports none of them. Their names never change meaning, and docs/agents.md lists them with
+//! the exit codes. Usage errors (clap's, a bad `-f` file) exit 2, everything else 1, as
+//! before: the kind, not the code, tells the classes apart. A usage error is JSON too when
+//! `--json` comes before `--` on the command line.
 
 use serde::{Deserialize, Serialize};
-
-use crate::agent::AgentError;
-use crate::kubernetes::KubeError;
-use crate::run::RunError;
-use crate::target::TargetError;
 
 /// The class of a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,61 +96,6 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The kind of any error the CLI's commands return.
-pub fn classify(err: &anyhow::Error) -> Kind {
-    if let Some(failure) = err.downcast_ref::<Failure>() {
-        return failure.kind;
-    }
-    if let Some(err) = err.downcast_ref::<RunError>() {
-        return run_kind(err);
-    }
-    if let Some(err) = err.downcast_ref::<KubeError>() {
-        return kube_kind(err);
-    }
-    Kind::Internal
-}
-
-fn run_kind(err: &RunError) -> Kind {
-    match err {
-        RunError::NeedRoot | RunError::TunNotAccessible | RunError::FuseNotAccessible => {
-            Kind::Permission
-        }
-        RunError::NoTunDevice | RunError::NoFuseDevice | RunError::UserNamespacesDisabled(_) => {
-            Kind::Environment
-        }
-        RunError::Target(TargetError::NoSuchProcess(_)) => Kind::TargetNotFound,
-        RunError::Target(_) => Kind::Usage,
-        RunError::Agent(AgentError::NotFound(_)) => Kind::Environment,
-        RunError::Agent(_) => Kind::AgentFailed,
-        RunError::Kubernetes(err) => kube_kind(err),
-        RunError::Tunnel(_) | RunError::Trust(_) => Kind::Connection,
-        RunError::Incoming(_) | RunError::Outgoing(_) => Kind::BadConfig,
-        RunError::AgentLost(_) | RunError::AgentSilent(_) => Kind::AgentLost,
-        RunError::Session(_)
-        | RunError::UserLookup(_)
-        | RunError::Output(_)
-        | RunError::TunHandOver(_) => Kind::Internal,
-    }
-}
-
-fn kube_kind(err: &KubeError) -> Kind {
-    match err {
-        KubeError::Config(_) => Kind::BadConfig,
-        KubeError::Denied(_) => Kind::Permission,
-        KubeError::NotFound { .. } => Kind::TargetNotFound,
-        KubeError::NoReadyPod { .. }
-        | KubeError::PodNotRunning { .. }
-        | KubeError::ContainerNotRunning { .. } => Kind::TargetUnavailable,
-        KubeError::ContainerNeeded { .. } | KubeError::NoSuchContainer { .. } => Kind::BadConfig,
-        KubeError::ImageMissing { .. }
-        | KubeError::AgentTimeout { .. }
-        | KubeError::AgentFailed { .. }
-        | KubeError::Interrupted => Kind::AgentFailed,
-        KubeError::Transport(_) => Kind::Connection,
-        KubeError::Api { .. } => Kind::Internal,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,26 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn run_errors_fall_into_their_classes() {
-        let kind = |err: RunError| classify(&anyhow::Error::from(err));
-        assert_eq!(
-            kind(RunError::Target(TargetError::NoSuchProcess(9))),
-            Kind::TargetNotFound
-        );
-        assert_eq!(kind(RunError::NeedRoot), Kind::Permission);
-        assert_eq!(kind(RunError::NoTunDevice), Kind::Environment);
-        assert_eq!(
-            kind(RunError::Agent(AgentError::Failed("x".into()))),
-            Kind::AgentFailed
-        );
-        assert_eq!(
-            kind(RunError::Kubernetes(KubeError::Denied("no".into()))),
-            Kind::Permission
-        );
-        assert_eq!(
-            classify(&anyhow::Error::from(Failure::new(Kind::SessionEnded, "x"))),
-            Kind::SessionEnded
-        );
+    fn usage_errors_exit_2_and_everything_else_1() {
         assert_eq!(Kind::Usage.exit_code(), 2);
         assert_eq!(Kind::AgentLost.exit_code(), 1);
     }

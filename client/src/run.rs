@@ -31,6 +31,7 @@ use crate::files::{self, FsMode};
 use crate::incoming;
 use crate::kubernetes::{self, KubeError};
 use crate::progress::Progress;
+use crate::report::{Failure, Kind};
 use crate::session::{self, userns, Session, SessionError, SessionPrivileges, SessionSpec};
 use crate::target::{Target, TargetError};
 use crate::tunnel::{self, pump, Tunnel, TunnelError};
@@ -82,6 +83,46 @@ pub enum RunError {
     Output(std::io::Error),
     #[error("cannot hand the session's TUN device to the agent: {0}")]
     TunHandOver(std::io::Error),
+}
+
+impl RunError {
+    /// The class of this failure (see [`report`](crate::report)).
+    pub fn kind(&self) -> Kind {
+        match self {
+            RunError::NeedRoot | RunError::TunNotAccessible | RunError::FuseNotAccessible => {
+                Kind::Permission
+            }
+            RunError::NoTunDevice
+            | RunError::NoFuseDevice
+            | RunError::UserNamespacesDisabled(_) => Kind::Environment,
+            RunError::Target(TargetError::NoSuchProcess(_)) => Kind::TargetNotFound,
+            RunError::Target(_) => Kind::Usage,
+            RunError::Agent(AgentError::NotFound(_)) => Kind::Environment,
+            RunError::Agent(_) => Kind::AgentFailed,
+            RunError::Kubernetes(err) => err.kind(),
+            RunError::Tunnel(_) | RunError::Trust(_) => Kind::Connection,
+            RunError::Incoming(_) | RunError::Outgoing(_) => Kind::BadConfig,
+            RunError::AgentLost(_) | RunError::AgentSilent(_) => Kind::AgentLost,
+            RunError::Session(_)
+            | RunError::UserLookup(_)
+            | RunError::Output(_)
+            | RunError::TunHandOver(_) => Kind::Internal,
+        }
+    }
+}
+
+/// The kind of any error the CLI's commands return.
+pub fn classify(err: &anyhow::Error) -> Kind {
+    if let Some(failure) = err.downcast_ref::<Failure>() {
+        return failure.kind;
+    }
+    if let Some(err) = err.downcast_ref::<RunError>() {
+        return err.kind();
+    }
+    if let Some(err) = err.downcast_ref::<KubeError>() {
+        return err.kind();
+    }
+    Kind::Internal
 }
 
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
@@ -594,4 +635,32 @@ pub fn shell_command() -> Vec<OsString> {
     vec![std::env::var_os("SHELL")
         .filter(|shell| !shell.is_empty())
         .unwrap_or_else(|| OsString::from("/bin/sh"))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_errors_fall_into_their_classes() {
+        let kind = |err: RunError| classify(&anyhow::Error::from(err));
+        assert_eq!(
+            kind(RunError::Target(TargetError::NoSuchProcess(9))),
+            Kind::TargetNotFound
+        );
+        assert_eq!(kind(RunError::NeedRoot), Kind::Permission);
+        assert_eq!(kind(RunError::NoTunDevice), Kind::Environment);
+        assert_eq!(
+            kind(RunError::Agent(AgentError::Failed("x".into()))),
+            Kind::AgentFailed
+        );
+        assert_eq!(
+            kind(RunError::Kubernetes(KubeError::Denied("no".into()))),
+            Kind::Permission
+        );
+        assert_eq!(
+            classify(&anyhow::Error::from(Failure::new(Kind::SessionEnded, "x"))),
+            Kind::SessionEnded
+        );
+    }
 }

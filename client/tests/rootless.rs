@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use mirrord_net::files;
 use mirrord_net::session::{
-    IdMaps, RemoteFiles, Session, SessionError, SessionOptions, SessionPrivileges, SessionSpec,
-    SetupStep,
+    Destination, FilterMode, IdMaps, OutgoingRules, RemoteFiles, Session, SessionError,
+    SessionOptions, SessionPrivileges, SessionSpec, SetupStep,
 };
 use mirrord_net_agent::files::{Access, FileServer};
 use mirrord_net_fuse_fs::transport::{Reply, Transport, TransportError};
@@ -816,4 +816,85 @@ fn rootless_connections_to_localhost_leave_through_the_tun_for_the_target() {
         &scratch,
         STOCK,
     );
+}
+
+/// The outgoing filter without root: the session's user namespace owns its network
+/// namespace, so the child writes the redirects and opens the relay's sockets itself, and
+/// the client (the user) serves them from the host's namespaces. A server on this machine's
+/// loopback, started by root, answers TCP and UDP from the session.
+#[test]
+fn rootless_local_destinations_leave_from_the_host() {
+    if let Some(scratch) = in_unprivileged_copy() {
+        let port: u16 = std::fs::read_to_string(scratch.join("port"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let options = SessionOptions {
+            outgoing: Some(OutgoingRules {
+                mode: FilterMode::Local,
+                listed: vec![Destination::new(
+                    "127.0.0.1".parse().unwrap(),
+                    32,
+                    Some(port),
+                    true,
+                    true,
+                )],
+                exempt: Vec::new(),
+            }),
+            ..rootless_options()
+        };
+        let (code, output) = block_on(run_script(
+            &scratch,
+            &format!(
+                "curl -sS -m 5 http://127.0.0.1:{port}/ && \
+                 echo dgram | socat -t 2 - UDP4:127.0.0.1:{port}"
+            ),
+            options,
+            None,
+        ));
+        assert_eq!(code, 0, "{output}");
+        assert_eq!(
+            output,
+            format!("host 127.0.0.1 {port}\nhost 127.0.0.1 dgram"),
+            "{output}"
+        );
+        return;
+    }
+    /// The server, killed however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let scratch = Scratch::new("outgoing");
+    let mut server = Server(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/scripts/host_servers.py"
+            ))
+            .args(["127.0.0.1", "host"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs"),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.split_whitespace().nth(1).expect("listening PORT");
+    std::fs::write(scratch.path("port"), port).unwrap();
+    let links = host_links();
+    run_unprivileged(
+        "rootless_local_destinations_leave_from_the_host",
+        &scratch,
+        STOCK,
+    );
+    drop(server);
+    assert_eq!(host_links(), links, "no interface left on the host");
 }

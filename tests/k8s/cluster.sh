@@ -76,10 +76,18 @@ SOURCES_FILE=/etc/apt/sources.list.d/mirrord-net-k8s-src.sources
 
 # Prints "URI<TAB>SIGNED-BY" of the first binary source of Debian's main archive (the one whose
 # suites include this release's codename and whose components include main), from deb822
-# files and one-line sources.list files alike. SIGNED-BY may be empty.
+# files and one-line sources.list files alike. SIGNED-BY may be empty. Arguments (for
+# tests/k8s/apt-sources-test.sh): the apt directory (/etc/apt) and the codename (this
+# machine's).
 debian_archive() {
-    local codename
-    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    local apt_dir=${1:-/etc/apt} codename=${2:-}
+    [ -n "$codename" ] || codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    # deb822 files first, then the one-line ones.
+    local files=() file
+    for file in "$apt_dir"/sources.list.d/*.sources "$apt_dir"/sources.list "$apt_dir"/sources.list.d/*.list; do
+        [ -f "$file" ] && files+=("$file")
+    done
+    [ ${#files[@]} -gt 0 ] || return 0
     awk -v codename="$codename" '
         function flush() {
             if (types ~ /(^| )deb( |$)/ && suites ~ ("(^| )" codename "( |$)") && comps ~ /(^| )main( |$)/ && uris != "" && !found) {
@@ -108,7 +116,7 @@ debian_archive() {
             }
         }
         END { flush() }
-    ' $(ls -d /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
+    ' "${files[@]}" </dev/null
 }
 
 ensure_deb_src() {
@@ -1055,4 +1063,7 @@ main() {
     esac
 }
 
-main "$@"
+# Sourced (by tests/k8s/apt-sources-test.sh), it only defines its functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi

@@ -32,6 +32,8 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, Ipv4Address, Ipv6Address};
 use tokio::time::Sleep;
 
+use super::config::StackConfig;
+use super::ctx::Ctx;
 use super::device::{LinkDevice, TxQueue};
 use super::flow::{Proto, ReadyQueue, Timers, Token};
 use super::icmp::IcmpFlows;
@@ -41,34 +43,12 @@ use super::packet::{self, DropReason, Parsed};
 use super::stats::Stats;
 use super::tcp::{TcpFlows, TcpSettings};
 use super::udp::UdpFlows;
-use super::StackConfig;
 use crate::busy_poll::BusyPoll;
 
 /// Rounds per poll before yielding to other tasks.
 const ROUNDS_PER_POLL: usize = 16;
 /// Tunnel packets taken per round.
 const RECV_PER_ROUND: usize = 256;
-
-/// What the protocol tables may touch while handling one event.
-pub(crate) struct Ctx<'a> {
-    pub now: Instant,
-    pub iface: &'a mut Interface,
-    pub device: &'a mut LinkDevice,
-    pub timers: &'a mut Timers,
-    pub ready: &'a Arc<ReadyQueue>,
-    /// Flows parked until the outbound queue drains.
-    pub blocked: &'a mut Vec<Token>,
-    pub stats: &'a Stats,
-    ident: &'a mut u32,
-}
-
-impl Ctx<'_> {
-    /// A fresh IP identification for packets that may be fragmented.
-    pub fn next_ident(&mut self) -> u32 {
-        *self.ident = self.ident.wrapping_add(1);
-        *self.ident
-    }
-}
 
 /// smoltcp time measured from the stack's start.
 struct Clock {

@@ -9,6 +9,7 @@
 //!   only when a deadline moves earlier, and a popped entry that no longer matches its flow's
 //!   `timer_at` is stale and ignored. That keeps re-arming (which TCP does after every
 //!   packet) at O(1) in the common case, and the heap small.
+//! * [`idle_check`] decides what an expired idle deadline of a UDP or ICMP flow means.
 //! * [`ReadyQueue`] and [`FlowWaker`] turn readiness into a list of flows to service. Each
 //!   flow owns one `Waker`; tokio's reactor wakes it when the flow's upstream socket becomes
 //!   readable or writable, and the stack wakes it itself when smoltcp state changed. A wake
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
 use futures_util::task::AtomicWaker;
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 
 /// Which table a flow lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -267,6 +268,24 @@ impl FlowWaker {
     }
 }
 
+/// What an expired idle deadline means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdleCheck {
+    /// Idle for the whole timeout: close the flow.
+    Expire,
+    /// Active since the deadline was armed: check again then.
+    Recheck(Instant),
+}
+
+pub(crate) fn idle_check(last_active: Instant, now: Instant, idle: Duration) -> IdleCheck {
+    let deadline = last_active + idle;
+    if now >= deadline {
+        IdleCheck::Expire
+    } else {
+        IdleCheck::Recheck(deadline)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,5 +378,13 @@ mod tests {
         let mut out = Vec::new();
         ready.take_into(&mut out);
         assert!(ready.try_leave());
+    }
+
+    #[test]
+    fn idle_flows_expire_and_active_ones_are_rechecked() {
+        let idle = Duration::from_secs(60);
+        let t = Instant::from_secs;
+        assert_eq!(idle_check(t(0), t(60), idle), IdleCheck::Expire);
+        assert_eq!(idle_check(t(30), t(60), idle), IdleCheck::Recheck(t(90)));
     }
 }

@@ -28,12 +28,11 @@ use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::engine::Ctx;
-use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
+use super::ctx::Ctx;
+use super::flow::{fired, idle_check, FlowId, FlowWaker, IdleCheck, Proto, Slab, Token};
 use super::limits::{admit_flow, Limits, LoggedOnce, Refusal};
 use super::packet::{echo_request, push_echo_reply, push_unreachable, EchoKey};
 use super::stats::Stats;
-use super::udp::{idle_check, IdleCheck};
 use super::upstream::{self, EchoSocketKind};
 
 /// Messages read from one socket per service before other flows get a turn.

@@ -64,7 +64,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::buffer::TcpEndpoint;
-use super::engine::Ctx;
+use super::ctx::Ctx;
 use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
 use super::inbound::{InboundConnection, InboundDone};
 use super::limits::{HalfOpen, Limits, LoggedOnce};

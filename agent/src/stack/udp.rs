@@ -36,8 +36,8 @@ use smoltcp::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use super::engine::Ctx;
-use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
+use super::ctx::Ctx;
+use super::flow::{fired, idle_check, FlowId, FlowWaker, IdleCheck, Proto, Slab, Token};
 use super::limits::{admit_flow, Limits, LoggedOnce, Refusal};
 use super::packet::{push_udp, push_unreachable, synthetic_udp, FlowKey, Unreachable};
 use super::stats::Stats;
@@ -49,24 +49,6 @@ const BACKLOG_LIMIT: usize = 256;
 const READ_BUDGET: usize = 256;
 /// Largest UDP payload a socket can deliver.
 const MAX_DATAGRAM: usize = 65_535;
-
-/// What an expired idle deadline means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IdleCheck {
-    /// Idle for the whole timeout: close the flow.
-    Expire,
-    /// Active since the deadline was armed: check again then.
-    Recheck(Instant),
-}
-
-pub(crate) fn idle_check(last_active: Instant, now: Instant, idle: Duration) -> IdleCheck {
-    let deadline = last_active + idle;
-    if now >= deadline {
-        IdleCheck::Expire
-    } else {
-        IdleCheck::Recheck(deadline)
-    }
-}
 
 /// What the session should learn from a failed send or receive on a connected socket.
 pub(crate) fn error_reply(err: &io::Error) -> Option<Unreachable> {
@@ -344,14 +326,6 @@ impl UdpFlows {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idle_flows_expire_and_active_ones_are_rechecked() {
-        let idle = Duration::from_secs(60);
-        let t = Instant::from_secs;
-        assert_eq!(idle_check(t(0), t(60), idle), IdleCheck::Expire);
-        assert_eq!(idle_check(t(30), t(60), idle), IdleCheck::Recheck(t(90)));
-    }
 
     #[test]
     fn refusals_and_routing_errors_become_icmp() {

@@ -46,8 +46,8 @@ use super::protocol::{
 use crate::agent_handle::SessionAgent;
 use crate::cli::SessionArgs;
 use crate::files::FsMode;
-use crate::report::{classify, Failure, Kind};
-use crate::run;
+use crate::report::{Failure, Kind};
+use crate::run::{self, classify};
 use crate::session::SessionPrivileges;
 use crate::target::Target;
 

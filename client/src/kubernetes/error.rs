@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::rbac::{describe_denial, Operation};
+use crate::report::Kind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -86,6 +87,27 @@ impl KubeError {
                 operation,
                 message: other.to_string(),
             },
+        }
+    }
+
+    /// The class of this failure (see [`report`](crate::report)).
+    pub fn kind(&self) -> Kind {
+        match self {
+            KubeError::Config(_) => Kind::BadConfig,
+            KubeError::Denied(_) => Kind::Permission,
+            KubeError::NotFound { .. } => Kind::TargetNotFound,
+            KubeError::NoReadyPod { .. }
+            | KubeError::PodNotRunning { .. }
+            | KubeError::ContainerNotRunning { .. } => Kind::TargetUnavailable,
+            KubeError::ContainerNeeded { .. } | KubeError::NoSuchContainer { .. } => {
+                Kind::BadConfig
+            }
+            KubeError::ImageMissing { .. }
+            | KubeError::AgentTimeout { .. }
+            | KubeError::AgentFailed { .. }
+            | KubeError::Interrupted => Kind::AgentFailed,
+            KubeError::Transport(_) => Kind::Connection,
+            KubeError::Api { .. } => Kind::Internal,
         }
     }
 }

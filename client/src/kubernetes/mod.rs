@@ -17,6 +17,7 @@
 pub mod agent_job;
 pub mod agent_pod;
 pub mod agent_resources;
+mod agent_settings;
 pub mod clean;
 pub mod config;
 pub mod ephemeral;
@@ -32,10 +33,11 @@ mod testing;
 
 use std::time::Duration;
 
-use mirrord_net_protocol::trust::{Fingerprint, SessionIdentity};
+use mirrord_net_protocol::trust::SessionIdentity;
 use tokio::signal::unix::{signal, SignalKind};
 
 pub use agent_resources::AgentResources;
+pub use agent_settings::AgentSettings;
 pub use config::ClusterArgs;
 pub use error::KubeError;
 pub use handle::KubeAgent;
@@ -113,29 +115,6 @@ impl Default for KubeArgs {
             agent_privileged: false,
         }
     }
-}
-
-/// What every agent of a session is started with.
-#[derive(Debug, Clone)]
-pub struct AgentSettings {
-    /// Names the session's objects; from the client certificate, so unique per session.
-    pub session: String,
-    /// Where the agent's objects live.
-    pub namespace: String,
-    pub image: String,
-    /// The only client the agent accepts.
-    pub client: Fingerprint,
-    pub fs_mode: FsMode,
-    /// The agent's `--incoming` (see `IncomingArgs::agent_arg`).
-    pub incoming: &'static str,
-    pub log_filter: Option<&'static str>,
-    pub timeout: Duration,
-    /// The Job container's resource limits.
-    pub resources: AgentResources,
-    /// A privileged Job container instead of named capabilities.
-    pub privileged: bool,
-    /// This client, for `mirrord-net clean` (see [`crate::client_process`]).
-    pub client_process: Option<String>,
 }
 
 /// What the session asks of its agent beyond the Kubernetes flags.

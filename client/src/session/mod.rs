@@ -39,6 +39,7 @@
 
 mod channel;
 mod child;
+mod error;
 mod exec;
 pub mod hosts;
 mod identity;
@@ -60,6 +61,7 @@ pub mod userns;
 pub use child::child_main;
 // What a command joining a background session (`crate::background::join`) is made with:
 // the same steps as the session's own command.
+pub use error::SessionError;
 pub use exec::command_env;
 pub(crate) use exec::{compose_env, exec as exec_command, exit_code, CANNOT_EXECUTE};
 pub use identity::invoking_user;
@@ -67,11 +69,10 @@ pub(crate) use identity::{become_user, identity_env, resolve as resolve_user};
 pub(crate) use init::FORWARDED;
 pub use loopback::tcp_listening;
 pub use outgoing::{Destination, FilterMode, OutgoingRules};
-pub use parent::{Session, SessionError};
+pub use parent::Session;
 pub(crate) use protocol::ResolvedUser;
-pub use protocol::{IpFamily, SetupFailure, SetupStep};
+pub use protocol::{IdMap, IdMaps, IpFamily, SessionPrivileges, SetupFailure, SetupStep};
 pub use spec::{
-    InvalidSpec, RemoteFiles, RunAs, ServeFiles, SessionOptions, SessionPrivileges, SessionSpec,
-    DEFAULT_TUN_NAME, HOSTS, RESOLV_CONF,
+    InvalidSpec, RemoteFiles, RunAs, ServeFiles, SessionOptions, SessionSpec, DEFAULT_TUN_NAME,
+    HOSTS, RESOLV_CONF,
 };
-pub use userns::{IdMap, IdMaps};

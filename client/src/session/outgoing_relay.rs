@@ -242,8 +242,11 @@ async fn serve_udp(socket: UdpSocket, conntrack: Arc<Mutex<NetfilterSocket>>) {
                 }
             },
         };
-        // A refused destination shows on the flow's next receive; a full buffer drops.
-        let _ = upstream.try_send(&buf[..len]);
+        // A refused destination shows on the flow's next receive. (Not `try_send`: tokio's
+        // needs readiness seen before, which a new socket has not.)
+        if let Err(err) = upstream.send(&buf[..len]).await {
+            tracing::debug!(%source, "local datagram dropped: {err}");
+        }
     }
 }
 

@@ -44,51 +44,19 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::channel::{self, ChannelError};
+use super::error::SessionError;
 use super::exec;
 use super::identity;
 use super::loopback::{self, NatPlan};
 use super::outgoing_relay::{Relay, RelaySockets};
 use super::protocol::{ChildMessage, ParentMessage, SetupFailure, SetupStep};
-use super::spec::{self, InvalidSpec, RemoteFiles, SessionOptions, SessionSpec};
+use super::spec::{self, RemoteFiles, SessionOptions, SessionSpec};
 use super::userns;
 
 /// The program re-executed when [`SessionOptions::program`] is `None`.
 const SELF_EXE: &str = "/proc/self/exe";
 /// How long a child that ended the conversation early gets to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
-
-/// Why a session could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("{0}")]
-    InvalidSpec(#[from] InvalidSpec),
-    #[error("cannot look up uid {uid} to run the command as: {source}")]
-    User { uid: u32, source: io::Error },
-    #[error("cannot create the session's control socket: {0}")]
-    ControlSocket(io::Error),
-    #[error("cannot start the session process {}: {source}", program.display())]
-    Spawn { program: PathBuf, source: io::Error },
-    #[error("{0}")]
-    Setup(#[from] SetupFailure),
-    /// A rootless session's failed step, with the hint that fits a session without root.
-    #[error("{message}")]
-    RootlessSetup {
-        failure: SetupFailure,
-        message: String,
-    },
-    #[error("the session process ended before the session was ready ({0})")]
-    ChildExited(String),
-    #[error("the session process broke the session protocol: {0}")]
-    Protocol(String),
-    #[error("cannot talk to the session process: {0}")]
-    Control(io::Error),
-    #[error("the session was not ready within {0:?}; its process was stopped")]
-    Timeout(Duration),
-    #[error("cannot use the session's TUN device: {0}")]
-    Tun(io::Error),
-    #[error("cannot serve the target's files: {0}")]
-    ServeFiles(io::Error),
-}
 
 /// A running session: the user's command in its namespaces, and the TUN that carries its
 /// packets.

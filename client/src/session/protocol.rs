@@ -38,10 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use super::outgoing::OutgoingRules;
 
-use super::spec::SessionPrivileges;
-
 /// Version of the conversation; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame either side accepts. The spec is the only big message (environment, hosts);
 /// anything near this is a bug or garbage on the socket.
@@ -49,6 +47,59 @@ pub const MAX_FRAME_LEN: usize = 64 << 20;
 
 /// Length of the frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
+
+/// How the session child gets the privileges it needs for namespaces and the TUN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionPrivileges {
+    /// The client is root (via sudo) and the child inherits that; the command drops to
+    /// [`SessionSpec::run_as`](super::SessionSpec::run_as).
+    #[default]
+    Root,
+    /// The client is an ordinary user: the child makes a user namespace of its own with these
+    /// maps and builds the session inside it ([`userns`](super::userns)). The command runs as
+    /// the map's inside uid; [`SessionSpec::run_as`](super::SessionSpec::run_as) must be `None`.
+    Rootless(IdMaps),
+}
+
+/// One id seen from inside the session's user namespace and from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub inside: u32,
+    pub outside: u32,
+}
+
+/// The uid and gid maps of a rootless session: one id each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMaps {
+    pub uid: IdMap,
+    pub gid: IdMap,
+}
+
+impl IdMaps {
+    /// Maps `uid` and `gid` to themselves, or to root inside with `as_root`.
+    pub fn new(uid: u32, gid: u32, as_root: bool) -> Self {
+        let inside = |id| if as_root { 0 } else { id };
+        IdMaps {
+            uid: IdMap {
+                inside: inside(uid),
+                outside: uid,
+            },
+            gid: IdMap {
+                inside: inside(gid),
+                outside: gid,
+            },
+        }
+    }
+
+    /// The calling user's effective ids ([`new`](Self::new)).
+    pub fn current_user(as_root: bool) -> Self {
+        Self::new(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+            as_root,
+        )
+    }
+}
 
 /// Everything the child needs to build the session, in plain data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,11 +13,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::outgoing::{resolver_destinations, Destination, OutgoingRules};
-use super::protocol::{ChildSpec, FileOverlay, ResolvedUser, PROTOCOL_VERSION};
-use super::userns::IdMaps;
+use super::protocol::{ChildSpec, FileOverlay, ResolvedUser, SessionPrivileges, PROTOCOL_VERSION};
 
 /// Where the session shows the target's resolver configuration.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -61,19 +58,6 @@ pub struct SessionSpec {
 pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
-}
-
-/// How the session child gets the privileges it needs for namespaces and the TUN.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SessionPrivileges {
-    /// The client is root (via sudo) and the child inherits that; the command drops to
-    /// [`SessionSpec::run_as`].
-    #[default]
-    Root,
-    /// The client is an ordinary user: the child makes a user namespace of its own with these
-    /// maps and builds the session inside it ([`userns`](super::userns)). The command runs as
-    /// the map's inside uid; [`SessionSpec::run_as`] must be `None`.
-    Rootless(IdMaps),
 }
 
 /// Knobs of [`Session::start_with`](super::Session::start_with) that ordinary callers leave
@@ -295,6 +279,7 @@ pub(crate) fn child_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::protocol::IdMaps;
 
     fn spec() -> SessionSpec {
         SessionSpec {

@@ -44,51 +44,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-use super::parent::SessionError;
-use super::protocol::{SetupFailure, SetupStep};
-use super::spec::SessionPrivileges;
-
-/// One id seen from inside the session's user namespace and from the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdMap {
-    pub inside: u32,
-    pub outside: u32,
-}
-
-/// The uid and gid maps of a rootless session: one id each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdMaps {
-    pub uid: IdMap,
-    pub gid: IdMap,
-}
-
-impl IdMaps {
-    /// Maps `uid` and `gid` to themselves, or to root inside with `as_root`.
-    pub fn new(uid: u32, gid: u32, as_root: bool) -> Self {
-        let inside = |id| if as_root { 0 } else { id };
-        IdMaps {
-            uid: IdMap {
-                inside: inside(uid),
-                outside: uid,
-            },
-            gid: IdMap {
-                inside: inside(gid),
-                outside: gid,
-            },
-        }
-    }
-
-    /// The calling user's effective ids ([`new`](Self::new)).
-    pub fn current_user(as_root: bool) -> Self {
-        Self::new(
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-            as_root,
-        )
-    }
-}
+use super::error::SessionError;
+use super::protocol::{IdMap, IdMaps, SessionPrivileges, SetupFailure, SetupStep};
 
 /// A line of `uid_map`/`gid_map`: inside id, outside id, count.
 pub fn map_line(map: IdMap) -> String {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use nix::sys::signal::Signal;
 
-use super::both_families;
+use super::addresses::both_families;
 use crate::netns::Netns;
 use crate::probe;
 use crate::process::Supervised;

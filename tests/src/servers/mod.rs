@@ -4,15 +4,13 @@
 //! for each to answer: [`Server::spawn`] starts the process, [`Server::wait_ready`] probes it
 //! from inside the namespace.
 
-use std::net::{IpAddr, SocketAddr};
-
 use anyhow::Result;
 
 use crate::netns::Netns;
 use crate::process::Supervised;
 use crate::testdir::TestDir;
-use crate::topology::{SERVICES_V4, SERVICES_V6};
 
+mod addresses;
 mod dns;
 mod hold_echo;
 mod http;
@@ -111,12 +109,4 @@ impl Server {
             Server::Redis => redis::wait_ready(ns),
         }
     }
-}
-
-/// `port` on both services addresses.
-fn both_families(port: u16) -> [SocketAddr; 2] {
-    [
-        SocketAddr::new(IpAddr::V4(SERVICES_V4), port),
-        SocketAddr::new(IpAddr::V6(SERVICES_V6), port),
-    ]
 }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use nix::unistd::{chown, User};
 
-use super::both_families;
+use super::addresses::both_families;
 use crate::netns::{drop_to, Netns};
 use crate::probe;
 use crate::process::Supervised;

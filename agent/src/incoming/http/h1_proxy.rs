@@ -48,7 +48,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
 use super::h1::{self, BodyFramer, BodyKind, RequestStream, Step, EMPTY_HEADERS};
-use super::{BoxedStream, Connector, Routes};
+use super::routes::{BoxedStream, Connector, Routes};
 
 const BAD_GATEWAY: &[u8] =
     b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";

@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use super::filter::RequestHead;
-use super::{BoxedStream, Connector, Routes};
+use super::routes::{BoxedStream, Connector, Routes};
 
 type LocalFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 

@@ -32,73 +32,26 @@
 pub mod h1;
 pub mod h1_proxy;
 pub mod h2_proxy;
+mod routes;
 
-use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use filter::{FilterError, HttpFilter, RequestHead};
 /// The filters live in the protocol crate, so the client compiles them too (a bad regex is
 /// the user's error before anything starts).
 pub use mirrord_net_protocol::http_filter as filter;
+pub use routes::{AsyncReadWrite, BoxedStream, Connector, OneRoute, Route, Routes, TcpConnector};
 
 /// How long a client may stay silent before its connection goes to the target untouched.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// A byte stream in both directions.
-pub trait AsyncReadWrite: AsyncRead + AsyncWrite {}
-impl<T: AsyncRead + AsyncWrite + ?Sized> AsyncReadWrite for T {}
-
-pub type BoxedStream = Box<dyn AsyncReadWrite + Unpin>;
-
-/// Opens a connection to one upstream (a session's listener, or the target).
-pub trait Connector {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>>;
-}
-
-/// A session's claim on the port: its filter and where its requests go.
-#[derive(Clone)]
-pub struct Route {
-    pub filter: Arc<HttpFilter>,
-    pub upstream: Rc<dyn Connector>,
-}
-
-/// The routes of a port as they are now, first match wins.
-pub trait Routes {
-    fn current(&self) -> Vec<Route>;
-}
-
-/// A plain TCP connect to one address, with `TCP_NODELAY` (the target's own listener).
-pub struct TcpConnector(pub SocketAddr);
-
-impl Connector for TcpConnector {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + '_>> {
-        Box::pin(async move {
-            let stream = tokio::net::TcpStream::connect(self.0).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as BoxedStream)
-        })
-    }
-}
-
-/// Routes that are always the same one route (one session's filter).
-pub struct OneRoute(pub Route);
-
-impl Routes for OneRoute {
-    fn current(&self) -> Vec<Route> {
-        vec![self.0.clone()]
-    }
-}
 
 /// The protocol a client speaks, as far as its first bytes tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
