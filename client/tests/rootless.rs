@@ -856,7 +856,7 @@ fn rootless_local_destinations_leave_from_the_host() {
         assert_eq!(code, 0, "{output}");
         assert_eq!(
             output,
-            format!("host 127.0.0.1 {port}\nhost 127.0.0.1 dgram"),
+            format!("host 127.0.0.1 {port}\nhost 127.0.0.1 dgram\n"),
             "{output}"
         );
         return;
