@@ -1,19 +1,22 @@
 //! Incoming traffic on a Kubernetes target: a Deployment's pod (`echo`, answering `v1`)
 //! reached through its Service, a session on the host running the patched copy (`v2`) on the
-//! same port: a filtered and an unfiltered steal with a Job agent, a mirror with an ephemeral
-//! agent (the test cluster turns on 1.20's alpha ephemeral containers, which take no
-//! securityContext: a steal there is refused with one clear line).
+//! same port. Covered: a header-filtered steal (direct transport) and an unfiltered one
+//! (through the API server's port-forward) with a Job agent; a mirror with a Job agent and
+//! with an ephemeral one. The test cluster turns on Kubernetes 1.20's alpha ephemeral
+//! containers, which take no securityContext: a steal with an ephemeral agent is refused
+//! there with one clear line (tested), since the runtime's default set has no NET_ADMIN.
 //!
-//! Both servers are `tests/scripts/tagged_httpd.py` (the pod gets it from a ConfigMap and
-//! runs it on the `localhost/python:local` test image); each answer names the client address
-//! its server saw. The clients are the host, through the Service's ClusterIP (kube-proxy's
-//! DNAT, then the redirect in the pod's namespace), and the `app` pod, through the Service and
-//! at the pod's IP, for the real client address (the session's server must see what the pod's
-//! sees). After each session: every request reaches the
-//! pod again within 5 s, the pod's nftables rule set is the one from before (read from the
-//! host in the pod's network namespace, found through containerd: the cluster runs on this
-//! machine), and the agent container ended with exit code 0 (a finalizer holds its pod in
-//! the API until the test has read its status).
+//! The pod's server is `tests/scripts/tagged_httpd.py` (from a ConfigMap, on the
+//! `localhost/python:local` test image); a stealing session runs the same script answering
+//! `v2`, a mirroring one `logging_httpd.py`. Each answer names the client address its server
+//! saw. The clients are the host, through the Service's ClusterIP (kube-proxy's DNAT, then the
+//! redirect in the pod's namespace), and the `app` pod, through the Service and at the pod's
+//! IP, for the real client address (the session's server must see what the pod's sees). After
+//! each session: every request reaches the pod again within 5 s, the pod's nftables rule set
+//! is the one from before (read from the host in the pod's network namespace, found through
+//! containerd: the cluster runs on this machine), and the agent container ended with exit
+//! code 0, reason Completed (a finalizer holds a Job agent's Job, and so its pod, in the API
+//! until the test has read its status; an ephemeral container stays in the pod's status).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,7 +36,7 @@ const PORT: &str = "8080";
 const SWITCH: Duration = Duration::from_secs(5);
 /// The run key of the filtered sessions (regex-escaped by the client: the `.` is literal).
 const KEY: &str = "run-7.k8s";
-/// A finalizer the tests put on agent pods, so that their final status can be read.
+/// A finalizer the tests put on agent Jobs, so that their pod's final status can be read.
 const HOLD: &str = "mirrord-net.test/hold";
 
 /// A test's helper scripts, from the repository.
@@ -246,29 +249,36 @@ impl Drop for Scratch {
     }
 }
 
-/// The agent's pod held in the API by a finalizer (released on drop), so that its container's
-/// final state can be read after the session has deleted its Job.
-struct HeldAgentPod<'a> {
+/// The agent's Job held in the API by a finalizer (released on drop), so that its pod, which
+/// the garbage collector only deletes once the Job is gone, keeps its container's final
+/// state after the session has deleted the Job. (A finalizer on the pod itself is not
+/// enough: a 1.20 kubelet that stops a deleted pod's container before it has seen it exit
+/// reports `ContainerStatusUnknown` instead of the real exit.)
+struct HeldAgentJob<'a> {
     ns: &'a Namespace,
-    pod: String,
+    job: String,
 }
 
-impl<'a> HeldAgentPod<'a> {
-    fn hold(ns: &'a Namespace) -> HeldAgentPod<'a> {
-        let pods = ns.names("pods", "job-name");
-        assert_eq!(pods.len(), 1, "one agent pod: {pods:?}");
-        let pod = pods[0].clone();
+impl<'a> HeldAgentJob<'a> {
+    fn hold(ns: &'a Namespace) -> HeldAgentJob<'a> {
+        let jobs = ns.names("jobs", "app.kubernetes.io/name=mirrord-net-agent");
+        assert_eq!(jobs.len(), 1, "one agent Job: {jobs:?}");
+        let job = jobs[0].clone();
         let patch = format!(r#"{{"metadata":{{"finalizers":["{HOLD}"]}}}}"#);
-        ns.kubectl(&["patch", &pod, "--type=merge", "-p", &patch])
+        ns.kubectl(&["patch", &job, "--type=merge", "-p", &patch])
             .assert_success();
-        HeldAgentPod { ns, pod }
+        HeldAgentJob { ns, job }
     }
 
     /// Waits until the agent container has terminated and returns its exit code and reason.
     fn terminated(&self) -> (String, String) {
+        let job_name = self.job.trim_start_matches("job.batch/");
+        let pods = self.ns.names("pods", &format!("job-name={job_name}"));
+        assert_eq!(pods.len(), 1, "one agent pod: {pods:?}");
+        let pod = &pods[0];
         let state = || {
             self.ns.field(
-                &self.pod,
+                pod,
                 "{.status.containerStatuses[0].state.terminated.exitCode} \
                  {.status.containerStatuses[0].state.terminated.reason}",
             )
@@ -276,13 +286,8 @@ impl<'a> HeldAgentPod<'a> {
         eventually_or_show(
             "the agent container terminated",
             Duration::from_secs(30),
-            || !state().is_empty(),
-            || {
-                self.ns
-                    .kubectl(&["get", &self.pod, "-o", "yaml"])
-                    .stdout
-                    .clone()
-            },
+            || !state().trim().is_empty(),
+            || self.ns.kubectl(&["get", pod, "-o", "yaml"]).stdout.clone(),
         );
         let state = state();
         let (code, reason) = state.split_once(' ').unwrap_or((&state, ""));
@@ -290,11 +295,11 @@ impl<'a> HeldAgentPod<'a> {
     }
 }
 
-impl Drop for HeldAgentPod<'_> {
+impl Drop for HeldAgentJob<'_> {
     fn drop(&mut self) {
         let _ = self.ns.kubectl(&[
             "patch",
-            &self.pod,
+            &self.job,
             "--type=merge",
             "-p",
             r#"{"metadata":{"finalizers":null}}"#,
@@ -397,7 +402,7 @@ fn incoming_filtered_steal_through_a_service_with_a_job_agent() {
         ],
         &scratch.stop_file(),
     );
-    let agent = HeldAgentPod::hold(&ns);
+    let agent = HeldAgentJob::hold(&ns);
     let took = switches_to(&service_ip, Some(&header), "v2", SWITCH);
     eprintln!(
         "tagged requests reach the session {:?} after its start (the switch: {took:?})",
@@ -460,16 +465,26 @@ fn incoming_steal_with_an_ephemeral_agent_needs_capabilities_kubernetes_1_20_ref
     );
 }
 
-/// A mirror of the `echo` pod's port into the session with an ephemeral agent (Kubernetes
-/// 1.20's alpha API; the agent runs with the runtime's default capabilities, which hold the
-/// NET_RAW of its packet socket): the Service's clients keep getting the pod's answers, the
-/// session's server logs every request, the pod's rule set never changes, the agent exits 0.
+#[test]
+fn incoming_mirror_through_a_service_with_a_job_agent() {
+    mirror_through_the_service("job");
+}
+
+/// With Kubernetes 1.20's alpha API: the agent runs with the runtime's default capabilities,
+/// which hold the NET_RAW of its packet socket.
 #[test]
 fn incoming_mirror_through_a_service_with_an_ephemeral_agent() {
-    let (ns, service_ip, pod) = echo_service("mirror-ephemeral");
+    mirror_through_the_service("ephemeral");
+}
+
+/// A mirror of the `echo` pod's port into the session with an `agent` (`job` or
+/// `ephemeral`): the Service's clients keep getting the pod's answers, the session's server
+/// logs every request, the pod's rule set never changes, the agent exits 0.
+fn mirror_through_the_service(agent: &str) {
+    let (ns, service_ip, pod) = echo_service(&format!("mirror-{agent}"));
     let pid = container_pid(&ns, &pod);
     let before = ruleset(pid);
-    let scratch = Scratch::new("mirror-ephemeral");
+    let scratch = Scratch::new(&format!("mirror-{agent}"));
     let log = scratch.0.join("requests.log");
     let server = format!(
         "python3 {} {PORT} {} & while [ ! -e {} ]; do sleep 0.1; done; kill $!",
@@ -479,16 +494,10 @@ fn incoming_mirror_through_a_service_with_an_ephemeral_agent() {
     );
     let session = Session::run(
         &ns,
-        &[
-            "--agent",
-            "ephemeral",
-            "--transport",
-            "direct",
-            "--mirror",
-            PORT,
-        ],
+        &["--agent", agent, "--transport", "direct", "--mirror", PORT],
         &["sh", "-c", &server],
     );
+    let held = (agent == "job").then(|| HeldAgentJob::hold(&ns));
     let logged = |path: &str| {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -554,9 +563,14 @@ fn incoming_mirror_through_a_service_with_an_ephemeral_agent() {
     assert_eq!(out.code(), Some(0), "{out}\n{stderr}");
     assert_eq!(ruleset(pid), before);
     assert_eq!(get(&service_ip, None).unwrap().0, "v1");
+    let exit = match &held {
+        Some(held) => held.terminated(),
+        None => ephemeral_agent_terminated(&ns, &pod),
+    };
     assert_eq!(
-        ephemeral_agent_terminated(&ns, &pod),
-        ("0".to_owned(), "Completed".to_owned())
+        exit,
+        ("0".to_owned(), "Completed".to_owned()),
+        "the agent's exit"
     );
 }
 
@@ -596,10 +610,17 @@ fn incoming_unfiltered_steal_sees_the_real_client_with_a_job_agent() {
     let scratch = Scratch::new("unfiltered-job");
     let session = Session::start(
         &ns,
-        &["--agent", "job", "--transport", "direct", "--steal", PORT],
+        &[
+            "--agent",
+            "job",
+            "--transport",
+            "port-forward",
+            "--steal",
+            PORT,
+        ],
         &scratch.stop_file(),
     );
-    let agent = HeldAgentPod::hold(&ns);
+    let agent = HeldAgentJob::hold(&ns);
     switches_to(&service_ip, None, "v2", SWITCH);
     // Every request is the session's, and its server sees the real client.
     for _ in 0..3 {
