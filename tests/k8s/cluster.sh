@@ -517,6 +517,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 nodeStatusUpdateFrequency: 2s
 serializeImagePulls: false
+featureGates: {EphemeralContainers: true}
 EOF
     write_kubeconfig "$S/admin.kubeconfig" admin admin
     write_kubeconfig "$S/kubelet.kubeconfig" node "system:node:$NODE_NAME"
@@ -615,7 +616,7 @@ cmd_up() {
         --kubelet-certificate-authority="$S/pki/ca.crt" \
         --kubelet-preferred-address-types=InternalIP,Hostname \
         --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-        --allow-privileged=true --feature-gates=TTLAfterFinished=true \
+        --allow-privileged=true --feature-gates=TTLAfterFinished=true,EphemeralContainers=true \
         --cert-dir="$S/certs" --profiling=false
 
     wait_for 30 "containerd" in_ns ctr --address "$SOCK" version

@@ -8,6 +8,9 @@
 #                            the binaries, every shared library they load (ldd), the share and lib
 #                            directories, and a `postgres` user. Its command (see the tests'
 #                            manifests) runs initdb into /tmp and starts the server.
+# localhost/python:local     This machine's python3 (Debian's python3.11) with its standard library
+#                            (no tests, IDLE, tkinter) and busybox for a shell: the incoming
+#                            tests' HTTP services (tests/scripts/*.py, given to pods as ConfigMaps).
 #
 # The tars are cached next to the cluster build (MIRRORD_K8S_CACHE), keyed by the package
 # version and this script's text, so a second run only imports.
@@ -54,23 +57,52 @@ build_postgres() {
     rm -rf "$root"
 }
 
+build_python() {
+    local out=$1 python lib root file
+    python=$(readlink -f /usr/bin/python3)
+    lib=/usr/lib/$(basename "$python")
+    [ -d "$lib" ] || die "no standard library at $lib"
+    root=$(mktemp -d)
+    install -D -m 0755 /bin/busybox "$root/bin/busybox"
+    for applet in sh echo cat ls sleep; do ln -s busybox "$root/bin/$applet"; done
+    copy_with_libs "$root" "$python"
+    ln -s "$(basename "$python")" "$root/usr/bin/python3"
+    mkdir -p "$root/usr/lib"
+    tar -C /usr/lib --exclude=__pycache__ --exclude=test --exclude=idlelib --exclude=tkinter \
+        --exclude=ensurepip --exclude=lib2to3 --exclude='config-*' -cf - "$(basename "$lib")" |
+        tar -C "$root/usr/lib" -xf -
+    for file in "$lib"/lib-dynload/*.so; do copy_with_libs "$root" "$file"; done
+    install -d -m 1777 "$root/tmp"
+    python3 "$HERE/oci-image.py" "$root" localhost/python:local "$out"
+    rm -rf "$root"
+}
+
+# Builds IMAGE (a name for the log) with BUILDER into the cache, keyed by KEY, and imports it.
+build_and_import() {
+    local sock=$1 image=$2 builder=$3 key=$4 stem=$5 out
+    out=$CACHE/test-images/$stem-$key.tar
+    if [ ! -s "$out" ]; then
+        log "building $image"
+        mkdir -p "$CACHE/test-images"
+        rm -f "$CACHE/test-images/$stem"-*.tar
+        "$builder" "$out.tmp"
+        mv "$out.tmp" "$out"
+    fi
+    ctr -a "$sock" -n k8s.io images import "$out" >/dev/null \
+        || die "cannot import $out into $sock"
+    log "imported $image ($(du -h "$out" | cut -f1))"
+}
+
 cmd_import() {
     local sock=${1:?usage: test-images.sh import CONTAINERD_SOCK} version key out
     command -v ctr >/dev/null || die "ctr (containerd) is missing: tests/k8s/cluster.sh build installs it"
     version=$(dpkg-query -W -f='${Version}' postgresql-15 2>/dev/null || true)
     [ -n "$version" ] || die "postgresql-15 is not installed (scripts/install-test-deps.sh installs it)"
     key=$(printf '%s\n' "$version" | cat - "${BASH_SOURCE[0]}" "$HERE/oci-image.py" | sha256sum | cut -c1-16)
-    out=$CACHE/test-images/postgres-$key.tar
-    if [ ! -s "$out" ]; then
-        log "building localhost/postgres:local (postgresql-15 $version)"
-        mkdir -p "$CACHE/test-images"
-        rm -f "$CACHE"/test-images/postgres-*.tar
-        build_postgres "$out.tmp"
-        mv "$out.tmp" "$out"
-    fi
-    ctr -a "$sock" -n k8s.io images import "$out" >/dev/null \
-        || die "cannot import $out into $sock"
-    log "imported localhost/postgres:local ($(du -h "$out" | cut -f1))"
+    build_and_import "$sock" "localhost/postgres:local (postgresql-15 $version)" build_postgres "$key" postgres
+    version=$(python3 -c 'import sys; print(sys.version.split()[0])')
+    key=$(printf '%s\n' "$version" | cat - "${BASH_SOURCE[0]}" "$HERE/oci-image.py" | sha256sum | cut -c1-16)
+    build_and_import "$sock" "localhost/python:local (python $version)" build_python "$key" python
 }
 
 case "${1:-}" in

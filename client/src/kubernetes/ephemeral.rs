@@ -9,11 +9,29 @@
 //!
 //! An ephemeral container cannot be removed: it stays in the pod's spec, terminated, until the
 //! pod is deleted. The agent in it exits when the session ends.
+//!
+//! Kubernetes 1.16 to 1.21 served an alpha form of the subresource (behind the
+//! `EphemeralContainers` feature gate): its object is an `EphemeralContainers` list, not the
+//! Pod, so the patch there is `{"ephemeralContainers": [...]}` ([`alpha_patch`]). The client
+//! asks the API server's version first ([`Form::for_version`]) and sends the form it serves; a
+//! cluster with the gate off answers 400, which is reported as such.
+//!
+//! Capabilities: the container runs with the runtime's default set (it enters no namespace,
+//! so it needs no `SYS_ADMIN`) plus exactly what the session's inbound traffic needs
+//! ([`capabilities`]): `NET_ADMIN` for the steal's nftables table when the session steals,
+//! `NET_RAW` for the mirror's packet socket when it mirrors (some runtimes, CRI-O among them,
+//! leave it out of their default set). A session that takes no inbound traffic gets no
+//! `securityContext` at all. The agent then drops what its features do not use (its
+//! `privileges` module), as a Job agent does. Kubernetes 1.20 and older refuse any
+//! `securityContext` on an ephemeral container: there a session that steals is refused with
+//! one line naming `--agent job` (the runtime's default set has no `NET_ADMIN`), and one
+//! that only mirrors is added again without it (containerd's and Docker's default sets hold
+//! `NET_RAW`; where a runtime leaves it out, the mirror's packet socket is refused).
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{EphemeralContainer, Pod};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Capabilities, EphemeralContainer, Pod, SecurityContext};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 
 use super::agent_job::{agent_env, common_args};
 use super::agent_pod::{self, AgentContainer};
@@ -35,18 +53,107 @@ pub fn agent_args(settings: &AgentSettings) -> Vec<String> {
     args
 }
 
-/// The strategic merge patch that adds the agent container: pure, tested without a cluster.
-pub fn ephemeral_patch(target: &ResolvedTarget, settings: &AgentSettings) -> serde_json::Value {
-    let container = EphemeralContainer {
+/// The capabilities the ephemeral agent asks for beyond the runtime's default set, for the
+/// agent's `--incoming` (see the module comment).
+pub fn capabilities(incoming: &str) -> Vec<String> {
+    let steal = matches!(incoming, "steal" | "all");
+    let mirror = matches!(incoming, "mirror" | "all");
+    let mut caps = Vec::new();
+    if steal {
+        caps.push("NET_ADMIN".to_owned());
+    }
+    if mirror {
+        caps.push("NET_RAW".to_owned());
+    }
+    caps
+}
+
+/// The container's `securityContext`: the added [`capabilities`], or none when there are none.
+fn security_context(settings: &AgentSettings) -> Option<SecurityContext> {
+    let add = capabilities(settings.incoming);
+    (!add.is_empty()).then(|| SecurityContext {
+        capabilities: Some(Capabilities {
+            add: Some(add),
+            drop: None,
+        }),
+        ..SecurityContext::default()
+    })
+}
+
+/// The agent container; with `ask` its `securityContext` asks for [`capabilities`].
+fn container(target: &ResolvedTarget, settings: &AgentSettings, ask: bool) -> EphemeralContainer {
+    EphemeralContainer {
         name: container_name(settings),
         image: Some(settings.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(agent_args(settings)),
         env: agent_env(settings),
         target_container_name: Some(target.container.clone()),
+        security_context: security_context(settings).filter(|_| ask),
         ..EphemeralContainer::default()
-    };
-    serde_json::json!({ "spec": { "ephemeralContainers": [container] } })
+    }
+}
+
+/// The strategic merge patch of the Pod that adds the agent container (Kubernetes 1.22 and
+/// later): pure, tested without a cluster.
+pub fn ephemeral_patch(target: &ResolvedTarget, settings: &AgentSettings) -> serde_json::Value {
+    patch_for(Form::Pod, target, settings, true)
+}
+
+/// The strategic merge patch of the alpha `EphemeralContainers` object (Kubernetes 1.16 to
+/// 1.21) that adds the agent container.
+pub fn alpha_patch(target: &ResolvedTarget, settings: &AgentSettings) -> serde_json::Value {
+    patch_for(Form::Alpha, target, settings, true)
+}
+
+/// The patch of `form`; `ask`: whether the container asks for [`capabilities`].
+pub fn patch_for(
+    form: Form,
+    target: &ResolvedTarget,
+    settings: &AgentSettings,
+    ask: bool,
+) -> serde_json::Value {
+    let container = container(target, settings, ask);
+    match form {
+        Form::Pod => serde_json::json!({ "spec": { "ephemeralContainers": [container] } }),
+        Form::Alpha => serde_json::json!({ "ephemeralContainers": [container] }),
+    }
+}
+
+/// Which object the `ephemeralcontainers` subresource of a cluster takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The Pod (Kubernetes 1.22 and later).
+    Pod,
+    /// The alpha `EphemeralContainers` object (before 1.22).
+    Alpha,
+}
+
+impl Form {
+    /// From the API server's version (`minor` may carry a suffix, as in `"20+"`); the
+    /// current form when it is not a number.
+    pub fn for_version(major: &str, minor: &str) -> Form {
+        let number = |text: &str| -> Option<u32> {
+            let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
+        match (number(major), number(minor)) {
+            (Some(1), Some(minor)) if minor < 22 => Form::Alpha,
+            _ => Form::Pod,
+        }
+    }
+}
+
+/// The form this cluster serves, from `GET /version` (readable by anyone); the current one
+/// when the answer is missing or unreadable.
+async fn form(client: &kube::Client) -> Form {
+    match client.apiserver_version().await {
+        Ok(info) => Form::for_version(&info.major, &info.minor),
+        Err(err) => {
+            tracing::debug!(%err, "no server version: the current ephemeral containers API");
+            Form::Pod
+        }
+    }
 }
 
 /// Adds the agent to the target pod and waits for its ready line.
@@ -66,19 +173,35 @@ pub async fn create(
     target: &ResolvedTarget,
     settings: &AgentSettings,
 ) -> Result<KubeAgent, KubeError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
     let operation = Operation::new("patch", "pods/ephemeralcontainers", &target.namespace);
-    pods.patch_ephemeral_containers(
-        &target.pod,
-        &PatchParams::default(),
-        &Patch::Strategic(ephemeral_patch(target, settings)),
-    )
-    .await
-    .map_err(|err| {
+    let form = form(client).await;
+    let mut patched = send(client, form, target, settings, true).await;
+    if matches!(&patched, Err(err) if is_security_context_refused(err)) {
+        if matches!(settings.incoming, "steal" | "all") {
+            return Err(KubeError::Config(
+                "this cluster refuses a securityContext on ephemeral containers (Kubernetes \
+                 1.20 and older do), so an ephemeral agent cannot get the NET_ADMIN that \
+                 stealing needs: use --agent job"
+                    .into(),
+            ));
+        }
+        tracing::info!(
+            "this cluster refuses a securityContext on ephemeral containers: the agent gets \
+             the runtime's default capabilities"
+        );
+        patched = send(client, form, target, settings, false).await;
+    }
+    patched.map_err(|err| {
         if is_not_found(&err) {
             KubeError::Config(
                 "this cluster does not serve pods/ephemeralcontainers (Kubernetes 1.23 or \
                  later does): use --agent job"
+                    .into(),
+            )
+        } else if is_gate_off(&err) {
+            KubeError::Config(
+                "this cluster has ephemeral containers turned off (its feature gate \
+                 EphemeralContainers): use --agent job"
                     .into(),
             )
         } else {
@@ -87,6 +210,64 @@ pub async fn create(
     })?;
     tracing::info!(pod = %target.pod, container = %container_name(settings), "ephemeral agent added");
     Ok(KubeAgent::new(client.clone(), Cleanup::Nothing))
+}
+
+/// Sends the patch of `form` (see [`patch_for`]).
+async fn send(
+    client: &kube::Client,
+    form: Form,
+    target: &ResolvedTarget,
+    settings: &AgentSettings,
+    ask: bool,
+) -> Result<(), kube::Error> {
+    let patch = Patch::Strategic(patch_for(form, target, settings, ask));
+    match form {
+        Form::Pod => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
+            pods.patch_ephemeral_containers(&target.pod, &PatchParams::default(), &patch)
+                .await
+                .map(drop)
+        }
+        Form::Alpha => patch_alpha(client, target, &patch).await,
+    }
+}
+
+/// The alpha form's patch: its answer is an `EphemeralContainers` object, read as a dynamic
+/// one.
+async fn patch_alpha(
+    client: &kube::Client,
+    target: &ResolvedTarget,
+    patch: &Patch<serde_json::Value>,
+) -> Result<(), kube::Error> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("", "v1", "EphemeralContainers"),
+        "pods",
+    );
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &target.namespace, &resource);
+    api.patch_subresource(
+        "ephemeralcontainers",
+        &target.pod,
+        &PatchParams::default(),
+        patch,
+    )
+    .await
+    .map(drop)
+}
+
+/// Kubernetes 1.20 and older refuse a `securityContext` on an ephemeral container (422,
+/// `spec.ephemeralContainers[0].securityContext: Forbidden: cannot be set for an Ephemeral
+/// Container`).
+fn is_security_context_refused(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status)
+        if status.code == 422 && status.message.contains("securityContext: Forbidden"))
+}
+
+/// A cluster of the alpha form with the feature gate off answers 400 `feature
+/// EphemeralContainers disabled`.
+fn is_gate_off(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status)
+        if status.code == 400 && status.message.contains("EphemeralContainers disabled"))
 }
 
 /// Waits until the ephemeral agent is ready and records where it is in `agent`.
@@ -123,6 +304,20 @@ mod tests {
     use crate::kubernetes::agent_job::tests::{settings, target};
     use crate::kubernetes::testing::{Replay, Reply};
 
+    /// `GET /version` of a current API server and of Kubernetes 1.20.
+    const VERSION_1_33: &str = r#"{"major": "1", "minor": "33", "gitVersion": "v1.33.1",
+        "gitCommit": "8adc0f041b8e7ad1d30e29cc59c6ae7a15e19828", "gitTreeState": "clean",
+        "buildDate": "2025-05-15T08:19:08Z", "goVersion": "go1.24.2", "compiler": "gc",
+        "platform": "linux/amd64"}"#;
+    const VERSION_1_20: &str = r#"{"major": "1", "minor": "20", "gitVersion": "v1.20.2",
+        "gitCommit": "faecb196815e248d3ecfb03c680a4507229c2a56", "gitTreeState": "clean",
+        "buildDate": "2021-01-13T13:20:00Z", "goVersion": "go1.19.8", "compiler": "gc",
+        "platform": "linux/amd64"}"#;
+
+    fn version(body: &'static str) -> Reply {
+        Reply::json("GET", "/version", body)
+    }
+
     #[test]
     fn the_patch_adds_one_container_targeting_the_target_container() {
         let patch = ephemeral_patch(&target(), &settings());
@@ -134,13 +329,41 @@ mod tests {
         assert_eq!(container["imagePullPolicy"], "IfNotPresent");
         assert_eq!(container["args"][0], "--target-pid");
         assert_eq!(container["args"][1], "1");
-        assert!(container.get("securityContext").is_none(), "not privileged");
+        assert!(
+            container.get("securityContext").is_none(),
+            "nothing beyond the runtime's defaults without inbound traffic"
+        );
+    }
+
+    #[test]
+    fn the_container_asks_for_network_administration_only_to_steal_and_raw_sockets_only_to_mirror()
+    {
+        let context = |incoming: &'static str| {
+            let mut settings = settings();
+            settings.incoming = incoming;
+            let patch = ephemeral_patch(&target(), &settings);
+            let container = patch["spec"]["ephemeralContainers"][0].clone();
+            let args = container["args"].as_array().unwrap().clone();
+            let at = args.iter().position(|arg| arg == "--incoming").unwrap();
+            assert_eq!(args[at + 1], incoming, "the agent is told the same");
+            container.get("securityContext").cloned()
+        };
+        assert_eq!(context("none"), None);
+        let only =
+            |caps: serde_json::Value| Some(serde_json::json!({ "capabilities": { "add": caps } }));
+        assert_eq!(context("steal"), only(serde_json::json!(["NET_ADMIN"])));
+        assert_eq!(context("mirror"), only(serde_json::json!(["NET_RAW"])));
+        assert_eq!(
+            context("all"),
+            only(serde_json::json!(["NET_ADMIN", "NET_RAW"]))
+        );
     }
 
     /// The whole ephemeral path against responses a Kubernetes 1.33 API server gives.
     #[tokio::test]
     async fn the_ephemeral_agent_starts_against_a_current_api_server() {
         let replay = Replay::new(vec![
+            version(VERSION_1_33),
             Reply::json(
                 "PATCH",
                 "/api/v1/namespaces/team/pods/web-7d9f/ephemeralcontainers",
@@ -173,12 +396,12 @@ mod tests {
         assert_eq!(agent.pod_ip, target.pod_ip);
         // The patch sent is a strategic merge patch of exactly the agent container.
         let sent = replay.requests();
-        assert_eq!(sent[0].0, "PATCH");
+        assert_eq!(sent[1].0, "PATCH");
         assert_eq!(
-            sent[0].2.as_deref(),
+            sent[1].2.as_deref(),
             Some("application/strategic-merge-patch+json")
         );
-        let body: serde_json::Value = serde_json::from_slice(&sent[0].3).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&sent[1].3).unwrap();
         assert_eq!(body, ephemeral_patch(&target, &settings));
         agent.finish(Duration::from_millis(100)).await;
         assert_eq!(replay.unused(), 0);
@@ -187,6 +410,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_agent_image_in_an_ephemeral_container_is_reported() {
         let replay = Replay::new(vec![
+            version(VERSION_1_33),
             Reply::json(
                 "PATCH",
                 "/api/v1/namespaces/team/pods/web-7d9f/ephemeralcontainers",
@@ -212,12 +436,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_forbidden_patch_names_the_subresource() {
-        let replay = Replay::new(vec![Reply::status(
-            403,
-            "PATCH",
-            "/api/v1/namespaces/team/pods/web-7d9f/ephemeralcontainers",
-            include_str!("fixtures/ephemeral/forbidden.json"),
-        )]);
+        let replay = Replay::new(vec![
+            version(VERSION_1_33),
+            Reply::status(
+                403,
+                "PATCH",
+                "/api/v1/namespaces/team/pods/web-7d9f/ephemeralcontainers",
+                include_str!("fixtures/ephemeral/forbidden.json"),
+            ),
+        ]);
         let client = kube::Client::new(replay, "team");
         let mut target = target();
         target.namespace = "team".into();
@@ -229,5 +456,137 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_subresource_form_follows_the_servers_version() {
+        assert_eq!(Form::for_version("1", "33"), Form::Pod);
+        assert_eq!(Form::for_version("1", "20"), Form::Alpha);
+        assert_eq!(Form::for_version("1", "21+"), Form::Alpha);
+        assert_eq!(Form::for_version("1", "22"), Form::Pod);
+        assert_eq!(Form::for_version("2", "0"), Form::Pod);
+        assert_eq!(Form::for_version("", ""), Form::Pod, "unknown: current");
+        let target = target();
+        let settings = settings();
+        assert_eq!(
+            alpha_patch(&target, &settings)["ephemeralContainers"],
+            ephemeral_patch(&target, &settings)["spec"]["ephemeralContainers"],
+            "the same container in both forms"
+        );
+    }
+
+    /// Kubernetes 1.20 with the EphemeralContainers gate on: the alpha object is patched.
+    #[tokio::test]
+    async fn an_alpha_api_server_gets_the_ephemeral_containers_object() {
+        let replay = Replay::new(vec![
+            version(VERSION_1_20),
+            Reply::json(
+                "PATCH",
+                "/api/v1/namespaces/team/pods/web-7d9f/ephemeralcontainers",
+                r#"{"kind": "EphemeralContainers", "apiVersion": "v1",
+                    "metadata": {"name": "web-7d9f", "namespace": "team"},
+                    "ephemeralContainers": []}"#,
+            ),
+        ]);
+        let client = kube::Client::new(replay.clone(), "team");
+        let mut target = target();
+        target.namespace = "team".into();
+        let mut settings = settings();
+        settings.incoming = "steal";
+        create(&client, &target, &settings).await.unwrap();
+        let sent = replay.requests();
+        assert_eq!(sent[1].0, "PATCH");
+        assert_eq!(
+            sent[1].2.as_deref(),
+            Some("application/strategic-merge-patch+json")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&sent[1].3).unwrap();
+        assert_eq!(body, alpha_patch(&target, &settings));
+        assert_eq!(
+            body["ephemeralContainers"][0]["securityContext"]["capabilities"]["add"],
+            serde_json::json!(["NET_ADMIN"])
+        );
+        assert_eq!(replay.unused(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_alpha_api_server_with_the_gate_off_is_one_clear_error() {
+        let replay = Replay::new(vec![
+            version(VERSION_1_20),
+            Reply::status(
+                400,
+                "PATCH",
+                "/api/v1/namespaces/team/pods/web-7d9f/ephemeralcontainers",
+                r#"{"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "feature EphemeralContainers disabled", "reason": "BadRequest",
+                    "code": 400}"#,
+            ),
+        ]);
+        let client = kube::Client::new(replay, "team");
+        let mut target = target();
+        target.namespace = "team".into();
+        let err = create(&client, &target, &settings()).await.err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "this cluster has ephemeral containers turned off (its feature gate \
+             EphemeralContainers): use --agent job"
+        );
+    }
+
+    const SECURITY_CONTEXT_REFUSED: &str = r#"{"kind": "Status", "apiVersion": "v1",
+        "metadata": {}, "status": "Failure", "message": "Pod \"web-7d9f\" is invalid:
+        spec.ephemeralContainers[0].securityContext: Forbidden: cannot be set for an Ephemeral
+        Container", "reason": "Invalid", "code": 422}"#;
+    const ALPHA_ANSWER: &str = r#"{"kind": "EphemeralContainers", "apiVersion": "v1",
+        "metadata": {"name": "web-7d9f", "namespace": "team"}, "ephemeralContainers": []}"#;
+    const ALPHA_URI: &str = "/api/v1/namespaces/team/pods/web-7d9f/ephemeralcontainers";
+
+    /// Kubernetes 1.20 refuses the capabilities: a steal cannot run there.
+    #[tokio::test]
+    async fn a_steal_where_ephemeral_containers_get_no_capabilities_is_one_clear_error() {
+        let replay = Replay::new(vec![
+            version(VERSION_1_20),
+            Reply::status(422, "PATCH", ALPHA_URI, SECURITY_CONTEXT_REFUSED),
+        ]);
+        let client = kube::Client::new(replay.clone(), "team");
+        let mut target = target();
+        target.namespace = "team".into();
+        let mut settings = settings();
+        settings.incoming = "steal";
+        let err = create(&client, &target, &settings).await.err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "this cluster refuses a securityContext on ephemeral containers (Kubernetes 1.20 \
+             and older do), so an ephemeral agent cannot get the NET_ADMIN that stealing \
+             needs: use --agent job"
+        );
+        assert_eq!(replay.requests().len(), 2, "nothing else was tried");
+    }
+
+    /// A mirror there runs on the runtime's default capabilities.
+    #[tokio::test]
+    async fn a_mirror_where_ephemeral_containers_get_no_capabilities_asks_for_none() {
+        let replay = Replay::new(vec![
+            version(VERSION_1_20),
+            Reply::status(422, "PATCH", ALPHA_URI, SECURITY_CONTEXT_REFUSED),
+            Reply::json("PATCH", ALPHA_URI, ALPHA_ANSWER),
+        ]);
+        let client = kube::Client::new(replay.clone(), "team");
+        let mut target = target();
+        target.namespace = "team".into();
+        let mut settings = settings();
+        settings.incoming = "mirror";
+        create(&client, &target, &settings).await.unwrap();
+        let sent = replay.requests();
+        let body = |n: usize| serde_json::from_slice::<serde_json::Value>(&sent[n].3).unwrap();
+        assert_eq!(
+            body(1)["ephemeralContainers"][0]["securityContext"]["capabilities"]["add"],
+            serde_json::json!(["NET_RAW"])
+        );
+        assert_eq!(body(2), patch_for(Form::Alpha, &target, &settings, false));
+        assert!(body(2)["ephemeralContainers"][0]
+            .get("securityContext")
+            .is_none());
+        assert_eq!(replay.unused(), 0);
     }
 }

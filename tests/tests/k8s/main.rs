@@ -14,6 +14,7 @@ mod manifests;
 
 mod access;
 mod hardening;
+mod incoming;
 mod lifecycle;
 mod rootless;
 mod targets;

@@ -113,3 +113,36 @@ spec:
   selector: {app: db}
   ports: [{port: 5432}]
 "#;
+
+/// Deployment `echo` (tests/scripts/tagged_httpd.py on 8080 answering `v1 CLIENT_ADDRESS`, from
+/// the ConfigMap `echo-scripts` the test creates from the file) and Service `echo` (port 80).
+pub const ECHO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      dnsPolicy: Default
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: echo
+        image: localhost/python:local
+        imagePullPolicy: Never
+        command: ["python3", "-u", "/scripts/tagged_httpd.py", "8080", "v1"]
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+        volumeMounts: [{name: scripts, mountPath: /scripts}]
+      volumes:
+      - name: scripts
+        configMap: {name: echo-scripts}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
