@@ -154,6 +154,63 @@ impl Baseline {
         }
     }
 
+    /// Counts the process group `pgid` (a server the test started itself, outside the pod
+    /// fixture) as part of the fixture: its processes are not leftovers.
+    pub fn also_fixture(mut self, pgid: i32) -> Baseline {
+        self.fixture_pgids.push(pgid);
+        self
+    }
+
+    /// [`Baseline::assert_clean_within`] for many sessions at once: polls until none of them
+    /// left anything (and nothing else is left), or panics after `within` listing what is,
+    /// with `context` (what the sessions were) on the first line.
+    #[track_caller]
+    pub fn assert_all_clean_within(
+        &self,
+        pod: Option<&Pod>,
+        sessions: &[SessionNamespaces],
+        within: Duration,
+        context: &str,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.find_all(pod, sessions);
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let pids: Vec<Pid> = left
+                    .iter()
+                    .filter_map(|item| item.pid)
+                    .map(Pid::from_raw)
+                    .collect();
+                for &pid in &pids {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                reap(&pids, Duration::from_secs(1));
+                let lines: Vec<String> = left.into_iter().map(|item| item.what).collect();
+                panic!(
+                    "{context}: the sessions left things behind {within:?} after they ended:\n  {}",
+                    lines.join("\n  ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What any of `sessions` (or no session in particular) left, each thing once.
+    fn find_all(&self, pod: Option<&Pod>, sessions: &[SessionNamespaces]) -> Vec<Leftover> {
+        let mut left = self.find(pod, None);
+        for session in sessions {
+            for item in self.find(pod, Some(session)) {
+                if !left.iter().any(|seen| seen.what == item.what) {
+                    left.push(item);
+                }
+            }
+        }
+        left
+    }
+
     /// Everything a session left, described; empty if nothing.
     pub fn leftovers(&self, pod: Option<&Pod>, session: Option<&SessionNamespaces>) -> Vec<String> {
         self.find(pod, session)
