@@ -118,6 +118,8 @@ struct Record {
     killed: Victim,
     after: Duration,
     namespaces: Option<SessionNamespaces>,
+    /// Whether an agent's table was in the pod's rule set when a stealing session was killed.
+    rules_at_kill: bool,
     /// How the client ended, or what went wrong.
     end: Result<String, String>,
 }
@@ -163,9 +165,17 @@ fn sessions_sigkilled_at_random_moments_leave_nothing() {
         .iter()
         .map(|record| {
             format!(
-                "#{:<3} {} wanted {:?}, killed {:?} at {:?}: {}",
+                "#{:<3} {} {} wanted {:?}, killed {:?} at {:?}: {}",
                 record.index,
-                if record.steals { "steal" } else { "     " },
+                match (record.steals, record.rules_at_kill) {
+                    (true, true) => "steal (rules)",
+                    (true, false) => "steal        ",
+                    _ => "             ",
+                },
+                record
+                    .namespaces
+                    .as_ref()
+                    .map_or("(no namespaces yet)", |ns| ns.net.as_str()),
                 record.wanted,
                 record.killed,
                 record.after,
@@ -190,8 +200,14 @@ fn sessions_sigkilled_at_random_moments_leave_nothing() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // Each kind of victim was really hit, or the test proves less than it says.
-    for victim in VICTIMS {
+    // Each kind of victim was really hit, and a steal was in force when its session was
+    // killed, or the test proves less than it says.
+    assert!(
+        count < VICTIMS.len() * CONCURRENT || records.iter().any(|record| record.rules_at_kill),
+        "{context}: no stealing session had its rules in place when it was killed:\n{}",
+        table.join("\n")
+    );
+    for victim in VICTIMS.iter().copied().filter(|_| count >= VICTIMS.len()) {
         assert!(
             records.iter().any(|record| record.killed == victim),
             "{context}: no session lost its {victim:?}:\n{}",
@@ -203,6 +219,12 @@ fn sessions_sigkilled_at_random_moments_leave_nothing() {
         .iter()
         .filter_map(|record| record.namespaces.clone())
         .collect();
+    // The namespace checks below must have namespaces to look at.
+    assert!(
+        !namespaces.is_empty(),
+        "{context}: no session's namespaces were seen:\n{}",
+        table.join("\n")
+    );
     baseline.assert_all_clean_within(Some(&pod), &namespaces, LEFTOVERS, &context);
     assert_ruleset_restored(&pod, &before);
     assert!(
@@ -257,6 +279,7 @@ fn storm_one(pod: &Pod, index: usize, steals: bool, wanted: Victim, delay: Durat
     std::thread::sleep(delay);
 
     let namespaces = session_namespaces(client);
+    let rules_at_kill = steals && ruleset(pod).contains("mirrord-net-");
     let victim_pid = match wanted {
         Victim::Client => Some(client),
         Victim::Agent => agent_of(client),
@@ -276,6 +299,7 @@ fn storm_one(pod: &Pod, index: usize, steals: bool, wanted: Victim, delay: Durat
         killed,
         after,
         namespaces,
+        rules_at_kill,
         end,
     }
 }
