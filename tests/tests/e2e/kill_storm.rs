@@ -280,6 +280,7 @@ fn storm_one(pod: &Pod, index: usize, steals: bool, wanted: Victim, delay: Durat
     std::thread::sleep(delay);
 
     let namespaces = session_namespaces(client);
+    let agent = agent_of(client);
     let rules_at_kill = steals && ruleset(pod).contains("mirrord-net-");
     let victim_pid = match wanted {
         Victim::Client => Some(client),
@@ -292,7 +293,10 @@ fn storm_one(pod: &Pod, index: usize, steals: bool, wanted: Victim, delay: Durat
     };
     let after = started.elapsed();
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    let end = client_end(running, after + CLIENT_EXIT, killed);
+    let end = client_end(running, after + CLIENT_EXIT, killed).and_then(|end| match agent {
+        Some(agent) => agent_gone(agent).map(|()| end),
+        None => Ok(end),
+    });
     Record {
         index,
         steals,
@@ -325,6 +329,25 @@ fn client_end(running: Running, timeout: Duration, killed: Victim) -> Result<Str
     } else {
         Err(format!("unexpected end: {text}\n{out}"))
     }
+}
+
+/// Waits until the session's agent is gone, at most [`LEFTOVERS`] after its client exited:
+/// checked for each session as it ends, since the storm as a whole lasts longer than that.
+fn agent_gone(agent: i32) -> Result<(), String> {
+    let deadline = Instant::now() + LEFTOVERS;
+    // A zombie is gone (the subreaper test reaps it later), and a PID reused by another
+    // program is not the agent.
+    while procfs::is_alive(agent)
+        && procfs::program_name(agent).is_some_and(|name| name == "mirrord-net-agent")
+    {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "its agent, process {agent}, still runs {LEFTOVERS:?} after the client exited"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// The session's agent, a child of its client.
