@@ -154,6 +154,91 @@ impl Baseline {
         }
     }
 
+    /// Counts the process group `pgid` (a server the test started itself, outside the pod
+    /// fixture) as part of the fixture: its processes are not leftovers.
+    pub fn also_fixture(mut self, pgid: i32) -> Baseline {
+        self.fixture_pgids.push(pgid);
+        self
+    }
+
+    /// [`Baseline::assert_clean_within`] for many sessions at once: polls until none of them
+    /// left anything (and nothing else is left), or panics after `within` listing what is,
+    /// with `context` (what the sessions were) on the first line. A session's namespaces
+    /// count as left only when a process of this test's holds them (see `find_all`).
+    #[track_caller]
+    pub fn assert_all_clean_within(
+        &self,
+        pod: Option<&Pod>,
+        sessions: &[SessionNamespaces],
+        within: Duration,
+        context: &str,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.find_all(pod, sessions);
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let pids: Vec<Pid> = left
+                    .iter()
+                    .filter_map(|item| item.pid)
+                    .map(Pid::from_raw)
+                    .collect();
+                for &pid in &pids {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                reap(&pids, Duration::from_secs(1));
+                let lines: Vec<String> = left.into_iter().map(|item| item.what).collect();
+                panic!(
+                    "{context}: the sessions left things behind {within:?} after they ended:\n  {}",
+                    lines.join("\n  ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What any of `sessions` (or no session in particular) left, each thing once.
+    ///
+    /// The kernel gives a new namespace the lowest free number, so the number of a session
+    /// that ended is soon another's, maybe a parallel test's. With many sessions that is
+    /// likely, so here only processes descended from this test (everything its sessions
+    /// started, orphans included) count as holding one of `sessions`' namespaces.
+    fn find_all(&self, pod: Option<&Pod>, sessions: &[SessionNamespaces]) -> Vec<Leftover> {
+        let mut left = self.find(pod, None);
+        let ours: HashSet<i32> = procfs::descendants_of(self.me)
+            .iter()
+            .map(|proc| proc.pid)
+            .collect();
+        let mut wanted: Vec<(&str, &NsId)> = Vec::new();
+        for session in sessions {
+            for kind in [("net", &session.net), ("mnt", &session.mnt)] {
+                if !wanted.contains(&kind) {
+                    wanted.push(kind);
+                }
+            }
+        }
+        for (kind, ns) in wanted {
+            for pid in procfs::processes_in(kind, ns) {
+                if ours.contains(&pid) && procfs::is_alive(pid) {
+                    left.push(Leftover::process(
+                        pid,
+                        format!("process {pid} still in a session's {ns}"),
+                    ));
+                }
+            }
+            for (pid, fd) in procfs::fds_pointing_to(ns) {
+                if ours.contains(&pid) {
+                    left.push(Leftover::other(format!(
+                        "process {pid} holds a session's {ns} open as fd {fd}"
+                    )));
+                }
+            }
+        }
+        left
+    }
+
     /// Everything a session left, described; empty if nothing.
     pub fn leftovers(&self, pod: Option<&Pod>, session: Option<&SessionNamespaces>) -> Vec<String> {
         self.find(pod, session)

@@ -43,6 +43,7 @@ mod incoming;
 mod incoming_mirror;
 mod incoming_shared;
 mod isolation;
+mod kill_storm;
 mod lifecycle;
 mod limits;
 mod localhost;
