@@ -9,7 +9,7 @@
 //! process), never from a runtime worker or blocking-pool thread.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -94,6 +94,31 @@ impl LocalAgent {
     /// The agent's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Resolves once the agent process has exited, whatever ended it (it is not reaped
+    /// here: [`finish`](Self::finish) still does). A killed local agent is then noticed at
+    /// once instead of after QUIC's idle timeout (3 s plus the reconnect window). `None`
+    /// when its exit cannot be watched (no pidfd on this kernel).
+    pub fn exited(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let pid = self.child.id()?;
+        // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+        // SAFETY: the `OwnedFd` stays open, and names the same descriptor, until it is
+        // dropped with the `AsyncFd`.
+        let watched = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        }
+        .ok()?;
+        // A pidfd turns readable when its process exits (a zombie not yet reaped included).
+        Some(async move {
+            let _ = watched.readable().await;
+        })
     }
 
     /// The agent's last words on stderr, for error messages.

@@ -244,6 +244,11 @@ pub(crate) async fn start_connected(
     };
 
     let stats = Arc::new(pump::PumpStats::default());
+    // A local agent that dies ends the session at once, not after QUIC's idle timeout.
+    let agent_exited = match &*agent {
+        SessionAgent::Local(local) => local.exited(),
+        _ => None,
+    };
     let pump_task = match agent {
         SessionAgent::Local(local) if local.takes_tun() => {
             // One relay: the agent's stack serves the TUN itself. This process keeps no
@@ -256,14 +261,20 @@ pub(crate) async fn start_connected(
                 return Err(RunError::TunHandOver(err));
             }
             drop(tun);
-            tokio::spawn(pump::watch(tunnel.connection.clone()))
+            tokio::spawn(until_agent_exits(
+                pump::watch(tunnel.connection.clone()),
+                agent_exited,
+            ))
         }
-        _ => tokio::spawn(pump::pump(
-            session.take_tun_fd().expect("the TUN is still ours"),
-            framing,
-            tunnel.connection.clone(),
-            tunnel.mtu,
-            stats.clone(),
+        _ => tokio::spawn(until_agent_exits(
+            pump::pump(
+                session.take_tun_fd().expect("the TUN is still ours"),
+                framing,
+                tunnel.connection.clone(),
+                tunnel.mtu,
+                stats.clone(),
+            ),
+            agent_exited,
         )),
     };
 
@@ -273,6 +284,20 @@ pub(crate) async fn start_connected(
         _incoming,
         stats,
     })
+}
+
+/// `pump`, ended early with [`pump::PumpError::AgentExited`] when `agent_exited` resolves.
+async fn until_agent_exits(
+    pump: impl std::future::Future<Output = Result<(), pump::PumpError>>,
+    agent_exited: Option<impl std::future::Future<Output = ()>>,
+) -> Result<(), pump::PumpError> {
+    match agent_exited {
+        Some(exited) => tokio::select! {
+            result = pump => result,
+            () = exited => Err(pump::PumpError::AgentExited),
+        },
+        None => pump.await,
+    }
 }
 
 /// Aborts its task when dropped.

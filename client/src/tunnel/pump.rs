@@ -108,6 +108,9 @@ pub enum PumpError {
     Datagram(SendDatagramError),
     #[error("cannot read the session's TUN device: {0}")]
     Tun(std::io::Error),
+    /// The local agent's process ended (killed, crashed) while the session ran.
+    #[error("the agent process exited")]
+    AgentExited,
 }
 
 /// Runs both directions until the connection ends or the TUN fails. `tun` is the session's

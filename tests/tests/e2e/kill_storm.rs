@@ -11,8 +11,9 @@
 //! - the client (`mirrord-net exec`): its agent sees its client gone and exits, the
 //!   session's namespaces die with the processes in them;
 //! - the agent (a child of the client): its netlink-owned nftables table vanishes with it;
-//!   the client notices by the QUIC timeout (3 s, then the reconnect window, which these
-//!   sessions set to [`RECONNECT_WINDOW`] s instead of 15) and ends the session with an error;
+//!   the client watches its local agent's process and ends the session with an error at
+//!   once (with the default 15 s reconnect window: QUIC's timeout would take 18 s, beyond
+//!   [`CLIENT_EXIT`]);
 //! - the command (PID 2 of the session's PID namespace): the session ends normally.
 //!
 //! A victim that does not exist yet (killed too early) is replaced by the client. After
@@ -46,11 +47,8 @@ const SESSIONS: usize = 24;
 const CONCURRENT: usize = 4;
 /// The kill comes this long after the client was started, at most.
 const LATEST_KILL: Duration = Duration::from_millis(3000);
-/// The sessions' `--reconnect-window`: how long a client waits for an agent it no longer
-/// hears, after 3 s of silence.
-const RECONNECT_WINDOW: u64 = 1;
-/// How soon after the kill the client must have exited: for a killed agent 3 s of silence,
-/// the window, and up to 3 s for the command to go on SIGTERM, with room for a loaded machine.
+/// How soon after the kill the client must have exited: for a killed agent, up to 3 s for the
+/// command to go on SIGTERM, with room for a loaded machine.
 const CLIENT_EXIT: Duration = Duration::from_secs(12);
 /// How soon after the last client exited everything must be gone (the bound the liveness
 /// rule gives an agent whose client is gone).
@@ -266,9 +264,7 @@ fn storm_one(pod: &Pod, index: usize, steals: bool, wanted: Victim, delay: Durat
     } else {
         traffic
     };
-    let mut invocation = Invocation::session(pod, &sh(&script))
-        .client_flag("--reconnect-window")
-        .client_flag(&RECONNECT_WINDOW.to_string());
+    let mut invocation = Invocation::session(pod, &sh(&script));
     if steals {
         invocation = invocation
             .client_flag("--steal")
