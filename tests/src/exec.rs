@@ -129,6 +129,29 @@ impl fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
+/// A server a test runs in the background: killed with its whole process group when dropped,
+/// also when the test panics.
+pub struct Background(Option<Running>);
+
+impl Background {
+    pub fn new(running: Running) -> Self {
+        Background(Some(running))
+    }
+
+    pub fn running(&self) -> &Running {
+        self.0.as_ref().expect("running until dropped")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(running) = self.0.take() {
+            let _ = killpg(Pid::from_raw(running.pid()), Signal::SIGKILL);
+            let _ = running.finish(Duration::from_secs(10));
+        }
+    }
+}
+
 /// A running command whose output is being collected.
 pub struct Running {
     command: String,

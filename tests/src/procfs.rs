@@ -61,6 +61,19 @@ pub fn stat(pid: i32) -> Option<Proc> {
     })
 }
 
+/// A PID no process has (the highest free one below `pid_max`).
+pub fn unused_pid() -> u32 {
+    let max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (1000..max)
+        .rev()
+        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .expect("some PID is free")
+}
+
 pub fn is_alive(pid: i32) -> bool {
     stat(pid).is_some_and(|proc| !proc.is_zombie())
 }

@@ -6,7 +6,7 @@
 //! Each test has its own sessions directory (`MIRRORD_NET_RUNTIME_DIR`), so tests running in
 //! parallel never see each other's sessions.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use mirrord_net_tests::exec::{self, Outcome};
 use mirrord_net_tests::leftovers::{Baseline, SessionNamespaces, PRINT_NAMESPACES};
 use mirrord_net_tests::session::client_binary;
 use mirrord_net_tests::testdir::TestDir;
-use mirrord_net_tests::{tool, Pod};
+use mirrord_net_tests::{procfs, tool, Pod};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -451,7 +451,7 @@ fn a_killed_agent_ends_the_session_with_one_line_in_ps_and_to_its_commands() {
 #[test]
 fn every_error_class_has_its_json_kind() {
     let sessions = Sessions::new("kinds");
-    let gone = unused_pid();
+    let gone = procfs::unused_pid();
     let target = format!("pid/{gone}");
 
     assert_kind(
@@ -505,16 +505,4 @@ fn every_error_class_has_its_json_kind() {
     let mut command = sessions.command(&["env", "--json", "--target", &me]);
     command.env("MIRRORD_NET_AGENT", sessions.dir.join("no-agent"));
     assert_kind(&run(command), "environment", 1);
-}
-
-fn unused_pid() -> u32 {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    (1000..max)
-        .rev()
-        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        .expect("some PID is free")
 }

@@ -54,7 +54,7 @@ fn filtered_with(pod: &Pod, key: &str, also: &str, tag: &str, more: &[&str]) -> 
 }
 
 /// One request with `X-Run: <run>` (or none): the answer's tag, or what went wrong.
-fn ask(pod: &Pod, run: Option<&str>) -> Result<String, String> {
+pub(super) fn ask(pod: &Pod, run: Option<&str>) -> Result<String, String> {
     let mut command = pod.services_netns().command(&tool("curl")).unwrap();
     command.args(["-sS", "--max-time", "3"]);
     if let Some(run) = run {

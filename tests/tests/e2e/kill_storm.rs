@@ -32,12 +32,13 @@ use std::time::{Duration, Instant};
 
 use mirrord_net_tests::exec::Running;
 use mirrord_net_tests::leftovers::{Baseline, SessionNamespaces};
-use mirrord_net_tests::topology::{HOLD_ECHO_PORT, HTTP_PORT, POD_V4, SERVICES_V4};
-use mirrord_net_tests::{procfs, sh, tool, Invocation, Pod};
+use mirrord_net_tests::topology::{HOLD_ECHO_PORT, HTTP_PORT, SERVICES_V4};
+use mirrord_net_tests::{procfs, sh, Invocation, Pod};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::incoming::{assert_ruleset_restored, deployed, ruleset, PORT};
+use super::incoming_shared::ask;
 
 /// Sessions in the CI run. `MIRRORD_NET_KILL_STORM=100` (or any count) raises it for a long
 /// run: `MIRRORD_NET_KILL_STORM=100 cargo nextest run ... -E 'test(/kill_storm/)'`. On 2
@@ -234,7 +235,7 @@ fn sessions_sigkilled_at_random_moments_leave_nothing() {
     // within the same bound as everything else.
     let deadline = Instant::now() + LEFTOVERS;
     loop {
-        match deployed_answer(&pod) {
+        match ask(&pod, None) {
             Ok(tag) if tag == "v1" => break,
             answer => assert!(
                 Instant::now() < deadline,
@@ -393,29 +394,4 @@ fn session_namespaces(client: i32) -> Option<SessionNamespaces> {
             uts: procfs::ns_of(proc.pid, "uts")?,
         })
     })
-}
-
-/// The deployed service's answer to a request from the services namespace.
-fn deployed_answer(pod: &Pod) -> Result<String, String> {
-    let out = pod
-        .services_netns()
-        .command(&tool("curl"))
-        .unwrap()
-        .args(["-sS", "--max-time", "5"])
-        .arg(format!("http://{POD_V4}:{PORT}/"))
-        .output()
-        .map_err(|err| err.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!(
-            "the deployed service does not answer ({}): {text}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(text
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned())
 }

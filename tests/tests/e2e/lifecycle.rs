@@ -11,23 +11,10 @@ use nix::sys::signal::Signal;
 /// How soon after its session ends the agent must be gone.
 const AGENT_EXIT: Duration = Duration::from_secs(5);
 
-/// A PID no process has.
-fn unused_pid() -> u32 {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    (1000..max)
-        .rev()
-        .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-        .expect("some PID is free")
-}
-
 #[test]
 fn nonexistent_target_pid_fails_with_one_clear_line_and_leaves_nothing() {
     let baseline = Baseline::capture(None);
-    let pid = unused_pid();
+    let pid = procfs::unused_pid();
     let out = Invocation::session_on(pid, &["true"]).run();
     assert!(
         matches!(out.code(), Some(code) if code != 0),

@@ -9,37 +9,25 @@
 use std::process::Command;
 use std::time::Duration;
 
-use mirrord_net_tests::exec::Running;
+use mirrord_net_tests::exec::{Background, Running};
 use mirrord_net_tests::{sh, tool, Invocation, Packets, Pod};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 
 const PORT: u16 = 8085;
 
-/// The loopback servers in the pod's network namespace, killed when the test ends.
-struct Sidecars(Option<Running>);
-
-impl Sidecars {
-    fn start(pod: &Pod) -> Sidecars {
-        let mut command: Command = pod.pod_netns().command(&tool("python3")).unwrap();
-        command.args([&pod.script("loopback_servers.py"), &PORT.to_string()]);
-        let mut running = Running::start(command).expect("spawn");
-        assert!(
-            running.wait_for_stdout("listening", Duration::from_secs(30)),
-            "the loopback servers did not start:\n{}",
-            running.stderr_so_far()
-        );
-        Sidecars(Some(running))
-    }
-}
-
-impl Drop for Sidecars {
-    fn drop(&mut self) {
-        if let Some(running) = self.0.take() {
-            let _ = killpg(Pid::from_raw(running.pid()), Signal::SIGKILL);
-            let _ = running.finish(Duration::from_secs(10));
-        }
-    }
+/// The loopback servers in the pod's network namespace (ports `port` and `port`+1), killed
+/// when the test ends.
+pub(super) fn sidecars(pod: &Pod, port: u16) -> Background {
+    let mut command: Command = pod.pod_netns().command(&tool("python3")).unwrap();
+    command.args([&pod.script("loopback_servers.py"), &port.to_string()]);
+    let mut running = Running::start(command).expect("spawn");
+    let started = running.wait_for_stdout("listening", Duration::from_secs(30));
+    let servers = Background::new(running);
+    assert!(
+        started,
+        "the loopback servers did not start:\n{}",
+        servers.running().stderr_so_far()
+    );
+    servers
 }
 
 fn lines(out: &str) -> Vec<&str> {
@@ -49,7 +37,7 @@ fn lines(out: &str) -> Vec<&str> {
 on_both_packet_paths! {
     fn curl_and_busybox_reach_the_targets_loopback(packets: Packets) {
         let pod = Pod::start();
-        let _sidecars = Sidecars::start(&pod);
+        let _sidecars = sidecars(&pod, PORT);
         let script = format!(
             "{curl} -sS -m 5 http://127.0.0.1:{PORT}/ && \
              {curl} -sS -m 5 -g 'http://[::1]:{PORT}/' && \
@@ -76,7 +64,7 @@ on_both_packet_paths! {
 
     fn udp_reaches_the_targets_loopback(packets: Packets) {
         let pod = Pod::start();
-        let _sidecars = Sidecars::start(&pod);
+        let _sidecars = sidecars(&pod, PORT);
         let script = format!(
             "echo four | {socat} -t 2 - UDP4:127.0.0.1:{PORT} && \
              echo six | {socat} -t 2 - UDP6:[::1]:{PORT}",
@@ -94,7 +82,7 @@ on_both_packet_paths! {
 #[test]
 fn a_go_client_reaches_the_targets_loopback() {
     let pod = Pod::start();
-    let _sidecars = Sidecars::start(&pod);
+    let _sidecars = sidecars(&pod, PORT);
     for host in ["127.0.0.1", "[::1]"] {
         let url = format!("http://{host}:{PORT}/x.json");
         let out = Invocation::session(&pod, &[&tool("gron"), &url]).run();
@@ -109,7 +97,7 @@ fn a_go_client_reaches_the_targets_loopback() {
 #[test]
 fn a_session_listener_on_the_port_wins_while_it_listens() {
     let pod = Pod::start();
-    let _sidecars = Sidecars::start(&pod);
+    let _sidecars = sidecars(&pod, PORT);
     // Until the session's server is seen (four times a second), the port is the target's;
     // after it exits, the target's again. Each wait is bounded; what is printed last counts.
     let script = format!(
@@ -144,7 +132,7 @@ fn a_session_listener_on_the_port_wins_while_it_listens() {
 #[test]
 fn no_target_localhost_keeps_the_sessions_own() {
     let pod = Pod::start();
-    let _sidecars = Sidecars::start(&pod);
+    let _sidecars = sidecars(&pod, PORT);
     let url = format!("http://127.0.0.1:{PORT}/");
     let out = Invocation::session(&pod, &[&tool("curl"), "-sS", "-m", "5", &url])
         .client_flag("--no-target-localhost")

@@ -7,62 +7,36 @@
 //! same port number on its own loopback (answering "target ..."), so a wrong path shows in
 //! the answer, never as a timeout alone.
 
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use mirrord_net_tests::exec::Running;
+use mirrord_net_tests::exec::{Background, Running};
 use mirrord_net_tests::topology::WEB;
 use mirrord_net_tests::{sh, tool, Invocation, Packets, Pod};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 
-/// A python server, killed with its process group when the test ends.
-struct Servers(Option<Running>, u16);
+use super::localhost::sidecars;
 
-impl Servers {
-    fn start(mut command: Command, ready: &str) -> Servers {
-        command.process_group(0);
-        let mut running = Running::start(command).expect("spawn");
-        assert!(
-            running.wait_for_stdout(ready, Duration::from_secs(30)),
-            "the servers did not start:\n{}",
-            running.stderr_so_far()
-        );
-        let port = running
-            .stdout_so_far()
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        Servers(Some(running), port)
-    }
-
-    /// `host_servers.py ADDR host` in the host's namespaces, on a free port.
-    fn on_host(pod: &Pod, addr: &str) -> Servers {
-        let mut command = Command::new(tool("python3"));
-        command.args([&pod.script("host_servers.py"), addr, "host"]);
-        Servers::start(command, "listening")
-    }
-
-    /// `loopback_servers.py PORT` in the pod's namespace (its loopback, ports PORT and
-    /// PORT+1).
-    fn on_pods_loopback(pod: &Pod, port: u16) -> Servers {
-        let mut command: Command = pod.pod_netns().command(&tool("python3")).unwrap();
-        command.args([&pod.script("loopback_servers.py"), &port.to_string()]);
-        let mut servers = Servers::start(command, "listening");
-        servers.1 = port;
-        servers
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        if let Some(running) = self.0.take() {
-            let _ = killpg(Pid::from_raw(running.pid()), Signal::SIGKILL);
-            let _ = running.finish(Duration::from_secs(10));
-        }
-    }
+/// `host_servers.py ADDR host` in the host's namespaces, killed when the test ends, and the
+/// free port it took.
+fn host_servers(pod: &Pod, addr: &str) -> (Background, u16) {
+    let mut command = Command::new(tool("python3"));
+    command.args([&pod.script("host_servers.py"), addr, "host"]);
+    let mut running = Running::start(command).expect("spawn");
+    let started = running.wait_for_stdout("listening", Duration::from_secs(30));
+    let servers = Background::new(running);
+    assert!(
+        started,
+        "the host's servers did not start:\n{}",
+        servers.running().stderr_so_far()
+    );
+    let port = servers
+        .running()
+        .stdout_so_far()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("listening PORT");
+    (servers, port)
 }
 
 fn lines(out: &str) -> Vec<&str> {
@@ -88,9 +62,8 @@ fn host_address() -> String {
 on_both_packet_paths! {
     fn local_entries_leave_from_the_host_and_the_rest_reach_the_target(packets: Packets) {
         let pod = Pod::builder().udp_echo().build();
-        let host = Servers::on_host(&pod, "127.0.0.1");
-        let port = host.1;
-        let _pods = Servers::on_pods_loopback(&pod, port);
+        let (_host, port) = host_servers(&pod, "127.0.0.1");
+        let _pods = sidecars(&pod, port);
         let script = format!(
             "{curl} -sS -m 5 http://127.0.0.1:{port}/ && \
              echo dgram | {socat} -t 2 - UDP4:127.0.0.1:{port} && \
@@ -126,8 +99,7 @@ on_both_packet_paths! {
     fn remote_entries_reach_the_target_and_the_rest_leave_from_the_host(packets: Packets) {
         let pod = Pod::builder().udp_echo().build();
         let addr = host_address();
-        let host = Servers::on_host(&pod, &addr);
-        let port = host.1;
+        let (_host, port) = host_servers(&pod, &addr);
         let script = format!(
             "{curl} -sS -m 5 http://{addr}:{port}/ && \
              echo dgram | {socat} -t 2 - UDP4:{addr}:{port} && \
@@ -161,11 +133,10 @@ fn without_a_filter_the_hosts_address_is_not_reached() {
     // address, so an answer from it can only have come through the filter.
     let pod = Pod::start();
     let addr = host_address();
-    let host = Servers::on_host(&pod, &addr);
+    let (_host, port) = host_servers(&pod, &addr);
     let script = format!(
         "{curl} -s -m 2 http://{addr}:{port}/; echo \"curl exit $?\"",
         curl = tool("curl"),
-        port = host.1,
     );
     let out = Invocation::session(&pod, &sh(&script)).run();
     let text = out.assert_success();
