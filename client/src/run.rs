@@ -237,7 +237,7 @@ pub(crate) async fn start_connected(
                 send,
                 recv,
                 config,
-                session.child_pid(),
+                session.served(),
             )))
         }),
         None => None,

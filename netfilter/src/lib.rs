@@ -27,12 +27,14 @@
 //! [`Socket::talk`] knows when the kernel applied (or refused) all of it.
 //!
 //! [`conntrack`] asks the same kind of socket where a redirected datagram was going (the
-//! session's outgoing filter).
+//! session's outgoing filter). [`sock_diag`] asks a `NETLINK_SOCK_DIAG` socket which ports a
+//! namespace serves (the session's served ports, the target's for `--steal-all`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 pub mod conntrack;
+pub mod sock_diag;
 
 // netlink
 pub const NLMSG_ERROR: u16 = 2;

@@ -41,8 +41,8 @@ const FAULT_TABLE: &str = "mnet_link_fault";
 
 pub struct ClusterLink {
     client: Netns,
-    // Kept for its `Drop`: the namespace (and an agent left in it) goes with the link.
-    _agent: Netns,
+    // The namespace (and an agent left in it) goes with the link.
+    agent: Netns,
     agent_script: PathBuf,
 }
 
@@ -76,7 +76,7 @@ impl ClusterLink {
         set_executable(&agent_script)?;
         Ok(ClusterLink {
             client,
-            _agent: agent,
+            agent,
             agent_script,
         })
     }
@@ -111,6 +111,50 @@ impl ClusterLink {
         self.fault(&verdict, &verdict)
     }
 
+    /// Makes the link hostile for the rest of its life, both ways: each packet that leaves
+    /// either end is dropped, sent twice, or held back behind later ones, each with a chance
+    /// of `percent` in a hundred. There is no netem here, so the three are built from what
+    /// the kernel has: nftables on the interface's egress hook drops (`numgen`), duplicates
+    /// (`dup to` the same interface, whose copy skips the hook) and marks packets to hold
+    /// back (`meta priority`), and an HTB class of 20 Mbit/s with a 32-packet queue holds
+    /// the marked ones back (0.6 ms each at the link's MTU, up to ~18 ms behind the others;
+    /// beyond that queue they are lost as well).
+    pub fn disorder(&self, percent: u8) -> Result<()> {
+        for (ns, ifname) in [(&self.client, CLIENT_IF), (&self.agent, AGENT_IF)] {
+            for tc in [
+                format!("qdisc add dev {ifname} root handle 1: htb default 10"),
+                format!("class add dev {ifname} parent 1: classid 1:10 htb rate 100gbit quantum 200000"),
+                format!("class add dev {ifname} parent 1: classid 1:20 htb rate 20mbit ceil 20mbit quantum 1514"),
+                format!("qdisc add dev {ifname} parent 1:20 pfifo limit 32"),
+            ] {
+                let out = ns
+                    .command(&tool("tc"))?
+                    .args(tc.split_whitespace())
+                    .output()
+                    .context("running tc")?;
+                if !out.status.success() {
+                    bail!(
+                        "tc {tc} in {}: {}",
+                        ns.name(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+            }
+            nft_in(
+                ns,
+                &format!(
+                    "table netdev {FAULT_TABLE} {{\n\
+                     chain egress {{ type filter hook egress device {ifname} priority 0; }}\n\
+                     }}\n\
+                     add rule netdev {FAULT_TABLE} egress numgen random mod 100 < {percent} drop\n\
+                     add rule netdev {FAULT_TABLE} egress numgen random mod 100 < {percent} dup to {ifname}\n\
+                     add rule netdev {FAULT_TABLE} egress numgen random mod 100 < {percent} meta priority set 1:20\n"
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Removes the fault: the link passes everything again.
     pub fn heal(&self) -> Result<()> {
         self.nft(&format!("delete table inet {FAULT_TABLE}\n"))
@@ -128,28 +172,7 @@ impl ClusterLink {
     }
 
     fn nft(&self, script: &str) -> Result<()> {
-        use std::io::Write;
-        let mut command = self.client.command(&tool("nft"))?;
-        command
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().context("starting nft")?;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(script.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "nft in {}: {}\n{script}",
-                self.client.name(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        nft_in(&self.client, script)
     }
 
     /// `command` (a `mirrord-net exec`) run in the client's namespace, its agent in the
@@ -169,6 +192,33 @@ impl ClusterLink {
             .env("MIRRORD_NET_LOCAL_AGENT_LISTEN", format!("{AGENT_ADDR}:0"));
         Ok(wrapped)
     }
+}
+
+/// Applies an nftables script in `ns`.
+fn nft_in(ns: &Netns, script: &str) -> Result<()> {
+    use std::io::Write;
+    let mut command = ns.command(&tool("nft"))?;
+
+    command
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().context("starting nft")?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft in {}: {}\n{script}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn set_executable(path: &Path) -> Result<()> {

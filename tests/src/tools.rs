@@ -12,6 +12,7 @@ pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 /// The Debian package that provides each tool, for the failure message.
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("tc", "iproute2"),
     ("nsenter", "util-linux"),
     ("unshare", "util-linux"),
     ("setpriv", "util-linux"),

@@ -593,14 +593,24 @@ fn set_redirects(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>
     }
 }
 
-/// The TCP ports the target listens on (the agent lives in its network namespace).
+/// The TCP ports the target listens on (the agent lives in its network namespace). Asked
+/// with sock_diag, which walks only the listening sockets; `/proc/net/tcp` walks every
+/// established connection of the machine, and stays the fallback.
 fn target_listening() -> Vec<u16> {
-    let mut ports = Vec::new();
-    for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(table) {
-            ports.extend(parse_listening(&text));
-        }
-    }
+    use mirrord_net_netfilter::sock_diag::{Diag, TCP_LISTEN};
+    let asked = Diag::open().and_then(|mut diag| {
+        let v4 = diag.ports(libc::AF_INET as u8, libc::IPPROTO_TCP as u8, TCP_LISTEN)?;
+        let v6 = diag.ports(libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, TCP_LISTEN)?;
+        Ok([v4, v6].concat())
+    });
+    let mut ports = match asked {
+        Ok(ports) => ports,
+        Err(_) => ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .flat_map(|text| parse_listening(&text))
+            .collect(),
+    };
     ports.sort_unstable();
     ports.dedup();
     ports

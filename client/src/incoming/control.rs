@@ -1,5 +1,6 @@
 //! The client's end of the control stream after the hello: the incoming request, the
-//! session's listening ports (the heartbeat), and what the agent reports back.
+//! session's listening ports (from the session's watcher; sent when they change and at least
+//! every second: the heartbeat), and what the agent reports back.
 
 use std::time::Duration;
 
@@ -7,9 +8,9 @@ use mirrord_net_protocol::framing::{self, FrameDecoder};
 use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, IncomingConfig, HEARTBEAT};
 use tokio::time::Instant;
 
-use crate::session::tcp_listening;
+use crate::session::Served;
 
-/// How often the session's listening sockets are read.
+/// How often the heartbeat is checked for being due.
 const WATCH: Duration = Duration::from_millis(250);
 
 /// How other sessions' users know this one: `user@host pid N` (the user who ran the tool,
@@ -37,7 +38,7 @@ pub async fn run(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut config: IncomingConfig,
-    session_pid: u32,
+    mut served: tokio::sync::watch::Receiver<Served>,
 ) {
     if config.session.is_empty() {
         config.session = session_label();
@@ -56,20 +57,17 @@ pub async fn run(
     let mut reading = true;
     loop {
         tokio::select! {
+            changed = served.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if !report(&mut send, &mut served, &mut last).await {
+                    return;
+                }
+            }
             _ = watch.tick() => {
-                let ports = tcp_listening(session_pid);
-                let due = match &last {
-                    Some((sent, at)) => *sent != ports || at.elapsed() >= HEARTBEAT,
-                    None => true,
-                };
-                if due {
-                    if let Some(frame) = write(&ClientMessage::Listening(ports.clone())) {
-                        if send.write_all(&frame).await.is_err() {
-                            return;
-                        }
-                    }
-                    tracing::debug!(?ports, "session listening");
-                    last = Some((ports, Instant::now()));
+                if !report(&mut send, &mut served, &mut last).await {
+                    return;
                 }
             }
             read = recv.read(&mut chunk), if reading => {
@@ -92,4 +90,29 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Sends the session's listening ports when they changed or the heartbeat is due; `false`
+/// once the stream is gone.
+async fn report(
+    send: &mut quinn::SendStream,
+    served: &mut tokio::sync::watch::Receiver<Served>,
+    last: &mut Option<(Vec<u16>, Instant)>,
+) -> bool {
+    let ports = served.borrow_and_update().tcp.clone();
+    let due = match &last {
+        Some((sent, at)) => *sent != ports || at.elapsed() >= HEARTBEAT,
+        None => true,
+    };
+    if !due {
+        return true;
+    }
+    if let Ok(frame) = framing::encode(&ClientMessage::Listening(ports.clone())) {
+        if send.write_all(&frame).await.is_err() {
+            return false;
+        }
+    }
+    tracing::debug!(?ports, "session listening");
+    *last = Some((ports, Instant::now()));
+    true
 }

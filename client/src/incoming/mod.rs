@@ -4,9 +4,9 @@
 //!
 //! The agent does the stealing and mirroring (see the agent's `incoming` module); the client
 //! says what to steal or mirror ([`IncomingConfig`], once after the hello) and which ports the session's programs
-//! listen on, read from the session's network namespace (`/proc/<session child>/net/tcp`
-//! and `tcp6`) four times a second and sent when it changes and at least every second, which
-//! is also the heartbeat the agent's liveness rule waits for.
+//! listen on (the session's watcher of its served ports, `session::served`), sent when they
+//! change and at least every second, which is also the heartbeat the agent's liveness rule
+//! waits for.
 
 pub mod control;
 

@@ -24,8 +24,8 @@ use serde::Serialize;
 use super::protocol::{self, FrameError, FRAME_HEADER_LEN};
 
 /// Most descriptors accepted on one read: the TUN, the session table's socket, the outgoing
-/// relay's five, FUSE.
-const MAX_FDS: usize = 8;
+/// relay's five, FUSE, the sock_diag socket; and room for a few more.
+const MAX_FDS: usize = 12;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,7 @@ mod tests {
             warnings: vec![],
             loopback_ipv6: false,
             outgoing_relay: false,
+            served_ports: false,
         };
         send(a.as_fd(), &ready, &[file.as_fd()]).unwrap();
         send(a.as_fd(), &ready, &[]).unwrap();

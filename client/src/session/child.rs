@@ -122,18 +122,25 @@ fn run() -> i32 {
         loopback,
         relay,
     } = network;
+    // Opened here, in the session's network namespace, which it then answers for wherever
+    // it is used; without it the client reads /proc instead.
+    let served = mirrord_net_netfilter::sock_diag::Diag::open()
+        .map(mirrord_net_netfilter::sock_diag::Diag::into_fd)
+        .ok();
     let ready = ChildMessage::Ready {
         tun_name: spec.tun_name.clone(),
         warnings,
         loopback_ipv6: loopback.as_ref().is_some_and(|(_, ipv6)| *ipv6),
         outgoing_relay: relay.is_some(),
+        served_ports: served.is_some(),
     };
     let relay = relay.map(RelaySockets::into_fds).unwrap_or_default();
-    // The order the client expects: TUN, the table's socket, the relay's, FUSE.
+    // The order the client expects: TUN, the table's socket, the relay's, FUSE, sock_diag.
     let mut fds = vec![tun.as_fd()];
     fds.extend(loopback.as_ref().map(|(socket, _)| socket.as_fd()));
     fds.extend(relay.iter().map(|fd| fd.as_fd()));
     fds.extend(root.as_ref().map(|(device, _)| device.as_fd()));
+    fds.extend(served.as_ref().map(|socket| socket.as_fd()));
     if channel::send(socket.as_fd(), &ready, &fds).is_err() {
         return SETUP_FAILED;
     }
@@ -143,6 +150,7 @@ fn run() -> i32 {
     drop(tun);
     drop(loopback);
     drop(relay);
+    drop(served);
     if let (Some(files), Some((device, kept))) = (&spec.remote_files, root) {
         drop(device);
         match channel::recv::<ParentMessage>(socket.as_fd()) {

@@ -44,9 +44,9 @@
 //!
 //! TCP and UDP only: ICMP (`ping localhost`) stays in the session.
 //!
-//! Which ports stay in the session: the client reads the session's listening TCP sockets and
-//! unconnected UDP sockets from `/proc/<session child>/net/{tcp,tcp6,udp,udp6}` four times a
-//! second (as for incoming traffic) and, when the set changes, replaces the `loopback` chain in
+//! Which ports stay in the session: those of the session's listening TCP sockets and
+//! unconnected UDP sockets, as the watcher in `served` sees them four times a second (the same
+//! answer the incoming side reports); when the set changes, the follower replaces the `loopback` chain in
 //! one batch the kernel applies atomically. A port counts whatever address its socket is bound
 //! to. The decision is conntrack's, made on a flow's first packet: a flow already under way
 //! keeps its path when the rules change, and a local server started less than a quarter of a
@@ -64,8 +64,8 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 
+use mirrord_net_netfilter::sock_diag::Served;
 use mirrord_net_netfilter::{
     self as nf, Message, Socket, NFPROTO_IPV4, NFPROTO_IPV6, NFTA_NAT_FAMILY, NFTA_NAT_FLAGS,
     NFTA_NAT_REG_ADDR_MAX, NFTA_NAT_REG_ADDR_MIN, NFTA_NAT_TYPE, NFT_META_L4PROTO,
@@ -73,8 +73,9 @@ use mirrord_net_netfilter::{
     NFT_REG_1, NFT_REG_2, NFT_RETURN, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, NF_IP_PRI_NAT_DST,
     NF_IP_PRI_NAT_SRC, NF_NAT_RANGE_NETMAP,
 };
-use mirrord_net_protocol::listening::{parse_bound_udp, parse_listening};
 use mirrord_net_protocol::loopback::{LOOPBACK_V4_NET, LOOPBACK_V6};
+
+use tokio::sync::watch;
 
 use super::outgoing::{self, OutgoingRules, RelayPorts};
 
@@ -84,49 +85,6 @@ pub const TABLE: &str = "mirrord-net";
 const CHAIN: &str = "loopback";
 /// The chain that gives them the TUN's address as their source.
 const SOURCE_CHAIN: &str = "loopback-source";
-
-/// How often the session's sockets are read.
-const WATCH: Duration = Duration::from_millis(250);
-
-/// The TCP ports the session's programs listen on: `session_pid` is in the session's network
-/// namespace, and `/proc/PID/net` shows that namespace's tables. (Also what the incoming side
-/// reports to the agent.)
-pub fn tcp_listening(session_pid: u32) -> Vec<u16> {
-    let mut ports = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{session_pid}/net/{table}")) {
-            ports.extend(parse_listening(&text));
-        }
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
-/// The ports programs of the session serve, which stay in the session.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Kept {
-    pub tcp: Vec<u16>,
-    pub udp: Vec<u16>,
-}
-
-impl Kept {
-    /// Reads them from the session's network namespace, through a process inside it.
-    pub fn read(session_pid: u32) -> Self {
-        let mut udp = Vec::new();
-        for table in ["udp", "udp6"] {
-            if let Ok(text) = std::fs::read_to_string(format!("/proc/{session_pid}/net/{table}")) {
-                udp.extend(parse_bound_udp(&text));
-            }
-        }
-        udp.sort_unstable();
-        udp.dedup();
-        Kept {
-            tcp: tcp_listening(session_pid),
-            udp,
-        }
-    }
-}
 
 const PROTOS: [u8; 2] = [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8];
 
@@ -216,7 +174,7 @@ pub struct NatPlan {
 
 /// The messages that set the `loopback` chain: flush, the kept ports, the outgoing filter's
 /// rules around the loopback rewrites (see [`outgoing`](super::outgoing) for the order).
-fn chain_messages(push: &mut nf::Push<'_>, kept: &Kept, plan: &NatPlan) {
+fn chain_messages(push: &mut nf::Push<'_>, kept: &Served, plan: &NatPlan) {
     push(&|seq| nf::flush_chain(seq, TABLE, CHAIN));
     for (protos, ports) in [(PROTOS[0], &kept.tcp), (PROTOS[1], &kept.udp)] {
         for &port in ports {
@@ -296,15 +254,15 @@ fn install_messages(push: &mut nf::Push<'_>, plan: &NatPlan) {
             push(&|seq| masquerade_rules(seq, true));
         }
     }
-    chain_messages(push, &Kept::default(), plan);
+    chain_messages(push, &Served::default(), plan);
 }
 
 /// The task of [`follow`], aborted when the session ends.
 pub struct Follower(tokio::task::JoinHandle<()>);
 
 impl Follower {
-    pub fn start(socket: OwnedFd, session_pid: u32, plan: NatPlan) -> Self {
-        Follower(tokio::spawn(follow(socket, session_pid, plan)))
+    pub fn start(socket: OwnedFd, served: watch::Receiver<Served>, plan: NatPlan) -> Self {
+        Follower(tokio::spawn(follow(socket, served, plan)))
     }
 }
 
@@ -314,34 +272,27 @@ impl Drop for Follower {
     }
 }
 
-/// Follows the session's listening sockets for as long as it runs, keeping the ports they
-/// serve in the session.
-async fn follow(socket: OwnedFd, session_pid: u32, plan: NatPlan) {
+/// Follows the session's served ports for as long as it runs, keeping them in the session.
+async fn follow(socket: OwnedFd, mut served: watch::Receiver<Served>, plan: NatPlan) {
     let mut socket = Socket::from_fd(socket);
-    let mut current = Kept::default();
-    let mut watch = tokio::time::interval(WATCH);
+    // The chain was made with nothing kept.
+    let mut current = Served::default();
     loop {
-        watch.tick().await;
-        let mut kept = Kept::read(session_pid);
-        if let Some((_, relay)) = &plan.outgoing {
-            // The relay's own sockets are not a program's.
-            kept.tcp
-                .retain(|p| ![Some(relay.tcp4), relay.tcp6].contains(&Some(*p)));
-            kept.udp
-                .retain(|p| ![Some(relay.udp4), relay.udp6].contains(&Some(*p)));
-        }
-        if kept == current {
-            continue;
-        }
-        match socket.apply(|push| chain_messages(push, &kept, &plan)) {
-            Ok(()) => {
-                tracing::debug!(?kept, "loopback ports kept in the session");
-                current = kept;
+        let kept = served.borrow_and_update().clone();
+        if kept != current {
+            match socket.apply(|push| chain_messages(push, &kept, &plan)) {
+                Ok(()) => {
+                    tracing::debug!(?kept, "loopback ports kept in the session");
+                    current = kept;
+                }
+                Err(err) => {
+                    tracing::warn!("cannot update the session's loopback redirect: {err}");
+                    return;
+                }
             }
-            Err(err) => {
-                tracing::warn!("cannot update the session's loopback redirect: {err}");
-                return;
-            }
+        }
+        if served.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -360,11 +311,11 @@ mod tests {
         }
     }
 
-    fn rules(kept: &Kept, ipv6: bool) -> Vec<Vec<String>> {
+    fn rules(kept: &Served, ipv6: bool) -> Vec<Vec<String>> {
         rules_of(kept, &plan(ipv6))
     }
 
-    fn rules_of(kept: &Kept, plan: &NatPlan) -> Vec<Vec<String>> {
+    fn rules_of(kept: &Served, plan: &NatPlan) -> Vec<Vec<String>> {
         let batch = Batch::new(1, |push| chain_messages(push, kept, plan));
         let mut out = Vec::new();
         let mut rest = &batch.bytes[..];
@@ -403,7 +354,7 @@ mod tests {
 
     #[test]
     fn kept_ports_come_before_the_rewrites() {
-        let kept = Kept {
+        let kept = Served {
             tcp: vec![8080],
             udp: vec![53, 5353],
         };
@@ -415,7 +366,7 @@ mod tests {
         for dnat in &r[3..] {
             assert_eq!(dnat.last().unwrap(), "nat");
         }
-        assert_eq!(rules(&Kept::default(), false).len(), 2);
+        assert_eq!(rules(&Served::default(), false).len(), 2);
     }
 
     #[test]
@@ -438,7 +389,7 @@ mod tests {
             )],
             exempt: vec![],
         };
-        let kept = Kept {
+        let kept = Served {
             tcp: vec![8080],
             udp: vec![],
         };

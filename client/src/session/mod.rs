@@ -28,6 +28,8 @@
 //! - `loopback`: the session's nftables table: the pod's localhost, and the outgoing filter's
 //!   rules from `outgoing` (pure); `outgoing_relay`: the flows that filter keeps local,
 //!   opened again from the host.
+//! - `served`: the ports the session's programs serve, watched once for the loopback redirect
+//!   and the incoming side.
 //! - `remote_files`: the FUSE mount of the target's root and the binds of its paths.
 //! - `userns`: what a session without root does differently: its user namespace and id maps,
 //!   and the errors of a machine that forbids them.
@@ -54,6 +56,7 @@ mod outgoing_relay;
 mod parent;
 mod protocol;
 mod remote_files;
+mod served;
 mod shadow;
 mod spec;
 pub mod userns;
@@ -67,7 +70,7 @@ pub(crate) use exec::{compose_env, exec as exec_command, exit_code, CANNOT_EXECU
 pub use identity::invoking_user;
 pub(crate) use identity::{become_user, identity_env, resolve as resolve_user};
 pub(crate) use init::FORWARDED;
-pub use loopback::tcp_listening;
+pub use mirrord_net_netfilter::sock_diag::Served;
 pub use outgoing::{Destination, FilterMode, OutgoingRules};
 pub use parent::Session;
 pub(crate) use protocol::ResolvedUser;

@@ -50,6 +50,7 @@ use super::identity;
 use super::loopback::{self, NatPlan};
 use super::outgoing_relay::{Relay, RelaySockets};
 use super::protocol::{ChildMessage, ParentMessage, SetupFailure, SetupStep};
+use super::served::{OwnPorts, ServedWatch};
 use super::spec::{self, RemoteFiles, SessionOptions, SessionSpec};
 use super::userns;
 
@@ -71,6 +72,8 @@ pub struct Session {
     tun_name: String,
     /// The FUSE server of the target's files, when there is one.
     _files: Option<Box<dyn std::any::Any + Send>>,
+    /// The watcher of the ports the session's programs serve.
+    served: ServedWatch,
     /// The task that keeps the session's served ports out of the loopback redirect.
     _loopback: Option<loopback::Follower>,
     /// The outgoing filter's relay: the session's local flows, opened from the host.
@@ -198,13 +201,27 @@ impl Session {
             (Some(rules), Some((ports, _))) => Some((rules.clone(), *ports)),
             _ => None,
         };
+        let own = match &relay {
+            Some((ports, _)) => OwnPorts {
+                tcp: [Some(ports.tcp4), ports.tcp6]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                udp: [Some(ports.udp4), ports.udp6]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            },
+            None => OwnPorts::default(),
+        };
+        let served_watch = ServedWatch::start(ready.served.take(), child.pid, own);
         let loopback_follower = ready.loopback.take().map(|(socket, ipv6)| {
             let plan = NatPlan {
                 target_localhost: options.target_localhost,
                 ipv6,
                 outgoing: plan_outgoing,
             };
-            loopback::Follower::start(socket, child.pid, plan)
+            loopback::Follower::start(socket, served_watch.subscribe(), plan)
         });
         if let Err(err) = channel::send(ready.socket.as_fd(), &ParentMessage::Go, &[]) {
             return Err(child.fail(Conversation::from(err)).await);
@@ -217,6 +234,7 @@ impl Session {
             tun_name: ready.tun_name,
             _files: served,
             _loopback: loopback_follower,
+            served: served_watch,
             _outgoing: relay.map(|(_, relay)| relay),
         })
     }
@@ -281,6 +299,12 @@ impl Session {
         self.child.pid
     }
 
+    /// The ports the session's programs serve: the latest answer, and a wake-up on each
+    /// change.
+    pub fn served(&self) -> tokio::sync::watch::Receiver<super::Served> {
+        self.served.subscribe()
+    }
+
     /// Waits for the command to exit; returns the shell-style exit code (code, or 128+signal).
     /// Cancel-safe; once the command has exited it returns the same code again.
     pub async fn wait(&mut self) -> i32 {
@@ -305,6 +329,8 @@ struct Ready {
     /// The outgoing relay's sockets.
     relay: Option<RelaySockets>,
     fuse: Option<OwnedFd>,
+    /// The sock_diag socket of the session's network namespace.
+    served: Option<OwnedFd>,
     tun_name: String,
     warnings: Vec<String>,
 }
@@ -343,20 +369,25 @@ fn converse(
             warnings,
             loopback_ipv6,
             outgoing_relay,
+            served_ports,
         } => {
             let relay_fds = if outgoing_relay {
                 RelaySockets::fd_count(loopback_ipv6)
             } else {
                 0
             };
-            let expected = 1 + usize::from(has_table) + relay_fds + usize::from(has_fuse);
+            let expected = 1
+                + usize::from(has_table)
+                + relay_fds
+                + usize::from(has_fuse)
+                + usize::from(served_ports);
             if fds.len() != expected {
                 return Err(Conversation::Broken(format!(
                     "Ready came with {} descriptors instead of {expected}",
                     fds.len()
                 )));
             }
-            // In the child's order: TUN, the table's socket, the relay's, FUSE.
+            // In the child's order: TUN, the table's socket, the relay's, FUSE, sock_diag.
             let mut fds = fds.into_iter();
             let tun = fds.next().expect("counted");
             let loopback = if has_table {
@@ -371,12 +402,14 @@ fn converse(
                 None
             };
             let fuse = if has_fuse { fds.next() } else { None };
+            let served = if served_ports { fds.next() } else { None };
             Ok(Ready {
                 socket,
                 tun,
                 loopback,
                 relay,
                 fuse,
+                served,
                 tun_name,
                 warnings,
             })

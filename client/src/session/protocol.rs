@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::outgoing::OutgoingRules;
 
 /// Version of the conversation; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts. The spec is the only big message (environment, hosts);
 /// anything near this is a bug or garbage on the socket.
@@ -200,6 +200,9 @@ pub enum ChildMessage {
         /// `loopback_ipv6`).
         #[serde(default)]
         outgoing_relay: bool,
+        /// A `NETLINK_SOCK_DIAG` socket of the session's network namespace comes last
+        /// (the watcher of the ports the session's programs serve).
+        served_ports: bool,
     },
     /// The remote paths are bound (answer to `BindRemote`).
     Bound {
@@ -485,6 +488,7 @@ mod tests {
                 warnings: vec!["no IPv6".into()],
                 loopback_ipv6: false,
                 outgoing_relay: false,
+                served_ports: false,
             },
             ChildMessage::Failed(SetupFailure::os(
                 SetupStep::Address("fd00::1".parse().unwrap()),

@@ -47,6 +47,7 @@ mod kill_storm;
 mod lifecycle;
 mod limits;
 mod localhost;
+mod lossy_link;
 mod manual;
 mod network;
 mod outgoing_filter;

@@ -22,7 +22,7 @@ use mirrord_net_tests::{sweep, tool, Invocation, Packets, Pod};
 const CUT: Duration = Duration::from_secs(10);
 
 /// The cluster path for `pod`'s sessions; gone (with an agent left in it) when dropped.
-fn link(pod: &Pod) -> ClusterLink {
+pub(crate) fn link(pod: &Pod) -> ClusterLink {
     ClusterLink::create(
         &format!("{}{}", sweep::PREFIX, pod.id()),
         pod.dir(),
@@ -32,7 +32,7 @@ fn link(pod: &Pod) -> ClusterLink {
 }
 
 /// A session on `pod` across `link`, packets on QUIC, with client logs (-v).
-fn across(link: &ClusterLink, invocation: Invocation) -> Command {
+pub(crate) fn across(link: &ClusterLink, invocation: Invocation) -> Command {
     let command = invocation
         .packets(Packets::Quic)
         .client_flag("-v")
@@ -357,7 +357,7 @@ fn a_stolen_port_goes_back_to_the_target_during_a_cut_and_returns_after_it() {
 }
 
 /// The SHA-256 of `blob.py`'s `size` bytes, computed without the network.
-fn blob_sha(pod: &Pod, size: u64) -> String {
+pub(crate) fn blob_sha(pod: &Pod, size: u64) -> String {
     let mut hash = Command::new(tool("python3"));
     hash.arg(pod.script("blob.py"))
         .args(["sha", &size.to_string()]);
