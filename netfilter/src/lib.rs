@@ -393,6 +393,42 @@ pub fn parse_answers(mut buf: &[u8]) -> Vec<(u32, i32)> {
     out
 }
 
+/// A netlink socket of `protocol` in the calling thread's network namespace.
+pub(crate) fn open_netlink(protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Bounds each `recv` on `fd` to `seconds`: the kernel answers at once, and a socket whose
+/// answer never comes must not hang its caller.
+pub(crate) fn set_receive_timeout(fd: &OwnedFd, seconds: libc::time_t) {
+    let timeout = libc::timeval {
+        tv_sec: seconds,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized timeval.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+}
+
 /// A `NETLINK_NETFILTER` socket, bound to the network namespace it was opened in (whoever
 /// uses it later, from wherever).
 pub struct Socket {
@@ -403,37 +439,12 @@ pub struct Socket {
 impl Socket {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        Ok(Self::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Self::from_fd(open_netlink(NETLINK_NETFILTER)?))
     }
 
     /// Adopts a socket opened elsewhere (another namespace, another process).
     pub fn from_fd(fd: OwnedFd) -> Self {
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a correctly sized timeval.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &timeout as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        set_receive_timeout(&fd, 2);
         Self {
             fd,
             seq: std::process::id().wrapping_mul(1000),

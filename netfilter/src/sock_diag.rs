@@ -14,7 +14,7 @@
 //! [`parse_answers`], unit-tested); [`Diag`] carries them.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -119,39 +119,14 @@ pub struct Diag {
 impl Diag {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        Ok(Self::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Self::from_fd(crate::open_netlink(NETLINK_SOCK_DIAG)?))
     }
 
     /// Adopts a socket opened elsewhere (the session's namespace, by its child).
     pub fn from_fd(fd: OwnedFd) -> Self {
         // A dump is answered as it is read; the timeout only guards against a kernel that
         // never ends one.
-        let timeout = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a correctly sized timeval.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &timeout as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        crate::set_receive_timeout(&fd, 1);
         Self { fd, seq: 1 }
     }
 
