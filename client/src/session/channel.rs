@@ -24,8 +24,8 @@ use serde::Serialize;
 use super::protocol::{self, FrameError, FRAME_HEADER_LEN};
 
 /// Most descriptors accepted on one read: the TUN, the session table's socket, the outgoing
-/// relay's five, FUSE.
-const MAX_FDS: usize = 8;
+/// relay's five, the DNS relay's five, FUSE.
+const MAX_FDS: usize = 16;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,7 @@ mod tests {
             warnings: vec![],
             loopback_ipv6: false,
             outgoing_relay: false,
+            dns_relay: false,
         };
         send(a.as_fd(), &ready, &[file.as_fd()]).unwrap();
         send(a.as_fd(), &ready, &[]).unwrap();
@@ -217,6 +218,7 @@ mod tests {
             tun_segmentation: false,
             target_localhost: false,
             outgoing: None,
+            dns_resolvers: None,
         };
         let message = ParentMessage::Spec(Box::new(spec));
         send(a.as_fd(), &message, &[]).unwrap();

@@ -44,6 +44,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::channel::{self, ChannelError};
+use super::dns_relay::{DnsRelay, DnsSockets};
 use super::error::SessionError;
 use super::exec;
 use super::identity;
@@ -75,6 +76,8 @@ pub struct Session {
     _loopback: Option<loopback::Follower>,
     /// The outgoing filter's relay: the session's local flows, opened from the host.
     _outgoing: Option<Relay>,
+    /// The DNS filter's relay: the session's queries, answered here or by the target.
+    _dns: Option<DnsRelay>,
 }
 
 impl Session {
@@ -116,7 +119,9 @@ impl Session {
         child_spec.remote_files = files.as_ref().map(RemoteFiles::wire);
         let outgoing = child_spec.outgoing.clone();
         let has_fuse = files.is_some();
-        let has_table = options.target_localhost || outgoing.is_some();
+        let dns_rules = options.dns.clone();
+        let dns_resolvers = child_spec.dns_resolvers.clone();
+        let has_table = options.target_localhost || outgoing.is_some() || dns_rules.is_some();
         if let Some(run_as) = spec.run_as {
             let user = tokio::task::spawn_blocking(move || identity::resolve(run_as))
                 .await
@@ -194,6 +199,24 @@ impl Session {
             }
             None => None,
         };
+        let dns = match (ready.dns.take(), dns_rules) {
+            (Some(sockets), Some(rules)) => {
+                let ports = sockets.ports();
+                let started = ports.and_then(|ports| Ok((ports, DnsRelay::start(sockets, rules)?)));
+                match started {
+                    Ok(started) => Some(started),
+                    Err(err) => {
+                        let failure = SetupFailure::os(SetupStep::DnsFilter, err);
+                        return Err(child.fail(Conversation::Failed(failure)).await);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let plan_dns = match (&dns_resolvers, &dns) {
+            (Some(resolvers), Some((ports, _))) => Some((resolvers.clone(), *ports)),
+            _ => None,
+        };
         let plan_outgoing = match (&outgoing, &relay) {
             (Some(rules), Some((ports, _))) => Some((rules.clone(), *ports)),
             _ => None,
@@ -203,6 +226,7 @@ impl Session {
                 target_localhost: options.target_localhost,
                 ipv6,
                 outgoing: plan_outgoing,
+                dns: plan_dns,
             };
             loopback::Follower::start(socket, child.pid, plan)
         });
@@ -218,6 +242,7 @@ impl Session {
             _files: served,
             _loopback: loopback_follower,
             _outgoing: relay.map(|(_, relay)| relay),
+            _dns: dns.map(|(_, relay)| relay),
         })
     }
 
@@ -304,6 +329,8 @@ struct Ready {
     loopback: Option<(OwnedFd, bool)>,
     /// The outgoing relay's sockets.
     relay: Option<RelaySockets>,
+    /// The DNS relay's sockets.
+    dns: Option<DnsSockets>,
     fuse: Option<OwnedFd>,
     tun_name: String,
     warnings: Vec<String>,
@@ -343,20 +370,27 @@ fn converse(
             warnings,
             loopback_ipv6,
             outgoing_relay,
+            dns_relay,
         } => {
             let relay_fds = if outgoing_relay {
                 RelaySockets::fd_count(loopback_ipv6)
             } else {
                 0
             };
-            let expected = 1 + usize::from(has_table) + relay_fds + usize::from(has_fuse);
+            let dns_fds = if dns_relay {
+                DnsSockets::fd_count(loopback_ipv6)
+            } else {
+                0
+            };
+            let expected = 1 + usize::from(has_table) + relay_fds + dns_fds + usize::from(has_fuse);
             if fds.len() != expected {
                 return Err(Conversation::Broken(format!(
                     "Ready came with {} descriptors instead of {expected}",
                     fds.len()
                 )));
             }
-            // In the child's order: TUN, the table's socket, the relay's, FUSE.
+            // In the child's order: TUN, the table's socket, the relay's, the DNS relay's,
+            // FUSE.
             let mut fds = fds.into_iter();
             let tun = fds.next().expect("counted");
             let loopback = if has_table {
@@ -370,12 +404,19 @@ fn converse(
             } else {
                 None
             };
+            let dns = if dns_relay {
+                let dns: Vec<OwnedFd> = fds.by_ref().take(dns_fds).collect();
+                DnsSockets::from_fds(dns)
+            } else {
+                None
+            };
             let fuse = if has_fuse { fds.next() } else { None };
             Ok(Ready {
                 socket,
                 tun,
                 loopback,
                 relay,
+                dns,
                 fuse,
                 tun_name,
                 warnings,

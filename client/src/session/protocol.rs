@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::outgoing::OutgoingRules;
 
 /// Version of the conversation; bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts. The spec is the only big message (environment, hosts);
 /// anything near this is a bug or garbage on the socket.
@@ -140,6 +140,10 @@ pub struct ChildSpec {
     /// relay's sockets travel after the table's.
     #[serde(default)]
     pub outgoing: Option<OutgoingRules>,
+    /// The DNS filter (`session::dns_filter`): the session's resolvers, whose queries the
+    /// table redirects to the DNS relay; its sockets travel after the outgoing relay's.
+    #[serde(default)]
+    pub dns_resolvers: Option<Vec<IpAddr>>,
 }
 
 /// Where the target's root is mounted and which of its paths are shown over local ones.
@@ -200,6 +204,10 @@ pub enum ChildMessage {
         /// `loopback_ipv6`).
         #[serde(default)]
         outgoing_relay: bool,
+        /// The DNS relay's sockets follow the outgoing relay's (IPv6's too when
+        /// `loopback_ipv6`).
+        #[serde(default)]
+        dns_relay: bool,
     },
     /// The remote paths are bound (answer to `BindRemote`).
     Bound {
@@ -241,6 +249,8 @@ pub enum SetupStep {
     LoopbackRedirect,
     /// The outgoing filter's rules and relay sockets.
     OutgoingFilter,
+    /// The DNS filter's redirect and relay sockets.
+    DnsFilter,
     /// Opening or mounting `/dev/fuse` for the target's files.
     FuseDevice,
     /// Binding a remote path over the local one.
@@ -284,6 +294,10 @@ impl fmt::Display for SetupStep {
             SetupStep::OutgoingFilter => f.write_str(
                 "cannot set up the outgoing filter (--local/--remote: nftables and the relay's \
                  sockets in the session's namespace)",
+            ),
+            SetupStep::DnsFilter => f.write_str(
+                "cannot set up the DNS filter (--local-dns/--remote-dns: nftables and the \
+                 relay's sockets in the session's namespace)",
             ),
             SetupStep::FuseDevice => {
                 f.write_str("cannot mount the target's files (FUSE device /dev/fuse)")
@@ -460,6 +474,7 @@ mod tests {
                 )],
                 exempt: vec![],
             }),
+            dns_resolvers: Some(vec!["10.96.0.10".parse().unwrap()]),
         }
     }
 
@@ -485,6 +500,7 @@ mod tests {
                 warnings: vec!["no IPv6".into()],
                 loopback_ipv6: false,
                 outgoing_relay: false,
+                dns_relay: true,
             },
             ChildMessage::Failed(SetupFailure::os(
                 SetupStep::Address("fd00::1".parse().unwrap()),
