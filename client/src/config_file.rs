@@ -523,6 +523,7 @@ mod mirrord {
             match key.as_str() {
                 "incoming" => incoming(value, out)?,
                 "outgoing" => outgoing(value, out)?,
+                "dns" => dns(value, out)?,
                 _ => unsupported(out, &format!("feature.network.{key}")),
             }
         }
@@ -586,6 +587,106 @@ mod mirrord {
             }
         }
         Ok(())
+    }
+
+    /// `feature.network.dns`: `true`, or `{enabled, filter}` whose `filter.local` /
+    /// `filter.remote` list is `--local-dns` / `--remote-dns`. mirrord's entries are
+    /// `[name|address|subnet][:port]` matched against `getaddrinfo`'s arguments; a query on
+    /// the wire names no port and a numeric host is never looked up, so a port is dropped
+    /// and an entry without a name is ignored, each with a warning.
+    fn dns(value: &Value, out: &mut Translation) -> Result<(), String> {
+        let map = match value {
+            Value::Object(map) => map,
+            Value::Bool(true) => return Ok(()),
+            Value::Bool(false) => {
+                unsupported(out, "feature.network.dns: false");
+                return Ok(());
+            }
+            other => {
+                return Err(format!(
+                    "feature.network.dns: expected an object, found {other}"
+                ))
+            }
+        };
+        for (key, value) in map {
+            let name = format!("feature.network.dns.{key}");
+            match key.as_str() {
+                "enabled" if value == &Value::Bool(true) => {}
+                "filter" => {
+                    let filter = value.as_object().ok_or_else(|| {
+                        format!(
+                            "{name}: expected an object with `local` or `remote`, found {value}"
+                        )
+                    })?;
+                    for (which, list) in filter {
+                        let flag = match which.as_str() {
+                            "local" => "local-dns",
+                            "remote" => "remote-dns",
+                            _ => {
+                                unsupported(out, &format!("{name}.{which}"));
+                                continue;
+                            }
+                        };
+                        let entries: Vec<String> = match list {
+                            Value::String(entry) => vec![entry.clone()],
+                            Value::Array(items) => items
+                                .iter()
+                                .map(|item| {
+                                    item.as_str().map(str::to_owned).ok_or_else(|| {
+                                        format!("{name}.{which}: {item} is not a string")
+                                    })
+                                })
+                                .collect::<Result<_, _>>()?,
+                            other => {
+                                return Err(format!(
+                                    "{name}.{which}: expected a list of names, found {other}"
+                                ))
+                            }
+                        };
+                        let mut patterns = Vec::new();
+                        for entry in entries {
+                            match dns_entry_name(&entry) {
+                                (Some(host), None) => patterns.push(host.to_owned()),
+                                (Some(host), Some(_)) => {
+                                    out.warnings.push(format!(
+                                        "{name}.{which}: {entry:?}: a DNS query names no \
+                                         port; every lookup of {host} counts"
+                                    ));
+                                    patterns.push(host.to_owned());
+                                }
+                                (None, _) => out.warnings.push(format!(
+                                    "{name}.{which}: {entry:?}: names no host name (addresses \
+                                     are never looked up); ignored"
+                                )),
+                            }
+                        }
+                        if patterns.is_empty() && which == "remote" {
+                            unsupported(out, &format!("{name}.remote without a host name"));
+                        } else if !patterns.is_empty() {
+                            out.settings.push(Setting::values(flag, patterns));
+                        }
+                    }
+                }
+                _ => unsupported(out, &name),
+            }
+        }
+        Ok(())
+    }
+
+    /// The host name of a mirrord DNS filter entry (`None` for an address, a subnet or a
+    /// port alone) and its port, if it has one.
+    fn dns_entry_name(entry: &str) -> (Option<&str>, Option<&str>) {
+        let (host, port) = match entry.rsplit_once(':') {
+            // One colon: HOST:PORT. More: an IPv6 address, bracketed or not.
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            Some(_) => return (None, None),
+            None => (entry, None),
+        };
+        let numeric = host.is_empty()
+            || host.contains('/')
+            || host.parse::<std::net::IpAddr>().is_ok()
+            || host.starts_with('[');
+        ((!numeric).then_some(host), port)
     }
 
     /// mirrord's HTTP filter applies to ports 80 and 8080 unless it names its ports.

@@ -7,15 +7,20 @@
 //! every address). Without a protocol an entry is TCP and UDP; without a port, every port.
 //! A bare IPv6 address or CIDR without brackets takes no port.
 //!
-//! Names in `--local` are resolved once, when the session starts, by this machine's resolver
-//! (every address it gives). Names in `--remote` would need the target's resolver before the
-//! session exists; they are refused with one line instead of being guessed.
+//! Names in `--local` are resolved once, before the agent starts, by this machine's resolver
+//! (every address it gives): a name it cannot resolve ends the run there, with one line.
+//! Names in `--remote` would need the target's resolver before the session exists; they are
+//! refused with one line instead of being guessed.
+//!
+//! The DNS filter's patterns (`--local-dns` / `--remote-dns`, mirrord's
+//! `feature.network.dns.filter`) are parsed here too ([`NamePattern`]); the session decides
+//! with them ([`session::DnsRules`]).
 
 use std::net::{IpAddr, ToSocketAddrs};
 
 use clap::Args;
 
-use crate::session::{Destination, FilterMode, OutgoingRules};
+use crate::session::{Destination, DnsMode, DnsRules, FilterMode, NamePattern, OutgoingRules};
 
 /// `--local` / `--remote`.
 #[derive(Debug, Clone, Default, Args)]
@@ -31,6 +36,15 @@ pub struct OutgoingArgs {
     /// servers and localhost keep their own rules.
     #[arg(long = "remote", value_name = "DEST", value_parser = parse_entry)]
     pub remote: Vec<Entry>,
+    /// Names matching NAME-PATTERN are resolved by this machine's resolver, every other name
+    /// by the target's (repeatable). NAME-PATTERN: a name (`db.corp.example`) or `*.SUFFIX`
+    /// (every name below SUFFIX); any case, a trailing dot ignored.
+    #[arg(long = "local-dns", value_name = "NAME-PATTERN", value_parser = NamePattern::parse, conflicts_with = "remote_dns")]
+    pub local_dns: Vec<NamePattern>,
+    /// Only names matching NAME-PATTERN are resolved by the target's resolver; every other
+    /// name by this machine's (repeatable; NAME-PATTERN as for --local-dns).
+    #[arg(long = "remote-dns", value_name = "NAME-PATTERN", value_parser = NamePattern::parse)]
+    pub remote_dns: Vec<NamePattern>,
 }
 
 /// Which protocols an entry covers.
@@ -222,6 +236,21 @@ impl OutgoingArgs {
         }))
     }
 
+    /// The DNS filter, `None` without one.
+    pub fn dns_rules(&self) -> Option<DnsRules> {
+        match (self.local_dns.is_empty(), self.remote_dns.is_empty()) {
+            (true, true) => None,
+            (false, _) => Some(DnsRules {
+                mode: DnsMode::Local,
+                patterns: self.local_dns.clone(),
+            }),
+            (true, false) => Some(DnsRules {
+                mode: DnsMode::Remote,
+                patterns: self.remote_dns.clone(),
+            }),
+        }
+    }
+
     /// [`rules_with`](Self::rules_with) this machine's resolver.
     pub fn rules(&self) -> Result<Option<OutgoingRules>, OutgoingError> {
         self.rules_with(|name| {
@@ -320,6 +349,7 @@ mod tests {
                 parse_entry("127.0.0.1:5432").unwrap(),
             ],
             remote: vec![],
+            ..OutgoingArgs::default()
         };
         let rules = args
             .rules_with(|name| {
@@ -347,6 +377,7 @@ mod tests {
         let remote = OutgoingArgs {
             local: vec![],
             remote: vec![parse_entry("api.internal").unwrap()],
+            ..OutgoingArgs::default()
         };
         let err = remote.rules_with(|_| unreachable!()).unwrap_err();
         assert!(

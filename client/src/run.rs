@@ -127,10 +127,10 @@ pub fn classify(err: &anyhow::Error) -> Kind {
 
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
-    let privileges = preflight(args)?;
+    let checked = preflight(args)?;
     let incoming = args.incoming.config()?;
     let (mut agent, mut tunnel) = start_agent_and_connect(args).await?;
-    let outcome = run_connected(args, command, privileges, incoming, &mut agent, &mut tunnel).await;
+    let outcome = run_connected(args, command, checked, incoming, &mut agent, &mut tunnel).await;
     // Every way out, failures included, ends the session with its close.
     agent.end_session(tunnel, Duration::from_secs(2)).await;
     outcome
@@ -140,12 +140,12 @@ pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i
 async fn run_connected(
     args: &SessionArgs,
     command: Vec<OsString>,
-    privileges: SessionPrivileges,
+    checked: Preflight,
     incoming: Option<mirrord_net_protocol::messages::IncomingConfig>,
     agent: &mut SessionAgent,
     tunnel: &mut Tunnel,
 ) -> Result<i32, RunError> {
-    let mut running = start_connected(args, command, privileges, incoming, agent, tunnel).await?;
+    let mut running = start_connected(args, command, checked, incoming, agent, tunnel).await?;
     let outcome = match supervise(&mut running.session, &mut running.pump_task).await {
         Err(RunError::AgentLost(pump::PumpError::Connection(quinn::ConnectionError::TimedOut))) => {
             Err(RunError::AgentSilent(tunnel::liveness::lost_line(
@@ -174,11 +174,16 @@ pub(crate) struct Running {
 pub(crate) async fn start_connected(
     args: &SessionArgs,
     command: Vec<OsString>,
-    privileges: SessionPrivileges,
+    checked: Preflight,
     incoming: Option<mirrord_net_protocol::messages::IncomingConfig>,
     agent: &mut SessionAgent,
     tunnel: &mut Tunnel,
 ) -> Result<Running, RunError> {
+    let Preflight {
+        privileges,
+        outgoing,
+        dns,
+    } = checked;
     let mut progress = Progress::new(args.quiet);
 
     progress.step("creating the session");
@@ -223,7 +228,8 @@ pub(crate) async fn start_connected(
         tun_offload,
         tun_segmentation: !tun_offload && framing == pump::Framing::Segmented,
         target_localhost: !args.no_target_localhost,
-        outgoing: args.outgoing.rules()?,
+        outgoing,
+        dns,
         ..session::SessionOptions::default()
     };
     let mut session = Session::start_with_files(spec, options, files).await?;
@@ -564,7 +570,9 @@ async fn supervise(
 }
 
 /// Checks what the session needs before anything is started, and chooses its privileges.
-pub(crate) fn preflight(args: &SessionArgs) -> Result<SessionPrivileges, RunError> {
+pub(crate) fn preflight(args: &SessionArgs) -> Result<Preflight, RunError> {
+    // Before any agent starts: a `--local` name this machine cannot resolve is a usage error.
+    let outgoing = args.outgoing.rules()?;
     let privileges = session_privileges(args.target(), args.as_root)?;
     if !Path::new(TUN).exists() {
         return Err(RunError::NoTunDevice);
@@ -585,7 +593,20 @@ pub(crate) fn preflight(args: &SessionArgs) -> Result<SessionPrivileges, RunErro
             return Err(RunError::FuseNotAccessible);
         }
     }
-    Ok(privileges)
+    Ok(Preflight {
+        privileges,
+        outgoing,
+        dns: args.outgoing.dns_rules(),
+    })
+}
+
+/// What the preflight decided: the session's privileges, and the outgoing filter with its
+/// `--local` names already resolved.
+pub(crate) struct Preflight {
+    pub privileges: SessionPrivileges,
+    pub outgoing: Option<crate::session::OutgoingRules>,
+    /// The DNS filter.
+    pub dns: Option<crate::session::DnsRules>,
 }
 
 const TUN: &str = "/dev/net/tun";

@@ -98,10 +98,13 @@ pub const NFTA_META_DREG: u16 = 1;
 pub const NFTA_META_KEY: u16 = 2;
 pub const NFT_META_NFPROTO: u32 = 15;
 pub const NFT_META_L4PROTO: u32 = 16;
+/// The packet's mark (`SO_MARK` of its socket).
+pub const NFT_META_MARK: u32 = 3;
 pub const NFTA_CMP_SREG: u16 = 1;
 pub const NFTA_CMP_OP: u16 = 2;
 pub const NFTA_CMP_DATA: u16 = 3;
 pub const NFT_CMP_EQ: u32 = 0;
+pub const NFT_CMP_NEQ: u32 = 1;
 pub const NFTA_PAYLOAD_DREG: u16 = 1;
 pub const NFTA_PAYLOAD_BASE: u16 = 2;
 pub const NFTA_PAYLOAD_OFFSET: u16 = 3;
@@ -227,6 +230,15 @@ impl Message {
         self.expr("cmp", |m| {
             m.be32(NFTA_CMP_SREG, NFT_REG_1)
                 .be32(NFTA_CMP_OP, NFT_CMP_EQ);
+            m.begin(NFTA_CMP_DATA).attr(NFTA_DATA_VALUE, value).end();
+        })
+    }
+
+    /// `[ cmp neq reg 1 VALUE ]`
+    pub fn cmp_neq(&mut self, value: &[u8]) -> &mut Self {
+        self.expr("cmp", |m| {
+            m.be32(NFTA_CMP_SREG, NFT_REG_1)
+                .be32(NFTA_CMP_OP, NFT_CMP_NEQ);
             m.begin(NFTA_CMP_DATA).attr(NFTA_DATA_VALUE, value).end();
         })
     }

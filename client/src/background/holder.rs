@@ -388,13 +388,13 @@ async fn start_session(
     socket: &Path,
     owner: (u32, u32),
 ) -> anyhow::Result<Started> {
-    let privileges = run::preflight(args)?;
+    let checked = run::preflight(args)?;
+    let privileges = checked.privileges;
     let incoming = args.incoming.config().map_err(run::RunError::from)?;
     let (mut agent, mut tunnel) = run::start_agent_and_connect(args).await?;
     let command = vec![OsString::from("/proc/self/exe"), OsString::from(KEEP_ARG)];
     let running =
-        match run::start_connected(args, command, privileges, incoming, &mut agent, &mut tunnel)
-            .await
+        match run::start_connected(args, command, checked, incoming, &mut agent, &mut tunnel).await
         {
             Ok(running) => running,
             Err(err) => {

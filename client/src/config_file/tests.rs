@@ -203,7 +203,7 @@ fn unknown_and_unsupported_keys_are_one_warning_each() {
         "target": "pid/7",
         "colour": "blue",
         "telemetry": false,
-        "feature": {"network": {"dns": {"filter": {"local": ["x"]}}}, "copy_target": true},
+        "feature": {"network": {"dns": false}, "copy_target": true},
     });
     let translation = translate(&document, &exec_flags).unwrap();
     assert_eq!(translation.settings, [setting("target", &["pid/7"])]);
@@ -440,4 +440,56 @@ fn mirrords_outgoing_filter_becomes_local_or_remote() {
     );
     let err = parse(&["exec", "-f", bad.0.to_str().unwrap(), "--", "true"]).unwrap_err();
     assert!(err.contains("tcp:// or udp://"), "{err}");
+}
+
+#[test]
+fn mirrords_dns_filter_becomes_local_dns_or_remote_dns() {
+    let translation = translate(
+        &json!({"feature": {"network": {"dns": {
+            "enabled": true,
+            "filter": {"local": ["db.corp.example", "google.com:1337", "1.1.1.0/24:1337", ":53"]},
+        }}}}),
+        &exec_flags,
+    )
+    .unwrap();
+    assert_eq!(
+        translation.settings,
+        [setting("local-dns", &["db.corp.example", "google.com"])]
+    );
+    assert_eq!(translation.warnings.len(), 3, "{:?}", translation.warnings);
+    assert!(translation.warnings[0].contains("names no port"));
+    assert!(translation.warnings[1].contains("ignored"));
+    let translation = translate(
+        &json!({"feature": {"network": {"dns": {"filter": {"remote": "*.svc.cluster.local"}}}}}),
+        &exec_flags,
+    )
+    .unwrap();
+    assert_eq!(
+        translation.settings,
+        [setting("remote-dns", &["*.svc.cluster.local"])]
+    );
+    assert!(
+        translation.warnings.is_empty(),
+        "{:?}",
+        translation.warnings
+    );
+
+    // Through clap: the patterns are checked as the flags' are, and honoured.
+    let file = ConfigFile::new(
+        "json",
+        r#"{"target": "pod/api", "feature": {"network": {"dns": {"filter": {"local": ["*.corp.example"]}}}}}"#,
+    );
+    let cli = parse(&["exec", "-f", file.0.to_str().unwrap(), "--", "true"]).unwrap();
+    let Command::Exec { session, .. } = cli.command else {
+        panic!("not exec")
+    };
+    let rules = session.outgoing.dns_rules().unwrap();
+    assert!(rules.to_host(Some("db.corp.example")));
+    assert!(!rules.to_host(Some("web.svc.cluster.local")));
+    let bad = ConfigFile::new(
+        "json",
+        r#"{"target": "pod/api", "feature": {"network": {"dns": {"filter": {"local": ["a.*.b"]}}}}}"#,
+    );
+    let err = parse(&["exec", "-f", bad.0.to_str().unwrap(), "--", "true"]).unwrap_err();
+    assert!(err.contains("`*` only as the first label"), "{err}");
 }

@@ -24,8 +24,8 @@ use serde::Serialize;
 use super::protocol::{self, FrameError, FRAME_HEADER_LEN};
 
 /// Most descriptors accepted on one read: the TUN, the session table's socket, the outgoing
-/// relay's five, FUSE, the sock_diag socket; and room for a few more.
-const MAX_FDS: usize = 12;
+/// relay's five, the DNS relay's five, FUSE, the sock_diag socket.
+const MAX_FDS: usize = 16;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +169,7 @@ mod tests {
             loopback_ipv6: false,
             outgoing_relay: false,
             served_ports: false,
+            dns_relay: false,
         };
         send(a.as_fd(), &ready, &[file.as_fd()]).unwrap();
         send(a.as_fd(), &ready, &[]).unwrap();
@@ -218,6 +219,7 @@ mod tests {
             tun_segmentation: false,
             target_localhost: false,
             outgoing: None,
+            dns_resolvers: None,
         };
         let message = ParentMessage::Spec(Box::new(spec));
         send(a.as_fd(), &message, &[]).unwrap();

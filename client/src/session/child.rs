@@ -32,6 +32,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
 use super::channel::{self, ChannelError};
+use super::dns_relay::DnsSockets;
 use super::init;
 use super::mounts;
 use super::namespaces;
@@ -121,6 +122,7 @@ fn run() -> i32 {
         tun,
         loopback,
         relay,
+        dns,
     } = network;
     // Opened here, in the session's network namespace, which it then answers for wherever
     // it is used; without it the client reads /proc instead.
@@ -132,13 +134,17 @@ fn run() -> i32 {
         warnings,
         loopback_ipv6: loopback.as_ref().is_some_and(|(_, ipv6)| *ipv6),
         outgoing_relay: relay.is_some(),
+        dns_relay: dns.is_some(),
         served_ports: served.is_some(),
     };
     let relay = relay.map(RelaySockets::into_fds).unwrap_or_default();
-    // The order the client expects: TUN, the table's socket, the relay's, FUSE, sock_diag.
+    let dns = dns.map(DnsSockets::into_fds).unwrap_or_default();
+    // The order the client expects: TUN, the table's socket, the relay's, the DNS relay's,
+    // FUSE, sock_diag.
     let mut fds = vec![tun.as_fd()];
     fds.extend(loopback.as_ref().map(|(socket, _)| socket.as_fd()));
     fds.extend(relay.iter().map(|fd| fd.as_fd()));
+    fds.extend(dns.iter().map(|fd| fd.as_fd()));
     fds.extend(root.as_ref().map(|(device, _)| device.as_fd()));
     fds.extend(served.as_ref().map(|socket| socket.as_fd()));
     if channel::send(socket.as_fd(), &ready, &fds).is_err() {
@@ -151,6 +157,7 @@ fn run() -> i32 {
     drop(loopback);
     drop(relay);
     drop(served);
+    drop(dns);
     if let (Some(files), Some((device, kept))) = (&spec.remote_files, root) {
         drop(device);
         match channel::recv::<ParentMessage>(socket.as_fd()) {

@@ -75,6 +75,7 @@ use mirrord_net_netfilter::{
 };
 use mirrord_net_protocol::loopback::{LOOPBACK_V4_NET, LOOPBACK_V6};
 
+use super::dns_filter::{self, DnsPorts};
 use tokio::sync::watch;
 
 use super::outgoing::{self, OutgoingRules, RelayPorts};
@@ -170,12 +171,18 @@ pub struct NatPlan {
     pub ipv6: bool,
     /// The outgoing filter and the ports of its relay's sockets.
     pub outgoing: Option<(OutgoingRules, RelayPorts)>,
+    /// The DNS filter: the session's resolvers and the ports of its relay's sockets.
+    pub dns: Option<(Vec<std::net::IpAddr>, DnsPorts)>,
 }
 
 /// The messages that set the `loopback` chain: flush, the kept ports, the outgoing filter's
 /// rules around the loopback rewrites (see [`outgoing`](super::outgoing) for the order).
 fn chain_messages(push: &mut nf::Push<'_>, kept: &Served, plan: &NatPlan) {
     push(&|seq| nf::flush_chain(seq, TABLE, CHAIN));
+    if let Some((resolvers, ports)) = &plan.dns {
+        // First: a session program serving port 53 does not take the resolvers' queries.
+        dns_filter::redirect_rules(push, TABLE, CHAIN, resolvers, ports);
+    }
     for (protos, ports) in [(PROTOS[0], &kept.tcp), (PROTOS[1], &kept.udp)] {
         for &port in ports {
             if plan.outgoing.is_some() {
@@ -308,6 +315,7 @@ mod tests {
             target_localhost: true,
             ipv6,
             outgoing: None,
+            dns: None,
         }
     }
 
@@ -397,6 +405,7 @@ mod tests {
             target_localhost: true,
             ipv6: true,
             outgoing: Some((rules, relay)),
+            dns: None,
         };
         let r = rules_of(&kept, &plan);
         // 2 keeps (v4, v6), 1 listed return (TCP only), 4 loopback rewrites, 4 catch-alls.

@@ -27,7 +27,8 @@
 //! - `hosts`: the target's hosts file with an entry for its own name (pure).
 //! - `loopback`: the session's nftables table: the pod's localhost, and the outgoing filter's
 //!   rules from `outgoing` (pure); `outgoing_relay`: the flows that filter keeps local,
-//!   opened again from the host.
+//!   opened again from the host; `dns_filter` (pure) and `dns_relay`: the DNS filter, the
+//!   session's queries answered by this machine's resolver or the target's by name.
 //! - `served`: the ports the session's programs serve, watched once for the loopback redirect
 //!   and the incoming side.
 //! - `remote_files`: the FUSE mount of the target's root and the binds of its paths.
@@ -41,6 +42,8 @@
 
 mod channel;
 mod child;
+mod dns_filter;
+mod dns_relay;
 mod error;
 mod exec;
 pub mod hosts;
@@ -64,6 +67,7 @@ pub mod userns;
 pub use child::child_main;
 // What a command joining a background session (`crate::background::join`) is made with:
 // the same steps as the session's own command.
+pub use dns_filter::{DnsMode, DnsRules, NamePattern};
 pub use error::SessionError;
 pub use exec::command_env;
 pub(crate) use exec::{compose_env, exec as exec_command, exit_code, CANNOT_EXECUTE};

@@ -27,6 +27,8 @@
 //!    `local ::1` route on it, and the session's nftables table ([`loopback`] says why each).
 //!    With the outgoing filter (`--local`/`--remote`): the relay's sockets on the session's
 //!    loopback and the filter's rules in the same table ([`outgoing`](super::outgoing)).
+//!    With the DNS filter (`--local-dns`/`--remote-dns`): the DNS relay's sockets and the
+//!    redirect of the resolvers' port 53, first in that table ([`dns_filter`](super::dns_filter)).
 //!
 //! IPv6 is skipped, with a warning for the client's log, when it cannot work: the kernel has
 //! no IPv6 (`ipv6.disable=1`: no `/proc/sys/net/ipv6`) or the MTU is below IPv6's minimum of
@@ -43,6 +45,7 @@ use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
+use super::dns_relay::DnsSockets;
 use super::loopback::{self, NatPlan};
 use super::netlink::Netlink;
 use super::outgoing_relay::RelaySockets;
@@ -58,6 +61,8 @@ pub struct Built {
     pub tun: OwnedFd,
     pub loopback: Option<(OwnedFd, bool)>,
     pub relay: Option<RelaySockets>,
+    /// With the DNS filter, its relay's sockets.
+    pub dns: Option<DnsSockets>,
 }
 
 /// Builds the whole network of the session.
@@ -143,19 +148,33 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
         }
         None => None,
     };
-    let loopback = if spec.target_localhost || relay.is_some() {
+    let dns = match &spec.dns_resolvers {
+        Some(resolvers) => {
+            let failed = |err| SetupFailure::os(SetupStep::DnsFilter, err);
+            let sockets = DnsSockets::open(!ipv6.is_empty()).map_err(failed)?;
+            let ports = sockets.ports().map_err(failed)?;
+            Some((sockets, resolvers.clone(), ports))
+        }
+        None => None,
+    };
+    let loopback = if spec.target_localhost || relay.is_some() || dns.is_some() {
         let plan = NatPlan {
             target_localhost: spec.target_localhost,
             ipv6: !ipv6.is_empty(),
             outgoing: relay
                 .as_ref()
                 .map(|(_, rules, ports)| (rules.clone(), *ports)),
+            dns: dns
+                .as_ref()
+                .map(|(_, resolvers, ports)| (resolvers.clone(), *ports)),
         };
         let socket = loopback::install(&plan).map_err(|err| {
             if spec.target_localhost {
                 redirect(err)
-            } else {
+            } else if relay.is_some() {
                 SetupFailure::os(SetupStep::OutgoingFilter, err)
+            } else {
+                SetupFailure::os(SetupStep::DnsFilter, err)
             }
         })?;
         Some((socket, !ipv6.is_empty()))
@@ -168,6 +187,7 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
         tun,
         loopback,
         relay: relay.map(|(sockets, _, _)| sockets),
+        dns: dns.map(|(sockets, _, _)| sockets),
     })
 }
 

@@ -27,8 +27,10 @@
 //! ```
 //!
 //! DNS is not an outgoing flow to be filtered: queries to the session's resolvers (the
-//! target's) stay on the TUN whatever the lists say, and loopback destinations keep the
-//! localhost rule unless `--local` names them. ICMP always goes to the target.
+//! target's) stay on the TUN whatever the lists say (the DNS filter, whose redirect comes
+//! before all of these rules, decides them by name: [`dns_filter`](super::dns_filter)), and
+//! loopback destinations keep the localhost rule unless `--local` names them. ICMP always
+//! goes to the target.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

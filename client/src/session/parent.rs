@@ -44,6 +44,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::channel::{self, ChannelError};
+use super::dns_relay::{DnsRelay, DnsSockets};
 use super::error::SessionError;
 use super::exec;
 use super::identity;
@@ -78,6 +79,8 @@ pub struct Session {
     _loopback: Option<loopback::Follower>,
     /// The outgoing filter's relay: the session's local flows, opened from the host.
     _outgoing: Option<Relay>,
+    /// The DNS filter's relay: the session's queries, answered here or by the target.
+    _dns: Option<DnsRelay>,
 }
 
 impl Session {
@@ -119,7 +122,9 @@ impl Session {
         child_spec.remote_files = files.as_ref().map(RemoteFiles::wire);
         let outgoing = child_spec.outgoing.clone();
         let has_fuse = files.is_some();
-        let has_table = options.target_localhost || outgoing.is_some();
+        let dns_rules = options.dns.clone();
+        let dns_resolvers = child_spec.dns_resolvers.clone();
+        let has_table = options.target_localhost || outgoing.is_some() || dns_rules.is_some();
         if let Some(run_as) = spec.run_as {
             let user = tokio::task::spawn_blocking(move || identity::resolve(run_as))
                 .await
@@ -197,29 +202,46 @@ impl Session {
             }
             None => None,
         };
+        let dns = match (ready.dns.take(), dns_rules) {
+            (Some(sockets), Some(rules)) => {
+                let ports = sockets.ports();
+                let started = ports.and_then(|ports| Ok((ports, DnsRelay::start(sockets, rules)?)));
+                match started {
+                    Ok(started) => Some(started),
+                    Err(err) => {
+                        let failure = SetupFailure::os(SetupStep::DnsFilter, err);
+                        return Err(child.fail(Conversation::Failed(failure)).await);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let plan_dns = match (&dns_resolvers, &dns) {
+            (Some(resolvers), Some((ports, _))) => Some((resolvers.clone(), *ports)),
+            _ => None,
+        };
         let plan_outgoing = match (&outgoing, &relay) {
             (Some(rules), Some((ports, _))) => Some((rules.clone(), *ports)),
             _ => None,
         };
-        let own = match &relay {
-            Some((ports, _)) => OwnPorts {
-                tcp: [Some(ports.tcp4), ports.tcp6]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-                udp: [Some(ports.udp4), ports.udp6]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-            },
-            None => OwnPorts::default(),
-        };
+        // The tool's own sockets in the session, which are no program's.
+        let mut own = OwnPorts::default();
+        if let Some((ports, _)) = &relay {
+            own.tcp
+                .extend([Some(ports.tcp4), ports.tcp6].into_iter().flatten());
+            own.udp
+                .extend([Some(ports.udp4), ports.udp6].into_iter().flatten());
+        }
+        if let Some((ports, _)) = &dns {
+            own.udp.extend(ports.all());
+        }
         let served_watch = ServedWatch::start(ready.served.take(), child.pid, own);
         let loopback_follower = ready.loopback.take().map(|(socket, ipv6)| {
             let plan = NatPlan {
                 target_localhost: options.target_localhost,
                 ipv6,
                 outgoing: plan_outgoing,
+                dns: plan_dns,
             };
             loopback::Follower::start(socket, served_watch.subscribe(), plan)
         });
@@ -236,6 +258,7 @@ impl Session {
             _loopback: loopback_follower,
             served: served_watch,
             _outgoing: relay.map(|(_, relay)| relay),
+            _dns: dns.map(|(_, relay)| relay),
         })
     }
 
@@ -328,6 +351,8 @@ struct Ready {
     loopback: Option<(OwnedFd, bool)>,
     /// The outgoing relay's sockets.
     relay: Option<RelaySockets>,
+    /// The DNS relay's sockets.
+    dns: Option<DnsSockets>,
     fuse: Option<OwnedFd>,
     /// The sock_diag socket of the session's network namespace.
     served: Option<OwnedFd>,
@@ -369,6 +394,7 @@ fn converse(
             warnings,
             loopback_ipv6,
             outgoing_relay,
+            dns_relay,
             served_ports,
         } => {
             let relay_fds = if outgoing_relay {
@@ -376,9 +402,15 @@ fn converse(
             } else {
                 0
             };
+            let dns_fds = if dns_relay {
+                DnsSockets::fd_count(loopback_ipv6)
+            } else {
+                0
+            };
             let expected = 1
                 + usize::from(has_table)
                 + relay_fds
+                + dns_fds
                 + usize::from(has_fuse)
                 + usize::from(served_ports);
             if fds.len() != expected {
@@ -387,7 +419,8 @@ fn converse(
                     fds.len()
                 )));
             }
-            // In the child's order: TUN, the table's socket, the relay's, FUSE, sock_diag.
+            // In the child's order: TUN, the table's socket, the relay's, the DNS relay's,
+            // FUSE, sock_diag.
             let mut fds = fds.into_iter();
             let tun = fds.next().expect("counted");
             let loopback = if has_table {
@@ -401,6 +434,12 @@ fn converse(
             } else {
                 None
             };
+            let dns = if dns_relay {
+                let dns: Vec<OwnedFd> = fds.by_ref().take(dns_fds).collect();
+                DnsSockets::from_fds(dns)
+            } else {
+                None
+            };
             let fuse = if has_fuse { fds.next() } else { None };
             let served = if served_ports { fds.next() } else { None };
             Ok(Ready {
@@ -408,6 +447,7 @@ fn converse(
                 tun,
                 loopback,
                 relay,
+                dns,
                 fuse,
                 served,
                 tun_name,

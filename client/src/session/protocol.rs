@@ -140,6 +140,10 @@ pub struct ChildSpec {
     /// relay's sockets travel after the table's.
     #[serde(default)]
     pub outgoing: Option<OutgoingRules>,
+    /// The DNS filter (`session::dns_filter`): the session's resolvers, whose queries the
+    /// table redirects to the DNS relay; its sockets travel after the outgoing relay's.
+    #[serde(default)]
+    pub dns_resolvers: Option<Vec<IpAddr>>,
 }
 
 /// Where the target's root is mounted and which of its paths are shown over local ones.
@@ -200,8 +204,13 @@ pub enum ChildMessage {
         /// `loopback_ipv6`).
         #[serde(default)]
         outgoing_relay: bool,
+        /// The DNS relay's sockets follow the outgoing relay's (IPv6's too when
+        /// `loopback_ipv6`).
+        #[serde(default)]
+        dns_relay: bool,
         /// A `NETLINK_SOCK_DIAG` socket of the session's network namespace comes last
         /// (the watcher of the ports the session's programs serve).
+        #[serde(default)]
         served_ports: bool,
     },
     /// The remote paths are bound (answer to `BindRemote`).
@@ -244,6 +253,8 @@ pub enum SetupStep {
     LoopbackRedirect,
     /// The outgoing filter's rules and relay sockets.
     OutgoingFilter,
+    /// The DNS filter's redirect and relay sockets.
+    DnsFilter,
     /// Opening or mounting `/dev/fuse` for the target's files.
     FuseDevice,
     /// Binding a remote path over the local one.
@@ -287,6 +298,10 @@ impl fmt::Display for SetupStep {
             SetupStep::OutgoingFilter => f.write_str(
                 "cannot set up the outgoing filter (--local/--remote: nftables and the relay's \
                  sockets in the session's namespace)",
+            ),
+            SetupStep::DnsFilter => f.write_str(
+                "cannot set up the DNS filter (--local-dns/--remote-dns: nftables and the \
+                 relay's sockets in the session's namespace)",
             ),
             SetupStep::FuseDevice => {
                 f.write_str("cannot mount the target's files (FUSE device /dev/fuse)")
@@ -463,6 +478,7 @@ mod tests {
                 )],
                 exempt: vec![],
             }),
+            dns_resolvers: Some(vec!["10.96.0.10".parse().unwrap()]),
         }
     }
 
@@ -488,6 +504,7 @@ mod tests {
                 warnings: vec!["no IPv6".into()],
                 loopback_ipv6: false,
                 outgoing_relay: false,
+                dns_relay: true,
                 served_ports: false,
             },
             ChildMessage::Failed(SetupFailure::os(

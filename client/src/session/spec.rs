@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::dns_filter::DnsRules;
 use super::outgoing::{resolver_destinations, Destination, OutgoingRules};
 use super::protocol::{ChildSpec, FileOverlay, ResolvedUser, SessionPrivileges, PROTOCOL_VERSION};
 
@@ -88,6 +89,9 @@ pub struct SessionOptions {
     /// The outgoing filter: flows it keeps local leave from the host
     /// ([`outgoing`](super::outgoing)). Its `exempt` list is filled in from the spec.
     pub outgoing: Option<OutgoingRules>,
+    /// The DNS filter: the names this machine's resolver answers
+    /// ([`dns_filter`](super::dns_filter)).
+    pub dns: Option<DnsRules>,
 }
 
 impl Default for SessionOptions {
@@ -102,6 +106,7 @@ impl Default for SessionOptions {
             tun_segmentation: false,
             target_localhost: false,
             outgoing: None,
+            dns: None,
         }
     }
 }
@@ -272,6 +277,15 @@ pub(crate) fn child_spec(
                     .chain(spec.ipv6.iter().map(|a| Destination::host((*a).into()))),
             );
             rules
+        }),
+        dns_resolvers: options.dns.as_ref().map(|_| {
+            spec.resolv_conf
+                .as_deref()
+                .map(resolver_destinations)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| d.addr)
+                .collect()
         }),
     })
 }

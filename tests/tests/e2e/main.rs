@@ -35,6 +35,7 @@ mod clients;
 mod concurrency;
 mod demo;
 mod dns;
+mod dns_filter;
 mod doctor;
 mod environment;
 mod exit_codes;
