@@ -76,6 +76,10 @@ struct Args {
     /// connection.
     #[arg(long, default_value_t = Limits::default().connect_timeout.as_secs(), value_name = "SECS")]
     connect_timeout_secs: u64,
+    /// MiB that all TCP flows together may hold in their buffers; beyond it flows wait
+    /// (upstream data stays unread, the session's segments are retransmitted).
+    #[arg(long, default_value_t = Limits::default().buffer_budget >> 20, value_name = "MIB")]
+    buffer_budget_mib: usize,
     /// An inherited Unix socket on which a local client sends the session's TUN device; the
     /// stack then reads and writes the device itself instead of QUIC datagrams.
     #[arg(long, value_name = "FD", hide = true)]
@@ -163,6 +167,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_half_open: args.max_half_open,
         max_half_open_per_host: args.max_half_open_per_host,
         connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+        buffer_budget: args.buffer_budget_mib.saturating_mul(1 << 20),
     };
 
     // From here on, this thread (and every thread it starts) lives in the target's namespaces.

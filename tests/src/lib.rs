@@ -26,6 +26,7 @@
 //! the leftover checks ([`leftovers`]) attribute processes to a test by process ancestry,
 //! which is exact only then. Everything needs root.
 
+pub mod cgroup;
 pub mod cluster_path;
 pub mod exec;
 pub mod kube;

@@ -10,9 +10,14 @@
 //! Backpressure: `transmit()` (smoltcp's egress path, i.e. new TCP data) refuses a token once
 //! the queue holds `high` bytes and records the refusal; the TCP code then parks the flow
 //! until the tunnel has drained the queue below `low`. smoltcp keeps unsent data in the
-//! socket, so refusing costs nothing and nothing is dropped. `receive()` never refuses: a
-//! reply produced while processing an inbound packet (an ACK, a RST) is at most one small
-//! packet per inbound packet, and inbound TCP data stops by itself when our ACKs stop.
+//! socket, so refusing costs nothing and nothing is dropped. Replies produced while
+//! processing an inbound packet (smoltcp's ACKs and RSTs through `receive()`, the RSTs and
+//! ICMP errors the flow tables build) are at most one small packet per inbound packet, but
+//! the session decides how many inbound packets there are: a SYN flood towards refused or
+//! capped destinations while the tunnel is slow would queue one reply per SYN without end.
+//! So the queue has a hard bound above `high` ([`TxQueue::set_bound`]): a reply beyond it is
+//! dropped and counted (`dropped_queue_full`, logged once); the session's TCP retransmits
+//! what it still wants answered. New work never reaches the bound, since it stops at `high`.
 //!
 //! Buffers: small packets (ACKs, handshakes, small replies) are carved out of a shared
 //! `BytesMut` arena; once the tunnel has dropped every packet of a chunk, `reserve` reclaims
@@ -28,6 +33,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+
+use super::stats::Stats;
 
 /// Size of one arena chunk that small outbound packets are carved from.
 const ARENA_CHUNK: usize = 256 << 10;
@@ -81,6 +88,13 @@ pub struct TxQueue {
     high: usize,
     low: usize,
     refused: bool,
+    /// Bytes beyond which replies are dropped, and where their drops are counted.
+    bound: usize,
+    stats: Option<Arc<Stats>>,
+    /// Where a dropped reply is written, so smoltcp's token still has a buffer.
+    scratch: Vec<u8>,
+    /// Whether a drop has been logged.
+    drop_logged: bool,
 }
 
 impl TxQueue {
@@ -95,7 +109,37 @@ impl TxQueue {
             high,
             low: low.min(high),
             refused: false,
+            bound: usize::MAX,
+            stats: None,
+            scratch: Vec::new(),
+            drop_logged: false,
         }
+    }
+
+    /// Drops replies once `bound` bytes are queued (at least the high-water mark), counting
+    /// each drop in `stats`.
+    pub(crate) fn set_bound(&mut self, bound: usize, stats: Arc<Stats>) {
+        self.bound = bound.max(self.high);
+        self.stats = Some(stats);
+    }
+
+    /// Whether a reply to an inbound packet may be queued; when not, counts it as dropped.
+    pub(crate) fn admit_reply(&mut self) -> bool {
+        if self.bytes < self.bound {
+            return true;
+        }
+        if let Some(stats) = &self.stats {
+            Stats::inc(&stats.dropped_queue_full);
+        }
+        if !std::mem::replace(&mut self.drop_logged, true) {
+            tracing::warn!(
+                queued = self.bytes,
+                bound = self.bound,
+                "the queue towards the session is full; dropping replies to inbound packets \
+                 (counted as dropped_queue_full)"
+            );
+        }
+        false
     }
 
     /// Number of queued packets.
@@ -239,9 +283,11 @@ impl phy::Device for LinkDevice {
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken<'_>)> {
         let pkt = self.rx.take()?;
+        // smoltcp may answer any inbound packet; beyond the bound that answer is dropped.
+        let drop = !self.tx.admit_reply();
         Some((
             RxToken(pkt),
-            TxToken(&mut self.tx, self.tcp_checksum_trusted),
+            TxToken(&mut self.tx, self.tcp_checksum_trusted, drop),
         ))
     }
 
@@ -250,7 +296,7 @@ impl phy::Device for LinkDevice {
             self.tx.refused = true;
             return None;
         }
-        Some(TxToken(&mut self.tx, self.tcp_checksum_trusted))
+        Some(TxToken(&mut self.tx, self.tcp_checksum_trusted, false))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -286,12 +332,19 @@ impl phy::RxToken for RxToken {
     }
 }
 
-/// The queue, and whether TCP checksums are left partial (see
-/// [`LinkDevice::set_tcp_checksum_trusted`]).
-pub(crate) struct TxToken<'a>(&'a mut TxQueue, bool);
+/// The queue, whether TCP checksums are left partial (see
+/// [`LinkDevice::set_tcp_checksum_trusted`]), and whether the packet is to be dropped (a
+/// reply beyond the queue's bound: smoltcp writes it into scratch space, nothing is queued).
+pub(crate) struct TxToken<'a>(&'a mut TxQueue, bool, bool);
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        if self.2 {
+            let scratch = &mut self.0.scratch;
+            scratch.clear();
+            scratch.resize(len, 0);
+            return f(scratch);
+        }
         let partial = self.1;
         self.0.push_with(len, |buf| {
             let result = f(buf);
@@ -365,6 +418,54 @@ mod tests {
         dev.tx.pop_front();
         assert!(dev.tx.below_low());
         assert!(dev.tx.is_empty());
+    }
+
+    #[test]
+    fn replies_beyond_the_bound_are_dropped_and_counted() {
+        let stats = Arc::new(Stats::default());
+        let mut dev = LinkDevice::new(1500, TxQueue::new(1000, 500));
+        dev.tx.set_bound(2000, stats.clone());
+        // Replies pass the high-water mark, up to the bound.
+        for _ in 0..4 {
+            dev.rx = Some(Bytes::from_static(&[0x45]));
+            let (_, tok) = dev.receive(Instant::ZERO).expect("a packet");
+            tok.consume(500, |buf| buf.fill(1));
+        }
+        assert_eq!(dev.tx.bytes(), 2000);
+        assert!(
+            dev.transmit(Instant::ZERO).is_none(),
+            "new work stopped long ago"
+        );
+        // The next reply is written into scratch space and dropped.
+        dev.rx = Some(Bytes::from_static(&[0x45]));
+        let (_, tok) = dev.receive(Instant::ZERO).expect("a packet");
+        let seen = tok.consume(40, |buf| {
+            buf.fill(2);
+            buf.len()
+        });
+        assert_eq!(
+            seen, 40,
+            "smoltcp still gets a buffer of the size it asked for"
+        );
+        assert_eq!(dev.tx.bytes(), 2000);
+        assert_eq!(dev.tx.len(), 4);
+        // RSTs and ICMP errors the flow tables build are refused the same way.
+        assert!(!dev.tx.admit_reply());
+        assert_eq!(stats.snapshot().dropped_queue_full, 2);
+        // Once the tunnel drains, replies pass again.
+        dev.tx.pop_front();
+        assert!(dev.tx.admit_reply());
+        assert_eq!(stats.snapshot().dropped_queue_full, 2);
+    }
+
+    #[test]
+    fn the_bound_is_never_below_the_high_water_mark() {
+        let mut q = TxQueue::new(1000, 500);
+        q.set_bound(10, Arc::default());
+        q.push_with(999, |b| b.fill(0));
+        assert!(q.admit_reply());
+        q.push_with(1, |b| b.fill(0));
+        assert!(!q.admit_reply());
     }
 
     #[test]

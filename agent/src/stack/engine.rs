@@ -49,6 +49,9 @@ use crate::busy_poll::BusyPoll;
 const ROUNDS_PER_POLL: usize = 16;
 /// Tunnel packets taken per round.
 const RECV_PER_ROUND: usize = 256;
+/// The outbound queue's bound for replies, as a multiple of its high-water mark: room for
+/// replies to some 100,000 inbound packets (a RST is 40 bytes) while the tunnel drains.
+const REPLY_BOUND_FACTOR: usize = 4;
 
 /// smoltcp time measured from the stack's start.
 struct Clock {
@@ -134,7 +137,11 @@ impl<L: PacketLink> Engine<L> {
         // The queue may hold a burst of full-size packets before it pushes back, enough to
         // keep the tunnel busy while the stack produces the next burst.
         let high = (16 * config.mtu).max(1 << 20);
-        let mut device = LinkDevice::new(config.mtu, TxQueue::new(high, high / 2));
+        let mut tx = TxQueue::new(high, high / 2);
+        // Replies to inbound packets may pass `high` (the session, not the stack, sets their
+        // number), up to a bound where they are dropped (see `device`).
+        tx.set_bound(REPLY_BOUND_FACTOR * high, config.stats.clone());
+        let mut device = LinkDevice::new(config.mtu, tx);
         device.set_tcp_checksum_trusted(link.tx_checksum_trusted());
         let iface = new_interface(&mut device, clock.now());
         let settings = TcpSettings {

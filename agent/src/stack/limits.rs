@@ -12,7 +12,9 @@
 //!   [`Limits::max_half_open_per_host`] towards one destination address, so a flood towards
 //!   one host leaves room for connects to every other;
 //! * a connect that has not completed after [`Limits::connect_timeout`] is given up and the
-//!   session's SYN answered with RST.
+//!   session's SYN answered with RST;
+//! * the bytes all TCP flows hold in their buffers are counted against one
+//!   [`Limits::buffer_budget`] (see `budget`): beyond it flows wait instead of buffering more.
 //!
 //! A SYN beyond a cap is answered with RST (the session's `connect()` fails with
 //! ECONNREFUSED at once), a UDP datagram with ICMP administratively prohibited, an echo
@@ -30,6 +32,8 @@ pub struct Limits {
     pub max_half_open: usize,
     pub max_half_open_per_host: usize,
     pub connect_timeout: Duration,
+    /// Bytes all TCP flows together may hold in their buffers (see `budget`).
+    pub buffer_budget: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +43,7 @@ impl Default for Limits {
             max_half_open: 4_096,
             max_half_open_per_host: 1_024,
             connect_timeout: Duration::from_secs(10),
+            buffer_budget: 256 << 20,
         }
     }
 }
@@ -140,6 +145,7 @@ mod tests {
             max_half_open: 4,
             max_half_open_per_host: 2,
             connect_timeout: Duration::from_secs(1),
+            buffer_budget: 1 << 20,
         }
     }
 

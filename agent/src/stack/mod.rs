@@ -21,15 +21,19 @@
 //! (parsing and building the packets smoltcp does not write), `device` (smoltcp's
 //! `phy::Device` and the outbound queue), `buffer` (a TCP flow's socket and memory), `flow`
 //! (ids, deadlines, idle checks, readiness), `ctx` (what a flow table may touch while it
-//! handles an event), `config` (the settings), `limits` (caps on flows and connects), `link`
+//! handles an event), `config` (the settings), `limits` (caps on flows and connects),
+//! `budget` (the one byte budget of all TCP flows' buffers), `link`
 //! (the tunnel), `tun_link` (the session's TUN as the link), `upstream` (opening real
 //! sockets), `stats` (counters). Imports go one way: `engine` uses the tables, the tables use
 //! `ctx`, `flow` and the modules below them.
 //!
-//! Backpressure runs end to end and nothing is dropped on the stack's own queues: a slow
-//! upstream closes the session's TCP window, a slow session or tunnel stops reads from
-//! upstream, and a full tunnel (quinn's datagram buffer) stops smoltcp's egress.
+//! Backpressure runs end to end: a slow upstream closes the session's TCP window, a slow
+//! session or tunnel stops reads from upstream, and a full tunnel (quinn's datagram buffer)
+//! stops smoltcp's egress. Memory stays bounded whatever the session sends: the TCP flows'
+//! buffers share one budget (`budget`), and replies to inbound packets (RSTs, ICMP errors,
+//! ACKs) are dropped and counted once the outbound queue passes its bound (`device`).
 
+mod budget;
 mod buffer;
 mod config;
 mod ctx;

@@ -322,12 +322,13 @@ fn transport_checksum(src: IpAddr, dst: IpAddr, proto: IpProtocol, parts: &[&[u8
 }
 
 /// Builds the RST a closed port sends in answer to `original` (a TCP segment from the
-/// session). Returns false, sending nothing, for a RST or a packet that is not TCP.
+/// session). Returns false, sending nothing, for a RST, a packet that is not TCP, or a queue
+/// at its bound ([`TxQueue::admit_reply`], which counts the drop).
 pub(crate) fn push_tcp_reset(tx: &mut TxQueue, original: &[u8]) -> bool {
     let Parsed::Tcp { key, seg } = parse(original) else {
         return false;
     };
-    if seg.rst {
+    if seg.rst || !tx.admit_reply() {
         return false;
     }
     let (seq, ack) = if seg.ack {
@@ -356,7 +357,8 @@ pub(crate) fn push_tcp_reset(tx: &mut TxQueue, original: &[u8]) -> bool {
 }
 
 /// Builds a destination-unreachable error about `original` (a packet from the session),
-/// sent from the address `original` was for. Returns false for a packet it cannot quote.
+/// sent from the address `original` was for. Returns false for a packet it cannot quote, or
+/// when the queue is at its bound.
 pub(crate) fn push_unreachable(
     tx: &mut TxQueue,
     mtu: usize,
@@ -392,6 +394,9 @@ pub(crate) fn push_unreachable(
         }
         _ => return false,
     };
+    if !tx.admit_reply() {
+        return false;
+    }
     let hl = ip_header_len(src);
     let quoted = &quoted[..quoted.len().min(mtu.saturating_sub(hl + ICMP_HEADER_LEN))];
     let (proto, head) = match src {

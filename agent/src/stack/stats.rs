@@ -92,6 +92,11 @@ counters! {
     tcp_bytes_down,
     /// Times a drained TCP flow gave its buffer pages back to the kernel.
     tcp_buffer_releases,
+    /// Times a TCP flow left upstream data unread because the buffer budget was spent.
+    tcp_budget_waits,
+    /// Data segments from the session dropped because the buffer budget was spent (the
+    /// session retransmits them).
+    tcp_dropped_over_budget,
     /// UDP flows opened (one per client endpoint and destination).
     udp_opened,
     /// UDP flows reaped.
@@ -129,6 +134,9 @@ counters! {
     dropped_too_large,
     /// Outbound packets the session's TUN device refused (direct TUN link only).
     dropped_tun_refused,
+    /// Replies to inbound packets (ACKs, RSTs, ICMP errors) dropped because the queue
+    /// towards the session was at its bound.
+    dropped_queue_full,
 }
 
 impl Stats {

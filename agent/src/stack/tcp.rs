@@ -63,6 +63,7 @@ use smoltcp::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::budget::{self, Budget};
 use super::buffer::TcpEndpoint;
 use super::ctx::Ctx;
 use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
@@ -302,10 +303,18 @@ pub(crate) enum Release {
     At(Instant),
 }
 
-pub(crate) fn release_plan(moved: usize, last_moved: Instant, now: Instant) -> Release {
+/// `eager`: the flow got small rings in a crowded session (see `budget::ring_len`); its
+/// pages go back as soon as it is drained, since thousands of flows that each keep a page
+/// or two for a second add up.
+pub(crate) fn release_plan(
+    moved: usize,
+    last_moved: Instant,
+    now: Instant,
+    eager: bool,
+) -> Release {
     if moved == 0 {
         Release::Clean
-    } else if now >= last_moved + RELEASE_AFTER_QUIET {
+    } else if eager || now >= last_moved + RELEASE_AFTER_QUIET {
         Release::Now
     } else {
         Release::At(last_moved + RELEASE_AFTER_QUIET)
@@ -337,6 +346,13 @@ struct Open {
     last_moved: Instant,
     /// A connection opened into the session whose handshake has not ended: who to tell.
     inbound: Option<InboundDone>,
+    /// Bytes queued in both rings, as last counted against the budget.
+    held: usize,
+    /// The last pump left upstream data unread for the budget: look again after
+    /// [`budget::RETRY`].
+    budget_blocked: bool,
+    /// Small rings: give pages back as soon as drained (see [`release_plan`]).
+    eager_release: bool,
 }
 
 enum FlowState {
@@ -371,6 +387,9 @@ pub(crate) struct TcpFlows {
     settings: TcpSettings,
     half_open: HalfOpen,
     logged: LoggedOnce,
+    budget: Budget,
+    /// Whether a flow has been held back by the budget yet (logged once).
+    budget_logged: bool,
 }
 
 impl TcpFlows {
@@ -381,6 +400,8 @@ impl TcpFlows {
             settings,
             half_open: HalfOpen::default(),
             logged: LoggedOnce::default(),
+            budget: Budget::new(settings.limits.buffer_budget),
+            budget_logged: false,
         }
     }
 
@@ -420,6 +441,13 @@ impl TcpFlows {
             IngressAction::Deliver => {
                 let flow = self.flows.get_mut(id.expect("open flow")).expect("flow");
                 if let FlowState::Open(open) = &mut flow.state {
+                    let queued = open.endpoint.socket().recv_queue();
+                    if !self.budget.admits(open.held, queued, seg.payload_len) {
+                        // Beyond the budget: the session's TCP sends it again later.
+                        Stats::inc(&ctx.stats.tcp_dropped_over_budget);
+                        note_budget(&mut self.budget_logged, &self.budget);
+                        return;
+                    }
                     if open.inbound.is_some() && seg.syn {
                         // The session's SYN-ACK: its sequence space starts here.
                         open.rx = RxTrack::new(seg.seq);
@@ -430,6 +458,9 @@ impl TcpFlows {
                         ctx.iface.poll_ingress_single(ctx.now, ctx.device, set);
                     });
                     ctx.device.rx = None;
+                    let s = open.endpoint.socket();
+                    self.budget
+                        .set(&mut open.held, s.send_queue() + s.recv_queue());
                     flow.waker.wake();
                 }
             }
@@ -502,8 +533,8 @@ impl TcpFlows {
             let _ = conn.done.send(Err(conn.stream));
             return;
         }
-        let mut endpoint = match TcpEndpoint::new(self.settings.rx_buffer, self.settings.tx_buffer)
-        {
+        let (rx_len, tx_len, eager_release) = ring_lens(&self.settings, self.by_key.len());
+        let mut endpoint = match TcpEndpoint::new(rx_len, tx_len) {
             Ok(endpoint) => endpoint,
             Err(e) => {
                 tracing::warn!(?key, error = %e, "no memory for an inbound TCP flow");
@@ -539,6 +570,9 @@ impl TcpFlows {
                 moved_since_release: 0,
                 last_moved: now,
                 inbound: Some(conn.done),
+                held: 0,
+                budget_blocked: false,
+                eager_release,
             })),
         );
     }
@@ -573,7 +607,13 @@ impl TcpFlows {
             id,
         };
         let was_connecting = matches!(flow.state, FlowState::Connecting(_));
-        let step = service_flow(ctx, &settings, token, flow);
+        let flows = self.by_key.len();
+        let step = service_flow(ctx, &settings, &mut self.budget, flows, token, flow);
+        if let FlowState::Open(open) = &flow.state {
+            if open.budget_blocked {
+                note_budget(&mut self.budget_logged, &self.budget);
+            }
+        }
         if was_connecting && !matches!(flow.state, FlowState::Connecting(_)) {
             // Connected (a flow that failed is still connecting: its removal counts it).
             self.half_open.ended(flow.key.server.ip());
@@ -614,6 +654,9 @@ impl TcpFlows {
 
     fn remove_entry(&mut self, id: FlowId) -> Option<Flow> {
         let flow = self.flows.remove(id)?;
+        if let FlowState::Open(open) = &flow.state {
+            self.budget.release(open.held);
+        }
         if self.by_key.get(&flow.key) == Some(&id) {
             self.by_key.remove(&flow.key);
         }
@@ -689,7 +732,34 @@ fn poll_connected(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<(
     }
 }
 
-fn service_flow(ctx: &mut Ctx<'_>, settings: &TcpSettings, token: Token, flow: &mut Flow) -> Step {
+/// The ring sizes of a new flow with `flows` in the table, and whether they are small (see
+/// [`budget::ring_len`]).
+fn ring_lens(settings: &TcpSettings, flows: usize) -> (usize, usize, bool) {
+    let budget = settings.limits.buffer_budget;
+    let rx = budget::ring_len(settings.rx_buffer, budget, flows);
+    let tx = budget::ring_len(settings.tx_buffer, budget, flows);
+    (rx, tx, rx < settings.rx_buffer || tx < settings.tx_buffer)
+}
+
+/// Logs, the first time, that the buffer budget holds flows back.
+fn note_budget(logged: &mut bool, budget: &Budget) {
+    if !std::mem::replace(logged, true) {
+        tracing::warn!(
+            used = budget.used(),
+            "the TCP flows' buffers reached the buffer budget; flows beyond it wait \
+             (counted as tcp_budget_waits and tcp_dropped_over_budget)"
+        );
+    }
+}
+
+fn service_flow(
+    ctx: &mut Ctx<'_>,
+    settings: &TcpSettings,
+    budget: &mut Budget,
+    flows: usize,
+    token: Token,
+    flow: &mut Flow,
+) -> Step {
     if let FlowState::Connecting(c) = &flow.state {
         let mut cx = Context::from_waker(flow.waker.waker());
         match poll_connected(&c.upstream, &mut cx) {
@@ -706,7 +776,7 @@ fn service_flow(ctx: &mut Ctx<'_>, settings: &TcpSettings, token: Token, flow: &
         let FlowState::Connecting(c) = std::mem::replace(&mut flow.state, FlowState::Gone) else {
             unreachable!("checked above");
         };
-        match accept(ctx, settings, flow.key, c) {
+        match accept(ctx, settings, flows, flow.key, c) {
             Ok(open) => {
                 Stats::inc(&ctx.stats.tcp_opened);
                 tracing::debug!(key = ?flow.key, "upstream connected; SYN replayed");
@@ -723,7 +793,7 @@ fn service_flow(ctx: &mut Ctx<'_>, settings: &TcpSettings, token: Token, flow: &
         return Step::Keep;
     };
     let mut cx = Context::from_waker(flow.waker.waker());
-    let moved = pump(open, &mut cx, ctx.stats);
+    let moved = pump(open, &mut cx, ctx.stats, budget);
     if moved > 0 {
         open.moved_since_release += moved;
         open.last_moved = ctx.now;
@@ -736,6 +806,18 @@ fn service_flow(ctx: &mut Ctx<'_>, settings: &TcpSettings, token: Token, flow: &
     let blocked = ctx.device.tx.was_refused();
     if blocked {
         ctx.blocked.push(token);
+    }
+    {
+        let s = open.endpoint.socket();
+        budget.set(&mut open.held, s.send_queue() + s.recv_queue());
+    }
+    if open.budget_blocked {
+        Stats::inc(&ctx.stats.tcp_budget_waits);
+        ctx.timers.arm(
+            &mut flow.timer_at,
+            ctx.now + Duration::from(budget::RETRY),
+            token,
+        );
     }
 
     let (state, tuple_present) = {
@@ -786,7 +868,12 @@ fn release_pages(open: &mut Open, now: Instant, stats: &Stats) -> Option<Instant
     if s.send_queue() != 0 || !open.rx.ring_is_dead(s.recv_queue()) {
         return None;
     }
-    match release_plan(open.moved_since_release, open.last_moved, now) {
+    match release_plan(
+        open.moved_since_release,
+        open.last_moved,
+        now,
+        open.eager_release,
+    ) {
         Release::Clean => None,
         Release::At(at) => Some(at),
         Release::Now => {
@@ -804,10 +891,12 @@ fn release_pages(open: &mut Open, now: Instant, stats: &Stats) -> Option<Instant
 fn accept(
     ctx: &mut Ctx<'_>,
     settings: &TcpSettings,
+    flows: usize,
     key: FlowKey,
     c: Connecting,
 ) -> Result<Box<Open>, (Connecting, io::Error)> {
-    let mut endpoint = match TcpEndpoint::new(settings.rx_buffer, settings.tx_buffer) {
+    let (rx_len, tx_len, eager_release) = ring_lens(settings, flows);
+    let mut endpoint = match TcpEndpoint::new(rx_len, tx_len) {
         Ok(ep) => ep,
         Err(e) => return Err((c, e)),
     };
@@ -838,19 +927,26 @@ fn accept(
         moved_since_release: 0,
         last_moved: ctx.now,
         inbound: None,
+        held: 0,
+        budget_blocked: false,
+        eager_release,
     }))
 }
 
 /// Moves bytes between the smoltcp socket and the upstream socket, as far as both sides
-/// allow, registering the flow's waker with whichever upstream readiness it waits for.
-fn pump(open: &mut Open, cx: &mut Context<'_>, stats: &Stats) -> usize {
+/// and the buffer budget allow, registering the flow's waker with whichever upstream
+/// readiness it waits for (or setting `budget_blocked` when the budget stopped it).
+fn pump(open: &mut Open, cx: &mut Context<'_>, stats: &Stats, budget: &mut Budget) -> usize {
     let Open {
         upstream,
         endpoint,
         closing,
         rx,
+        held,
+        budget_blocked,
         ..
     } = open;
+    *budget_blocked = false;
     let mut moved = 0;
     endpoint.with_socket(|sock| {
         // Session -> upstream.
@@ -885,11 +981,22 @@ fn pump(open: &mut Open, cx: &mut Context<'_>, stats: &Stats) -> usize {
             let _ = upstream::shutdown_write(upstream);
         }
 
-        // Upstream -> session.
+        // Upstream -> session, as far as the budget allows.
+        budget.set(held, sock.send_queue() + sock.recv_queue());
+        let mut allow = budget.allowance(*held);
         while !closing.upstream_eof && !closing.aborted && sock.may_send() && sock.can_send() {
-            let res = sock.send(|buf| match upstream.try_read(buf) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
+            if allow == 0 {
+                // Only a flow with data waiting looks again on a timer; an idle one waits
+                // for its upstream as usual.
+                *budget_blocked = upstream.poll_read_ready(cx).is_ready();
+                break;
+            }
+            let res = sock.send(|buf| {
+                let len = buf.len().min(allow);
+                match upstream.try_read(&mut buf[..len]) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                }
             });
             match res {
                 Ok(Ok(0)) => {
@@ -898,6 +1005,7 @@ fn pump(open: &mut Open, cx: &mut Context<'_>, stats: &Stats) -> usize {
                 }
                 Ok(Ok(n)) => {
                     moved += n;
+                    allow -= n;
                     Stats::add(&stats.tcp_bytes_down, n as u64);
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1116,12 +1224,18 @@ mod tests {
     #[test]
     fn drained_flows_release_after_a_quiet_second() {
         let t = Instant::from_millis;
-        assert_eq!(release_plan(0, t(0), t(5000)), Release::Clean);
-        assert_eq!(release_plan(10, t(1000), t(1500)), Release::At(t(2000)));
+        assert_eq!(release_plan(0, t(0), t(5000), false), Release::Clean);
         assert_eq!(
-            release_plan(1 << 30, t(1000), t(1500)),
+            release_plan(10, t(1000), t(1500), false),
             Release::At(t(2000))
         );
-        assert_eq!(release_plan(10, t(1000), t(2000)), Release::Now);
+        assert_eq!(
+            release_plan(1 << 30, t(1000), t(1500), false),
+            Release::At(t(2000))
+        );
+        assert_eq!(release_plan(10, t(1000), t(2000), false), Release::Now);
+        // Small rings of a crowded session: at once.
+        assert_eq!(release_plan(10, t(1000), t(1001), true), Release::Now);
+        assert_eq!(release_plan(0, t(1000), t(1001), true), Release::Clean);
     }
 }

@@ -1406,3 +1406,68 @@ fn a_connect_that_takes_too_long_is_given_up_with_rst() {
         wait_stats(&stats, "a second connect", |s| s.tcp_connects == 2).await;
     });
 }
+
+#[test]
+fn stalled_readers_hold_no_more_than_the_buffer_budget_and_resume_when_it_frees() {
+    // Rings are a share of the budget (`budget::ring_len`): the first flows get large ones,
+    // the rest 16 KiB, about 330 KiB of send rings in all, well above the budget.
+    const FLOWS: usize = 16;
+    const EACH: usize = 1 << 20;
+    const WINDOW: usize = 4096;
+    const BUDGET: usize = 128 * 1024;
+    in_netns(|| async {
+        // Sends EACH bytes (the connection's index, repeated) on each accepted connection.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for index in 0..FLOWS {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let data = vec![index as u8; EACH];
+                    let _ = conn.write_all(&data).await;
+                });
+            }
+        });
+        let limits = Limits {
+            buffer_budget: BUDGET,
+            ..Limits::default()
+        };
+        let (peer, stats, _task) = start_stack_with(limits);
+        let mut client = Client::new(peer, 1500);
+        let handles: Vec<_> = (0..FLOWS).map(|_| client.connect(server, WINDOW)).collect();
+        // Never read: every flow stalls once the session's window is full.
+        client
+            .until_stats(&stats, "the budget to hold flows back", |s| {
+                s.tcp_budget_waits > 10
+            })
+            .await;
+        let down = stats.snapshot().tcp_bytes_down as usize;
+        // What the stack took from upstream: its rings (the budget, plus a page per flow)
+        // and what the session's windows acknowledged.
+        let most = BUDGET + FLOWS * (budget::FLOOR + WINDOW);
+        assert!(
+            down <= most,
+            "{down} bytes read from upstream by stalled flows, more than {most}"
+        );
+        assert!(down >= BUDGET / 2, "only {down} bytes read from upstream");
+
+        // The readers come back: every flow delivers all of its bytes.
+        let mut got = [0usize; FLOWS];
+        client
+            .until("every flow's data", |c| {
+                for (index, &h) in handles.iter().enumerate() {
+                    let s = c.tcp(h);
+                    while s.can_recv() {
+                        s.recv(|b| {
+                            assert!(b.iter().all(|&x| x == index as u8), "flow {index} mixed up");
+                            got[index] += b.len();
+                            (b.len(), ())
+                        })
+                        .unwrap();
+                    }
+                }
+                got.iter().all(|&n| n == EACH).then_some(())
+            })
+            .await;
+    });
+}

@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
-use mirrord_net_tests::topology::SERVICES_V4;
-use mirrord_net_tests::{tool, Invocation, Pod};
+use mirrord_net_tests::cgroup::MemoryCgroup;
+use mirrord_net_tests::session::bin_dir;
+use mirrord_net_tests::topology::{HOLD_ECHO_PORT, SERVICES_V4};
+use mirrord_net_tests::{procfs, tool, Invocation, Pod};
 
 /// The address that drops everything, added to the services end.
 const SILENT_V4: &str = "10.213.0.9";
@@ -73,9 +75,8 @@ fn half_open_in_pod(pod: &Pod) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-#[test]
-fn a_syn_flood_to_a_silent_host_is_capped_and_starves_nothing_else() {
-    let pod = Pod::builder().hold_echo().build();
+/// Adds `SILENT_V4` to the services end, with a rule that drops everything sent to it.
+fn silence(pod: &Pod) {
     pod.services_netns()
         .ip_batch(&format!("addr add {SILENT_V4}/32 dev svc0\n"))
         .expect("the silent address");
@@ -102,6 +103,12 @@ fn a_syn_flood_to_a_silent_host_is_capped_and_starves_nothing_else() {
         })
         .expect("nft");
     assert!(out.status.success(), "nft failed: {out:?}");
+}
+
+#[test]
+fn a_syn_flood_to_a_silent_host_is_capped_and_starves_nothing_else() {
+    let pod = Pod::builder().hold_echo().build();
+    silence(&pod);
     let script = pod.dir().join("flood.py");
     std::fs::write(&script, FLOOD_PY).expect("writing flood.py");
 
@@ -163,4 +170,259 @@ fn a_syn_flood_to_a_silent_host_is_capped_and_starves_nothing_else() {
         refused >= FLOOD / 2,
         "only {refused} of {FLOOD} flood connects were refused at once:\n{out}"
     );
+}
+
+/// The memory the agent gets in [`an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_flows`].
+///
+/// Measured on cgroup v1 (the kernel's socket memory charged to the agent): 10,000 idle
+/// flows cost ~56 MiB before any data (~37 MiB of it the kernel's 10,000 upstream sockets),
+/// ~66 MiB with the flood's 1,024 connects in progress, 75 MiB at the peak. 64 MiB is not
+/// enough yet; with 1 MiB rings for every flow the peak was 122 MiB.
+const AGENT_MEMORY: u64 = 96 << 20;
+/// Idle flows held open through the flood.
+const IDLE_FLOWS: usize = 10_000;
+/// How long the flood runs, in seconds.
+const FLOOD_SECONDS: &str = "6";
+
+/// Opens `count` echo connections (in batches, under the per-host cap on connects in
+/// progress), proves each echoes a line, holds them, and waits for the file `go`; then sends
+/// SYNs from a raw socket towards `silent` (random source ports, never answered) for
+/// `seconds` while it checks, one second in, that a request on a keep-alive HTTP connection
+/// opened before, a line on one of the idle flows and a NEW HTTP connection all answer.
+const IDLE_AND_FLOOD_PY: &str = r#"
+import http.client, os, random, resource, selectors, socket, struct, sys, threading, time
+
+server, port, silent, count, seconds, go = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
+                                            int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+def get(conn):
+    started = time.monotonic()
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    response.read()
+    return response.status, time.monotonic() - started
+
+keepalive = http.client.HTTPConnection(server, 80, timeout=5)
+assert get(keepalive)[0] == 200
+
+started = time.monotonic()
+idle = []
+sel = selectors.DefaultSelector()
+while len(idle) < count:
+    batch = []
+    for _ in range(min(256, count - len(idle))):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex((server, port))
+        sel.register(s, selectors.EVENT_WRITE)
+        batch.append(s)
+    pending = len(batch)
+    deadline = time.monotonic() + 10
+    while pending and time.monotonic() < deadline:
+        for key, _ in sel.select(1):
+            sel.unregister(key.fileobj)
+            pending -= 1
+            if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                idle.append(key.fileobj)
+            else:
+                key.fileobj.close()
+    if pending:
+        sys.exit(f"{pending} connects of a batch did not finish, {len(idle)} open")
+opened = time.monotonic() - started
+for s in idle:
+    s.sendall(b"x\n")
+for s in idle:
+    s.setblocking(True)
+    s.settimeout(10)
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = s.recv(10)
+        assert chunk, "an idle flow closed"
+        got += chunk
+    assert got == b"x\n", got
+print(f"held {len(idle)} opened in {opened:.1f} s, all echoed after {time.monotonic() - started:.1f} s", flush=True)
+
+deadline = time.monotonic() + 30
+while not os.path.exists(go):
+    assert time.monotonic() < deadline, "never told to go on"
+    time.sleep(0.05)
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+probe.connect((silent, 80))
+source = probe.getsockname()[0]
+probe.close()
+src, dst = socket.inet_aton(source), socket.inet_aton(silent)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+sent = [0]
+
+def flood():
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(100):
+            sport = random.randrange(1024, 65536)
+            seq = random.getrandbits(32)
+            tcp = struct.pack("!HHIIBBHHH", sport, 80, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
+            tcp = tcp[:16] + struct.pack("!H", checksum(src + dst + struct.pack("!BBH", 0, 6, 20) + tcp)) + tcp[18:]
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0, src, dst)
+            try:
+                raw.sendto(ip + tcp, (silent, 0))
+                sent[0] += 1
+            except (BlockingIOError, OSError):
+                time.sleep(0.001)
+
+flooder = threading.Thread(target=flood)
+flooder.start()
+print("flooding", flush=True)
+time.sleep(1)
+
+status, took = get(keepalive)
+print(f"keepalive {status} {took:.3f}", flush=True)
+s = random.choice(idle)
+started = time.monotonic()
+s.sendall(b"still\n")
+got = b""
+while not got.endswith(b"\n"):
+    chunk = s.recv(10)
+    if not chunk:
+        break
+    got += chunk
+print(f"idle {got.decode().strip()} {time.monotonic() - started:.3f}", flush=True)
+status, took = get(http.client.HTTPConnection(server, 80, timeout=5))
+print(f"new {status} {took:.3f}", flush=True)
+
+flooder.join()
+print(f"flood sent {sent[0]} SYNs in {seconds:.0f} s", flush=True)
+status, took = get(http.client.HTTPConnection(server, 80, timeout=5))
+print(f"after {status} {took:.3f}", flush=True)
+"#;
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in:\n{status}"))
+}
+
+/// The seconds a check line (`NAME STATUS SECONDS`) reports, after asserting its status.
+fn check_line(stdout: &str, name: &str, status: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} line:\n{stdout}"));
+    let (got, seconds) = line.rsplit_once(' ').expect("status and time");
+    assert_eq!(got, status, "{name}: {line}\n{stdout}");
+    seconds.parse().expect("seconds")
+}
+
+#[test]
+fn an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_flows() {
+    let pod = Pod::builder().hold_echo().build();
+    silence(&pod);
+    let cgroup = MemoryCgroup::create(&format!("mnet-{}", pod.id()), AGENT_MEMORY)
+        .expect("a memory cgroup for the agent");
+    let agent = cgroup
+        .wrapper(pod.dir(), &bin_dir().join("mirrord-net-agent"))
+        .expect("the agent's wrapper");
+    let script = pod.dir().join("idle_and_flood.py");
+    std::fs::write(&script, IDLE_AND_FLOOD_PY).expect("writing idle_and_flood.py");
+    let go = pod.dir().join("go");
+
+    let invocation = Invocation::session(
+        &pod,
+        &[
+            &tool("python3"),
+            script.to_str().expect("a UTF-8 path"),
+            &SERVICES_V4.to_string(),
+            &HOLD_ECHO_PORT.to_string(),
+            SILENT_V4,
+            &IDLE_FLOWS.to_string(),
+            FLOOD_SECONDS,
+            go.to_str().expect("a UTF-8 path"),
+        ],
+    )
+    .env("MIRRORD_NET_AGENT", agent.to_str().expect("a UTF-8 path"))
+    .timeout(Duration::from_secs(60));
+    let mut running = invocation.start();
+    if !running.wait_for_stdout("held ", Duration::from_secs(40)) {
+        let out = running.finish(Duration::from_secs(10));
+        panic!(
+            "the idle flows did not open; peak charged {:?} KiB, {:?}:\n{}",
+            cgroup.peak().map(|b| b / 1024),
+            cgroup.events(),
+            match &out {
+                Ok(out) => out.to_string(),
+                Err(timed_out) => timed_out.to_string(),
+            }
+        );
+    }
+    let procs = cgroup.procs();
+    assert_eq!(procs.len(), 1, "the agent alone in its cgroup: {procs:?}");
+    // A quiet second: idle flows give their buffer pages back.
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle_rss = rss_kib(procs[0]);
+    let idle_charged = cgroup.usage().expect("the cgroup's usage");
+    std::fs::write(&go, "").expect("writing go");
+    assert!(
+        running.wait_for_stdout("flooding", Duration::from_secs(10)),
+        "the flood did not start:\n{}\n{}",
+        running.stdout_so_far(),
+        running.stderr_so_far()
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let half_open = half_open_in_pod(&pod);
+    let flood_rss = procfs::is_alive(procs[0]).then(|| rss_kib(procs[0]));
+    let out = running
+        .finish(invocation.timeout_value())
+        .unwrap_or_else(|timed_out| panic!("{timed_out}"));
+    let events = cgroup.events().expect("the cgroup's events");
+    eprintln!(
+        "agent with {IDLE_FLOWS} idle flows: RSS {idle_rss} KiB, cgroup charged {} KiB; \
+         during the flood: RSS {flood_rss:?} KiB, {half_open} connects in progress in the pod; \
+         peak charged {:?} KiB, limit hit {:?} times; {:?}:\n{events}{}",
+        idle_charged / 1024,
+        cgroup.peak().map(|b| b / 1024),
+        cgroup.limit_hits().ok(),
+        cgroup.version(),
+        out.stdout
+    );
+    assert_eq!(
+        cgroup.oom_kills().expect("the OOM kill count"),
+        0,
+        "the agent was OOM-killed:\n{out}"
+    );
+    let stdout = out.assert_success();
+    assert!(half_open > 0, "the flood never reached the pod:\n{out}");
+    assert!(
+        half_open <= PER_HOST_CAP,
+        "{half_open} connects in progress to one host, above the cap of {PER_HOST_CAP}:\n{out}"
+    );
+    let keepalive = check_line(stdout, "keepalive", "200");
+    let idle = check_line(stdout, "idle", "still");
+    let new = check_line(stdout, "new", "200");
+    let after = check_line(stdout, "after", "200");
+    for (what, seconds) in [
+        ("a request on a keep-alive connection", keepalive),
+        ("a line on an idle flow", idle),
+        ("a new connection to another host", new),
+        ("a new connection after the flood", after),
+    ] {
+        assert!(
+            seconds < 1.0,
+            "{what} took {seconds} s during the flood:\n{out}"
+        );
+    }
 }
