@@ -547,36 +547,8 @@ mod mirrord {
             let name = format!("feature.network.outgoing.{key}");
             match key.as_str() {
                 "filter" => {
-                    let filter = value.as_object().ok_or_else(|| {
-                        format!(
-                            "{name}: expected an object with `local` or `remote`, found {value}"
-                        )
-                    })?;
-                    for (which, list) in filter {
-                        let flag = match which.as_str() {
-                            "local" => "local",
-                            "remote" => "remote",
-                            _ => {
-                                unsupported(out, &format!("{name}.{which}"));
-                                continue;
-                            }
-                        };
-                        let entries = match list {
-                            Value::String(entry) => vec![entry.clone()],
-                            Value::Array(items) => items
-                                .iter()
-                                .map(|item| {
-                                    item.as_str().map(str::to_owned).ok_or_else(|| {
-                                        format!("{name}.{which}: {item} is not a string")
-                                    })
-                                })
-                                .collect::<Result<_, _>>()?,
-                            other => {
-                                return Err(format!(
-                                    "{name}.{which}: expected a list of destinations, found {other}"
-                                ))
-                            }
-                        };
+                    for (which, entries) in filter_lists(&name, value, out, "destinations")? {
+                        let flag = if which == "local" { "local" } else { "remote" };
                         if !entries.is_empty() {
                             out.settings.push(Setting::values(flag, entries));
                         }
@@ -613,35 +585,11 @@ mod mirrord {
             match key.as_str() {
                 "enabled" if value == &Value::Bool(true) => {}
                 "filter" => {
-                    let filter = value.as_object().ok_or_else(|| {
-                        format!(
-                            "{name}: expected an object with `local` or `remote`, found {value}"
-                        )
-                    })?;
-                    for (which, list) in filter {
-                        let flag = match which.as_str() {
-                            "local" => "local-dns",
-                            "remote" => "remote-dns",
-                            _ => {
-                                unsupported(out, &format!("{name}.{which}"));
-                                continue;
-                            }
-                        };
-                        let entries: Vec<String> = match list {
-                            Value::String(entry) => vec![entry.clone()],
-                            Value::Array(items) => items
-                                .iter()
-                                .map(|item| {
-                                    item.as_str().map(str::to_owned).ok_or_else(|| {
-                                        format!("{name}.{which}: {item} is not a string")
-                                    })
-                                })
-                                .collect::<Result<_, _>>()?,
-                            other => {
-                                return Err(format!(
-                                    "{name}.{which}: expected a list of names, found {other}"
-                                ))
-                            }
+                    for (which, entries) in filter_lists(&name, value, out, "names")? {
+                        let flag = if which == "local" {
+                            "local-dns"
+                        } else {
+                            "remote-dns"
                         };
                         let mut patterns = Vec::new();
                         for entry in entries {
@@ -671,6 +619,45 @@ mod mirrord {
             }
         }
         Ok(())
+    }
+
+    /// The `local` and `remote` lists of a mirrord filter object at `name` (`outgoing.filter`,
+    /// `dns.filter`), each as strings; other keys are unsupported (a warning). `what` names
+    /// the entries in errors.
+    fn filter_lists<'a>(
+        name: &str,
+        value: &'a Value,
+        out: &mut Translation,
+        what: &str,
+    ) -> Result<Vec<(&'a str, Vec<String>)>, String> {
+        let filter = value.as_object().ok_or_else(|| {
+            format!("{name}: expected an object with `local` or `remote`, found {value}")
+        })?;
+        let mut lists = Vec::new();
+        for (which, list) in filter {
+            if !matches!(which.as_str(), "local" | "remote") {
+                unsupported(out, &format!("{name}.{which}"));
+                continue;
+            }
+            let entries = match list {
+                Value::String(entry) => vec![entry.clone()],
+                Value::Array(items) => items
+                    .iter()
+                    .map(|item| {
+                        item.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| format!("{name}.{which}: {item} is not a string"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                other => {
+                    return Err(format!(
+                        "{name}.{which}: expected a list of {what}, found {other}"
+                    ))
+                }
+            };
+            lists.push((which.as_str(), entries));
+        }
+        Ok(lists)
     }
 
     /// The host name of a mirrord DNS filter entry (`None` for an address, a subnet or a

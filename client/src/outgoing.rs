@@ -20,7 +20,9 @@ use std::net::{IpAddr, ToSocketAddrs};
 
 use clap::Args;
 
-use crate::session::{Destination, DnsMode, DnsRules, FilterMode, NamePattern, OutgoingRules};
+use crate::session::{
+    valid_dns_name, Destination, DnsMode, DnsRules, FilterMode, NamePattern, OutgoingRules,
+};
 
 /// `--local` / `--remote`.
 #[derive(Debug, Clone, Default, Args)]
@@ -161,20 +163,11 @@ fn parse_net(text: &str) -> Option<Host> {
     Some(Host::Net(addr, len))
 }
 
-/// A DNS name: labels of letters, digits, `-` and `_`, dot-separated.
+/// A DNS name, a trailing dot allowed; all digits and dots would be a malformed address,
+/// not a name.
 fn valid_name(text: &str) -> bool {
     let text = text.strip_suffix('.').unwrap_or(text);
-    !text.is_empty()
-        && text.len() <= 253
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        // All digits and dots would be a malformed address, not a name.
-        && !text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    valid_dns_name(text) && !text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 /// Why the filter cannot be used.

@@ -126,8 +126,9 @@ impl std::fmt::Display for NamePattern {
     }
 }
 
-/// Labels of letters, digits, `-` and `_`, dot-separated, 253 characters at most.
-fn valid_name(text: &str) -> bool {
+/// A DNS name: labels of letters, digits, `-` and `_` (63 characters at most each),
+/// dot-separated, 253 characters at most.
+pub fn valid_name(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 253
         && text.split('.').all(|label| {

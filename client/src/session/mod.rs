@@ -67,7 +67,7 @@ pub mod userns;
 pub use child::child_main;
 // What a command joining a background session (`crate::background::join`) is made with:
 // the same steps as the session's own command.
-pub use dns_filter::{DnsMode, DnsRules, NamePattern};
+pub use dns_filter::{valid_name as valid_dns_name, DnsMode, DnsRules, NamePattern};
 pub use error::SessionError;
 pub use exec::command_env;
 pub(crate) use exec::{compose_env, exec as exec_command, exit_code, CANNOT_EXECUTE};

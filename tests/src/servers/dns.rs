@@ -16,20 +16,24 @@ use crate::testdir::TestDir;
 use crate::tools::tool;
 use crate::topology::{DNS_PORT, DNS_RECORDS, SERVICES_V4, SERVICES_V6, WEB_FQDN};
 
+/// dnsmasq's arguments for a server that knows only the records it is given: no host
+/// configuration read, in the foreground, queries logged to stderr, bound to the addresses
+/// given with `--listen-address` alone.
+pub const DNSMASQ_ALONE: &[&str] = &[
+    "--keep-in-foreground",
+    "--conf-file=/dev/null",
+    "--no-resolv",
+    "--no-hosts",
+    "--bind-interfaces",
+    "--log-facility=-",
+    "--log-queries",
+    "--user=nobody",
+    "--group=nogroup",
+];
+
 pub fn spawn(ns: &Netns, dir: &TestDir) -> Result<Supervised> {
     let mut command = ns.command(&tool("dnsmasq"))?;
-    command.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--local=/cluster.local/",
-        "--log-facility=-",
-        "--log-queries",
-        "--user=nobody",
-        "--group=nogroup",
-    ]);
+    command.args(DNSMASQ_ALONE).arg("--local=/cluster.local/");
     command.arg(format!("--port={DNS_PORT}"));
     command.arg(format!("--listen-address={SERVICES_V4}"));
     command.arg(format!("--listen-address={SERVICES_V6}"));

@@ -18,6 +18,8 @@ mod postgres;
 mod redis;
 mod udp_echo;
 
+pub use dns::DNSMASQ_ALONE;
+
 /// Python helpers the servers and the tests' clients run, written into each pod's directory.
 pub const SCRIPTS: &[(&str, &str)] = &[
     ("blob.py", include_str!("../../scripts/blob.py")),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use mirrord_net_tests::exec::{self, Background, Outcome, Running};
 use mirrord_net_tests::procfs;
+use mirrord_net_tests::servers::DNSMASQ_ALONE;
 use mirrord_net_tests::topology::{SERVICES_V4, WEB_FQDN};
 use mirrord_net_tests::{tool, Invocation, Packets, Pod};
 
@@ -34,16 +35,7 @@ impl HostResolver {
         let pid = std::process::id();
         let addr = format!("127.53.{}.{}", (pid >> 8) & 0xff, (pid & 0xff).max(1));
         let mut command = Command::new(tool("dnsmasq"));
-        command.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--log-facility=-",
-            "--log-queries",
-            "--user=nobody",
-            "--group=nogroup",
+        command.args(DNSMASQ_ALONE).args([
             "--port=53",
             "--local=/corp.example/",
             "--local=/cluster.local/",
