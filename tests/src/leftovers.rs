@@ -128,30 +128,12 @@ impl Baseline {
         session: Option<&SessionNamespaces>,
         within: Duration,
     ) {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = self.find(pod, session);
-            if left.is_empty() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let pids: Vec<Pid> = left
-                    .iter()
-                    .filter_map(|item| item.pid)
-                    .map(Pid::from_raw)
-                    .collect();
-                for &pid in &pids {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-                reap(&pids, Duration::from_secs(1));
-                let lines: Vec<String> = left.into_iter().map(|item| item.what).collect();
-                panic!(
-                    "the session left things behind {within:?} after it ended:\n  {}",
-                    lines.join("\n  ")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until_clean(
+            within,
+            Duration::from_millis(20),
+            || self.find(pod, session),
+            || format!("the session left things behind {within:?} after it ended"),
+        );
     }
 
     /// Counts the process group `pgid` (a server the test started itself, outside the pod
@@ -173,30 +155,12 @@ impl Baseline {
         within: Duration,
         context: &str,
     ) {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = self.find_all(pod, sessions);
-            if left.is_empty() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let pids: Vec<Pid> = left
-                    .iter()
-                    .filter_map(|item| item.pid)
-                    .map(Pid::from_raw)
-                    .collect();
-                for &pid in &pids {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-                reap(&pids, Duration::from_secs(1));
-                let lines: Vec<String> = left.into_iter().map(|item| item.what).collect();
-                panic!(
-                    "{context}: the sessions left things behind {within:?} after they ended:\n  {}",
-                    lines.join("\n  ")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until_clean(
+            within,
+            Duration::from_millis(50),
+            || self.find_all(pod, sessions),
+            || format!("{context}: the sessions left things behind {within:?} after they ended"),
+        );
     }
 
     /// What any of `sessions` (or no session in particular) left, each thing once.
@@ -338,6 +302,39 @@ impl Baseline {
 }
 
 /// Reaps those of `pids` that are (now) children of this process, as they exit.
+/// Polls `find` every `interval` until it finds nothing, or panics after `within` with
+/// `heading` and what is left. Before it panics it SIGKILLs the leftover processes, so a
+/// failing test does not leave them on the machine either.
+#[track_caller]
+fn poll_until_clean(
+    within: Duration,
+    interval: Duration,
+    find: impl Fn() -> Vec<Leftover>,
+    heading: impl FnOnce() -> String,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = find();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let pids: Vec<Pid> = left
+                .iter()
+                .filter_map(|item| item.pid)
+                .map(Pid::from_raw)
+                .collect();
+            for &pid in &pids {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            reap(&pids, Duration::from_secs(1));
+            let lines: Vec<String> = left.into_iter().map(|item| item.what).collect();
+            panic!("{}:\n  {}", heading(), lines.join("\n  "));
+        }
+        std::thread::sleep(interval);
+    }
+}
+
 fn reap(pids: &[Pid], within: Duration) {
     let deadline = Instant::now() + within;
     let mut waiting: Vec<Pid> = pids.to_vec();

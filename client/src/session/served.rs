@@ -57,9 +57,6 @@ impl ServedWatch {
                     *served = now;
                     changed
                 });
-                if publish.is_closed() {
-                    return;
-                }
             }
         });
         ServedWatch { task, served }
