@@ -368,7 +368,8 @@ fn h2_prior_knowledge_curl_requests_are_routed() {
 fn h2_concurrent_streams_on_one_connection_with_bodies_and_trailers_are_routed() {
     run(async {
         let (v1, v2) = (upstream(&["h2", "v1"]).await, upstream(&["h2", "v2"]).await);
-        let addr = filter(vec![header_route(Tcp::new(v2.addr))], Tcp::new(v1.addr)).await;
+        let (target, session) = (Tcp::new(v1.addr), Tcp::new(v2.addr));
+        let addr = filter(vec![header_route(session.clone())], target.clone()).await;
         let args = ["h2", &addr.port().to_string(), "400", KEY].map(String::from);
         let lines = output(PYTHON, &[&[script("client.py")], &args[..]].concat()).await;
         assert_eq!(lines.len(), 400, "{lines:?}");
@@ -380,11 +381,53 @@ fn h2_concurrent_streams_on_one_connection_with_bodies_and_trailers_are_routed()
             };
             assert_eq!(line, &expected);
         }
+        // Streams that arrive together share one connection per upstream (at most 100 of
+        // them open on it before its SETTINGS say how many it takes).
+        assert_eq!((target.connects.get(), session.connects.get()), (1, 1));
     });
 }
 
+/// An `Upgrade: h2c` to a target that speaks HTTP/2 is accepted: the upgrade request is
+/// answered on stream 1 by the upstream its headers choose, and the streams opened after the
+/// 101 are routed one by one, on the one connection.
 #[test]
-fn h2c_upgrade_is_declined_and_requests_stay_routed_on_http1() {
+fn h2c_upgrade_to_an_http2_target_is_served_as_http2_and_routed_per_stream() {
+    run(async {
+        let (v1, v2) = (upstream(&["h2", "v1"]).await, upstream(&["h2", "v2"]).await);
+        let (target, session) = (Tcp::new(v1.addr), Tcp::new(v2.addr));
+        let addr = filter(vec![header_route(session.clone())], target.clone()).await;
+        let args = ["h2c", &addr.port().to_string(), "400", KEY].map(String::from);
+        let lines = output(PYTHON, &[&[script("client.py")], &args[..]].concat()).await;
+        assert_eq!(lines.len(), 400, "{lines:?}");
+        for (i, line) in lines.iter().enumerate() {
+            let expected = if i % 2 == 0 {
+                format!("{i} 200 v2 GET /s/{i} 0 trailer=-")
+            } else {
+                format!("{i} 200 v1 POST /s/{i} 100 trailer={i}")
+            };
+            assert_eq!(line, &expected);
+        }
+        // One probe of the target, then one HTTP/2 connection to each upstream.
+        assert_eq!((target.connects.get(), session.connects.get()), (2, 1));
+
+        // curl's `--http2` on http:// is the same upgrade.
+        for i in 0..6 {
+            let mut args = curl_args(&format!("http://{addr}"), i + 1, &["--http2"]);
+            let last = args
+                .iter()
+                .rposition(|a| a == "--next")
+                .map_or(0, |p| p + 1);
+            args.drain(..last);
+            let lines = output("curl", &args).await;
+            let expected = format!("{} GET /r/{i} 0 1 2", expected_tag(i));
+            assert_eq!(lines, [expected], "request {i}");
+        }
+    });
+}
+
+/// A target that speaks only HTTP/1.1 must never get HTTP/2: the upgrade is declined.
+#[test]
+fn h2c_upgrade_to_an_http1_target_is_declined_and_requests_stay_routed_on_http1() {
     run(async {
         let (v1, v2) = (upstream(&["h1", "v1"]).await, upstream(&["h1", "v2"]).await);
         let addr = filter(vec![header_route(Tcp::new(v2.addr))], Tcp::new(v1.addr)).await;

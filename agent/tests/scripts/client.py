@@ -10,6 +10,9 @@
     client.py h2 PORT N KEY         N HTTP/2 streams opened at once on one connection (the h2
                                     package), every other one tagged x-verifier-run: KEY, odd
                                     ones with a body and trailers
+    client.py h2c PORT N KEY        the same after an HTTP/1.1 `Upgrade: h2c`: request 0 is the
+                                    upgrade request (tagged, answered on stream 1), requests
+                                    1.. are streams opened after the 101
 """
 import http.client
 import io
@@ -78,8 +81,39 @@ def h2_streams(port, n, key):
     conn.initiate_connection()
     conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
     sock.sendall(conn.data_to_send())
-    streams = {}
-    pending = list(range(n))
+    h2_exchange(sock, conn, {}, list(range(n)), key)
+
+
+def h2c_upgrade(port, n, key):
+    import h2.config
+    import h2.connection
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    conn = h2.connection.H2Connection(config=config)
+    settings = conn.initiate_upgrade_connection().decode()
+    sock.sendall(
+        f"GET /s/0 HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        f"Upgrade: h2c\r\nHTTP2-Settings: {settings}\r\nX-Verifier-Run: {key}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        byte = sock.recv(1)
+        if not byte:
+            sys.exit(f"connection closed before the answer to the upgrade: {head!r}")
+        head += byte
+    if head.split(b" ")[1] != b"101":
+        sys.exit(f"upgrade not accepted: {head!r}")
+    sock.sendall(conn.data_to_send())
+    h2_exchange(sock, conn, {1: 0}, list(range(1, n)), key)
+
+
+def h2_exchange(sock, conn, streams, pending, key):
+    """Opens a stream per pending request (as many at once as the server allows), then prints
+    every answer in request order."""
+    import h2.events
+
+    n = len(streams) + len(pending)
     answers, statuses, trailers, ended = {}, {}, {}, set()
 
     def open_streams():
@@ -130,6 +164,8 @@ def main():
     elif mode == "h2":
         import h2.settings  # noqa: F401
         h2_streams(port, int(sys.argv[3]), sys.argv[4])
+    elif mode == "h2c":
+        h2c_upgrade(port, int(sys.argv[3]), sys.argv[4])
     else:
         sys.exit(f"unknown mode {mode}")
 

@@ -38,6 +38,12 @@ pub const SCRIPTS: &[(&str, &str)] = &[
         "keepalive_requests.py",
         include_str!("../../scripts/keepalive_requests.py"),
     ),
+    ("burst_echo.py", include_str!("../../scripts/burst_echo.py")),
+    ("tagged_h2d.py", include_str!("../../scripts/tagged_h2d.py")),
+    (
+        "h2_requests.py",
+        include_str!("../../scripts/h2_requests.py"),
+    ),
     (
         "logging_httpd.py",
         include_str!("../../scripts/logging_httpd.py"),

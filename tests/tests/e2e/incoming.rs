@@ -435,6 +435,102 @@ fn path_filter_steals_only_matching_paths_on_one_keep_alive_connection() {
     assert_ruleset_restored(&pod, &before);
 }
 
+/// `pairs` tagged and untagged requests on one HTTP/2 connection (`prior` knowledge, or an
+/// `upgrade` from HTTP/1.1), run by `h2_requests.py`: its lines, or why it failed.
+fn h2_requests(pod: &Pod, key: &str, pairs: usize, mode: &str) -> Result<Vec<String>, String> {
+    let mut command = pod.services_netns().command(&tool("python3")).unwrap();
+    command.args([
+        &pod.script("h2_requests.py"),
+        &POD_V4.to_string(),
+        &PORT.to_string(),
+        key,
+        &pairs.to_string(),
+        mode,
+    ]);
+    let out = command.output().map_err(|err| err.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{}: {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(stdout.lines().map(str::to_owned).collect())
+}
+
+/// The same as [`interleaved_on_one_connection`] with the HTTP/2 services: the deployed
+/// `tagged_h2d.py` answering `v1` in the pod, the patched one answering `v2` in the session,
+/// over prior knowledge and over `Upgrade: h2c`.
+#[test]
+fn header_filter_steals_only_tagged_requests_on_one_http2_connection_prior_knowledge_or_upgraded() {
+    let pod = Pod::start();
+    let before = ruleset(&pod);
+    let mut command = pod.pod_netns().command(&tool("python3")).unwrap();
+    command.args([&pod.script("tagged_h2d.py"), &PORT.to_string(), "v1"]);
+    let mut deployed = Group::start(command);
+    deployed.wait_for("listening");
+    let key = "run-h2";
+    let mut session = session(
+        &pod,
+        &[
+            "--steal",
+            "8080",
+            "--http-header-filter",
+            "^X-Verifier-Run: {{ key }}$",
+            "--key",
+            key,
+        ],
+        &format!("exec python3 {} {PORT} v2", pod.script("tagged_h2d.py")),
+    );
+    session.wait_for("listening");
+    let start = Instant::now();
+    loop {
+        let lines = h2_requests(&pod, key, 1, "prior").expect("a request during the switch");
+        if lines.first().is_some_and(|l| l.starts_with("match v2 ")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < SWITCH,
+            "no switch to the session: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for mode in ["prior", "upgrade"] {
+        let lines = h2_requests(&pod, key, 100, mode).unwrap_or_else(|err| panic!("{mode}: {err}"));
+        assert_eq!(lines.len(), 200, "{mode}: {lines:?}");
+        for line in &lines {
+            match line.split(' ').collect::<Vec<_>>()[..] {
+                ["match", tag, seen, own] => {
+                    assert_eq!(tag, "v2", "{mode}: a matching request went to the target");
+                    assert_eq!(seen, own, "{mode}: the session sees the real client");
+                }
+                ["other", tag, _, _] => {
+                    assert_eq!(tag, "v1", "{mode}: another request went to the session")
+                }
+                _ => panic!("{mode}: unexpected line {line:?}"),
+            }
+        }
+    }
+
+    session.kill();
+    let start = Instant::now();
+    loop {
+        // Prior knowledge: the deployed server itself does not take upgrades.
+        let lines = h2_requests(&pod, key, 1, "prior").expect("a request after the session");
+        if lines.first().is_some_and(|l| l.starts_with("match v1 ")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < SWITCH,
+            "requests stay with the session: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    deployed.kill();
+    assert_ruleset_restored(&pod, &before);
+}
+
 #[test]
 fn a_bad_http_filter_is_one_line_before_anything_starts() {
     let pod = Pod::start();

@@ -26,9 +26,11 @@
 //! Upgrades: a request that asks to switch protocols stops the parsing of what follows (it
 //! may be another protocol) until its answer is known. A 101 turns the connection into a byte
 //! pipe between the client and that upstream; any other answer resumes HTTP. An `Upgrade:
-//! h2c` is declined instead: its `Upgrade`, `HTTP2-Settings` and the matching `Connection`
-//! tokens are removed, so the upstream answers in HTTP/1.1 and the following requests are
-//! still routed one by one (a server may always ignore an upgrade, RFC 9110 §7.8).
+//! h2c` that reaches this module (a later request's, or one [`super::h2c_upgrade`] does not
+//! accept, such as any upgrade to a target that speaks only HTTP/1.1) is declined: its
+//! `Upgrade`, `HTTP2-Settings` and the matching `Connection` tokens are removed, so the
+//! upstream answers in HTTP/1.1 and the following requests are still routed one by one (a
+//! server may always ignore an upgrade, RFC 9110 §7.8).
 //!
 //! Failures: when the target itself cannot be reached the client gets `502 Bad Gateway` and
 //! the connection closes. When an upstream closes a kept-alive connection before answering a

@@ -42,6 +42,9 @@ use tokio::sync::Notify;
 use super::filter::RequestHead;
 use super::routes::{BoxedStream, Connector, Routes};
 
+/// Streams opened on a new upstream connection before its SETTINGS tell its limit.
+const INITIAL_MAX_STREAMS: usize = 100;
+
 type LocalFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 /// Serves an HTTP/2 client whose first bytes (the preface at least) are in `buf`.
@@ -64,6 +67,7 @@ pub async fn serve(
         upstreams: RefCell::new(Vec::new()),
         inbox: RefCell::new(Vec::new()),
         inbox_ready: Notify::new(),
+        opening: tokio::sync::Mutex::new(()),
     };
     let mut streams: FuturesUnordered<LocalFuture<'_>> = FuturesUnordered::new();
     let mut drivers: FuturesUnordered<LocalFuture<'static>> = FuturesUnordered::new();
@@ -97,6 +101,8 @@ struct Ctx<'r> {
     /// Drivers of upstream connections opened by streams, for [`serve`] to poll.
     inbox: RefCell<Vec<LocalFuture<'static>>>,
     inbox_ready: Notify,
+    /// Held while a stream looks for or opens an upstream connection.
+    opening: tokio::sync::Mutex<()>,
 }
 
 struct Upstream {
@@ -107,8 +113,13 @@ struct Upstream {
 
 impl Ctx<'_> {
     /// A request sender on `connector`'s upstream connection, opened if needed.
+    ///
+    /// Opening is done by one stream at a time: streams that arrive together (a client opens
+    /// hundreds at once) wait for the first one's connection and share it instead of each
+    /// opening their own.
     async fn sender(&self, connector: &Rc<dyn Connector>) -> io::Result<SendRequest<Bytes>> {
         let key = Rc::as_ptr(connector) as *const ();
+        let _opening = self.opening.lock().await;
         {
             let mut upstreams = self.upstreams.borrow_mut();
             upstreams.retain(|u| u.alive.get());
@@ -120,7 +131,15 @@ impl Ctx<'_> {
             }
         }
         let io = connector.connect().await?;
-        let (sender, connection) = h2::client::handshake(io).await.map_err(io::Error::other)?;
+        // Until the upstream's SETTINGS arrive the limit on concurrent streams is unknown
+        // (unlimited, says RFC 9113); a server may refuse streams beyond its own. 100 is the
+        // least a server should allow (RFC 9113 §6.5.2), so streams that arrive together
+        // before the SETTINGS wait instead of being refused.
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_max_send_streams(INITIAL_MAX_STREAMS)
+            .handshake(io)
+            .await
+            .map_err(io::Error::other)?;
         let alive = Rc::new(Cell::new(true));
         let driver_alive = alive.clone();
         self.inbox.borrow_mut().push(Box::pin(async move {

@@ -9,7 +9,9 @@
 //!
 //! [`serve_connection`] takes one accepted client connection and first sniffs it: the first
 //! bytes must arrive within [`SNIFF_TIMEOUT`] and be an HTTP/1.x request line ([`h1_proxy`]) or
-//! the HTTP/2 connection preface ([`h2_proxy`], cleartext with prior knowledge). Anything else
+//! the HTTP/2 connection preface ([`h2_proxy`], cleartext with prior knowledge). A first request
+//! that asks for `Upgrade: h2c` is accepted on the target's behalf when the target speaks
+//! HTTP/2 ([`h2c_upgrade`]), and the connection then goes to [`h2_proxy`] too. Anything else
 //! (a silent client, a server-speaks-first protocol, TLS, a binary protocol) is piped to the
 //! target untouched, the bytes read while sniffing replayed first.
 //!
@@ -32,6 +34,7 @@
 pub mod h1;
 pub mod h1_proxy;
 pub mod h2_proxy;
+pub mod h2c_upgrade;
 mod routes;
 
 use std::io;
@@ -74,7 +77,15 @@ pub async fn serve_connection(
         Err(_elapsed) => Sniffed::Other,
     };
     match kind {
-        Sniffed::Http1 => h1_proxy::serve(client, buf, routes, target).await,
+        Sniffed::Http1 => {
+            if let Some(preamble) = h2c_upgrade::offered(&mut client, &mut buf).await? {
+                if h2c_upgrade::speaks_h2(&*target).await {
+                    let (client, fed) = h2c_upgrade::accept(client, preamble).await?;
+                    return h2_proxy::serve(client, fed, routes, target).await;
+                }
+            }
+            h1_proxy::serve(client, buf, routes, target).await
+        }
         Sniffed::Http2 => h2_proxy::serve(client, buf, routes, target).await,
         Sniffed::Other => passthrough(client, &buf, &*target).await,
     }
