@@ -53,8 +53,7 @@ pub use routes::{AsyncReadWrite, BoxedStream, Connector, OneRoute, Route, Routes
 /// How long a client may stay silent before its connection goes to the target untouched.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// The HTTP/2 connection preface (RFC 9113 §3.4).
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub use h2c_upgrade::H2_PREFACE;
 
 /// The protocol a client speaks, as far as its first bytes tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
