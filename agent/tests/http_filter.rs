@@ -346,44 +346,60 @@ fn h2_prior_knowledge_curl_requests_are_routed() {
         let (target, session) = (Tcp::new(v1.addr), Tcp::new(v2.addr));
         let addr = filter(vec![header_route(session.clone())], target.clone()).await;
         for i in 0..20 {
-            let mut args = curl_args(
-                &format!("http://{addr}"),
-                i + 1,
-                &["--http2-prior-knowledge"],
-            );
-            let last = args
-                .iter()
-                .rposition(|a| a == "--next")
-                .map_or(0, |p| p + 1);
-            args.drain(..last);
-            let lines = output("curl", &args).await;
             let expected = format!("{} GET /r/{i} 0 1 2", expected_tag(i));
+            let lines = curl_alone(addr, i, "--http2-prior-knowledge").await;
             assert_eq!(lines, [expected], "request {i}");
         }
         assert_eq!((target.connects.get(), session.connects.get()), (10, 10));
     });
 }
 
+/// 400 HTTP/2 streams of `client.py MODE` (`h2`, or `h2c` after an upgrade) on one
+/// connection through a header filter: every even one (a tagged GET) answered by the
+/// session, every odd one (a POST with a body and trailers) by the target. Returns the
+/// filter's address, the connections the target and the session got, and the two upstream
+/// servers (alive while the caller holds them).
+async fn h2_streams_are_routed(mode: &str) -> (SocketAddr, usize, usize, [Server; 2]) {
+    let (v1, v2) = (upstream(&["h2", "v1"]).await, upstream(&["h2", "v2"]).await);
+    let (target, session) = (Tcp::new(v1.addr), Tcp::new(v2.addr));
+    let addr = filter(vec![header_route(session.clone())], target.clone()).await;
+    let args = [mode, &addr.port().to_string(), "400", KEY].map(String::from);
+    let lines = output(PYTHON, &[&[script("client.py")], &args[..]].concat()).await;
+    assert_eq!(lines.len(), 400, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        let expected = if i % 2 == 0 {
+            format!("{i} 200 v2 GET /s/{i} 0 trailer=-")
+        } else {
+            format!("{i} 200 v1 POST /s/{i} 100 trailer={i}")
+        };
+        assert_eq!(line, &expected);
+    }
+    (
+        addr,
+        target.connects.get(),
+        session.connects.get(),
+        [v1, v2],
+    )
+}
+
+/// Request `i` of [`curl_args`] alone, on a connection of its own, with curl's `flag`.
+async fn curl_alone(addr: SocketAddr, i: usize, flag: &str) -> Vec<String> {
+    let mut args = curl_args(&format!("http://{addr}"), i + 1, &[flag]);
+    let last = args
+        .iter()
+        .rposition(|a| a == "--next")
+        .map_or(0, |p| p + 1);
+    args.drain(..last);
+    output("curl", &args).await
+}
+
 #[test]
 fn h2_concurrent_streams_on_one_connection_with_bodies_and_trailers_are_routed() {
     run(async {
-        let (v1, v2) = (upstream(&["h2", "v1"]).await, upstream(&["h2", "v2"]).await);
-        let (target, session) = (Tcp::new(v1.addr), Tcp::new(v2.addr));
-        let addr = filter(vec![header_route(session.clone())], target.clone()).await;
-        let args = ["h2", &addr.port().to_string(), "400", KEY].map(String::from);
-        let lines = output(PYTHON, &[&[script("client.py")], &args[..]].concat()).await;
-        assert_eq!(lines.len(), 400, "{lines:?}");
-        for (i, line) in lines.iter().enumerate() {
-            let expected = if i % 2 == 0 {
-                format!("{i} 200 v2 GET /s/{i} 0 trailer=-")
-            } else {
-                format!("{i} 200 v1 POST /s/{i} 100 trailer={i}")
-            };
-            assert_eq!(line, &expected);
-        }
+        let (_, target, session, _servers) = h2_streams_are_routed("h2").await;
         // Streams that arrive together share one connection per upstream (at most 100 of
         // them open on it before its SETTINGS say how many it takes).
-        assert_eq!((target.connects.get(), session.connects.get()), (1, 1));
+        assert_eq!((target, session), (1, 1));
     });
 }
 
@@ -393,34 +409,18 @@ fn h2_concurrent_streams_on_one_connection_with_bodies_and_trailers_are_routed()
 #[test]
 fn h2c_upgrade_to_an_http2_target_is_served_as_http2_and_routed_per_stream() {
     run(async {
-        let (v1, v2) = (upstream(&["h2", "v1"]).await, upstream(&["h2", "v2"]).await);
-        let (target, session) = (Tcp::new(v1.addr), Tcp::new(v2.addr));
-        let addr = filter(vec![header_route(session.clone())], target.clone()).await;
-        let args = ["h2c", &addr.port().to_string(), "400", KEY].map(String::from);
-        let lines = output(PYTHON, &[&[script("client.py")], &args[..]].concat()).await;
-        assert_eq!(lines.len(), 400, "{lines:?}");
-        for (i, line) in lines.iter().enumerate() {
-            let expected = if i % 2 == 0 {
-                format!("{i} 200 v2 GET /s/{i} 0 trailer=-")
-            } else {
-                format!("{i} 200 v1 POST /s/{i} 100 trailer={i}")
-            };
-            assert_eq!(line, &expected);
-        }
+        let (addr, target, session, _servers) = h2_streams_are_routed("h2c").await;
         // One probe of the target, then one HTTP/2 connection to each upstream.
-        assert_eq!((target.connects.get(), session.connects.get()), (2, 1));
+        assert_eq!((target, session), (2, 1));
 
         // curl's `--http2` on http:// is the same upgrade.
         for i in 0..6 {
-            let mut args = curl_args(&format!("http://{addr}"), i + 1, &["--http2"]);
-            let last = args
-                .iter()
-                .rposition(|a| a == "--next")
-                .map_or(0, |p| p + 1);
-            args.drain(..last);
-            let lines = output("curl", &args).await;
             let expected = format!("{} GET /r/{i} 0 1 2", expected_tag(i));
-            assert_eq!(lines, [expected], "request {i}");
+            assert_eq!(
+                curl_alone(addr, i, "--http2").await,
+                [expected],
+                "request {i}"
+            );
         }
     });
 }

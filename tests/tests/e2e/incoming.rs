@@ -305,6 +305,19 @@ fn a_port_both_stolen_and_mirrored_is_one_line() {
     assert!(lines[0].contains("both --steal and --mirror"), "{out}");
 }
 
+/// The flags of a session that steals [`PORT`] for the requests tagged
+/// `X-Verifier-Run: KEY` (the verifier recipe).
+pub(super) fn keyed_steal(key: &str) -> [&str; 6] {
+    [
+        "--steal",
+        "8080",
+        "--http-header-filter",
+        "^X-Verifier-Run: {{ key }}$",
+        "--key",
+        key,
+    ]
+}
+
 /// One request with `header` (`Name: value`, or none) to `path`: the answer's tag.
 fn tag_with(pod: &Pod, header: Option<&str>, path: &str) -> Option<String> {
     let mut command = pod.services_netns().command(&tool("curl")).unwrap();
@@ -363,19 +376,28 @@ pub(super) fn interleaved_on_one_connection(pod: &Pod, mode: &str, key: &str) {
         "{out:?}\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split(' ').collect()).collect();
-    assert_eq!(lines.len(), 200, "{stdout}");
-    for line in &lines {
-        match line[..] {
+    let lines: Vec<&str> = stdout.lines().collect();
+    check_interleaved(&lines, "HTTP/1.1");
+    eprintln!("200 interleaved requests on one connection in {took:?}");
+}
+
+/// The lines of 100 interleaved pairs ("match|other TAG SEEN OWN"): every matching request
+/// answered by the session (`v2`, which sees the real client), every other by the target.
+fn check_interleaved(lines: &[impl AsRef<str>], how: &str) {
+    assert_eq!(lines.len(), 200, "{how}: {}", lines.len());
+    for line in lines {
+        let line = line.as_ref();
+        match line.split(' ').collect::<Vec<_>>()[..] {
             ["match", tag, seen, own] => {
-                assert_eq!(tag, "v2", "a matching request went to the target");
-                assert_eq!(seen, own, "the session sees the real client");
+                assert_eq!(tag, "v2", "{how}: a matching request went to the target");
+                assert_eq!(seen, own, "{how}: the session sees the real client");
             }
-            ["other", tag, _, _] => assert_eq!(tag, "v1", "another request went to the session"),
-            _ => panic!("unexpected line {line:?}"),
+            ["other", tag, _, _] => {
+                assert_eq!(tag, "v1", "{how}: another request went to the session")
+            }
+            _ => panic!("{how}: unexpected line {line:?}"),
         }
     }
-    eprintln!("200 interleaved requests on one connection in {took:?}");
 }
 
 #[test]
@@ -384,18 +406,7 @@ fn header_filter_steals_only_tagged_requests_on_one_keep_alive_connection() {
     let before = ruleset(&pod);
     let _v1 = deployed(&pod);
     let key = "run-7.a";
-    let mut session = session(
-        &pod,
-        &[
-            "--steal",
-            "8080",
-            "--http-header-filter",
-            "^X-Verifier-Run: {{ key }}$",
-            "--key",
-            key,
-        ],
-        &patched(&pod),
-    );
+    let mut session = session(&pod, &keyed_steal(key), &patched(&pod));
     session.wait_for("listening");
     let header = format!("X-Verifier-Run: {key}");
     matching_switches_to(&pod, Some(&header), "/", "v2");
@@ -459,6 +470,26 @@ fn h2_requests(pod: &Pod, key: &str, pairs: usize, mode: &str) -> Result<Vec<Str
     Ok(stdout.lines().map(str::to_owned).collect())
 }
 
+/// Waits until a tagged HTTP/2 request (prior knowledge: the deployed server alone takes no
+/// upgrade) gets `want`; every request meanwhile must be answered.
+fn h2_matching_switches_to(pod: &Pod, key: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let lines = h2_requests(pod, key, 1, "prior").expect("a request during the switch");
+        if lines
+            .first()
+            .is_some_and(|l| l.starts_with(&format!("match {want} ")))
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < SWITCH,
+            "tagged requests did not switch to {want} within {SWITCH:?}: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The same as [`interleaved_on_one_connection`] with the HTTP/2 services: the deployed
 /// `tagged_h2d.py` answering `v1` in the pod, the patched one answering `v2` in the session,
 /// over prior knowledge and over `Upgrade: h2c`.
@@ -473,60 +504,18 @@ fn header_filter_steals_only_tagged_requests_on_one_http2_connection_prior_knowl
     let key = "run-h2";
     let mut session = session(
         &pod,
-        &[
-            "--steal",
-            "8080",
-            "--http-header-filter",
-            "^X-Verifier-Run: {{ key }}$",
-            "--key",
-            key,
-        ],
+        &keyed_steal(key),
         &format!("exec python3 {} {PORT} v2", pod.script("tagged_h2d.py")),
     );
     session.wait_for("listening");
-    let start = Instant::now();
-    loop {
-        let lines = h2_requests(&pod, key, 1, "prior").expect("a request during the switch");
-        if lines.first().is_some_and(|l| l.starts_with("match v2 ")) {
-            break;
-        }
-        assert!(
-            start.elapsed() < SWITCH,
-            "no switch to the session: {lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    h2_matching_switches_to(&pod, key, "v2");
     for mode in ["prior", "upgrade"] {
         let lines = h2_requests(&pod, key, 100, mode).unwrap_or_else(|err| panic!("{mode}: {err}"));
-        assert_eq!(lines.len(), 200, "{mode}: {lines:?}");
-        for line in &lines {
-            match line.split(' ').collect::<Vec<_>>()[..] {
-                ["match", tag, seen, own] => {
-                    assert_eq!(tag, "v2", "{mode}: a matching request went to the target");
-                    assert_eq!(seen, own, "{mode}: the session sees the real client");
-                }
-                ["other", tag, _, _] => {
-                    assert_eq!(tag, "v1", "{mode}: another request went to the session")
-                }
-                _ => panic!("{mode}: unexpected line {line:?}"),
-            }
-        }
+        check_interleaved(&lines, mode);
     }
 
     session.kill();
-    let start = Instant::now();
-    loop {
-        // Prior knowledge: the deployed server itself does not take upgrades.
-        let lines = h2_requests(&pod, key, 1, "prior").expect("a request after the session");
-        if lines.first().is_some_and(|l| l.starts_with("match v1 ")) {
-            break;
-        }
-        assert!(
-            start.elapsed() < SWITCH,
-            "requests stay with the session: {lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    h2_matching_switches_to(&pod, key, "v1");
     deployed.kill();
     assert_ruleset_restored(&pod, &before);
 }

@@ -13,7 +13,8 @@ use mirrord_net_tests::topology::POD_V4;
 use mirrord_net_tests::{tool, Invocation, Pod};
 
 use super::incoming::{
-    assert_ruleset_restored, deployed, interleaved_on_one_connection, ruleset, Group, PORT, SWITCH,
+    assert_ruleset_restored, deployed, interleaved_on_one_connection, keyed_steal, ruleset, Group,
+    PORT, SWITCH,
 };
 
 /// A session stealing the port with `flags`, its server answering `tag`, once it listens.
@@ -304,18 +305,7 @@ fn a_registered_session_gets_its_requests_on_a_shared_keep_alive_connection_from
     let mut a = filtered(&pod, "key-a", "also-a", "v2-a");
     settles(&pod, &[(Some("key-a"), "v2-a")], SWITCH, &[]);
     let key = "run-b";
-    let mut b = sharing(
-        &pod,
-        &[
-            "--steal",
-            "8080",
-            "--http-header-filter",
-            "^X-Verifier-Run: {{ key }}$",
-            "--key",
-            key,
-        ],
-        "v2",
-    );
+    let mut b = sharing(&pod, &keyed_steal(key), "v2");
     let header = format!("X-Verifier-Run: {key}");
     let start = Instant::now();
     while ask_with(&pod, &header) != "v2" {
