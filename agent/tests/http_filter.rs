@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirrord_net_agent::incoming::http::{
-    serve_connection, BoxedStream, Connector, HttpFilter, Route, Routes,
+    h1_proxy::MAX_PIPELINED, serve_connection, BoxedStream, Connector, HttpFilter, Route, Routes,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -219,6 +219,44 @@ fn pipelined_http1_requests_are_answered_in_request_order() {
             let expected = format!("{i} 200 {} {method} /r/{i} {len}", expected_tag(i));
             assert_eq!(line, &expected);
         }
+    });
+}
+
+/// A client that pipelines 1,000 requests to a target that reads them but never answers gets
+/// only `MAX_PIPELINED` of them forwarded (and the one being answered): the rest wait in its
+/// own socket, not in the filter's queue.
+#[test]
+fn pipelining_ahead_of_the_answers_is_bounded() {
+    run(async {
+        let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let received = Rc::new(Cell::new(0usize));
+        let counted = received.clone();
+        let sink_addr = sink.local_addr().unwrap();
+        tokio::task::spawn_local(async move {
+            loop {
+                let (mut stream, _) = sink.accept().await.unwrap();
+                let counted = counted.clone();
+                tokio::task::spawn_local(async move {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        counted.set(counted.get() + n);
+                    }
+                });
+            }
+        });
+        let addr = filter(Vec::new(), Tcp::new(sink_addr)).await;
+        const REQUEST: &[u8] = b"GET /p HTTP/1.1\r\nHost: t\r\n\r\n";
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(&REQUEST.repeat(1000)).await.unwrap();
+        let forwarded = |bytes: usize| bytes / REQUEST.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while forwarded(received.get()) < MAX_PIPELINED {
+            assert!(tokio::time::Instant::now() < deadline, "{}", received.get());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(received.get() % REQUEST.len(), 0);
+        assert_eq!(forwarded(received.get()), MAX_PIPELINED + 1);
     });
 }
 

@@ -32,6 +32,10 @@
 //! upstream answers in HTTP/1.1 and the following requests are still routed one by one (a
 //! server may always ignore an upgrade, RFC 9110 §7.8).
 //!
+//! At most [`MAX_PIPELINED`] requests are forwarded ahead of the answer being copied; then
+//! the client is not read until that answer is done, so a client that pipelines without end
+//! is held back by the answers, as a server that handles one request at a time holds it back.
+//!
 //! Failures: when the target itself cannot be reached the client gets `502 Bad Gateway` and
 //! the connection closes. When an upstream closes a kept-alive connection before answering a
 //! request already sent on it (the keep-alive race), the client gets a 502 for that request
@@ -58,6 +62,11 @@ const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 /// Free space asked for before each read.
 const READ_SPACE: usize = 16 * 1024;
+/// Requests a client may have forwarded ahead of the answers it is waiting for. Beyond it the
+/// client's connection is not read until an answer is done: a client that pipelines without
+/// end towards an upstream that reads but answers slowly would otherwise grow the queue (and
+/// the upstream's backlog) without bound.
+pub const MAX_PIPELINED: usize = 128;
 
 /// The read side of an upstream connection and what it knows about it.
 struct Link {
@@ -100,6 +109,8 @@ struct Shared {
     queue: RefCell<VecDeque<Pending>>,
     queued: Notify,
     requests_done: Cell<bool>,
+    /// An entry was taken off the queue.
+    taken: Notify,
     verdict: Cell<Option<Verdict>>,
     verdict_ready: Notify,
 }
@@ -166,6 +177,14 @@ async fn requests(
     // The slot of the request being forwarded, and whether it asked for an upgrade.
     let mut current: Option<(usize, bool)> = None;
     loop {
+        if stream.expects_head() && shared.queue.borrow().len() >= MAX_PIPELINED {
+            for slot in &mut slots {
+                slot.writer.flush().await?;
+            }
+            while shared.queue.borrow().len() >= MAX_PIPELINED {
+                shared.taken.notified().await;
+            }
+        }
         let step = if stream.expects_head() {
             let mut headers = EMPTY_HEADERS;
             match stream.feed(buf, &mut headers) {
@@ -333,7 +352,9 @@ fn decline_h2c(head: &[u8]) -> Vec<u8> {
 async fn responses(client: &mut WriteHalf<BoxedStream>, shared: &Shared) -> io::Result<()> {
     loop {
         let pending = loop {
-            if let Some(pending) = shared.queue.borrow_mut().pop_front() {
+            let next = shared.queue.borrow_mut().pop_front();
+            if let Some(pending) = next {
+                shared.taken.notify_one();
                 break Some(pending);
             }
             if shared.requests_done.get() {
