@@ -21,7 +21,7 @@
 //! - [`stack`]: the userspace network stack that terminates the session's IP packets and
 //!   re-originates every flow from real sockets in the target's namespace.
 
-pub mod busy_poll;
+pub use mirrord_net_stack::busy_poll;
 pub mod container;
 pub mod control;
 pub mod files;
@@ -30,7 +30,7 @@ pub mod namespaces;
 pub mod privileges;
 pub mod root_fs;
 pub mod seccomp;
-pub mod stack;
+pub use mirrord_net_stack as stack;
 pub mod stream_relay;
 pub mod target_info;
 pub mod tun_handoff;

@@ -1,4 +1,4 @@
-//! The agent's limits (`agent/src/stack/limits.rs`) under a SYN flood from the session.
+//! The agent's limits (`stack/src/limits.rs`) under a SYN flood from the session.
 //!
 //! A program in the session opens thousands of connections to a host of the pod network that
 //! drops everything (an nft rule in the services namespace). The agent keeps at most its

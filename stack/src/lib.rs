@@ -1,6 +1,11 @@
 //! The agent's userspace network stack: the session's IP packets in, real sockets in the
 //! target's network namespace out.
 //!
+//! A library of its own (`mirrord-net-stack`): the agent (`mirrord-net-agent`) runs it for each
+//! session and re-exports it as `mirrord_net_agent::stack`; the links it reads and writes
+//! ([`PacketLink`]: QUIC datagrams, the session's TUN, or memory) and the upstream sockets it
+//! opens (`upstream`) are its seams, so it also runs, and is fuzzed, over memory.
+//!
 //! The client reads raw IP packets (IPv4 and IPv6, no extra header) from the session's TUN
 //! device and sends each as one QUIC DATAGRAM. [`serve`] terminates them here, in the agent,
 //! which runs inside the target's network namespace. An agent on the client's own machine
@@ -35,6 +40,7 @@
 
 mod budget;
 mod buffer;
+pub mod busy_poll;
 mod config;
 mod ctx;
 mod device;

@@ -1,7 +1,7 @@
 //! The session's TUN device as the stack's link: the one-relay path of local targets.
 //!
 //! When the agent runs on the client's machine, the client hands it the session's TUN
-//! descriptor (see [`tun_handoff`](crate::tun_handoff)) and the stack reads and writes the
+//! descriptor (see the agent's `tun_handoff`) and the stack reads and writes the
 //! device itself: no QUIC, no encryption and no second process on the packet path. The QUIC
 //! connection still carries the control stream and the file requests, and its end still ends
 //! the session.

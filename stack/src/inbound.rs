@@ -1,6 +1,6 @@
 //! Connections the agent opens *into* the session: stolen inbound connections.
 //!
-//! The incoming side of the agent (`crate::incoming`) accepts a connection that was meant
+//! The incoming side of the agent (`mirrord_net_agent::incoming`) accepts a connection that was meant
 //! for the target and hands it to the stack as an [`InboundConnection`]. The TCP table
 //! makes a smoltcp socket whose local endpoint is the original client's address and port
 //! and which connects to the session's address and the local program's port, so the
