@@ -172,10 +172,16 @@ async fn serve_on_tun(
 }
 
 /// A close by either side is a normal end; a timeout or protocol error is not.
+///
+/// A stateless reset is a close too: only the client's own endpoint holds the token that makes
+/// one valid, and it sends one when it no longer knows the connection, i.e. after the client
+/// closed it and its draining period ended. An agent kept busy at the session's end (a flood
+/// of packets still queued on the session's TUN) can read the client's packets after that
+/// period is over.
 fn connection_ended(reason: quinn::ConnectionError) -> anyhow::Result<()> {
     use quinn::ConnectionError as E;
     match reason {
-        E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::LocallyClosed => Ok(()),
+        E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::LocallyClosed | E::Reset => Ok(()),
         other => Err(anyhow::Error::new(other).context("the connection to the client failed")),
     }
 }

@@ -133,7 +133,10 @@ impl LocalAgent {
     pub async fn finish(mut self, grace: Duration) {
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => {}
-            Ok(Ok(status)) => tracing::warn!("the agent exited with {status}"),
+            Ok(Ok(status)) => match self.last_error() {
+                Some(said) => tracing::warn!("the agent exited with {status}: {said}"),
+                None => tracing::warn!("the agent exited with {status}"),
+            },
             Ok(Err(err)) => tracing::warn!("cannot wait for the agent: {err}"),
             Err(_) => {
                 tracing::warn!("the agent did not exit within {grace:?} of the session's end");
