@@ -5,12 +5,12 @@ use std::ffi::OsString;
 use clap::{Args, Parser, Subcommand};
 
 use crate::environment::{EnvArgs, EnvFormat};
-use crate::files::FsMode;
 use crate::incoming::IncomingArgs;
-use crate::kubernetes::{ClusterArgs, KubeArgs};
 use crate::outgoing::OutgoingArgs;
+use crate::remote_paths::FsMode;
 use crate::target::Target;
-use crate::tunnel::ReconnectArgs;
+use mirrord_net_kubernetes::{ClusterArgs, KubeArgs};
+use mirrord_net_tunnel::ReconnectArgs;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -82,7 +82,7 @@ pub enum Command {
     /// sessions, local agents whose client is gone); never a live session's.
     Clean {
         #[command(flatten)]
-        args: crate::kubernetes::clean::CleanArgs,
+        args: mirrord_net_kubernetes::clean::CleanArgs,
         /// More logs on stderr (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides.
         #[arg(long, short = 'v', action = clap::ArgAction::Count)]
         verbose: u8,
@@ -326,7 +326,7 @@ mod tests {
 
     #[test]
     fn kubernetes_flags_parse_next_to_the_session_flags() {
-        use crate::kubernetes::{AgentMode, TransportMode};
+        use mirrord_net_kubernetes::{AgentMode, TransportMode};
         let cli = Cli::try_parse_from([
             "mirrord-net",
             "exec",

@@ -27,12 +27,12 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 
-use crate::kubernetes::config::{self, Cluster};
-use crate::kubernetes::rbac::Operation;
-use crate::kubernetes::target::{self as kube_target, Kind};
-use crate::kubernetes::transport::TransportMode;
-use crate::kubernetes::{default_agent_image, AgentMode, KubeArgs};
 use crate::target::Target;
+use mirrord_net_kubernetes::config::{self, Cluster};
+use mirrord_net_kubernetes::rbac::Operation;
+use mirrord_net_kubernetes::target::{self as kube_target, Kind};
+use mirrord_net_kubernetes::transport::TransportMode;
+use mirrord_net_kubernetes::{default_agent_image, AgentMode, KubeArgs};
 
 /// `doctor`'s flags: the target and agent options a session would be given.
 #[derive(Debug, clap::Args)]
@@ -184,7 +184,7 @@ fn local_checks(root: bool, target: Option<&Target>) -> Vec<Line> {
                     "give the PID of a running process (`pgrep NAME`)",
                 )
             });
-            lines.push(match crate::agent::agent_path() {
+            lines.push(match crate::local_agent::agent_path() {
                 Ok(path) => Line::pass(format!("agent binary {}", path.display())),
                 Err(err) => Line::fail(
                     format!("agent binary: {err}"),

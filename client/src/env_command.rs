@@ -12,7 +12,7 @@ use mirrord_net_env_injector::{self as injector, dotenv, Var};
 use crate::cli::SessionArgs;
 use crate::environment::{CommandEnv, EnvFormat};
 use crate::run::{self, RunError};
-use crate::session;
+use mirrord_net_session as session;
 
 /// `mirrord-net env`: starts the agent and connects as a session does, prints the
 /// environment the session's command would get, and exits. No namespaces, no TUN.
@@ -32,7 +32,7 @@ pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, Run
     let overrides = env.overrides.clone();
     // The session's command also learns where the target's root is mounted: the same
     // directory a session of this user would mount it on.
-    let remote_root = (args.fs_mode != crate::files::FsMode::Off).then(|| {
+    let remote_root = (args.fs_mode != crate::remote_paths::FsMode::Off).then(|| {
         run::session_remote_root(privileges)
             .into_os_string()
             .into_vec()

@@ -4,10 +4,10 @@
 //! The rules live in the `mirrord-net-env-injector` crate (no I/O); this module feeds it the
 //! local environment, the target's (from the agent's hello) and the flags, and splits the
 //! result the way the session applies it: the base environment (local overlaid with the
-//! target's) goes into [`SessionSpec::env`](crate::session::SessionSpec::env), the
+//! target's) goes into [`SessionSpec::env`](mirrord_net_session::SessionSpec::env), the
 //! `--env-file`/`-e` assignments into `env_overrides`, which the session sets after HOME,
 //! USER and LOGNAME of the user the command runs as. `mirrord-net env` composes the same
-//! pieces with the same function as the session ([`crate::session::command_env`]), so what it
+//! pieces with the same function as the session ([`mirrord_net_session::command_env`]), so what it
 //! prints is what the command gets.
 
 use std::ffi::{OsStr, OsString};
@@ -83,7 +83,7 @@ impl CommandEnv {
         CommandEnv::compose(args, local, environ)
     }
 
-    /// The base environment as [`SessionSpec::env`](crate::session::SessionSpec::env) takes it.
+    /// The base environment as [`SessionSpec::env`](mirrord_net_session::SessionSpec::env) takes it.
     pub fn base_os(&self) -> Vec<(OsString, OsString)> {
         to_os(&self.base)
     }

@@ -1,18 +1,17 @@
 //! mirrord-net: run an unmodified local process as if it were inside a target's namespaces.
 //!
-//! The `mirrord-net` binary is a thin shell over these modules:
+//! The `mirrord-net` binary wires the crates that do the work — `mirrord_net_session` (the
+//! session's namespaces, TUN device and the user's command), `mirrord_net_tunnel` (the QUIC
+//! connection to the agent and the packet pump), `mirrord_net_kubernetes` (Kubernetes targets
+//! and their agents) — through these modules:
 //!
 //! - [`cli`]: the command line;
 //! - [`config_file`]: `-f/--config`, a file (or mirrord's configuration) as flags;
 //! - [`target`]: what `--target` names and how to check it exists;
-//! - [`agent`]: starting the agent for a local target and reading its ready line;
-//! - [`kubernetes`]: Kubernetes targets — kubeconfig, resolving `pod/`/`deploy/`…, the agent as
-//!   a Job or ephemeral container, direct or port-forward transport, `mirrord-net ls`;
-//! - [`agent_handle`]: the session's agent, local or in a cluster, behind one type;
-//! - [`tunnel`]: the QUIC connection to the agent — handshake and the packet pump between the
-//!   session's TUN device and DATAGRAM frames;
-//! - [`session`]: the session's namespaces, TUN device and the user's command;
-//! - [`files`]: which of the target's paths the session shows, and where its root is mounted;
+//! - [`local_agent`]: starting the agent for a local target and reading its ready line;
+//! - [`session_agent`]: the session's agent, local or in a cluster (`mirrord_net_kubernetes`),
+//!   behind one type;
+//! - [`remote_paths`]: which of the target's paths the session shows (`--fs-*`);
 //! - [`incoming`]: the steal flags and the session's side of stealing (its listening ports,
 //!   the heartbeat);
 //! - [`run`]: one session from start to exit code;
@@ -22,27 +21,23 @@
 //! - [`background`]: background sessions (`up`, `exec --session`, `ps`, `down`);
 //! - [`report`]: error kinds, and errors as JSON for `--json`.
 
-pub mod agent;
-pub mod agent_handle;
 pub mod background;
 pub mod cli;
-pub mod client_process;
 pub mod config_file;
 pub mod demo;
 pub mod doctor;
 pub mod env_command;
 pub mod environment;
-pub mod files;
 pub mod incoming;
-pub mod kubernetes;
+pub mod local_agent;
 pub mod manual;
 pub mod outgoing;
 pub mod progress;
+pub mod remote_paths;
 pub mod report;
 pub mod run;
-pub mod session;
+pub mod session_agent;
 pub mod target;
-pub mod tunnel;
 
 /// Logs on stderr at the -v level (or as `RUST_LOG` says).
 pub fn init_logging(verbose: u8) {

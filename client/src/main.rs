@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     // The session child re-executes this binary; it must not start a runtime or parse the
     // user's arguments.
     match std::env::args_os().nth(1) {
-        Some(arg) if arg == "__session" => mirrord_net::session::child_main(),
+        Some(arg) if arg == "__session" => mirrord_net_session::child_main(),
         Some(arg) if arg == demo::POD_ARG => demo::pod_main(),
         Some(arg) if arg == demo::PROBE_ARG => demo::probe_main(),
         Some(arg) if arg == background::KEEP_ARG => background::keep_main(),
@@ -113,11 +113,11 @@ fn main() -> ExitCode {
                         .map_err(anyhow::Error::from)
                 }
             }
-            Command::Ls { cluster, json, .. } => mirrord_net::kubernetes::ls::run(&cluster, json)
+            Command::Ls { cluster, json, .. } => mirrord_net_kubernetes::ls::run(&cluster, json)
                 .await
                 .map_err(anyhow::Error::from),
             Command::Doctor { args, .. } => Ok(mirrord_net::doctor::run(&args).await),
-            Command::Clean { args, .. } => mirrord_net::kubernetes::clean::run(&args)
+            Command::Clean { args, .. } => mirrord_net_kubernetes::clean::run(&args)
                 .await
                 .map_err(anyhow::Error::from),
             Command::Demo { verbose, command } => {

@@ -20,7 +20,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 
 use clap::Args;
 
-use crate::session::{
+use mirrord_net_session::{
     valid_dns_name, Destination, DnsMode, DnsRules, FilterMode, NamePattern, OutgoingRules,
 };
 

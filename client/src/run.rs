@@ -23,18 +23,20 @@ use mirrord_net_protocol::trust::{SessionIdentity, TrustError};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::agent::{self, AgentError};
-use crate::agent_handle::SessionAgent;
 use crate::cli::SessionArgs;
 use crate::environment::CommandEnv;
-use crate::files::{self, FsMode};
 use crate::incoming;
-use crate::kubernetes::{self, KubeError};
+use crate::local_agent::{self, AgentError};
 use crate::progress::Progress;
+use crate::remote_paths::{self, FsMode};
 use crate::report::{Failure, Kind};
-use crate::session::{self, userns, Session, SessionError, SessionPrivileges, SessionSpec};
+use crate::session_agent::SessionAgent;
 use crate::target::{Target, TargetError};
-use crate::tunnel::{self, pump, Tunnel, TunnelError};
+use mirrord_net_kubernetes::{self as kubernetes, KubeError};
+use mirrord_net_session::{
+    self as session, userns, Session, SessionError, SessionPrivileges, SessionSpec,
+};
+use mirrord_net_tunnel::{self as tunnel, pump, Tunnel, TunnelError};
 
 /// How long the user's command gets to exit after the agent is lost, before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_secs(3);
@@ -99,7 +101,7 @@ impl RunError {
             RunError::Target(_) => Kind::Usage,
             RunError::Agent(AgentError::NotFound(_)) => Kind::Environment,
             RunError::Agent(_) => Kind::AgentFailed,
-            RunError::Kubernetes(err) => err.kind(),
+            RunError::Kubernetes(err) => kube_kind(err),
             RunError::Tunnel(_) | RunError::Trust(_) => Kind::Connection,
             RunError::Incoming(_) | RunError::Outgoing(_) => Kind::BadConfig,
             RunError::AgentLost(_) | RunError::AgentSilent(_) => Kind::AgentLost,
@@ -120,9 +122,28 @@ pub fn classify(err: &anyhow::Error) -> Kind {
         return err.kind();
     }
     if let Some(err) = err.downcast_ref::<KubeError>() {
-        return err.kind();
+        return kube_kind(err);
     }
     Kind::Internal
+}
+
+/// The class of a Kubernetes failure.
+fn kube_kind(err: &KubeError) -> Kind {
+    match err {
+        KubeError::Config(_) => Kind::BadConfig,
+        KubeError::Denied(_) => Kind::Permission,
+        KubeError::NotFound { .. } => Kind::TargetNotFound,
+        KubeError::NoReadyPod { .. }
+        | KubeError::PodNotRunning { .. }
+        | KubeError::ContainerNotRunning { .. } => Kind::TargetUnavailable,
+        KubeError::ContainerNeeded { .. } | KubeError::NoSuchContainer { .. } => Kind::BadConfig,
+        KubeError::ImageMissing { .. }
+        | KubeError::AgentTimeout { .. }
+        | KubeError::AgentFailed { .. }
+        | KubeError::Interrupted => Kind::AgentFailed,
+        KubeError::Transport(_) => Kind::Connection,
+        KubeError::Api { .. } => Kind::Internal,
+    }
 }
 
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
@@ -331,7 +352,7 @@ pub(crate) async fn start_agent_and_connect(
                 target,
                 &identity,
                 kubernetes::SessionWants {
-                    fs_mode: args.fs_mode,
+                    fs_mode: args.fs_mode.as_arg(),
                     incoming: args.incoming.agent_arg(),
                     log_filter: agent_log_filter(args.verbose),
                     reconnect_window: args.reconnect.window(),
@@ -350,7 +371,7 @@ pub(crate) async fn start_agent_and_connect(
     let identity = SessionIdentity::generate()?;
     let packets = local_packets();
     let listen = local_agent_listen();
-    let agent = agent::start_local(
+    let agent = local_agent::start_local(
         pid,
         identity.fingerprint(),
         agent_log_filter(args.verbose),
@@ -475,18 +496,18 @@ const LOCAL_PACKETS_ENV: &str = "MIRRORD_NET_LOCAL_PACKETS";
 /// Which way a local target's packets go: by default the agent serves the session's TUN
 /// itself (`tun`); `MIRRORD_NET_LOCAL_PACKETS=quic` keeps them on the QUIC tunnel, as a
 /// remote agent's do (tests and measurements of that path without a cluster).
-fn local_packets() -> agent::LocalPackets {
+fn local_packets() -> local_agent::LocalPackets {
     match std::env::var(LOCAL_PACKETS_ENV).as_deref() {
-        Ok("quic") => agent::LocalPackets::Quic,
-        Ok("tun") | Ok("") | Err(_) => agent::LocalPackets::Tun,
+        Ok("quic") => local_agent::LocalPackets::Quic,
+        Ok("tun") | Ok("") | Err(_) => local_agent::LocalPackets::Tun,
         Ok(other) => {
             tracing::warn!("{LOCAL_PACKETS_ENV}={other:?} is neither tun nor quic; using tun");
-            agent::LocalPackets::Tun
+            local_agent::LocalPackets::Tun
         }
     }
 }
 
-/// The target's files for the session: its root at [`files::remote_root`], its own mounts
+/// The target's files for the session: its root at [`session::remote_root`], its own mounts
 /// (and `--fs-remote` paths) over the local ones, served over the session's connection.
 /// `target_mountinfo` is the target's mount table as the agent read it (the target may be on
 /// another machine).
@@ -506,9 +527,9 @@ fn remote_files(
         );
         String::new()
     });
-    let chosen = files::choose(
-        &files::parse_mountinfo(target_mountinfo),
-        &files::parse_mountinfo(&own_mountinfo),
+    let chosen = remote_paths::choose(
+        &remote_paths::parse_mountinfo(target_mountinfo),
+        &remote_paths::parse_mountinfo(&own_mountinfo),
         &args.fs_remote,
         &args.fs_local,
         &mount_point,
@@ -604,21 +625,21 @@ pub(crate) fn preflight(args: &SessionArgs) -> Result<Preflight, RunError> {
 /// `--local` names already resolved.
 pub(crate) struct Preflight {
     pub privileges: SessionPrivileges,
-    pub outgoing: Option<crate::session::OutgoingRules>,
+    pub outgoing: Option<mirrord_net_session::OutgoingRules>,
     /// The DNS filter.
-    pub dns: Option<crate::session::DnsRules>,
+    pub dns: Option<mirrord_net_session::DnsRules>,
 }
 
 const TUN: &str = "/dev/net/tun";
 const FUSE: &str = "/dev/fuse";
 
-/// Where a session with `privileges` mounts the target's root (see [`files::remote_root`]).
+/// Where a session with `privileges` mounts the target's root (see [`session::remote_root`]).
 pub(crate) fn session_remote_root(privileges: SessionPrivileges) -> std::path::PathBuf {
     let rootless_uid = match privileges {
         SessionPrivileges::Root => None,
         SessionPrivileges::Rootless(maps) => Some(maps.uid.outside),
     };
-    files::remote_root(
+    session::remote_root(
         rootless_uid,
         std::env::var_os("XDG_RUNTIME_DIR")
             .as_deref()

@@ -2,12 +2,12 @@
 //!
 //! `pid/PID` is any process on this machine: a container, a service, a process inside another
 //! network namespace. `pod/NAME`, `deploy/NAME` and the other Kubernetes kinds name a
-//! container in a cluster; `crate::kubernetes::target` resolves them.
+//! container in a cluster; `mirrord_net_kubernetes::target` resolves them.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::kubernetes::target::{Kind, KubeTarget};
+use mirrord_net_kubernetes::target::{Kind, KubeTarget};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

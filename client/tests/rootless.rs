@@ -22,14 +22,13 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirrord_net::files;
-use mirrord_net::session::{
-    Destination, FilterMode, IdMaps, OutgoingRules, RemoteFiles, Session, SessionError,
-    SessionOptions, SessionPrivileges, SessionSpec, SetupStep,
-};
 use mirrord_net_agent::files::{Access, FileServer};
 use mirrord_net_fuse_fs::transport::{Reply, Transport, TransportError};
 use mirrord_net_protocol::fs::FsRequest;
+use mirrord_net_session::{
+    Destination, FilterMode, IdMaps, OutgoingRules, RemoteFiles, Session, SessionError,
+    SessionOptions, SessionPrivileges, SessionSpec, SetupStep,
+};
 
 const NOBODY: u32 = 65534;
 /// Set in the copy of this binary that plays the unprivileged client: the scratch directory.
@@ -436,7 +435,7 @@ fn rootless_session_mounts_the_targets_files_where_the_user_can() {
     let local_of = |scratch: &Path| scratch.join("local-config");
     if let Some(scratch) = in_unprivileged_copy() {
         let server = Arc::new(FileServer::open(&tree_of(&scratch), Access::ReadOnly).unwrap());
-        let mount_point = files::remote_root(Some(NOBODY), None);
+        let mount_point = mirrord_net_session::remote_root(Some(NOBODY), None);
         assert_eq!(mount_point, Path::new("/tmp/mirrord-net-65534/root"));
         let local = local_of(&scratch);
         let (code, output) = block_on(async {

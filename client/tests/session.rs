@@ -11,7 +11,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mirrord_net::session::{RunAs, Session, SessionError, SessionOptions, SessionSpec, SetupStep};
+use mirrord_net_session::{RunAs, Session, SessionError, SessionOptions, SessionSpec, SetupStep};
 use nix::sys::signal::Signal;
 
 const POD_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 7);

@@ -571,5 +571,4 @@ fn unexpected(response: FsResponse) -> i32 {
 }
 
 #[cfg(test)]
-#[path = "ops_tests.rs"]
 mod tests;

@@ -5,7 +5,7 @@
 //! makes a smoltcp socket whose local endpoint is the original client's address and port
 //! and which connects to the session's address and the local program's port, so the
 //! program's `accept()` sees the real peer. From then on the flow is an ordinary one (see
-//! `tcp.rs`) whose "upstream" socket is the accepted connection. If the session answers the
+//! `tcp/mod.rs`) whose "upstream" socket is the accepted connection. If the session answers the
 //! SYN with RST (nothing listens), or not within a few seconds, the accepted connection is
 //! given back untouched through [`InboundConnection::done`], so the caller can take it to
 //! the target instead.

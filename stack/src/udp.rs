@@ -21,7 +21,7 @@
 //! * A send that would block (socket buffer full) parks the datagram in a small per-flow
 //!   backlog until the socket is writable; past the backlog's bound datagrams are dropped
 //!   and counted, as the kernel would drop them.
-//! * Replies larger than the tunnel MTU are fragmented (see `packet.rs`).
+//! * Replies larger than the tunnel MTU are fragmented (see `packet/fragment.rs`).
 //! * Replies stop being read while the tunnel queue is over its high-water mark; the flow
 //!   is parked and resumed when the queue drains, and the kernel socket buffer holds (or, at
 //!   its limit, drops) what arrives meanwhile.

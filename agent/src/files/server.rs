@@ -523,5 +523,4 @@ fn timespec(time: Option<SetTime>) -> libc::timespec {
 }
 
 #[cfg(test)]
-#[path = "server_tests.rs"]
 mod tests;

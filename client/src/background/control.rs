@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::dir;
-use super::protocol::{self, FrameDecoder, Op, Phase, Reply, Request, SessionInfo};
+use mirrord_net_protocol::framing::{self, FrameDecoder};
+
+use super::protocol::{self, Op, Phase, Reply, Request, SessionInfo};
 use crate::report::{Failure, Kind};
 
 /// Whether a holder answers on `socket`.
@@ -44,7 +46,7 @@ pub fn connect(name: &str, op: Op) -> Result<UnixStream, Failure> {
     let mut writer = &stream;
     // A holder that refuses this user answers before reading and closes: the write may fail
     // then, and the reply still waits to be read.
-    let _ = writer.write_all(&protocol::encode(&Request::new(op)));
+    let _ = writer.write_all(&framing::encode_json(&Request::new(op)));
     Ok(stream)
 }
 
@@ -63,7 +65,7 @@ pub fn recv(
 ) -> std::io::Result<Option<Reply>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     loop {
-        match decoder.next_message::<Reply>() {
+        match decoder.next_json_message::<Reply>() {
             Ok(Some(reply)) => return Ok(Some(reply)),
             Ok(None) => {}
             Err(err) => return Err(std::io::Error::other(err)),
@@ -107,7 +109,7 @@ pub fn recv(
 /// Asks session `name` for one reply.
 fn ask(name: &str, op: Op) -> Result<Reply, Failure> {
     let stream = connect(name, op)?;
-    let mut decoder = FrameDecoder::default();
+    let mut decoder = FrameDecoder::local();
     let mut fds = Vec::new();
     match recv(&stream, &mut decoder, &mut fds) {
         Ok(Some(Reply::Refused { reason })) => Err(Failure::new(Kind::Permission, reason)),
@@ -238,9 +240,9 @@ pub fn down(name: &str) -> Result<u8, Failure> {
     // The holder answers Down once everything is gone, or dies trying: either way the end of
     // the connection is the end of the session.
     let _ = reader.read_to_end(&mut rest);
-    let mut decoder = FrameDecoder::default();
+    let mut decoder = FrameDecoder::local();
     decoder.push(&rest);
-    match decoder.next_message::<Reply>() {
+    match decoder.next_json_message::<Reply>() {
         Ok(Some(Reply::Refused { reason })) => Err(Failure::new(Kind::Permission, reason)),
         _ => Ok(0),
     }

@@ -18,7 +18,7 @@ pub const DIR_ENV: &str = "MIRRORD_NET_RUNTIME_DIR";
 /// The user sessions started now belong to, and their primary group: `$SUDO_UID`/`$SUDO_GID`
 /// under sudo, else the real ids.
 pub fn owner() -> (u32, u32) {
-    match crate::session::invoking_user() {
+    match mirrord_net_session::invoking_user() {
         Some(user) => (user.uid, user.gid),
         None => (
             nix::unistd::getuid().as_raw(),

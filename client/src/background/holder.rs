@@ -40,16 +40,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use super::dir;
-use super::protocol::{
-    self, Action, FrameDecoder, HolderState, JoinInfo, Phase, Reply, Request, SessionInfo,
-};
-use crate::agent_handle::SessionAgent;
+use mirrord_net_protocol::framing::{self, FrameDecoder};
+
+use super::protocol::{self, Action, HolderState, JoinInfo, Phase, Reply, Request, SessionInfo};
 use crate::cli::SessionArgs;
-use crate::files::FsMode;
+use crate::remote_paths::FsMode;
 use crate::report::{Failure, Kind};
 use crate::run::{self, classify};
-use crate::session::SessionPrivileges;
+use crate::session_agent::SessionAgent;
 use crate::target::Target;
+use mirrord_net_session::SessionPrivileges;
 
 /// The keeper's argument: `/proc/self/exe __keep` is the session's command.
 pub const KEEP_ARG: &str = "__keep";
@@ -353,7 +353,7 @@ async fn hold(
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&log);
     if let Some(mut stream) = down_stream {
-        let _ = stream.write_all(&protocol::encode(&Reply::Down)).await;
+        let _ = stream.write_all(&framing::encode_json(&Reply::Down)).await;
     }
     0
 }
@@ -365,7 +365,7 @@ fn agent_last_error(agent: &Option<SessionAgent>) -> Option<String> {
 /// What the holder keeps while the session runs.
 struct Started {
     agent: Option<SessionAgent>,
-    tunnel: crate::tunnel::Tunnel,
+    tunnel: mirrord_net_tunnel::Tunnel,
     running: run::Running,
     listener: UnixListener,
     shared: Arc<Shared>,
@@ -463,7 +463,7 @@ async fn start_session(
         run_as: if args.as_root {
             None
         } else {
-            crate::session::invoking_user().map(|user| (user.uid, user.gid))
+            mirrord_net_session::invoking_user().map(|user| (user.uid, user.gid))
         },
         remote_root: (args.fs_mode != FsMode::Off).then(|| {
             use std::os::unix::ffi::OsStringExt;
@@ -565,7 +565,7 @@ async fn end(
     shared: &Shared,
     running: &mut run::Running,
     agent: &mut Option<SessionAgent>,
-    tunnel: &mut Option<crate::tunnel::Tunnel>,
+    tunnel: &mut Option<mirrord_net_tunnel::Tunnel>,
     reason: String,
 ) {
     tracing::warn!("{reason}");
@@ -601,11 +601,11 @@ async fn serve(mut stream: UnixStream, shared: Arc<Shared>, down: mpsc::Sender<U
     };
     if let Err(reason) = protocol::authorize(peer, shared.owner) {
         let _ = stream
-            .write_all(&protocol::encode(&Reply::Refused { reason }))
+            .write_all(&framing::encode_json(&Reply::Refused { reason }))
             .await;
         return;
     }
-    let mut decoder = FrameDecoder::default();
+    let mut decoder = FrameDecoder::local();
     let request: Request =
         match tokio::time::timeout(Duration::from_secs(10), read_message(&stream, &mut decoder))
             .await
@@ -616,16 +616,20 @@ async fn serve(mut stream: UnixStream, shared: Arc<Shared>, down: mpsc::Sender<U
     let action = shared.state.lock().expect("state").on_request(&request);
     match action {
         Action::Reply(reply) => {
-            let _ = stream.write_all(&protocol::encode(&reply)).await;
+            let _ = stream.write_all(&framing::encode_json(&reply)).await;
         }
         Action::Shutdown => {
             let _ = down.send(stream).await;
         }
         Action::Join => {
             let reply = Reply::Joined(Box::new(shared.join.clone()));
-            if send_with_fd(&stream, &protocol::encode(&reply), shared.init.as_raw_fd())
-                .await
-                .is_err()
+            if send_with_fd(
+                &stream,
+                &framing::encode_json(&reply),
+                shared.init.as_raw_fd(),
+            )
+            .await
+            .is_err()
             {
                 return;
             }
@@ -645,7 +649,7 @@ async fn joined(stream: &mut UnixStream, shared: &Shared) {
             let news = ended.borrow_and_update().clone();
             if let Some(reason) = news {
                 let _ = stream
-                    .write_all(&protocol::encode(&Reply::Ended { reason }))
+                    .write_all(&framing::encode_json(&Reply::Ended { reason }))
                     .await;
                 told = true;
             }
@@ -677,7 +681,7 @@ async fn read_message<T: for<'de> Deserialize<'de>>(
     decoder: &mut FrameDecoder,
 ) -> Option<T> {
     loop {
-        if let Ok(Some(message)) = decoder.next_message() {
+        if let Ok(Some(message)) = decoder.next_json_message() {
             return Some(message);
         }
         stream.readable().await.ok()?;

@@ -5,7 +5,7 @@
 //! first when the session has one (a session without root), then mount, network, UTS and
 //! PID — and forks the command, which is then born in the session's PID namespace (its
 //! parent stays outside, as with `nsenter`; its orphans go to the session's init). From there
-//! the command is made exactly as a session's own command is ([`session`](crate::session)):
+//! the command is made exactly as a session's own command is ([`session`](mirrord_net_session)):
 //! the user it runs as (`$SUDO_UID` unless `--as-root` was given to `up`), its environment
 //! composed from this process's environment and the target's by the same layers and flags
 //! (`up`'s `--env-*` flags, which the holder hands over), `$MIRRORD_NET_REMOTE_ROOT`, the
@@ -34,10 +34,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::control;
-use super::protocol::{FrameDecoder, JoinInfo, Op, Reply};
+use mirrord_net_protocol::framing::FrameDecoder;
+
+use super::protocol::{JoinInfo, Op, Reply};
 use crate::environment::{CommandEnv, EnvArgs};
 use crate::report::{Failure, Kind};
-use crate::session::{self, RunAs};
+use mirrord_net_session::{self as session, RunAs};
 
 /// `si_code` of a signal the kernel generated (the terminal's, among others).
 const SI_KERNEL: i32 = 0x80;
@@ -46,7 +48,7 @@ const SI_KERNEL: i32 = 0x80;
 /// exists.
 pub fn run(name: &str, command: Vec<OsString>) -> Result<i32, Failure> {
     let stream = control::connect(name, Op::Join)?;
-    let mut decoder = FrameDecoder::default();
+    let mut decoder = FrameDecoder::local();
     let mut fds = Vec::new();
     let info = match control::recv(&stream, &mut decoder, &mut fds) {
         Ok(Some(Reply::Joined(info))) => info,
@@ -132,7 +134,7 @@ fn prepare(info: &JoinInfo, command: Vec<OsString>) -> Result<Prepared, Failure>
         .transpose()?;
     let mut session_env = user.as_ref().map(session::identity_env).unwrap_or_default();
     if let Some(root) = &info.remote_root {
-        session_env.push((crate::files::REMOTE_ROOT_ENV, root.as_slice()));
+        session_env.push((session::REMOTE_ROOT_ENV, root.as_slice()));
     }
     let env = session::compose_env(
         std::env::vars_os(),

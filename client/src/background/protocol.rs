@@ -17,8 +17,8 @@
 //! joined connection counts as one running command until it closes; the count is what `ps`
 //! shows.
 //!
-//! Frames are a 4-byte little-endian length and a JSON body, as on the session's own
-//! socketpair; [`FrameDecoder`] takes bytes as they come and gives whole messages.
+//! The messages travel as the wire crate's local frames (`mirrord_net_protocol::framing`: a
+//! 4-byte length and a JSON body), as on the session's own socketpair.
 
 use std::net::IpAddr;
 
@@ -26,11 +26,6 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol's version: a CLI and a holder of different builds refuse each other plainly.
 pub const VERSION: u32 = 1;
-
-/// Length of a frame's header.
-pub const FRAME_HEADER_LEN: usize = 4;
-/// Largest frame accepted (a target's environment can be large; nothing else is).
-pub const MAX_FRAME_LEN: usize = 16 << 20;
 
 /// What the CLI asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,58 +128,6 @@ pub struct JoinInfo {
     pub user_namespace: bool,
 }
 
-/// Encodes one message as a frame.
-pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
-    let body = serde_json::to_vec(message).expect("control messages always serialize");
-    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&body);
-    frame
-}
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    #[error("a control frame of {0} bytes is larger than the {MAX_FRAME_LEN}-byte limit")]
-    TooLarge(usize),
-    #[error("a malformed control message: {0}")]
-    Malformed(String),
-}
-
-/// Collects bytes as they arrive and gives whole messages.
-#[derive(Debug, Default)]
-pub struct FrameDecoder {
-    buf: Vec<u8>,
-}
-
-impl FrameDecoder {
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// The next whole message, `Ok(None)` while it is incomplete.
-    pub fn next_message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
-        let Some(header) = self.buf.get(..FRAME_HEADER_LEN) else {
-            return Ok(None);
-        };
-        let len = u32::from_le_bytes(header.try_into().expect("four bytes")) as usize;
-        if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge(len));
-        }
-        let Some(body) = self.buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
-            return Ok(None);
-        };
-        let message =
-            serde_json::from_slice(body).map_err(|err| FrameError::Malformed(err.to_string()))?;
-        self.buf.drain(..FRAME_HEADER_LEN + len);
-        Ok(Some(message))
-    }
-
-    /// Whether bytes of an unfinished frame are waiting.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-}
-
 /// Whether the process with uid `peer` may use a session of `owner`: the owner, and root
 /// (who could enter its namespaces anyway).
 /// The error is the refusal's reason.
@@ -282,6 +225,7 @@ impl HolderState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mirrord_net_protocol::framing::{encode_json, FrameDecoder};
 
     fn info() -> SessionInfo {
         SessionInfo {
@@ -299,21 +243,21 @@ mod tests {
     }
 
     #[test]
-    fn frames_come_out_whole_whatever_the_pieces() {
-        let mut bytes = encode(&Request::new(Op::Join));
-        bytes.extend(encode(&Reply::Ended {
+    fn requests_and_replies_come_out_whole_whatever_the_pieces() {
+        let mut bytes = encode_json(&Request::new(Op::Join));
+        bytes.extend(encode_json(&Reply::Ended {
             reason: "agent lost".into(),
         }));
-        let mut decoder = FrameDecoder::default();
+        let mut decoder = FrameDecoder::local();
         let mut requests = Vec::new();
         let mut replies = Vec::new();
         for byte in bytes {
             decoder.push(&[byte]);
             if requests.is_empty() {
-                if let Some(request) = decoder.next_message::<Request>().unwrap() {
+                if let Some(request) = decoder.next_json_message::<Request>().unwrap() {
                     requests.push(request);
                 }
-            } else if let Some(reply) = decoder.next_message::<Reply>().unwrap() {
+            } else if let Some(reply) = decoder.next_json_message::<Reply>().unwrap() {
                 replies.push(reply);
             }
         }
@@ -324,24 +268,7 @@ mod tests {
                 reason: "agent lost".into()
             }]
         );
-        assert!(decoder.is_empty());
-    }
-
-    #[test]
-    fn an_oversized_or_malformed_frame_is_an_error() {
-        let mut decoder = FrameDecoder::default();
-        decoder.push(&(MAX_FRAME_LEN as u32 + 1).to_le_bytes());
-        assert_eq!(
-            decoder.next_message::<Request>(),
-            Err(FrameError::TooLarge(MAX_FRAME_LEN + 1))
-        );
-        let mut decoder = FrameDecoder::default();
-        decoder.push(&2u32.to_le_bytes());
-        decoder.push(b"{]");
-        assert!(matches!(
-            decoder.next_message::<Request>(),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(!decoder.has_partial_frame());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::cli::{Cli, Command};
-use crate::files::FsMode;
+use crate::remote_paths::FsMode;
 use crate::target::Target;
 
 /// A file of this test's own in the temporary directory, removed on drop.

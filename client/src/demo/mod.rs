@@ -41,8 +41,8 @@ pub use names::{POD_ARG, PROBE_ARG};
 pub use pod::pod_main;
 pub use probe::probe_main;
 
-use crate::agent::{self, AgentError};
 use crate::cli::SessionArgs;
+use crate::local_agent::{self, AgentError};
 use crate::run::{self, RunError};
 use crate::target::Target;
 use pod::{Pod, PodError};
@@ -78,7 +78,7 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         return Err(DemoError::NeedRoot);
     }
     // Fail before building anything when the session cannot run at all.
-    agent::agent_path().map_err(DemoError::NoAgent)?;
+    local_agent::agent_path().map_err(DemoError::NoAgent)?;
     let exe = std::env::current_exe().map_err(DemoError::OwnBinary)?;
 
     // A listener on the host's loopback: the probe shows that the session cannot reach it.
@@ -117,7 +117,7 @@ pub async fn run_demo(verbose: u8, command: Option<Vec<OsString>>) -> Result<i32
         verbose,
         quiet: false,
         env: Default::default(),
-        fs_mode: crate::files::FsMode::Read,
+        fs_mode: crate::remote_paths::FsMode::Read,
         fs_remote: Vec::new(),
         fs_local: Vec::new(),
         no_target_localhost: false,

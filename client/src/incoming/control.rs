@@ -8,7 +8,7 @@ use mirrord_net_protocol::framing::{self, FrameDecoder};
 use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, IncomingConfig, HEARTBEAT};
 use tokio::time::Instant;
 
-use crate::session::Served;
+use mirrord_net_session::Served;
 
 /// How often the heartbeat is checked for being due.
 const WATCH: Duration = Duration::from_millis(250);

@@ -209,7 +209,7 @@ fn a_stealing_agent_keeps_network_administration_and_drops_raw_sockets_it_does_n
     );
 }
 
-/// How the client names itself to its local agent (`client/src/client_process.rs`), for
+/// How the client names itself to its local agent (`kubernetes/src/client_process.rs`), for
 /// process `pid` of this machine with start time `start`.
 fn client_identity(pid: u32, start: u64) -> String {
     use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,254 @@
+//! Blocking frame I/O on the client–child socketpair, with descriptor passing.
+//!
+//! Both ends use plain blocking system calls: the child is single-threaded and has nothing
+//! else to do, the client runs its side on a blocking-pool thread. The socket is a stream
+//! (not `SOCK_SEQPACKET`) so that a spec of any size fits; its frames are the wire crate's local
+//! JSON frames (`mirrord_net_protocol::framing`), its messages are [`protocol`](super::protocol)'s.
+//!
+//! Descriptors travel as `SCM_RIGHTS` on the `sendmsg` that carries the first bytes of their
+//! frame. On a stream socket the kernel never merges bytes with and without ancillary data
+//! into one read, so every read here is a `recvmsg` with room for a few descriptors; whatever
+//! arrives is collected, made close-on-exec on receipt (`MSG_CMSG_CLOEXEC`, so no other child
+//! of the client inherits the TUN), and returned with the frame it came with. Descriptors
+//! beyond the few expected are closed rather than leaked. `MSG_NOSIGNAL` keeps a dead peer
+//! from killing the writer with SIGPIPE: it becomes an `EPIPE` error instead.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use mirrord_net_protocol::framing::{self, FrameError, LEN_PREFIX, MAX_LOCAL_FRAME_LEN};
+
+/// Most descriptors accepted on one read: the TUN, the session table's socket, the outgoing
+/// relay's five, the DNS relay's five, FUSE, the sock_diag socket.
+const MAX_FDS: usize = 16;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("the other side closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+}
+
+/// Sends `message` as one frame, with `fds` attached to its first bytes.
+pub fn send<T: Serialize>(
+    socket: BorrowedFd<'_>,
+    message: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ChannelError> {
+    let frame = framing::encode_json(message);
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mut sent = 0;
+    while sent < frame.len() {
+        let iov = [IoSlice::new(&frame[sent..])];
+        let rights = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage] = if sent == 0 && !raw.is_empty() {
+            &rights
+        } else {
+            &[]
+        };
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => sent += n,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(ChannelError::Closed),
+            Err(err) => return Err(io::Error::from(err).into()),
+        }
+    }
+    Ok(())
+}
+
+/// Receives one frame and the descriptors that came with it. A clean end of file before the
+/// first byte is [`ChannelError::Closed`]; in the middle of a frame it is an I/O error.
+pub fn recv<T: DeserializeOwned>(
+    socket: BorrowedFd<'_>,
+) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+    let mut fds = Vec::new();
+    let mut header = [0u8; LEN_PREFIX];
+    if !read_exact(socket, &mut header, &mut fds, true)? {
+        return Err(ChannelError::Closed);
+    }
+    let len = framing::body_len(header, MAX_LOCAL_FRAME_LEN)?;
+    let mut body = vec![0u8; len];
+    read_exact(socket, &mut body, &mut fds, false)?;
+    Ok((framing::decode_json_body(&body)?, fds))
+}
+
+/// Fills `buf`; `Ok(false)` if the peer closed before the first byte and `eof_ok` is set.
+fn read_exact(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    eof_ok: bool,
+) -> Result<bool, ChannelError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [IoSliceMut::new(&mut buf[filled..])];
+        let received = match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                for control in msg.cmsgs().map_err(io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(raw) = control {
+                        // SAFETY: the kernel just installed these descriptors in this process
+                        // for us; nothing else knows them.
+                        fds.extend(
+                            raw.into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+                if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                    return Err(io::Error::other("too many descriptors passed").into());
+                }
+                msg.bytes
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => 0,
+            Err(err) => return Err(io::Error::from(err).into()),
+        };
+        if received == 0 {
+            if filled == 0 && eof_ok {
+                return Ok(false);
+            }
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        filled += received;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsFd;
+
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+    use super::*;
+    use crate::protocol::{ChildMessage, ParentMessage};
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn descriptor_arrives_with_its_frame_and_still_works() {
+        let (a, b) = pair();
+        let mut file = std::fs::File::from(
+            nix::sys::memfd::memfd_create(c"channel-test", nix::sys::memfd::MFdFlags::empty())
+                .unwrap(),
+        );
+        file.write_all(b"through the socket").unwrap();
+        let ready = ChildMessage::Ready {
+            tun_name: "mnet0".into(),
+            warnings: vec![],
+            loopback_ipv6: false,
+            outgoing_relay: false,
+            served_ports: false,
+            dns_relay: false,
+        };
+        send(a.as_fd(), &ready, &[file.as_fd()]).unwrap();
+        send(a.as_fd(), &ready, &[]).unwrap();
+
+        let (message, fds) = recv::<ChildMessage>(b.as_fd()).unwrap();
+        assert_eq!(message, ready);
+        assert_eq!(fds.len(), 1);
+        let flags = nix::fcntl::fcntl(&fds[0], nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "received descriptors are close-on-exec"
+        );
+        let mut received = std::fs::File::from(fds.into_iter().next().unwrap());
+        received.rewind().unwrap();
+        let mut text = String::new();
+        received.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "through the socket");
+
+        // The second frame carries nothing, even though it follows one that did.
+        let (_, fds) = recv::<ChildMessage>(b.as_fd()).unwrap();
+        assert!(fds.is_empty());
+    }
+
+    #[test]
+    fn big_frame_crosses_in_pieces() {
+        let (a, b) = pair();
+        let reader = std::thread::spawn(move || recv::<ParentMessage>(b.as_fd()).map(|m| m.0));
+        let env = (0..20_000)
+            .map(|i| (format!("VAR{i}").into_bytes(), vec![b'x'; 40]))
+            .collect();
+        let spec = crate::protocol::ChildSpec {
+            version: 1,
+            privileges: crate::SessionPrivileges::Root,
+            tun_name: "mnet0".into(),
+            ipv4: vec![],
+            ipv6: vec![],
+            mtu: 1500,
+            hostname: "h".into(),
+            files: vec![],
+            command: vec![b"true".to_vec()],
+            user: None,
+            env: Some(env),
+            env_overrides: Vec::new(),
+            remote_files: None,
+            tun_offload: false,
+            tun_segmentation: false,
+            target_localhost: false,
+            outgoing: None,
+            dns_resolvers: None,
+        };
+        let message = ParentMessage::Spec(Box::new(spec));
+        send(a.as_fd(), &message, &[]).unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), message);
+    }
+
+    #[test]
+    fn closed_peer_is_reported_as_closed() {
+        let (a, b) = pair();
+        drop(a);
+        assert!(matches!(
+            recv::<ParentMessage>(b.as_fd()),
+            Err(ChannelError::Closed)
+        ));
+        assert!(matches!(
+            send(b.as_fd(), &ParentMessage::Go, &[]),
+            Err(ChannelError::Closed)
+        ));
+    }
+
+    #[test]
+    fn peer_dying_mid_frame_is_an_error_not_a_clean_close() {
+        let (a, b) = pair();
+        let frame = framing::encode_json(&ParentMessage::Go);
+        nix::unistd::write(&a, &frame[..frame.len() - 1]).unwrap();
+        drop(a);
+        assert!(matches!(
+            recv::<ParentMessage>(b.as_fd()),
+            Err(ChannelError::Io(_))
+        ));
+    }
+}
