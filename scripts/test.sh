@@ -24,9 +24,10 @@ cargo fmt --all -- --check
 step "linting"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "checking that imports flow one way within each crate (scripts/import-graph.py)"
+step "checking that imports flow one way within each crate (scripts/import-graph.py) and that the walks of docs/architecture.md name real functions (scripts/doc-walk-check.py)"
 python3 -m unittest discover -s scripts/tests -q
 python3 scripts/import-graph.py --check
+python3 scripts/doc-walk-check.py
 
 step "the test cluster's apt source choice, on sample files (tests/k8s/apt-sources-test.sh)"
 bash tests/k8s/apt-sources-test.sh

@@ -108,7 +108,7 @@ fn parse_profile(value: &str) -> Result<PathProfile, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    mirrord_net_protocol::transport::tune_heap_for_packets();
+    mirrord_net_protocol::heap::tune_for_packets();
     init_logging();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

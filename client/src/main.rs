@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    mirrord_net_protocol::transport::tune_heap_for_packets();
+    mirrord_net_protocol::heap::tune_for_packets();
     mirrord_net::init_logging(cli.command.verbose());
 
     // Children (the agent, the session) are spawned from this thread, inside `block_on`: their

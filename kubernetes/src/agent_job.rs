@@ -153,23 +153,6 @@ pub fn job_spec(target: &ResolvedTarget, settings: &AgentSettings) -> Job {
     }
 }
 
-/// Starts the agent Job for `target` and waits for its ready line. On any failure the Job is
-/// deleted before the error is returned.
-pub async fn start(
-    client: &kube::Client,
-    target: &ResolvedTarget,
-    settings: &AgentSettings,
-) -> Result<KubeAgent, KubeError> {
-    let mut agent = create(client, target, settings).await?;
-    match wait_ready(client, target, settings, &mut agent).await {
-        Ok(()) => Ok(agent),
-        Err(err) => {
-            agent.finish(Duration::ZERO).await;
-            Err(err)
-        }
-    }
-}
-
 /// Creates the agent Job; the returned handle deletes it when finished.
 pub async fn create(
     client: &kube::Client,

@@ -156,17 +156,6 @@ async fn form(client: &kube::Client) -> Form {
     }
 }
 
-/// Adds the agent to the target pod and waits for its ready line.
-pub async fn start(
-    client: &kube::Client,
-    target: &ResolvedTarget,
-    settings: &AgentSettings,
-) -> Result<KubeAgent, KubeError> {
-    let mut agent = create(client, target, settings).await?;
-    wait_ready(client, target, settings, &mut agent).await?;
-    Ok(agent)
-}
-
 /// Adds the agent container to the target pod.
 pub async fn create(
     client: &kube::Client,
@@ -301,6 +290,17 @@ pub async fn wait_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent added and ready, as a session starts it.
+    async fn start(
+        client: &kube::Client,
+        target: &ResolvedTarget,
+        settings: &AgentSettings,
+    ) -> Result<KubeAgent, KubeError> {
+        let mut agent = create(client, target, settings).await?;
+        wait_ready(client, target, settings, &mut agent).await?;
+        Ok(agent)
+    }
     use crate::agent_job::tests::{settings, target};
     use crate::testing::{Replay, Reply};
 

@@ -18,11 +18,14 @@
 //! Where only a byte stream reaches the agent, [`stream_datagrams`] frames the QUIC datagrams
 //! on it. The target's mount table, sent in the hello, is parsed by [`mountinfo`].
 //!
-//! Nothing in this crate does I/O; the QUIC settings in [`transport`] are plain values.
+//! Nothing in this crate does I/O; the QUIC settings in [`transport`] are plain values. Its one
+//! process-wide effect is [`heap::tune_for_packets`], the allocator setting both binaries make
+//! first thing in `main`.
 
 pub mod framing;
 pub mod fs;
 pub mod handshake;
+pub mod heap;
 pub mod http_filter;
 pub mod listening;
 pub mod loopback;

@@ -11,8 +11,10 @@
 //! local kernel already sized to fit. `min_mtu` cannot simply equal the loopback MTU: QUIC pads
 //! Initial packets to `min_mtu`, and long-header packets carry a 14-bit length, so the floor
 //! stays under 16 KiB ([`PathProfile::min_udp_payload_size`]). Only black-hole detection (a
-//! burst of lost full-size packets) could lower the MTU to that floor; the tunnel pump treats
-//! a datagram that no longer fits as a path-MTU event, not a silent drop.
+//! burst of lost full-size packets) could lower the MTU to that floor. The tunnel pump then
+//! drops each packet that no longer fits and counts it (`too large` in its statistics, logged
+//! at debug level); nothing tells the session's kernel, whose TCP keeps sending full-size
+//! segments. That is why the MTU is fixed and the floor only a formality.
 //!
 //! Datagram buffers are large on purpose. The inner TCP stacks retransmit on loss, but the
 //! agent's userspace stack has a one-second minimum RTO, so a datagram dropped on a full
@@ -225,37 +227,6 @@ pub fn enlarge_socket_buffers(socket: &impl std::os::fd::AsRawFd) {
         if !set(force) && !set(plain) {
             // Best effort: a smaller buffer costs speed, not correctness.
         }
-    }
-}
-
-// The heap of both ends' packet paths. Each inner packet on a loopback path is a ~64 KiB
-// allocation (a received datagram, a packet the stack builds) that lives for microseconds.
-// glibc's defaults return freed memory at the top of the heap to the kernel as soon as
-// 128 KiB are free (and its adaptive mmap threshold moves with the sizes seen), so a bulk
-// transfer kept giving pages back and faulting them in again: page faults were 12% of the
-// client's CPU in a download. Keeping a pad of freed heap instead raised the bulk rows by
-// ~19% (docs/benchmarks.md). The cost is freed memory that stays resident up to the trim
-// threshold after a burst.
-#[cfg(target_env = "gnu")]
-const HEAP_TRIM_THRESHOLD: libc::c_int = 64 << 20;
-#[cfg(target_env = "gnu")]
-const HEAP_TOP_PAD: libc::c_int = 16 << 20;
-/// Fixed, so it does not move with what is freed: the per-packet sizes stay on the heap.
-#[cfg(target_env = "gnu")]
-const HEAP_MMAP_THRESHOLD: libc::c_int = 1 << 20;
-
-/// Sets the process's allocator for a packet path: freed packet memory is kept for reuse,
-/// not returned to the kernel after every burst. Call once, first thing in `main`.
-pub fn tune_heap_for_packets() {
-    #[cfg(target_env = "gnu")]
-    for (param, value) in [
-        (libc::M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD),
-        (libc::M_TOP_PAD, HEAP_TOP_PAD),
-        (libc::M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD),
-    ] {
-        // SAFETY: mallopt only changes allocator parameters; any value is accepted or refused.
-        // Best effort: a refused value costs speed, not correctness.
-        let _ = unsafe { libc::mallopt(param, value) };
     }
 }
 

@@ -17,7 +17,6 @@
 //! destination unreachable, as a router would; one that cannot be sent for lack of
 //! privilege is dropped and counted.
 
-use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::ops::Range;
@@ -29,7 +28,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::ctx::Ctx;
-use super::flow::{fired, idle_check, FlowId, FlowWaker, IdleCheck, Proto, Slab, Token};
+use super::datagram::DatagramFlows;
+use super::flow::{FlowId, Proto, Token};
 use super::limits::{admit_flow, Limits, LoggedOnce, Refusal};
 use super::packet::{echo_request, push_echo_reply, push_unreachable, EchoKey};
 use super::stats::Stats;
@@ -69,22 +69,17 @@ pub(crate) fn parse_reply(kind: EchoSocketKind, v6: bool, buf: &[u8]) -> Option<
     })
 }
 
-struct Flow {
-    key: EchoKey,
+/// An echo flow's upstream end: its ICMP socket, and which kind it is.
+struct Upstream {
     socket: AsyncFd<Socket>,
     kind: EchoSocketKind,
-    waker: FlowWaker,
-    timer_at: Option<Instant>,
-    last_active: Instant,
 }
 
 /// All echo flows of a stack.
 pub(crate) struct IcmpFlows {
     limits: Limits,
     logged: LoggedOnce,
-    flows: Slab<Flow>,
-    by_key: HashMap<EchoKey, FlowId>,
-    idle: Duration,
+    flows: DatagramFlows<EchoKey, Upstream>,
     recv_buf: Box<[u8]>,
     send_buf: Vec<u8>,
     /// Per family (v4, v6): ping sockets were refused, go straight to raw.
@@ -102,9 +97,7 @@ impl IcmpFlows {
         Self {
             limits,
             logged: LoggedOnce::default(),
-            flows: Slab::default(),
-            by_key: HashMap::new(),
-            idle,
+            flows: DatagramFlows::new(Proto::Icmp, idle),
             recv_buf: vec![0; 65_535].into_boxed_slice(),
             send_buf: Vec::new(),
             raw_only: [false; 2],
@@ -121,9 +114,9 @@ impl IcmpFlows {
         seq: u16,
         data: Range<usize>,
     ) {
-        let id = match self.by_key.get(&key) {
-            Some(&id) => id,
-            None if admit_flow(&self.limits, self.by_key.len()).is_err() => {
+        let id = match self.flows.find(&key) {
+            Some(id) => id,
+            None if admit_flow(&self.limits, self.flows.len()).is_err() => {
                 Stats::inc(&ctx.stats.icmp_refused_by_limit);
                 if self.logged.first(Refusal::Flows) {
                     tracing::warn!(
@@ -152,7 +145,7 @@ impl IcmpFlows {
             seq,
             &pkt[data],
         );
-        match flow.socket.get_ref().send(&self.send_buf) {
+        match flow.upstream.socket.get_ref().send(&self.send_buf) {
             Ok(_) => Stats::inc(&ctx.stats.icmp_echo_requests),
             Err(e) => {
                 Stats::inc(&ctx.stats.icmp_dropped);
@@ -193,31 +186,7 @@ impl IcmpFlows {
         // SAFETY: the socket owns its descriptor and keeps it, unchanged, until the AsyncFd
         // that owns the socket drops it.
         let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
-        let id = self.flows.insert_with(|id| Flow {
-            key,
-            socket,
-            kind,
-            waker: FlowWaker::new(
-                Token {
-                    proto: Proto::Icmp,
-                    id,
-                },
-                ctx.ready,
-            ),
-            timer_at: None,
-            last_active: ctx.now,
-        });
-        self.by_key.insert(key, id);
-        let flow = self.flows.get_mut(id).expect("just inserted");
-        ctx.timers.arm(
-            &mut flow.timer_at,
-            ctx.now + self.idle,
-            Token {
-                proto: Proto::Icmp,
-                id,
-            },
-        );
-        flow.waker.wake();
+        let id = self.flows.insert(ctx, key, Upstream { socket, kind });
         Stats::inc(&ctx.stats.icmp_opened);
         Ok(id)
     }
@@ -244,7 +213,7 @@ impl IcmpFlows {
                 });
                 break;
             }
-            let mut guard = match flow.socket.poll_read_ready(&mut cx) {
+            let mut guard = match flow.upstream.socket.poll_read_ready(&mut cx) {
                 Poll::Ready(Ok(guard)) => guard,
                 Poll::Ready(Err(_)) | Poll::Pending => break,
             };
@@ -254,10 +223,11 @@ impl IcmpFlows {
                 sock.read(buf)
             }) {
                 Ok(Ok(n)) => {
-                    let Some(reply) = parse_reply(flow.kind, v6, &self.recv_buf[..n]) else {
+                    let Some(reply) = parse_reply(flow.upstream.kind, v6, &self.recv_buf[..n])
+                    else {
                         continue;
                     };
-                    if flow.kind == EchoSocketKind::Raw && reply.ident != flow.key.ident {
+                    if flow.upstream.kind == EchoSocketKind::Raw && reply.ident != flow.key.ident {
                         continue;
                     }
                     flow.last_active = ctx.now;
@@ -285,26 +255,8 @@ impl IcmpFlows {
 
     /// Reaps the flow if it stayed idle.
     pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: FlowId, at: Instant) {
-        let Some(flow) = self.flows.get_mut(id) else {
-            return;
-        };
-        if !fired(&mut flow.timer_at, at) {
-            return;
-        }
-        match idle_check(flow.last_active, ctx.now, self.idle) {
-            IdleCheck::Recheck(deadline) => ctx.timers.arm(
-                &mut flow.timer_at,
-                deadline,
-                Token {
-                    proto: Proto::Icmp,
-                    id,
-                },
-            ),
-            IdleCheck::Expire => {
-                let flow = self.flows.remove(id).expect("present");
-                self.by_key.remove(&flow.key);
-                Stats::inc(&ctx.stats.icmp_closed);
-            }
+        if self.flows.on_timer(ctx, id, at).is_some() {
+            Stats::inc(&ctx.stats.icmp_closed);
         }
     }
 }

@@ -43,6 +43,7 @@ mod buffer;
 pub mod busy_poll;
 mod config;
 mod ctx;
+mod datagram;
 mod device;
 mod engine;
 mod flow;

@@ -26,7 +26,7 @@
 //!   is parked and resumed when the queue drains, and the kernel socket buffer holds (or, at
 //!   its limit, drops) what arrives meanwhile.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::task::{Context, Poll};
@@ -37,7 +37,8 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use super::ctx::Ctx;
-use super::flow::{fired, idle_check, FlowId, FlowWaker, IdleCheck, Proto, Slab, Token};
+use super::datagram::DatagramFlows;
+use super::flow::{FlowId, Proto, Token};
 use super::limits::{admit_flow, Limits, LoggedOnce, Refusal};
 use super::packet::{push_udp, push_unreachable, synthetic_udp, FlowKey, Unreachable};
 use super::stats::Stats;
@@ -64,12 +65,9 @@ fn send_now(socket: &UdpSocket, payload: &[u8]) -> io::Result<usize> {
     socket2::SockRef::from(socket).send(payload)
 }
 
-struct Flow {
-    key: FlowKey,
+/// A UDP flow's upstream end: its connected socket, and what waits for it to be writable.
+struct Upstream {
     socket: UdpSocket,
-    waker: FlowWaker,
-    timer_at: Option<Instant>,
-    last_active: Instant,
     backlog: VecDeque<Bytes>,
 }
 
@@ -77,9 +75,7 @@ struct Flow {
 pub(crate) struct UdpFlows {
     limits: Limits,
     logged: LoggedOnce,
-    flows: Slab<Flow>,
-    by_key: HashMap<FlowKey, FlowId>,
-    idle: Duration,
+    flows: DatagramFlows<FlowKey, Upstream>,
     recv_buf: Box<[u8]>,
 }
 
@@ -88,9 +84,7 @@ impl UdpFlows {
         Self {
             limits,
             logged: LoggedOnce::default(),
-            flows: Slab::default(),
-            by_key: HashMap::new(),
-            idle,
+            flows: DatagramFlows::new(Proto::Udp, idle),
             recv_buf: vec![0; MAX_DATAGRAM].into_boxed_slice(),
         }
     }
@@ -103,9 +97,9 @@ impl UdpFlows {
         key: FlowKey,
         payload: Range<usize>,
     ) {
-        let id = match self.by_key.get(&key) {
-            Some(&id) => id,
-            None if admit_flow(&self.limits, self.by_key.len()).is_err() => {
+        let id = match self.flows.find(&key) {
+            Some(id) => id,
+            None if admit_flow(&self.limits, self.flows.len()).is_err() => {
                 Stats::inc(&ctx.stats.udp_refused_by_limit);
                 if self.logged.first(Refusal::Flows) {
                     tracing::warn!(
@@ -133,18 +127,19 @@ impl UdpFlows {
         };
         let flow = self.flows.get_mut(id).expect("mapped flow exists");
         flow.last_active = ctx.now;
-        if !flow.backlog.is_empty() {
-            if flow.backlog.len() < BACKLOG_LIMIT {
-                flow.backlog.push_back(pkt.slice(payload));
+        let upstream = &mut flow.upstream;
+        if !upstream.backlog.is_empty() {
+            if upstream.backlog.len() < BACKLOG_LIMIT {
+                upstream.backlog.push_back(pkt.slice(payload));
             } else {
                 Stats::inc(&ctx.stats.udp_dropped);
             }
             return;
         }
-        match send_now(&flow.socket, &pkt[payload.clone()]) {
+        match send_now(&upstream.socket, &pkt[payload.clone()]) {
             Ok(_) => Stats::inc(&ctx.stats.udp_datagrams_up),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                flow.backlog.push_back(pkt.slice(payload));
+                upstream.backlog.push_back(pkt.slice(payload));
                 flow.waker.wake();
             }
             Err(e) => {
@@ -162,32 +157,11 @@ impl UdpFlows {
 
     fn open(&mut self, ctx: &mut Ctx<'_>, key: FlowKey) -> io::Result<FlowId> {
         let socket = upstream::connect_udp(key.server)?;
-        let id = self.flows.insert_with(|id| Flow {
-            key,
+        let upstream = Upstream {
             socket,
-            waker: FlowWaker::new(
-                Token {
-                    proto: Proto::Udp,
-                    id,
-                },
-                ctx.ready,
-            ),
-            timer_at: None,
-            last_active: ctx.now,
             backlog: VecDeque::new(),
-        });
-        self.by_key.insert(key, id);
-        let flow = self.flows.get_mut(id).expect("just inserted");
-        ctx.timers.arm(
-            &mut flow.timer_at,
-            ctx.now + self.idle,
-            Token {
-                proto: Proto::Udp,
-                id,
-            },
-        );
-        // Service registers for replies.
-        flow.waker.wake();
+        };
+        let id = self.flows.insert(ctx, key, upstream);
         Stats::inc(&ctx.stats.udp_opened);
         tracing::debug!(?key, "udp flow opened");
         Ok(id)
@@ -202,25 +176,25 @@ impl UdpFlows {
         let mut cx = Context::from_waker(flow.waker.waker());
         let mtu = ctx.device.mtu();
 
-        while let Some(front) = flow.backlog.front() {
-            match send_now(&flow.socket, front) {
+        while let Some(front) = flow.upstream.backlog.front() {
+            match send_now(&flow.upstream.socket, front) {
                 Ok(_) => {
                     Stats::inc(&ctx.stats.udp_datagrams_up);
-                    flow.backlog.pop_front();
+                    flow.upstream.backlog.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match flow.socket.poll_send_ready(&mut cx) {
+                    match flow.upstream.socket.poll_send_ready(&mut cx) {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Ready(Err(_)) => {
                             Stats::inc(&ctx.stats.udp_dropped);
-                            flow.backlog.pop_front();
+                            flow.upstream.backlog.pop_front();
                         }
                         Poll::Pending => break,
                     }
                 }
                 Err(e) => {
                     Stats::inc(&ctx.stats.udp_dropped);
-                    flow.backlog.pop_front();
+                    flow.upstream.backlog.pop_front();
                     if let Some(why) = error_reply(&e) {
                         push_unreachable(&mut ctx.device.tx, mtu, &synthetic_udp(flow.key), why);
                     }
@@ -242,7 +216,7 @@ impl UdpFlows {
                 });
                 break;
             }
-            let err = match flow.socket.try_recv(&mut self.recv_buf) {
+            let err = match flow.upstream.socket.try_recv(&mut self.recv_buf) {
                 Ok(n) => {
                     received = true;
                     flow.last_active = ctx.now;
@@ -259,12 +233,12 @@ impl UdpFlows {
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match flow.socket.poll_recv_ready(&mut cx) {
+                    match flow.upstream.socket.poll_recv_ready(&mut cx) {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Ready(Err(_)) | Poll::Pending => {}
                     }
                     // Woken with nothing to read: perhaps an ICMP error (see below).
-                    match flow.socket.take_error() {
+                    match flow.upstream.socket.take_error() {
                         Ok(Some(e)) if !received => e,
                         _ => break,
                     }
@@ -288,37 +262,19 @@ impl UdpFlows {
         // UDP socket is always writable), and a wake-up with nothing to read checks
         // `SO_ERROR`. Once tokio has seen an error it keeps the socket write-ready; later
         // errors then surface on the next send instead.
-        if flow.backlog.is_empty() {
-            let _ = flow.socket.try_io(Interest::WRITABLE, || {
+        if flow.upstream.backlog.is_empty() {
+            let _ = flow.upstream.socket.try_io(Interest::WRITABLE, || {
                 Err::<(), _>(io::ErrorKind::WouldBlock.into())
             });
-            let _ = flow.socket.poll_send_ready(&mut cx);
+            let _ = flow.upstream.socket.poll_send_ready(&mut cx);
         }
     }
 
     /// Reaps the flow if it stayed idle.
     pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: FlowId, at: Instant) {
-        let Some(flow) = self.flows.get_mut(id) else {
-            return;
-        };
-        if !fired(&mut flow.timer_at, at) {
-            return;
-        }
-        match idle_check(flow.last_active, ctx.now, self.idle) {
-            IdleCheck::Recheck(deadline) => ctx.timers.arm(
-                &mut flow.timer_at,
-                deadline,
-                Token {
-                    proto: Proto::Udp,
-                    id,
-                },
-            ),
-            IdleCheck::Expire => {
-                let flow = self.flows.remove(id).expect("present");
-                self.by_key.remove(&flow.key);
-                Stats::inc(&ctx.stats.udp_closed);
-                tracing::debug!(key = ?flow.key, "udp flow idle; closed");
-            }
+        if let Some(flow) = self.flows.on_timer(ctx, id, at) {
+            Stats::inc(&ctx.stats.udp_closed);
+            tracing::debug!(key = ?flow.key, "udp flow idle; closed");
         }
     }
 }
