@@ -30,35 +30,13 @@ use mirrord_net_session::{
     SessionOptions, SessionPrivileges, SessionSpec, SetupStep,
 };
 
+mod support;
+
+use support::{host_links, host_mount_points, script_spec, Scratch};
+
 const NOBODY: u32 = 65534;
 /// Set in the copy of this binary that plays the unprivileged client: the scratch directory.
 const COPY_SCRATCH: &str = "MIRRORD_NET_TEST_ROOTLESS_SCRATCH";
-
-/// A directory anyone can write to, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "mirrord-net-rootless-test-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// In the copy that plays the client: its scratch directory.
 fn in_unprivileged_copy() -> Option<PathBuf> {
@@ -212,27 +190,14 @@ fn rootless_options() -> SessionOptions {
     }
 }
 
-/// A session that runs `script` with `sh -c`, its output going to `out`.
+/// A session that runs `script` with `sh -c`, its output going to `out`, on a target with a
+/// resolv.conf and hosts file of its own.
 fn spec(script: &str, out: &Path) -> SessionSpec {
     SessionSpec {
-        ipv4: vec!["10.244.1.7".parse().unwrap()],
-        ipv6: vec!["fd00::1:7".parse().unwrap()],
-        mtu: 1400,
         hostname: "rootless-pod".into(),
         resolv_conf: Some(b"nameserver 10.96.0.10\nsearch default.svc.cluster.local\n".to_vec()),
         hosts: Some(b"10.244.1.7 rootless-pod\n".to_vec()),
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            format!(
-                "PATH=$PATH:/usr/sbin:/sbin; exec >{} 2>&1; {script}",
-                out.display()
-            )
-            .into(),
-        ],
-        run_as: None,
-        env: None,
-        env_overrides: Vec::new(),
+        ..script_spec(script, out)
     }
 }
 
@@ -249,31 +214,6 @@ async fn run_script(
         .expect("the rootless session starts");
     let code = session.wait().await;
     (code, std::fs::read_to_string(&out).unwrap_or_default())
-}
-
-/// The host's mount points, less the network namespaces that tests running at the same time
-/// pin under /run/netns (a session never names its namespaces there).
-fn host_mount_points() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .map(|line| line.split(' ').nth(4).unwrap_or_default().to_owned())
-        .filter(|point| !point.starts_with("/run/netns/"))
-        .collect()
-}
-
-/// The host's interfaces, less the end-to-end fixtures' (named `mnet-…`), which tests running
-/// at the same time create and remove.
-fn host_links() -> String {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip runs on the host");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|line| !line.contains("mnet-"))
-        .map(|line| format!("{line}\n"))
-        .collect()
 }
 
 #[test]
@@ -317,7 +257,7 @@ fn rootless_session_has_its_own_network_hostname_and_files() {
     let host_resolv = std::fs::read("/etc/resolv.conf").unwrap();
     let links = host_links();
     let mounts = host_mount_points();
-    let scratch = Scratch::new("network");
+    let scratch = Scratch::new("rootless", "network");
     run_unprivileged(
         "rootless_session_has_its_own_network_hostname_and_files",
         &scratch,
@@ -350,7 +290,7 @@ fn rootless_command_runs_as_the_user_seen_from_the_host() {
         );
         return;
     }
-    let scratch = Scratch::new("uid");
+    let scratch = Scratch::new("rootless", "uid");
     run_unprivileged(
         "rootless_command_runs_as_the_user_seen_from_the_host",
         &scratch,
@@ -378,7 +318,7 @@ fn rootless_as_root_is_root_inside_and_the_user_outside() {
         assert_eq!(output, "0\n0\n");
         return;
     }
-    let scratch = Scratch::new("asroot");
+    let scratch = Scratch::new("rootless", "asroot");
     run_unprivileged(
         "rootless_as_root_is_root_inside_and_the_user_outside",
         &scratch,
@@ -408,7 +348,7 @@ fn rootless_exit_codes_pass_through() {
         });
         return;
     }
-    let scratch = Scratch::new("exit");
+    let scratch = Scratch::new("rootless", "exit");
     run_unprivileged("rootless_exit_codes_pass_through", &scratch, STOCK);
 }
 
@@ -475,7 +415,7 @@ fn rootless_session_mounts_the_targets_files_where_the_user_can() {
         );
         return;
     }
-    let scratch = Scratch::new("files");
+    let scratch = Scratch::new("rootless", "files");
     let tree = tree_of(&scratch.0);
     let local = local_of(&scratch.0);
     std::fs::create_dir_all(tree.join("etc")).unwrap();
@@ -551,7 +491,7 @@ fn rootless_session_dies_with_its_sigkilled_client() {
         });
         return;
     }
-    let scratch = Scratch::new("sigkill");
+    let scratch = Scratch::new("rootless", "sigkill");
     let links = host_links();
     let mut client = spawn_unprivileged(
         "rootless_session_dies_with_its_sigkilled_client",
@@ -621,7 +561,7 @@ fn rootless_session_leaves_nothing_after_the_command_exits() {
         });
         return;
     }
-    let scratch = Scratch::new("exit-clean");
+    let scratch = Scratch::new("rootless", "exit-clean");
     let links = host_links();
     let mounts = host_mount_points();
     run_unprivileged(
@@ -663,7 +603,7 @@ fn disabled_user_namespaces_are_named_in_the_error() {
         );
         return;
     }
-    let scratch = Scratch::new("no-userns");
+    let scratch = Scratch::new("rootless", "no-userns");
     run_unprivileged(
         "disabled_user_namespaces_are_named_in_the_error",
         &scratch,
@@ -693,7 +633,7 @@ fn a_device_the_user_cannot_open_is_named_with_the_mode_it_needs() {
         assert!(err.to_string().contains("it must be mode 0666"), "{err}");
         return;
     }
-    let scratch = Scratch::new("no-tun");
+    let scratch = Scratch::new("rootless", "no-tun");
     run_unprivileged(
         "a_device_the_user_cannot_open_is_named_with_the_mode_it_needs",
         &scratch,
@@ -757,7 +697,7 @@ fn rootless_pings_of_the_user_leave_through_the_clients_tun() {
         });
         return;
     }
-    let scratch = Scratch::new("ping");
+    let scratch = Scratch::new("rootless", "ping");
     run_unprivileged(
         "rootless_pings_of_the_user_leave_through_the_clients_tun",
         &scratch,
@@ -809,7 +749,7 @@ fn rootless_connections_to_localhost_leave_through_the_tun_for_the_target() {
         });
         return;
     }
-    let scratch = Scratch::new("localhost");
+    let scratch = Scratch::new("rootless", "localhost");
     run_unprivileged(
         "rootless_connections_to_localhost_leave_through_the_tun_for_the_target",
         &scratch,
@@ -868,7 +808,7 @@ fn rootless_local_destinations_leave_from_the_host() {
             let _ = self.0.wait();
         }
     }
-    let scratch = Scratch::new("outgoing");
+    let scratch = Scratch::new("rootless", "outgoing");
     let mut server = Server(
         Command::new("python3")
             .arg(concat!(

@@ -6,7 +6,7 @@
 //! own, as it would stay the user's terminal).
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use mirrord_net_session::{RunAs, Session, SessionError, SessionOptions, SessionSpec, SetupStep};
 use nix::sys::signal::Signal;
 
-const POD_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 7);
-const POD_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x1, 0x7);
+mod support;
+
+use support::{
+    host_links, host_mount_points as host_mounts, script_spec as spec, Scratch, POD_V4, POD_V6,
+};
 
 /// Asserts what every test here needs; returns true so call sites read as a precondition.
 fn can_run() -> bool {
@@ -34,56 +37,6 @@ fn options() -> SessionOptions {
     SessionOptions {
         program: Some(PathBuf::from(env!("CARGO_BIN_EXE_mirrord-net"))),
         ..SessionOptions::default()
-    }
-}
-
-/// A directory anyone can write to, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "mirrord-net-session-test-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A session that runs `script` with `sh -c`, its stdout and stderr going to `out`.
-fn spec(script: &str, out: &Path) -> SessionSpec {
-    SessionSpec {
-        ipv4: vec![POD_V4],
-        ipv6: vec![POD_V6],
-        mtu: 1400,
-        hostname: "pod-under-test".into(),
-        resolv_conf: None,
-        hosts: None,
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            format!(
-                "PATH=$PATH:/usr/sbin:/sbin; exec >{} 2>&1; {script}",
-                out.display()
-            )
-            .into(),
-        ],
-        run_as: None,
-        env: None,
-        env_overrides: Vec::new(),
     }
 }
 
@@ -108,28 +61,12 @@ async fn run_script(
     (code, output)
 }
 
-fn host_mounts() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .map(|line| line.split(' ').nth(4).unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn host_links() -> String {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip runs on the host");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn tun_carries_the_target_addresses_and_default_routes() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("tun");
+    let scratch = Scratch::new("session", "tun");
     let (code, output) = run_script(
         &scratch,
         "ip -o link show; ip -o addr show; echo ROUTES4; ip route; echo ROUTES6; ip -6 route",
@@ -171,7 +108,7 @@ async fn ipv4_only_target_gets_no_ipv6_default_route() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("v4only");
+    let scratch = Scratch::new("session", "v4only");
     let (code, output) = run_script(
         &scratch,
         "ip -o addr show mnet0; echo ROUTES6; ip -6 route",
@@ -191,7 +128,7 @@ async fn mtu_below_ipv6_minimum_leaves_the_session_ipv4_only() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("smallmtu");
+    let scratch = Scratch::new("session", "smallmtu");
     let (code, output) = run_script(
         &scratch,
         "ip -o addr show mnet0; ip -o link show mnet0",
@@ -214,7 +151,7 @@ async fn resolv_conf_and_hosts_are_the_targets_while_the_host_keeps_its_own() {
     let host_resolv = std::fs::read("/etc/resolv.conf").unwrap();
     let host_hosts = std::fs::read("/etc/hosts").unwrap();
     let mounts_before = host_mounts();
-    let scratch = Scratch::new("files");
+    let scratch = Scratch::new("session", "files");
     let (code, output) = run_script(
         &scratch,
         "cat /etc/resolv.conf; echo HOSTS; cat /etc/hosts",
@@ -247,7 +184,7 @@ async fn host_files_are_kept_when_the_target_gives_none() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("keep");
+    let scratch = Scratch::new("session", "keep");
     let (code, output) = run_script(&scratch, "cat /etc/resolv.conf", |_| {}).await;
     assert_eq!(code, 0, "{output}");
     assert_eq!(output, std::fs::read_to_string("/etc/resolv.conf").unwrap());
@@ -258,7 +195,7 @@ async fn files_are_shown_over_symlinks_even_dangling_ones_and_the_links_survive(
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("symlinks");
+    let scratch = Scratch::new("session", "symlinks");
     let real = scratch.path("real.conf");
     std::fs::write(&real, "host contents\n").unwrap();
     let linked = scratch.path("linked.conf");
@@ -293,7 +230,7 @@ async fn hostname_is_the_targets_and_the_hosts_is_unchanged() {
         return;
     }
     let host = nix::unistd::gethostname().unwrap();
-    let scratch = Scratch::new("hostname");
+    let scratch = Scratch::new("session", "hostname");
     let (code, output) = run_script(&scratch, "hostname", |_| {}).await;
     assert_eq!(code, 0, "{output}");
     assert_eq!(output, "pod-under-test\n");
@@ -308,7 +245,7 @@ async fn command_runs_as_the_requested_user_with_its_home() {
     let nobody = nix::unistd::User::from_name("nobody")
         .unwrap()
         .expect("Debian has a user nobody");
-    let scratch = Scratch::new("runas");
+    let scratch = Scratch::new("session", "runas");
     let out = scratch.path("out");
     std::fs::write(&out, "").unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -339,7 +276,7 @@ async fn command_without_run_as_stays_root() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("root");
+    let scratch = Scratch::new("session", "root");
     let (code, output) = run_script(&scratch, "id -u", |_| {}).await;
     assert_eq!((code, output.as_str()), (0, "0\n"));
 }
@@ -349,7 +286,7 @@ async fn given_environment_replaces_the_clients() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("env");
+    let scratch = Scratch::new("session", "env");
     let (code, output) = run_script(&scratch, "env | sort", |spec| {
         spec.env = Some(vec![
             (OsString::from("PATH"), OsString::from("/usr/bin:/bin")),
@@ -370,7 +307,7 @@ async fn exit_code_of_the_command_is_the_sessions() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("exit");
+    let scratch = Scratch::new("session", "exit");
     assert_eq!(run_script(&scratch, "exit 3", |_| {}).await.0, 3);
 }
 
@@ -379,7 +316,7 @@ async fn command_killed_by_a_signal_gives_128_plus_the_signal() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("kill9");
+    let scratch = Scratch::new("session", "kill9");
     assert_eq!(run_script(&scratch, "kill -9 $$", |_| {}).await.0, 137);
 }
 
@@ -408,7 +345,7 @@ async fn sigpipe_is_not_ignored_in_the_command() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("sigpipe");
+    let scratch = Scratch::new("session", "sigpipe");
     let (code, output) = run_script(&scratch, "grep SigIgn /proc/self/status", |_| {}).await;
     assert_eq!(code, 0, "{output}");
     let mask = u64::from_str_radix(output.split_whitespace().nth(1).unwrap(), 16).unwrap();
@@ -640,7 +577,7 @@ async fn child_that_never_answers_is_killed_after_the_timeout() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("timeout");
+    let scratch = Scratch::new("session", "timeout");
     let program = scratch.path("silent");
     let pid_file = scratch.path("pid");
     std::fs::write(
@@ -746,7 +683,7 @@ fn client_killed_by_sigkill_takes_the_command_with_it() {
     if played_helper_client() || !can_run() {
         return;
     }
-    let scratch = Scratch::new("sigkill");
+    let scratch = Scratch::new("session", "sigkill");
     let (mut helper, pid) = start_helper_client(
         &scratch,
         "client_killed_by_sigkill_takes_the_command_with_it",
@@ -836,7 +773,7 @@ async fn background_processes_die_when_the_command_exits() {
     }
     // A duration no other test uses, so that only this session's sleep can match.
     let sleeper = ["sleep", "987651"];
-    let scratch = Scratch::new("background");
+    let scratch = Scratch::new("session", "background");
     let (code, output) = run_script(
         &scratch,
         &format!("{} & echo $!; sleep 0.2", sleeper.join(" ")),
@@ -861,7 +798,7 @@ fn background_processes_die_when_the_client_is_killed() {
         return;
     }
     let sleeper = ["sleep", "987652"];
-    let scratch = Scratch::new("background-sigkill");
+    let scratch = Scratch::new("session", "background-sigkill");
     let (mut helper, _) = start_helper_client(
         &scratch,
         "background_processes_die_when_the_client_is_killed",
@@ -896,7 +833,7 @@ async fn the_command_sees_only_the_sessions_processes() {
     if !can_run() {
         return;
     }
-    let scratch = Scratch::new("pidns");
+    let scratch = Scratch::new("session", "pidns");
     let (code, output) = run_script(
         &scratch,
         "echo $$; ls /proc | grep -c '^[0-9][0-9]*$'; cat /proc/1/cmdline | tr '\\0' ' '",
