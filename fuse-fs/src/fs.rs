@@ -18,7 +18,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     Request, TimeOrNow, WriteFlags,
 };
-use mirrord_net_protocol::fs::{Attr, Caller, SetAttr, SetTime, Timestamp, MAX_IO};
+use mirrord_net_protocol::fs::{Attr, Caller, SetAttr, SetTime, StatFs, Timestamp, MAX_IO};
 use tokio::runtime::Handle;
 
 use crate::ops::{self, Remote};
@@ -52,6 +52,104 @@ impl<T: Transport> RemoteFs<T> {
     {
         self.runtime.spawn(work(self.remote.clone(), self.ttl));
     }
+
+    /// Answers `reply` on the runtime with what `call` gets from the agent: its value, or
+    /// the errno the agent answered.
+    fn answer<V, R, F, Fut>(&self, reply: R, call: F)
+    where
+        R: Answer<V>,
+        F: FnOnce(Arc<Remote<T>>) -> Fut,
+        Fut: std::future::Future<Output = Result<V, i32>> + Send + 'static,
+    {
+        let ttl = self.ttl;
+        let result = call(self.remote.clone());
+        self.runtime.spawn(async move {
+            match result.await {
+                Ok(value) => reply.value(value, &ttl),
+                Err(errno) => reply.errno(Errno::from_i32(errno)),
+            }
+        });
+    }
+}
+
+/// A kernel reply that takes the result of one call to the agent. fuser has a reply type
+/// per kind of answer; each says here how a value becomes its answer (`ttl`: how long the
+/// kernel may keep attributes and entries).
+trait Answer<V>: Send + 'static {
+    fn value(self, value: V, ttl: &Duration);
+    fn errno(self, errno: Errno);
+}
+
+macro_rules! answer_errno {
+    () => {
+        fn errno(self, errno: Errno) {
+            self.error(errno);
+        }
+    };
+}
+
+impl Answer<Attr> for ReplyEntry {
+    fn value(self, attr: Attr, ttl: &Duration) {
+        self.entry(ttl, &file_attr(&attr), Generation(0));
+    }
+    answer_errno!();
+}
+
+impl Answer<Attr> for ReplyAttr {
+    fn value(self, attr: Attr, ttl: &Duration) {
+        self.attr(ttl, &file_attr(&attr));
+    }
+    answer_errno!();
+}
+
+impl Answer<Vec<u8>> for ReplyData {
+    fn value(self, data: Vec<u8>, _ttl: &Duration) {
+        self.data(&data);
+    }
+    answer_errno!();
+}
+
+impl Answer<()> for ReplyEmpty {
+    fn value(self, (): (), _ttl: &Duration) {
+        self.ok();
+    }
+    answer_errno!();
+}
+
+impl Answer<ops::Opened> for ReplyOpen {
+    fn value(self, opened: ops::Opened, _ttl: &Duration) {
+        self.opened(FileHandle(opened.handle), open_flags(&opened));
+    }
+    answer_errno!();
+}
+
+impl Answer<ops::Opened> for ReplyCreate {
+    fn value(self, opened: ops::Opened, ttl: &Duration) {
+        self.created(
+            ttl,
+            &file_attr(&opened.attr),
+            Generation(0),
+            FileHandle(opened.handle),
+            FopenFlags::empty(),
+        );
+    }
+    answer_errno!();
+}
+
+impl Answer<u32> for ReplyWrite {
+    fn value(self, written: u32, _ttl: &Duration) {
+        self.written(written);
+    }
+    answer_errno!();
+}
+
+impl Answer<StatFs> for ReplyStatfs {
+    fn value(self, s: StatFs, _ttl: &Duration) {
+        self.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+        );
+    }
+    answer_errno!();
 }
 
 /// Drops cached listings as they pass the TTL, so that the nodes only they hold go back to
@@ -172,11 +270,8 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
-        self.spawn(|remote, ttl| async move {
-            match remote.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.lookup(parent.0, &name).await
         });
     }
 
@@ -185,12 +280,10 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(|remote, ttl| async move {
-            match remote.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
-        });
+        self.answer(
+            reply,
+            move |remote| async move { remote.getattr(ino.0).await },
+        );
     }
 
     fn setattr(
@@ -220,21 +313,16 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
             mtime: set_time(mtime),
         };
         let caller = caller(req);
-        self.spawn(|remote, ttl| async move {
-            match remote.setattr(ino.0, fh.map(|fh| fh.0), set, caller).await {
-                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.setattr(ino.0, fh.map(|fh| fh.0), set, caller).await
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(|remote, _| async move {
-            match remote.readlink(ino.0).await {
-                Ok(target) => reply.data(&target),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
-        });
+        self.answer(
+            reply,
+            move |remote| async move { remote.readlink(ino.0).await },
+        );
     }
 
     fn mkdir(
@@ -247,31 +335,22 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         reply: ReplyEntry,
     ) {
         let (name, caller) = (name_bytes(name), caller(req));
-        self.spawn(|remote, ttl| async move {
-            match remote.mkdir(parent.0, &name, mode, caller).await {
-                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.mkdir(parent.0, &name, mode, caller).await
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(|remote, _| async move {
-            match remote.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.unlink(parent.0, &name).await
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(|remote, _| async move {
-            match remote.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.rmdir(parent.0, &name).await
         });
     }
 
@@ -285,11 +364,8 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
     ) {
         let (name, caller) = (name_bytes(link_name), caller(req));
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(|remote, ttl| async move {
-            match remote.symlink(parent.0, &name, &target, caller).await {
-                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.symlink(parent.0, &name, &target, caller).await
         });
     }
 
@@ -304,23 +380,16 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (name_bytes(name), name_bytes(newname));
-        self.spawn(|remote, _| async move {
-            match remote
+        self.answer(reply, move |remote| async move {
+            remote
                 .rename(parent.0, &name, newparent.0, &newname, flags.bits())
                 .await
-            {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
         });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(|remote, _| async move {
-            match remote.open(ino.0, flags.0).await {
-                Ok(opened) => reply.opened(FileHandle(opened.handle), open_flags(&opened)),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.open(ino.0, flags.0).await
         });
     }
 
@@ -335,11 +404,8 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(|remote, _| async move {
-            match remote.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.read(fh.0, offset, size).await
         });
     }
 
@@ -356,11 +422,8 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.spawn(|remote, _| async move {
-            match remote.write(ino.0, fh.0, offset, data).await {
-                Ok(written) => reply.written(written),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.write(ino.0, fh.0, offset, data).await
         });
     }
 
@@ -398,11 +461,8 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|remote, _| async move {
-            match remote.fsync(fh.0, datasync).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.fsync(fh.0, datasync).await
         });
     }
 
@@ -484,14 +544,10 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.spawn(|remote, _| async move {
-            match remote.statfs(ino.0).await {
-                Ok(s) => reply.statfs(
-                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-                ),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
-        });
+        self.answer(
+            reply,
+            move |remote| async move { remote.statfs(ino.0).await },
+        );
     }
 
     fn create(
@@ -505,17 +561,8 @@ impl<T: Transport> Filesystem for RemoteFs<T> {
         reply: ReplyCreate,
     ) {
         let (name, caller) = (name_bytes(name), caller(req));
-        self.spawn(|remote, ttl| async move {
-            match remote.create(parent.0, &name, mode, flags, caller).await {
-                Ok(opened) => reply.created(
-                    &ttl,
-                    &file_attr(&opened.attr),
-                    Generation(0),
-                    FileHandle(opened.handle),
-                    FopenFlags::empty(),
-                ),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            }
+        self.answer(reply, move |remote| async move {
+            remote.create(parent.0, &name, mode, flags, caller).await
         });
     }
 }

@@ -46,76 +46,45 @@ pub async fn connect(
         .pod_ip
         .map(|ip| SocketAddr::new(ip, ready.addr.port()));
     let started = Instant::now();
-    match mode {
-        TransportMode::Direct => {
-            let addr = direct_addr
-                .ok_or_else(|| KubeError::Transport("directly: its pod has no IP yet".into()))?;
-            let tunnel = direct(addr, identity, ready.cert_sha256, reconnect_window).await?;
-            tracing::info!(
-                "connected to the agent directly at {addr} in {:?}",
-                started.elapsed()
-            );
-            Ok(tunnel)
-        }
-        TransportMode::PortForward => {
-            let tunnel = port_forward(
-                agent,
-                ready.addr.port(),
-                identity,
-                ready.cert_sha256,
-                reconnect_window,
-            )
-            .await?;
-            tracing::info!(
-                "connected to the agent through port-forward in {:?}",
-                started.elapsed()
-            );
-            Ok(tunnel)
-        }
-        TransportMode::Auto => {
-            if let Some(addr) = direct_addr {
-                match tokio::time::timeout(
-                    DIRECT_ATTEMPT,
-                    tunnel::connect(
-                        addr,
-                        identity,
-                        ready.cert_sha256,
-                        PathProfile::Network,
-                        reconnect_window,
-                    ),
-                )
-                .await
-                {
-                    Ok(Ok(tunnel)) => {
-                        tracing::info!(
-                            "transport: direct to {addr} (connected in {:?})",
-                            started.elapsed()
-                        );
-                        return Ok(tunnel);
-                    }
-                    Ok(Err(err)) => {
-                        tracing::info!("direct to {addr} failed ({err}); trying port-forward")
-                    }
-                    Err(_) => tracing::info!(
-                        "no answer from {addr} within {DIRECT_ATTEMPT:?}; trying port-forward"
-                    ),
-                }
+    if mode == TransportMode::Direct {
+        let addr = direct_addr
+            .ok_or_else(|| KubeError::Transport("directly: its pod has no IP yet".into()))?;
+        let tunnel = direct(addr, identity, ready.cert_sha256, reconnect_window).await?;
+        tracing::info!(
+            "connected to the agent directly at {addr} in {:?}",
+            started.elapsed()
+        );
+        return Ok(tunnel);
+    }
+    if let (TransportMode::Auto, Some(addr)) = (mode, direct_addr) {
+        let attempt = direct(addr, identity, ready.cert_sha256, reconnect_window);
+        match tokio::time::timeout(DIRECT_ATTEMPT, attempt).await {
+            Ok(Ok(tunnel)) => {
+                tracing::info!(
+                    "transport: direct to {addr} (connected in {:?})",
+                    started.elapsed()
+                );
+                return Ok(tunnel);
             }
-            let tunnel = port_forward(
-                agent,
-                ready.addr.port(),
-                identity,
-                ready.cert_sha256,
-                reconnect_window,
-            )
-            .await?;
-            tracing::info!(
-                "transport: port-forward (connected in {:?})",
-                started.elapsed()
-            );
-            Ok(tunnel)
+            Ok(Err(err)) => tracing::info!("{err}; trying port-forward"),
+            Err(_) => tracing::info!(
+                "no answer from {addr} within {DIRECT_ATTEMPT:?}; trying port-forward"
+            ),
         }
     }
+    let tunnel = port_forward(
+        agent,
+        ready.addr.port(),
+        identity,
+        ready.cert_sha256,
+        reconnect_window,
+    )
+    .await?;
+    tracing::info!(
+        "transport: port-forward (connected in {:?})",
+        started.elapsed()
+    );
+    Ok(tunnel)
 }
 
 async fn direct(

@@ -75,6 +75,7 @@ pub use identity::invoking_user;
 pub use identity::{become_user, identity_env, resolve as resolve_user};
 pub use init::FORWARDED;
 pub use mirrord_net_netfilter::sock_diag::Served;
+pub use mounts::make_private;
 pub use outgoing::{Destination, FilterMode, OutgoingRules};
 pub use parent::Session;
 pub use protocol::ResolvedUser;

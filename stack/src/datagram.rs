@@ -14,6 +14,9 @@ use smoltcp::time::{Duration, Instant};
 use super::ctx::Ctx;
 use super::flow::{fired, idle_check, FlowId, FlowWaker, IdleCheck, Proto, Slab, Token};
 
+/// Replies a flow reads in one service before the other flows get a turn.
+pub(crate) const READ_BUDGET: usize = 256;
+
 /// One datagram flow: the table's part, and the protocol's `upstream`.
 pub(crate) struct DatagramFlow<K, U> {
     pub key: K,
@@ -22,6 +25,24 @@ pub(crate) struct DatagramFlow<K, U> {
     /// When a datagram last passed (either way); the idle timer checks it.
     pub last_active: Instant,
     pub upstream: U,
+}
+
+impl<K, U> DatagramFlow<K, U> {
+    /// Whether the flow being serviced may read one more reply, `left` reads before the end
+    /// of its turn ([`READ_BUDGET`]): not when its turn is over (it is queued again, to come
+    /// back after the other flows), nor when the session's queue is full (it waits in
+    /// `ctx.blocked` until the queue drains).
+    pub fn may_read(&self, ctx: &mut Ctx<'_>, token: Token, left: usize) -> bool {
+        if left == 0 {
+            self.waker.wake();
+            return false;
+        }
+        if !ctx.device.tx.has_room() {
+            ctx.blocked.push(token);
+            return false;
+        }
+        true
+    }
 }
 
 /// The flows of one datagram protocol.

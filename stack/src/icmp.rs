@@ -28,15 +28,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::ctx::Ctx;
-use super::datagram::DatagramFlows;
+use super::datagram::{DatagramFlows, READ_BUDGET};
 use super::flow::{FlowId, Proto, Token};
 use super::limits::{admit_flow, Limits, LoggedOnce, Refusal};
 use super::packet::{echo_request, push_echo_reply, push_unreachable, EchoKey};
 use super::stats::Stats;
 use super::upstream::{self, EchoSocketKind};
-
-/// Messages read from one socket per service before other flows get a turn.
-const READ_BUDGET: usize = 256;
 
 /// An echo reply read from an upstream socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,17 +197,12 @@ impl IcmpFlows {
         let mut cx = Context::from_waker(flow.waker.waker());
         let v6 = flow.key.server.is_ipv6();
         let mtu = ctx.device.mtu();
-        for budget in (0..READ_BUDGET).rev() {
-            if budget == 0 {
-                // More may be waiting; come back after the other flows had their turn.
-                flow.waker.wake();
-                break;
-            }
-            if !ctx.device.tx.has_room() {
-                ctx.blocked.push(Token {
-                    proto: Proto::Icmp,
-                    id,
-                });
+        let token = Token {
+            proto: Proto::Icmp,
+            id,
+        };
+        for left in (0..READ_BUDGET).rev() {
+            if !flow.may_read(ctx, token, left) {
                 break;
             }
             let mut guard = match flow.upstream.socket.poll_read_ready(&mut cx) {

@@ -37,7 +37,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use super::ctx::Ctx;
-use super::datagram::DatagramFlows;
+use super::datagram::{DatagramFlows, READ_BUDGET};
 use super::flow::{FlowId, Proto, Token};
 use super::limits::{admit_flow, Limits, LoggedOnce, Refusal};
 use super::packet::{push_udp, push_unreachable, synthetic_udp, FlowKey, Unreachable};
@@ -46,8 +46,6 @@ use super::upstream;
 
 /// Datagrams a flow may hold while its socket is not writable.
 const BACKLOG_LIMIT: usize = 256;
-/// Datagrams read from one socket per service before other flows get a turn.
-const READ_BUDGET: usize = 256;
 /// Largest UDP payload a socket can deliver.
 const MAX_DATAGRAM: usize = 65_535;
 
@@ -203,17 +201,12 @@ impl UdpFlows {
         }
 
         let mut received = false;
-        for budget in (0..READ_BUDGET).rev() {
-            if budget == 0 {
-                // More may be waiting; come back after the other flows had their turn.
-                flow.waker.wake();
-                break;
-            }
-            if !ctx.device.tx.has_room() {
-                ctx.blocked.push(Token {
-                    proto: Proto::Udp,
-                    id,
-                });
+        let token = Token {
+            proto: Proto::Udp,
+            id,
+        };
+        for left in (0..READ_BUDGET).rev() {
+            if !flow.may_read(ctx, token, left) {
                 break;
             }
             let err = match flow.upstream.socket.try_recv(&mut self.recv_buf) {

@@ -275,14 +275,7 @@ fn run_pod(verbose: bool) -> ! {
 fn enter_namespaces() -> Result<(), SetupError> {
     unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
         .map_err(SetupError::Namespaces)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(SetupError::PrivateMounts)?;
+    mirrord_net_session::make_private().map_err(SetupError::PrivateMounts)?;
     nix::unistd::sethostname(POD_HOSTNAME).map_err(SetupError::Hostname)
 }
 
