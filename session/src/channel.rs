@@ -3,7 +3,7 @@
 //! Both ends use plain blocking system calls: the child is single-threaded and has nothing
 //! else to do, the client runs its side on a blocking-pool thread. The socket is a stream
 //! (not `SOCK_SEQPACKET`) so that a spec of any size fits; its frames are the wire crate's local
-//! JSON frames (`mirrord_net_protocol::framing`), its messages are [`protocol`](super::protocol)'s.
+//! JSON frames (`mirrord_net_protocol::framing`), its messages are [`child_messages`](super::child_messages)'s.
 //!
 //! Descriptors travel as `SCM_RIGHTS` on the `sendmsg` that carries the first bytes of their
 //! frame. On a stream socket the kernel never merges bytes with and without ancillary data
@@ -143,7 +143,7 @@ mod tests {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
     use super::*;
-    use crate::protocol::{ChildMessage, ParentMessage};
+    use crate::child_messages::{ChildMessage, ParentMessage};
 
     fn pair() -> (OwnedFd, OwnedFd) {
         socketpair(
@@ -201,7 +201,7 @@ mod tests {
         let env = (0..20_000)
             .map(|i| (format!("VAR{i}").into_bytes(), vec![b'x'; 40]))
             .collect();
-        let spec = crate::protocol::ChildSpec {
+        let spec = crate::child_messages::ChildSpec {
             version: 1,
             privileges: crate::SessionPrivileges::Root,
             tun_name: "mnet0".into(),

@@ -32,15 +32,15 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
 use super::channel::{self, ChannelError};
+use super::child_messages::{
+    ChildMessage, ChildSpec, ParentMessage, SetupFailure, SetupStep, PROTOCOL_VERSION,
+};
 use super::dns_relay::DnsSockets;
 use super::init;
 use super::mounts;
 use super::namespaces;
 use super::network;
 use super::outgoing_relay::RelaySockets;
-use super::protocol::{
-    ChildMessage, ChildSpec, ParentMessage, SetupFailure, SetupStep, PROTOCOL_VERSION,
-};
 use super::remote_files::{self, KeptLocal};
 
 /// Status of a child that could not build the session or lost its client.

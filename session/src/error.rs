@@ -6,7 +6,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::protocol::SetupFailure;
+use super::child_messages::SetupFailure;
 use super::spec::InvalidSpec;
 
 /// Why a session could not be started.

@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::unistd::{Gid, Uid, User};
 
-use super::protocol::ResolvedUser;
+use super::child_messages::ResolvedUser;
 use super::spec::RunAs;
 
 /// The user who ran `sudo mirrord-net ...`: `SUDO_UID`/`SUDO_GID` when running as root,

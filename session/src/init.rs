@@ -52,9 +52,9 @@ use nix::sys::signal::{
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use super::child_messages::ChildSpec;
 use super::exec;
 use super::identity;
-use super::protocol::ChildSpec;
 
 /// Signals passed on from the session child to init, and from init to the command, unless the
 /// terminal generated them.

@@ -18,7 +18,8 @@
 //! One file per job:
 //!
 //! - `spec`: what the caller asks for ([`SessionSpec`], [`SessionOptions`]) and its checks;
-//! - `protocol`: the messages on the socketpair and their framing (pure, unit-tested);
+//! - `child_messages`: the messages on the socketpair (pure, unit-tested; framed by the wire
+//!   crate's `framing`);
 //! - `channel`: blocking frame I/O with descriptor passing;
 //! - `parent`: [`Session`] — starting the child, taking the TUN, waiting, signalling;
 //! - `child`: [`child_main`] — the child's steps, from exec to `Go`;
@@ -42,6 +43,7 @@
 
 mod channel;
 mod child;
+mod child_messages;
 mod dns_filter;
 mod dns_relay;
 mod error;
@@ -57,7 +59,6 @@ mod network;
 mod outgoing;
 mod outgoing_relay;
 mod parent;
-mod protocol;
 mod remote_files;
 mod served;
 mod shadow;
@@ -67,6 +68,8 @@ pub mod userns;
 pub use child::child_main;
 // What a command joining a background session (the client's `background::join`) is made
 // with: the same steps as the session's own command.
+pub use child_messages::ResolvedUser;
+pub use child_messages::{IdMap, IdMaps, IpFamily, SessionPrivileges, SetupFailure, SetupStep};
 pub use dns_filter::{valid_name as valid_dns_name, DnsMode, DnsRules, NamePattern};
 pub use error::SessionError;
 pub use exec::command_env;
@@ -78,8 +81,6 @@ pub use mirrord_net_netfilter::sock_diag::Served;
 pub use mounts::make_private;
 pub use outgoing::{Destination, FilterMode, OutgoingRules};
 pub use parent::Session;
-pub use protocol::ResolvedUser;
-pub use protocol::{IdMap, IdMaps, IpFamily, SessionPrivileges, SetupFailure, SetupStep};
 pub use remote_files::{remote_root, REMOTE_ROOT, REMOTE_ROOT_ENV};
 pub use spec::{
     InvalidSpec, RemoteFiles, RunAs, ServeFiles, SessionOptions, SessionSpec, DEFAULT_TUN_NAME,

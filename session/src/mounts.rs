@@ -35,7 +35,7 @@ use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 
-use super::protocol::{FileOverlay, SetupFailure, SetupStep};
+use super::child_messages::{FileOverlay, SetupFailure, SetupStep};
 
 /// `open_tree` and `move_mount` flags (linux/mount.h), which the libc crate has for Android
 /// only.

@@ -27,7 +27,7 @@
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
-use super::protocol::{SessionPrivileges, SetupFailure, SetupStep};
+use super::child_messages::{SessionPrivileges, SetupFailure, SetupStep};
 use super::userns;
 
 /// Namespaces every session gets (a rootless one inside its user namespace, made before).

@@ -46,11 +46,11 @@ use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
+use super::child_messages::{ChildSpec, IpFamily, SetupFailure, SetupStep};
 use super::dns_relay::DnsSockets;
 use super::loopback::{self, NatPlan};
 use super::netlink::Netlink;
 use super::outgoing_relay::RelaySockets;
-use super::protocol::{ChildSpec, IpFamily, SetupFailure, SetupStep};
 
 /// IPv6's minimum link MTU (RFC 8200).
 const IPV6_MIN_MTU: u16 = 1280;

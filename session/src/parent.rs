@@ -8,7 +8,7 @@
 //! forked it exits, so that thread must live as long as the session — the thread that runs
 //! `block_on` does. Never call `start` from a blocking-pool thread.
 //!
-//! The conversation of [`protocol`](super::protocol) then runs on a blocking-pool thread
+//! The conversation of [`child_messages`](super::child_messages) then runs on a blocking-pool thread
 //! (it is a few blocking reads and writes on a socket that nothing else uses), under a
 //! timeout after which the child is killed. Once the TUN descriptor is in hand it is wrapped
 //! as a tokio [`tun_rs::AsyncDevice`] and only then is the child told to go, so the tunnel
@@ -44,13 +44,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::channel::{self, ChannelError};
+use super::child_messages::{ChildMessage, ParentMessage, SetupFailure, SetupStep};
 use super::dns_relay::{DnsRelay, DnsSockets};
 use super::error::SessionError;
 use super::exec;
 use super::identity;
 use super::loopback::{self, NatPlan};
 use super::outgoing_relay::{Relay, RelaySockets};
-use super::protocol::{ChildMessage, ParentMessage, SetupFailure, SetupStep};
 use super::served::{OwnPorts, ServedWatch};
 use super::spec::{self, RemoteFiles, SessionOptions, SessionSpec};
 use super::userns;

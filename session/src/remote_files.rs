@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use super::protocol::{RemoteFilesSpec, SetupFailure, SetupStep};
+use super::child_messages::{RemoteFilesSpec, SetupFailure, SetupStep};
 
 /// Where the target's whole root is mounted in every session.
 pub const REMOTE_ROOT: &str = "/run/mirrord-net/root";

@@ -13,9 +13,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::child_messages::{
+    ChildSpec, FileOverlay, ResolvedUser, SessionPrivileges, PROTOCOL_VERSION,
+};
 use super::dns_filter::DnsRules;
 use super::outgoing::{resolver_destinations, Destination, OutgoingRules};
-use super::protocol::{ChildSpec, FileOverlay, ResolvedUser, SessionPrivileges, PROTOCOL_VERSION};
 
 /// Where the session shows the target's resolver configuration.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -126,9 +128,9 @@ pub struct RemoteFiles {
 }
 
 impl RemoteFiles {
-    pub(crate) fn wire(&self) -> super::protocol::RemoteFilesSpec {
+    pub(crate) fn wire(&self) -> super::child_messages::RemoteFilesSpec {
         let bytes = |path: &PathBuf| path.as_os_str().as_bytes().to_vec();
-        super::protocol::RemoteFilesSpec {
+        super::child_messages::RemoteFilesSpec {
             mount_point: bytes(&self.mount_point),
             writable: self.writable,
             binds: self.binds.iter().map(bytes).collect(),
@@ -293,7 +295,7 @@ pub(crate) fn child_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::IdMaps;
+    use crate::child_messages::IdMaps;
 
     fn spec() -> SessionSpec {
         SessionSpec {

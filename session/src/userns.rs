@@ -44,8 +44,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
+use super::child_messages::{IdMap, IdMaps, SessionPrivileges, SetupFailure, SetupStep};
 use super::error::SessionError;
-use super::protocol::{IdMap, IdMaps, SessionPrivileges, SetupFailure, SetupStep};
 
 /// A line of `uid_map`/`gid_map`: inside id, outside id, count.
 pub fn map_line(map: IdMap) -> String {

@@ -75,7 +75,7 @@ use tokio::time::Instant;
 use self::http::HttpFilter;
 use self::mirror::{Mirror, MirrorPort};
 pub use self::session_addrs::SessionAddrs;
-use self::share::protocol::Claim;
+use self::share::messages::Claim;
 use self::share::{ClaimTask, Own, Role, RoleChange};
 use crate::stack::inbound::{InboundConnection, InboundSender};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::dir;
 use mirrord_net_protocol::framing::{self, FrameDecoder};
 
-use super::protocol::{self, Op, Phase, Reply, Request, SessionInfo};
+use super::control_messages::{self as messages, Op, Phase, Reply, Request, SessionInfo};
 use crate::report::{Failure, Kind};
 
 /// Whether a holder answers on `socket`.
@@ -19,7 +19,7 @@ pub fn is_live(socket: &Path) -> bool {
 
 /// Connects to session `name` of the current user and sends `op`.
 pub fn connect(name: &str, op: Op) -> Result<UnixStream, Failure> {
-    protocol::check_name(name).map_err(|message| Failure::new(Kind::Usage, message))?;
+    messages::check_name(name).map_err(|message| Failure::new(Kind::Usage, message))?;
     let (uid, _) = dir::owner();
     let socket = dir::socket(&dir::path(uid), name);
     let stream = UnixStream::connect(&socket).map_err(|err| match err.kind() {

@@ -42,7 +42,9 @@ use tokio::sync::{mpsc, watch};
 use super::dir;
 use mirrord_net_protocol::framing::{self, FrameDecoder};
 
-use super::protocol::{self, Action, HolderState, JoinInfo, Phase, Reply, Request, SessionInfo};
+use super::control_messages::{
+    self as messages, Action, HolderState, JoinInfo, Phase, Reply, Request, SessionInfo,
+};
 use crate::cli::SessionArgs;
 use crate::remote_paths::FsMode;
 use crate::report::{Failure, Kind};
@@ -79,7 +81,7 @@ pub fn up(args: SessionArgs, name: String, json: bool) -> u8 {
 }
 
 fn start(args: SessionArgs, name: &str, json: bool) -> Result<u8, Failure> {
-    protocol::check_name(name).map_err(|message| Failure::new(Kind::Usage, message))?;
+    messages::check_name(name).map_err(|message| Failure::new(Kind::Usage, message))?;
     if args.session.is_some() {
         return Err(Failure::new(
             Kind::Usage,
@@ -599,7 +601,7 @@ async fn serve(mut stream: UnixStream, shared: Arc<Shared>, down: mpsc::Sender<U
         Ok(cred) => cred.uid(),
         Err(_) => return,
     };
-    if let Err(reason) = protocol::authorize(peer, shared.owner) {
+    if let Err(reason) = messages::authorize(peer, shared.owner) {
         let _ = stream
             .write_all(&framing::encode_json(&Reply::Refused { reason }))
             .await;

@@ -36,7 +36,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use super::control;
 use mirrord_net_protocol::framing::FrameDecoder;
 
-use super::protocol::{JoinInfo, Op, Reply};
+use super::control_messages::{JoinInfo, Op, Reply};
 use crate::environment::{CommandEnv, EnvArgs};
 use crate::report::{Failure, Kind};
 use mirrord_net_session::{self as session, RunAs};

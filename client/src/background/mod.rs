@@ -8,16 +8,16 @@
 //! user's own 0700 directory, and the holder answers only that user (and root), by the
 //! socket's peer credentials.
 //!
-//! - `protocol`: the control messages, their framing and the holder's decisions (no I/O);
+//! - `control_messages`: the control messages and the holder's decisions (no I/O);
 //! - `dir`: the per-user directory of control sockets;
 //! - `holder`: `up`, and the holder process with its janitor;
 //! - `join`: `exec --session`, entering the session by its init's pidfd;
 //! - `control`: the CLI's side of the socket, `ps` and `down`.
 
 pub mod control;
+pub mod control_messages;
 pub mod dir;
 pub mod holder;
 pub mod join;
-pub mod protocol;
 
 pub use holder::{keep_main, up, KEEP_ARG};

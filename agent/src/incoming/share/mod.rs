@@ -23,13 +23,13 @@
 //! Abstract unix socket names belong to a network namespace and vanish with their socket
 //! (SIGKILL included), so:
 //!
-//! * per target port, the first agent to bind [`protocol::router_name`] is the port's
+//! * per target port, the first agent to bind [`messages::router_name`] is the port's
 //!   router: only it installs the port's redirect, and it serves every connection with the
 //!   HTTP proxy over the routes of every registered session ([`PortRoutes`]), its own
 //!   included, a request matching none going to the target;
-//! * every other agent that wants the port connects and registers a [`protocol::Claim`]
+//! * every other agent that wants the port connects and registers a [`messages::Claim`]
 //!   (who the session is, when it began stealing, its filter, its session port). The router
-//!   admits it or refuses it ([`protocol::admit`]: an unfiltered steal needs the port alone)
+//!   admits it or refuses it ([`messages::admit`]: an unfiltered steal needs the port alone)
 //!   with the line the refused session's client prints;
 //! * a registration lasts as long as its socket: an agent registers only while its session
 //!   listens on the port and its client is heard from (the same plan decides as for the
@@ -42,7 +42,7 @@
 //!   and the new one coming, connections reach the target, which is the fallback rule.
 //!
 //! A request for a registrant travels on its own unix connection to the registrant's ingress
-//! socket ([`protocol::ingress_name`], bound by every agent that steals); the registrant
+//! socket ([`messages::ingress_name`], bound by every agent that steals); the registrant
 //! opens it into its session through its stack exactly as it does its own filtered
 //! connections (a loopback pair, `super::filtered`) and relays the bytes. The router keeps
 //! one such connection per client connection and registrant, like any upstream.
@@ -51,7 +51,7 @@
 //! redirects exactly the ports this agent routes, and tells its client which ports it takes
 //! and which were refused.
 
-pub mod protocol;
+pub mod messages;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -72,7 +72,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use self::protocol::{Claim, Ingress, Reply, NOT_TAKEN, TAKEN};
+use self::messages::{Claim, Ingress, Reply, NOT_TAKEN, TAKEN};
 use super::filtered::{Pairs, SessionConnector};
 use super::http::{BoxedStream, Connector, HttpFilter, Route, Routes};
 use super::session_addrs::SessionAddrs;
@@ -159,7 +159,7 @@ impl PortRoutes {
         {
             let entries = self.entries.borrow();
             let holders: Vec<&Claim> = entries.iter().map(|entry| &entry.claim).collect();
-            protocol::admit(self.port, &holders, &claim)?;
+            messages::admit(self.port, &holders, &claim)?;
         }
         let filter = match &claim.filter {
             None => None,
@@ -182,7 +182,7 @@ impl PortRoutes {
             filter,
             upstream: Upstream::Ingress(name),
         });
-        protocol::order(&mut entries, |entry| &entry.claim);
+        messages::order(&mut entries, |entry| &entry.claim);
         Ok(id)
     }
 
@@ -313,7 +313,7 @@ fn bind_abstract(name: &str) -> io::Result<UnixListener> {
 pub fn bind_ingress() -> io::Result<(UnixListener, String)> {
     let mut last = None;
     for _ in 0..8 {
-        let name = protocol::ingress_name(std::process::id(), nonce());
+        let name = messages::ingress_name(std::process::id(), nonce());
         match bind_abstract(&name) {
             Ok(listener) => return Ok((listener, name)),
             Err(err) => last = Some(err),
@@ -475,7 +475,7 @@ impl ClaimTask {
     /// again whenever the router goes.
     pub async fn run(self) {
         let port = self.port;
-        let name = protocol::router_name(port);
+        let name = messages::router_name(port);
         loop {
             match bind_abstract(&name) {
                 Ok(listener) => {
