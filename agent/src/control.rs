@@ -30,10 +30,11 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use mirrord_net_protocol::framing::{self, FrameDecoder};
 use mirrord_net_protocol::handshake;
-use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
+use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, Resolution, TargetInfo};
 
 use crate::files::{self, FileServer};
 use crate::incoming;
+use crate::resolve;
 use crate::stack::{self, StackConfig};
 use crate::stream_relay::StreamPeers;
 use crate::tun_handoff::TunHandoff;
@@ -91,6 +92,7 @@ pub async fn serve_one_session(
         ipv4: target.ipv4.clone(),
         ipv6: target.ipv6.clone(),
     };
+    let names = Arc::new(TargetNames::of(&target));
     let answer = handshake::answer_client_hello(&hello, target);
     let refused = matches!(answer, AgentMessage::Refused(_));
     send.write_all(&framing::encode(&answer)?).await?;
@@ -114,7 +116,14 @@ pub async fn serve_one_session(
     let (events, events_rx) = mpsc::unbounded_channel();
     let (report, report_rx) = mpsc::unbounded_channel();
     let (inbound, inbound_rx) = stack::inbound::channel();
-    tokio::spawn(control_stream(send, recv, events, report_rx));
+    tokio::spawn(control_stream(
+        send,
+        recv,
+        events,
+        report.clone(),
+        report_rx,
+        names,
+    ));
     // Local: filtered connections are served by tasks that are not `Send`.
     tokio::task::spawn_local(incoming::run(events_rx, inbound, report, addrs));
     tokio::spawn(accept_streams(connection.clone(), files));
@@ -186,14 +195,45 @@ fn connection_ended(reason: quinn::ConnectionError) -> anyhow::Result<()> {
     }
 }
 
+/// What the target's resolver reads: for the client's `--remote` names.
+struct TargetNames {
+    conf: resolve::ResolvConf,
+    hosts: String,
+}
+
+impl TargetNames {
+    fn of(target: &TargetInfo) -> TargetNames {
+        let text = |file: &Option<Vec<u8>>| {
+            String::from_utf8_lossy(file.as_deref().unwrap_or_default()).into_owned()
+        };
+        TargetNames {
+            conf: resolve::ResolvConf::parse(&text(&target.resolv_conf)),
+            hosts: text(&target.hosts),
+        }
+    }
+
+    /// Resolves `names` one after the other and answers with all of them.
+    async fn answer(&self, names: Vec<String>) -> AgentMessage {
+        let mut resolved = Vec::with_capacity(names.len());
+        for name in names {
+            let addresses = resolve::resolve(&self.conf, &self.hosts, &name).await;
+            tracing::debug!(%name, ?addresses, "resolved for the client");
+            resolved.push(Resolution { name, addresses });
+        }
+        AgentMessage::Resolved(resolved)
+    }
+}
+
 /// Reads the client's control messages after the hello and passes them to the incoming
-/// side; writes what the incoming side reports. Ends with the stream (which ends the
-/// incoming side: its rules go with it).
+/// side (a `Resolve` is answered here); writes what the incoming side reports. Ends with
+/// the stream (which ends the incoming side: its rules go with it).
 async fn control_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     events: mpsc::UnboundedSender<incoming::ControlEvent>,
+    answers: mpsc::UnboundedSender<AgentMessage>,
     mut report: mpsc::UnboundedReceiver<AgentMessage>,
+    names: Arc<TargetNames>,
 ) {
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; 4096];
@@ -210,6 +250,13 @@ async fn control_stream(
                         Ok(Some(ClientMessage::Incoming(config))) => incoming::ControlEvent::Config(config),
                         Ok(Some(ClientMessage::Listening(ports))) => incoming::ControlEvent::Listening(ports),
                         Ok(Some(ClientMessage::Hello(_))) => continue,
+                        Ok(Some(ClientMessage::Resolve(asked))) => {
+                            let (names, answers) = (names.clone(), answers.clone());
+                            tokio::spawn(async move {
+                                let _ = answers.send(names.answer(asked).await);
+                            });
+                            continue;
+                        }
                         Ok(None) => break,
                         Err(err) => {
                             tracing::warn!("control stream: {err}");

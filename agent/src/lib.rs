@@ -28,6 +28,7 @@ pub mod files;
 pub mod incoming;
 pub mod namespaces;
 pub mod privileges;
+pub mod resolve;
 pub mod root_fs;
 pub mod seccomp;
 pub use mirrord_net_stack as stack;

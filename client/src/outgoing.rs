@@ -9,8 +9,10 @@
 //!
 //! Names in `--local` are resolved once, before the agent starts, by this machine's resolver
 //! (every address it gives): a name it cannot resolve ends the run there, with one line.
-//! Names in `--remote` would need the target's resolver before the session exists; they are
-//! refused with one line instead of being guessed.
+//! Names in `--remote` are resolved once by the target's resolver: the agent asks it as the
+//! target would (its resolv.conf and hosts file), after the hello and before the session is
+//! made ([`OutgoingArgs::remote_names`]); a name it cannot resolve ends the run with one
+//! line.
 //!
 //! The DNS filter's patterns (`--local-dns` / `--remote-dns`, mirrord's
 //! `feature.network.dns.filter`) are parsed here too ([`NamePattern`]); the session decides
@@ -34,8 +36,8 @@ pub struct OutgoingArgs {
     #[arg(long = "local", value_name = "DEST", value_parser = parse_entry, conflicts_with = "remote")]
     pub local: Vec<Entry>,
     /// Only connections to DEST go to the target; every other one leaves from this machine
-    /// (repeatable; DEST as for --local, addresses and CIDRs only). The session's DNS
-    /// servers and localhost keep their own rules.
+    /// (repeatable; DEST as for --local, a name resolved by the target's resolver). The
+    /// session's DNS servers and localhost keep their own rules.
     #[arg(long = "remote", value_name = "DEST", value_parser = parse_entry)]
     pub remote: Vec<Entry>,
     /// Names matching NAME-PATTERN are resolved by this machine's resolver, every other name
@@ -173,17 +175,29 @@ fn valid_name(text: &str) -> bool {
 /// Why the filter cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OutgoingError {
-    #[error(
-        "--remote {0}: names in --remote are resolved by the target, which cannot be asked \
-         before the session starts; give its addresses or a CIDR"
-    )]
-    RemoteName(String),
     #[error("--local {name}: this machine cannot resolve it: {reason}")]
     Unresolved { name: String, reason: String },
+    #[error("--remote {name}: the target cannot resolve it: {reason}")]
+    UnresolvedRemote { name: String, reason: String },
 }
 
 impl OutgoingArgs {
-    /// The session's rules, `None` without a filter. `resolve` looks a `--local` name up.
+    /// The names of the `--remote` entries, which the target resolves (in entry order, once
+    /// each); empty for `--local` entries.
+    pub fn remote_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for entry in &self.remote {
+            if let Host::Name(name) = &entry.host {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names
+    }
+
+    /// The session's rules, `None` without a filter. `resolve` looks a name of the entries up:
+    /// this machine's resolver for `--local`, the target's for `--remote`.
     pub fn rules_with(
         &self,
         resolve: impl Fn(&str) -> Result<Vec<IpAddr>, String>,
@@ -203,13 +217,13 @@ impl OutgoingArgs {
             let nets = match &entry.host {
                 Host::Any => vec![(IpAddr::from([0u8; 4]), 0), (IpAddr::from([0u16; 8]), 0)],
                 Host::Net(addr, len) => vec![(*addr, *len)],
-                Host::Name(name) if mode == FilterMode::Remote => {
-                    return Err(OutgoingError::RemoteName(name.clone()))
-                }
                 Host::Name(name) => resolve(name)
-                    .map_err(|reason| OutgoingError::Unresolved {
-                        name: name.clone(),
-                        reason,
+                    .map_err(|reason| {
+                        let name = name.clone();
+                        match mode {
+                            FilterMode::Local => OutgoingError::Unresolved { name, reason },
+                            FilterMode::Remote => OutgoingError::UnresolvedRemote { name, reason },
+                        }
                     })?
                     .into_iter()
                     .map(|addr| (addr, if addr.is_ipv4() { 32 } else { 128 }))
@@ -244,7 +258,8 @@ impl OutgoingArgs {
         }
     }
 
-    /// [`rules_with`](Self::rules_with) this machine's resolver.
+    /// [`rules_with`](Self::rules_with) this machine's resolver: for `--local` entries, and
+    /// `--remote` ones without names (see [`remote_names`](Self::remote_names)).
     pub fn rules(&self) -> Result<Option<OutgoingRules>, OutgoingError> {
         self.rules_with(|name| {
             let addrs: Vec<IpAddr> = (name, 0)
@@ -334,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn rules_resolve_local_names_and_refuse_remote_ones() {
+    fn names_are_resolved_by_the_side_their_list_names() {
         let args = OutgoingArgs {
             local: vec![
                 parse_entry("db.example:5432").unwrap(),
@@ -367,15 +382,38 @@ mod tests {
         let failing = args.rules_with(|_| Err("no such host".into())).unwrap_err();
         assert!(failing.to_string().contains("db.example"), "{failing}");
 
+        // `--remote` names: listed once each for the target, then looked up in its answers.
         let remote = OutgoingArgs {
             local: vec![],
-            remote: vec![parse_entry("api.internal").unwrap()],
+            remote: vec![
+                parse_entry("api.internal").unwrap(),
+                parse_entry("tcp://api.internal:8080").unwrap(),
+                parse_entry("10.0.0.0/8").unwrap(),
+                parse_entry("db:5432").unwrap(),
+            ],
             ..OutgoingArgs::default()
         };
-        let err = remote.rules_with(|_| unreachable!()).unwrap_err();
-        assert!(
-            err.to_string().starts_with("--remote api.internal:"),
-            "{err}"
+        assert_eq!(remote.remote_names(), ["api.internal", "db"]);
+        assert!(args.remote_names().is_empty());
+        let rules = remote
+            .rules_with(|name| match name {
+                "api.internal" => Ok(vec![ip("10.96.3.4")]),
+                "db" => Ok(vec![ip("fd00::5")]),
+                other => panic!("asked for {other}"),
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(rules.mode, FilterMode::Remote);
+        assert!(!rules.is_local(6, ip("10.96.3.4"), 443));
+        assert!(!rules.is_local(6, ip("fd00::5"), 5432));
+        assert!(rules.is_local(6, ip("fd00::5"), 5433));
+        assert!(rules.is_local(6, ip("192.0.2.1"), 80));
+        let err = remote
+            .rules_with(|_| Err("no such name".into()))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--remote api.internal: the target cannot resolve it: no such name"
         );
         assert!(OutgoingArgs::default().rules().unwrap().is_none());
     }

@@ -203,9 +203,27 @@ pub(crate) async fn start_connected(
     let Preflight {
         privileges,
         outgoing,
+        remote_names,
         dns,
     } = checked;
     let mut progress = Progress::new(args.quiet);
+
+    let outgoing = match remote_names.is_empty() {
+        true => outgoing,
+        false => {
+            progress.step("resolving the --remote names in the target");
+            let resolved = tunnel.resolve(remote_names).await?;
+            args.outgoing.rules_with(|name| {
+                resolved
+                    .iter()
+                    .find(|answer| answer.name == name)
+                    .map_or_else(
+                        || Err("not answered".into()),
+                        |answer| answer.addresses.clone(),
+                    )
+            })?
+        }
+    };
 
     progress.step("creating the session");
     let env = CommandEnv::for_target(&args.env, &tunnel.target.environ);
@@ -593,7 +611,12 @@ async fn supervise(
 /// Checks what the session needs before anything is started, and chooses its privileges.
 pub(crate) fn preflight(args: &SessionArgs) -> Result<Preflight, RunError> {
     // Before any agent starts: a `--local` name this machine cannot resolve is a usage error.
-    let outgoing = args.outgoing.rules()?;
+    // `--remote` names wait for the target's resolver (`start_connected`).
+    let remote_names = args.outgoing.remote_names();
+    let outgoing = match remote_names.is_empty() {
+        true => args.outgoing.rules()?,
+        false => None,
+    };
     let privileges = session_privileges(args.target(), args.as_root)?;
     if !Path::new(TUN).exists() {
         return Err(RunError::NoTunDevice);
@@ -617,6 +640,7 @@ pub(crate) fn preflight(args: &SessionArgs) -> Result<Preflight, RunError> {
     Ok(Preflight {
         privileges,
         outgoing,
+        remote_names,
         dns: args.outgoing.dns_rules(),
     })
 }
@@ -625,7 +649,10 @@ pub(crate) fn preflight(args: &SessionArgs) -> Result<Preflight, RunError> {
 /// `--local` names already resolved.
 pub(crate) struct Preflight {
     pub privileges: SessionPrivileges,
+    /// `None` also while `remote_names` wait for the target.
     pub outgoing: Option<mirrord_net_session::OutgoingRules>,
+    /// The `--remote` names, which the target resolves once the agent is connected.
+    pub remote_names: Vec<String>,
     /// The DNS filter.
     pub dns: Option<mirrord_net_session::DnsRules>,
 }

@@ -5,7 +5,7 @@
 //! agent cannot serve the session) and closes the connection. After the hello the stream stays
 //! open for later control messages; its end means the session is over.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,10 @@ pub enum ClientMessage {
     /// the set changes and at least every [`HEARTBEAT`] otherwise: it is also the client's
     /// heartbeat, by which the agent knows the client is alive.
     Listening(Vec<u16>),
+    /// The names of the session's `--remote` entries, resolved by the target's resolver
+    /// before the session is made (only the target knows its cluster's names). Sent once,
+    /// right after the hello, and answered by [`AgentMessage::Resolved`].
+    Resolve(Vec<String>),
 }
 
 /// How often the client speaks on the control stream while incoming traffic is stolen.
@@ -41,6 +45,15 @@ pub enum AgentMessage {
     /// The target ports whose inbound connections are now copied into the session (sorted),
     /// sent whenever the set changes.
     Mirroring(Vec<u16>),
+    /// The answer to [`ClientMessage::Resolve`]: one per name, in its order.
+    Resolved(Vec<Resolution>),
+}
+
+/// A name as the target's resolver resolved it: its addresses, or why there are none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub name: String,
+    pub addresses: Result<Vec<IpAddr>, String>,
 }
 
 /// Which of the target's inbound TCP connections a session takes.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use mirrord_net_protocol::framing::{self, FrameDecoder};
 use mirrord_net_protocol::handshake::{self, HandshakeError};
-use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, TargetInfo};
+use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, Resolution, TargetInfo};
 use mirrord_net_protocol::transport::{self, PathProfile};
 use mirrord_net_protocol::trust::{Fingerprint, SessionIdentity, TrustError, AGENT_SERVER_NAME};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,6 +29,10 @@ use super::stream_socket::{StreamSocket, STREAM_PEER};
 
 /// How long the QUIC handshake and hello exchange may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the target's resolver may take for all the `--remote` names. With the C
+/// library's defaults (5 s, two rounds), a nameserver that never answers costs 10 s before
+/// the next is asked; a cluster's resolv.conf names one.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Application error code sent when the session ends normally.
 pub const SESSION_OVER: u32 = 0;
@@ -75,6 +79,8 @@ pub enum TunnelError {
     Handshake(#[from] HandshakeError),
     #[error("the agent does not accept datagrams large enough for IP packets")]
     NoDatagrams,
+    #[error("asking the target to resolve names: {0}")]
+    Resolve(String),
 }
 
 /// An established session connection.
@@ -95,6 +101,31 @@ impl Tunnel {
     /// it must keep it for the session's lifetime.
     pub fn take_control(&mut self) -> Option<(quinn::SendStream, quinn::RecvStream)> {
         self.control.take()
+    }
+
+    /// Asks the agent to resolve `names` with the target's resolver (the outgoing filter's
+    /// `--remote` names), before the control stream is taken. The answers come in the order
+    /// of `names`.
+    pub async fn resolve(&mut self, names: Vec<String>) -> Result<Vec<Resolution>, TunnelError> {
+        let (send, recv) = self
+            .control
+            .as_mut()
+            .ok_or_else(|| TunnelError::Resolve("the control stream is in use".into()))?;
+        let request = framing::encode(&ClientMessage::Resolve(names))
+            .map_err(|err| TunnelError::Resolve(err.to_string()))?;
+        send.write_all(&request)
+            .await
+            .map_err(|err| TunnelError::Resolve(err.to_string()))?;
+        match tokio::time::timeout(RESOLVE_TIMEOUT, read_message(recv)).await {
+            Ok(Ok(AgentMessage::Resolved(resolved))) => Ok(resolved),
+            Ok(Ok(other)) => Err(TunnelError::Resolve(format!(
+                "the agent answered {other:?}"
+            ))),
+            Ok(Err(err)) => Err(TunnelError::Resolve(err.to_string())),
+            Err(_) => Err(TunnelError::Resolve(format!(
+                "no answer within {RESOLVE_TIMEOUT:?}"
+            ))),
+        }
     }
 
     /// Ends the session and keeps the endpoint running until `peer_gone` completes — for a

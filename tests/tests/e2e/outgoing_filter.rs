@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mirrord_net_tests::exec::{Background, Running};
-use mirrord_net_tests::topology::WEB;
+use mirrord_net_tests::topology::{HOSTS_ONLY_NAME, WEB, WEB6_ONLY_FQDN};
 use mirrord_net_tests::{sh, tool, Invocation, Packets, Pod};
 
 use super::localhost::sidecars;
@@ -128,6 +128,49 @@ on_both_packet_paths! {
 }
 
 #[test]
+fn remote_names_are_resolved_by_the_targets_resolver() {
+    // The pod's names point at the services end, which this machine cannot reach: an answer
+    // from them means the name was resolved by the target and its addresses listed; this
+    // machine's address answering means everything else still leaves from here.
+    let pod = Pod::start();
+    let addr = host_address();
+    let (_host, port) = host_servers(&pod, &addr);
+    let status = |url: &str| {
+        format!(
+            "{curl} -sS -m 5 -o /dev/null -w '%{{http_code}}\\n' {url}",
+            curl = tool("curl")
+        )
+    };
+    let script = format!(
+        "{web} && {web6} && {curl} -sS -m 5 http://{addr}:{port}/",
+        web = status(&format!("http://{WEB}/")),
+        web6 = status(&format!("http://{WEB6_ONLY_FQDN}/")),
+        curl = tool("curl"),
+    );
+    let out = Invocation::session(&pod, &sh(&script))
+        // A short name: the target's search list makes it web.svc.cluster.local.
+        .client_flag("--remote")
+        .client_flag(WEB)
+        // A name with an AAAA record only, for one port.
+        .client_flag("--remote")
+        .client_flag(&format!("tcp://{WEB6_ONLY_FQDN}:80"))
+        .run();
+    assert_eq!(
+        lines(out.assert_success()),
+        ["200", "200", &format!("host {addr} {port}")],
+        "{out}"
+    );
+    out.assert_agent_exited_cleanly();
+
+    // A name only the target's hosts file knows.
+    let out = Invocation::session(&pod, &sh(&status(&format!("http://{HOSTS_ONLY_NAME}/"))))
+        .client_flag("--remote")
+        .client_flag(HOSTS_ONLY_NAME)
+        .run();
+    assert_eq!(lines(out.assert_success()), ["200"], "{out}");
+}
+
+#[test]
 fn without_a_filter_the_hosts_address_is_not_reached() {
     // The control for the tests above: the pod's network cannot reach this machine's
     // address, so an answer from it can only have come through the filter.
@@ -179,10 +222,8 @@ fn a_refused_local_destination_is_a_reset_and_a_bad_entry_one_line() {
         .client_flag("api.internal")
         .run();
     out.assert_code(1);
-    assert!(
-        out.stderr
-            .lines()
-            .any(|l| l.contains("--remote api.internal:")),
-        "{out}"
-    );
+    // Asked of the target's resolver, whose server refuses names outside its own zone (it
+    // has no upstream servers): one line naming the name and the server's answer.
+    let unresolved = "--remote api.internal: the target cannot resolve it: 10.213.0.1:53 answered";
+    assert!(out.stderr.lines().any(|l| l.contains(unresolved)), "{out}");
 }

@@ -1,0 +1,367 @@
+//! Names resolved as the target resolves them, for the client's `--remote NAME` entries.
+//!
+//! The agent runs in the target's network namespace but not in its mount namespace, so the C
+//! library's resolver here would read the host's `/etc/resolv.conf`. The agent has the
+//! target's own files instead (read for the hello) and asks as the target's resolver would:
+//! the target's `/etc/hosts` first, then, for each name the search list makes of it (`ndots`
+//! decides whether the name as given comes first or last), A and AAAA queries to the
+//! target's nameservers in their order, `attempts` rounds of `timeout` each. An answer
+//! with addresses ends the search; NXDOMAIN or an empty answer goes on to the next name;
+//! no answer from any server ends it with an error (the next names would fare no better). Answers are read over UDP only: a truncated one
+//! keeps the addresses it holds (a name with more addresses than fit in 512 bytes still
+//! gets a useful set).
+//!
+//! Everything but [`resolve`] is pure and unit-tested; `resolve` is exercised end to end
+//! (`tests/tests/e2e/outgoing_filter.rs`, a `--remote` name only the pod's DNS knows).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::net::UdpSocket;
+
+/// The resolver settings of a resolv.conf, with the C library's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvConf {
+    pub nameservers: Vec<SocketAddr>,
+    pub search: Vec<String>,
+    pub ndots: usize,
+    pub timeout: Duration,
+    pub attempts: usize,
+}
+
+/// The C library's limits: at most three nameservers, timeout and attempts capped.
+const MAX_NAMESERVERS: usize = 3;
+const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_ATTEMPTS: usize = 5;
+
+impl ResolvConf {
+    /// Reads resolv.conf text as glibc does: `nameserver`, `search` (the last `search` or
+    /// `domain` line wins) and `options ndots: timeout: attempts:`; other lines and unknown
+    /// options are ignored. Without a nameserver, the local one (127.0.0.1).
+    pub fn parse(text: &str) -> ResolvConf {
+        let mut conf = ResolvConf {
+            nameservers: Vec::new(),
+            search: Vec::new(),
+            ndots: 1,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        };
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => {
+                    let Some(addr) = words.next().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                        continue;
+                    };
+                    if conf.nameservers.len() < MAX_NAMESERVERS {
+                        conf.nameservers.push(SocketAddr::new(addr, 53));
+                    }
+                }
+                Some("search" | "domain") => {
+                    conf.search = words.map(|d| d.trim_end_matches('.').to_owned()).collect();
+                }
+                Some("options") => {
+                    for option in words {
+                        let Some((key, value)) = option.split_once(':') else {
+                            continue;
+                        };
+                        let Ok(value) = value.parse::<u64>() else {
+                            continue;
+                        };
+                        match key {
+                            "ndots" => conf.ndots = value.min(15) as usize,
+                            "timeout" => {
+                                conf.timeout = Duration::from_secs(value.max(1)).min(MAX_TIMEOUT)
+                            }
+                            "attempts" => conf.attempts = (value as usize).clamp(1, MAX_ATTEMPTS),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if conf.nameservers.is_empty() {
+            conf.nameservers
+                .push(SocketAddr::from(([127, 0, 0, 1], 53)));
+        }
+        conf
+    }
+
+    /// The fully qualified names to ask for `name`, in order (RFC 1535's rule as glibc
+    /// applies it): a name ending in `.` as it is; one with at least `ndots` dots as given
+    /// first, then with each search domain; a shorter one with each search domain first.
+    pub fn candidates(&self, name: &str) -> Vec<String> {
+        if let Some(absolute) = name.strip_suffix('.') {
+            return vec![absolute.to_owned()];
+        }
+        let searched = self.search.iter().map(|domain| format!("{name}.{domain}"));
+        if name.matches('.').count() >= self.ndots {
+            std::iter::once(name.to_owned()).chain(searched).collect()
+        } else {
+            searched.chain(std::iter::once(name.to_owned())).collect()
+        }
+    }
+}
+
+/// The addresses `/etc/hosts` text gives `name` (any case), in file order.
+pub fn hosts_lookup(hosts: &str, name: &str) -> Vec<IpAddr> {
+    let name = name.trim_end_matches('.');
+    let mut found = Vec::new();
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut words = line.split_whitespace();
+        let Some(addr) = words.next().and_then(|a| a.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        if words.any(|alias| alias.eq_ignore_ascii_case(name)) && !found.contains(&addr) {
+            found.push(addr);
+        }
+    }
+    found
+}
+
+/// A query for `fqdn`'s records of `kind`, with `id`, recursion desired.
+pub fn query(id: u16, fqdn: &str, kind: RecordType) -> Result<Vec<u8>, String> {
+    let name = Name::from_ascii(format!("{fqdn}.")).map_err(|err| format!("{fqdn}: {err}"))?;
+    let mut message = Message::query();
+    message.metadata.id = id;
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(name, kind));
+    message.to_vec().map_err(|err| err.to_string())
+}
+
+/// What a nameserver said to one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The addresses of the answer (possibly none: the name has no record of that kind).
+    Addresses(Vec<IpAddr>),
+    /// The name does not exist.
+    NoSuchName,
+    /// The server failed or refused: ask the next one.
+    Failed(ResponseCode),
+}
+
+/// Reads the answer to the query `id`; `None` for a packet that is not it (another id, not a
+/// response, garbage), which the caller ignores as the C library does.
+pub fn answer(id: u16, packet: &[u8]) -> Option<Answer> {
+    let message = Message::from_vec(packet).ok()?;
+    if message.metadata.id != id || message.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    Some(match message.metadata.response_code {
+        ResponseCode::NoError => Answer::Addresses(
+            message
+                .answers
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        ResponseCode::NXDomain => Answer::NoSuchName,
+        other => Answer::Failed(other),
+    })
+}
+
+/// Resolves `name` as the target would (see the module's documentation): its addresses,
+/// IPv4 first, or why there are none.
+pub async fn resolve(conf: &ResolvConf, hosts: &str, name: &str) -> Result<Vec<IpAddr>, String> {
+    let from_hosts = hosts_lookup(hosts, name);
+    if !from_hosts.is_empty() {
+        return Ok(from_hosts);
+    }
+    for fqdn in conf.candidates(name) {
+        let (v4, v6) = tokio::join!(
+            ask(conf, &fqdn, RecordType::A),
+            ask(conf, &fqdn, RecordType::AAAA)
+        );
+        match (v4, v6) {
+            (Ok(mut v4), Ok(v6)) if !(v4.is_empty() && v6.is_empty()) => {
+                v4.extend(v6);
+                return Ok(v4);
+            }
+            (Ok(_), Ok(_)) => {}
+            // No server answered: the other names would not be answered either.
+            (Err(err), _) | (_, Err(err)) => return Err(err),
+        }
+    }
+    Err("no such name".into())
+}
+
+/// The addresses of `fqdn`'s records of `kind`: `Ok` (maybe empty) once a nameserver
+/// answered, `Err` when none did.
+async fn ask(conf: &ResolvConf, fqdn: &str, kind: RecordType) -> Result<Vec<IpAddr>, String> {
+    let mut last = String::from("no nameserver answered");
+    for _ in 0..conf.attempts {
+        for &server in &conf.nameservers {
+            let id = rand_id();
+            let packet = query(id, fqdn, kind)?;
+            match tokio::time::timeout(conf.timeout, exchange(server, id, &packet)).await {
+                Ok(Ok(Answer::Addresses(addrs))) => return Ok(addrs),
+                Ok(Ok(Answer::NoSuchName)) => return Ok(Vec::new()),
+                Ok(Ok(Answer::Failed(code))) => last = format!("{server} answered {code}"),
+                Ok(Err(err)) => last = format!("{server}: {err}"),
+                Err(_) => last = format!("no answer from {server} within {:?}", conf.timeout),
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Sends `packet` to `server` from a fresh socket and waits for the answer to `id`.
+async fn exchange(server: SocketAddr, id: u16, packet: &[u8]) -> std::io::Result<Answer> {
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+        SocketAddr::V6(_) => ([0u16; 8], 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(server).await?;
+    socket.send(packet).await?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = socket.recv(&mut buf).await?;
+        if let Some(answer) = answer(id, &buf[..n]) {
+            return Ok(answer);
+        }
+    }
+}
+
+/// A query id no off-path sender can guess cheaply (the socket's random port does the rest).
+fn rand_id() -> u16 {
+    let mut id = [0u8; 2];
+    // SAFETY: getrandom writes at most `id.len()` bytes into `id`.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if n == 2 {
+        u16::from_ne_bytes(id)
+    } else {
+        std::process::id() as u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, AAAA};
+    use hickory_proto::rr::Record;
+
+    #[test]
+    fn resolv_conf_reads_like_glibc() {
+        let conf = ResolvConf::parse(
+            "# kubelet\nnameserver 10.96.0.10\nnameserver fd00::a\nnameserver 1.1.1.1\n\
+             nameserver 8.8.8.8\nnameserver bogus\ndomain old.example\n\
+             search ns.svc.cluster.local svc.cluster.local. cluster.local\n\
+             options ndots:5 timeout:0 attempts:9 rotate\n",
+        );
+        assert_eq!(
+            conf.nameservers,
+            [
+                "10.96.0.10:53".parse().unwrap(),
+                "[fd00::a]:53".parse().unwrap(),
+                "1.1.1.1:53".parse().unwrap(),
+            ]
+        );
+        assert_eq!(
+            conf.search,
+            ["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+        );
+        assert_eq!(conf.ndots, 5);
+        assert_eq!(conf.timeout, Duration::from_secs(1));
+        assert_eq!(conf.attempts, MAX_ATTEMPTS);
+
+        let empty = ResolvConf::parse("");
+        assert_eq!(empty.nameservers, ["127.0.0.1:53".parse().unwrap()]);
+        assert_eq!((empty.ndots, empty.attempts), (1, 2));
+    }
+
+    #[test]
+    fn ndots_decides_whether_the_name_as_given_comes_first() {
+        let conf =
+            ResolvConf::parse("nameserver 10.0.0.1\nsearch a.example b.example\noptions ndots:2\n");
+        assert_eq!(
+            conf.candidates("web"),
+            ["web.a.example", "web.b.example", "web"]
+        );
+        assert_eq!(
+            conf.candidates("db.corp.example"),
+            [
+                "db.corp.example",
+                "db.corp.example.a.example",
+                "db.corp.example.b.example"
+            ]
+        );
+        assert_eq!(conf.candidates("web.svc."), ["web.svc"]);
+    }
+
+    #[test]
+    fn hosts_give_every_address_of_a_name_in_any_case() {
+        let hosts = "127.0.0.1 localhost\n10.1.2.3 db DB.internal # primary\n\
+                     fd00::3 db\n# 10.9.9.9 db\n10.1.2.3 db\nnot-an-address db\n";
+        assert_eq!(
+            hosts_lookup(hosts, "db"),
+            [
+                "10.1.2.3".parse::<IpAddr>().unwrap(),
+                "fd00::3".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            hosts_lookup(hosts, "db.internal."),
+            ["10.1.2.3".parse::<IpAddr>().unwrap()]
+        );
+        assert!(hosts_lookup(hosts, "primary").is_empty());
+    }
+
+    fn response(id: u16, code: ResponseCode, records: Vec<Record>) -> Vec<u8> {
+        let mut message = Message::response(id, hickory_proto::op::OpCode::Query);
+        message.metadata.response_code = code;
+        message.answers = records;
+        message.to_vec().unwrap()
+    }
+
+    #[test]
+    fn answers_are_matched_by_id_and_give_their_addresses() {
+        let packet = query(7, "web.svc.cluster.local", RecordType::A).unwrap();
+        let asked = Message::from_vec(&packet).unwrap();
+        assert_eq!(asked.metadata.id, 7);
+        assert!(asked.metadata.recursion_desired);
+        assert_eq!(asked.queries[0].name().to_ascii(), "web.svc.cluster.local.");
+
+        let name = Name::from_ascii("web.svc.cluster.local.").unwrap();
+        let records = vec![
+            Record::from_rdata(name.clone(), 30, RData::A(A::new(10, 0, 0, 7))),
+            Record::from_rdata(
+                name,
+                30,
+                RData::AAAA(AAAA::new(0xfd00, 0, 0, 0, 0, 0, 0, 7)),
+            ),
+        ];
+        assert_eq!(
+            answer(7, &response(7, ResponseCode::NoError, records)),
+            Some(Answer::Addresses(vec![
+                "10.0.0.7".parse().unwrap(),
+                "fd00::7".parse().unwrap()
+            ]))
+        );
+        assert_eq!(
+            answer(7, &response(7, ResponseCode::NXDomain, vec![])),
+            Some(Answer::NoSuchName)
+        );
+        assert_eq!(
+            answer(7, &response(7, ResponseCode::ServFail, vec![])),
+            Some(Answer::Failed(ResponseCode::ServFail))
+        );
+        // Another id, the query itself, garbage: not the answer.
+        assert_eq!(answer(8, &response(7, ResponseCode::NoError, vec![])), None);
+        assert_eq!(answer(7, &packet), None);
+        assert_eq!(answer(7, b"\x00\x07garbage"), None);
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_dns_name_is_an_error() {
+        assert!(query(1, "a..b", RecordType::A).is_err());
+    }
+}
