@@ -31,6 +31,7 @@ use anyhow::{anyhow, Context};
 use mirrord_net_protocol::framing::{self, FrameDecoder};
 use mirrord_net_protocol::handshake;
 use mirrord_net_protocol::messages::{AgentMessage, ClientMessage, Resolution, TargetInfo};
+use mirrord_net_protocol::resolv_conf::ResolvConf;
 
 use crate::files::{self, FileServer};
 use crate::incoming;
@@ -197,18 +198,16 @@ fn connection_ended(reason: quinn::ConnectionError) -> anyhow::Result<()> {
 
 /// What the target's resolver reads: for the client's `--remote` names.
 struct TargetNames {
-    conf: resolve::ResolvConf,
+    conf: ResolvConf,
     hosts: String,
 }
 
 impl TargetNames {
     fn of(target: &TargetInfo) -> TargetNames {
-        let text = |file: &Option<Vec<u8>>| {
-            String::from_utf8_lossy(file.as_deref().unwrap_or_default()).into_owned()
-        };
+        let bytes = |file: &Option<Vec<u8>>| file.as_deref().unwrap_or_default().to_vec();
         TargetNames {
-            conf: resolve::ResolvConf::parse(&text(&target.resolv_conf)),
-            hosts: text(&target.hosts),
+            conf: ResolvConf::parse_bytes(&bytes(&target.resolv_conf)),
+            hosts: String::from_utf8_lossy(&bytes(&target.hosts)).into_owned(),
         }
     }
 

@@ -15,94 +15,23 @@
 //! (`tests/tests/e2e/outgoing_filter.rs`, a `--remote` name only the pod's DNS knows).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+use mirrord_net_protocol::resolv_conf::ResolvConf;
 use tokio::net::UdpSocket;
 
-/// The resolver settings of a resolv.conf, with the C library's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvConf {
-    pub nameservers: Vec<SocketAddr>,
-    pub search: Vec<String>,
-    pub ndots: usize,
-    pub timeout: Duration,
-    pub attempts: usize,
-}
-
-/// The C library's limits: at most three nameservers, timeout and attempts capped.
+/// glibc asks at most three nameservers.
 const MAX_NAMESERVERS: usize = 3;
-const MAX_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_ATTEMPTS: usize = 5;
 
-impl ResolvConf {
-    /// Reads resolv.conf text as glibc does: `nameserver`, `search` (the last `search` or
-    /// `domain` line wins) and `options ndots: timeout: attempts:`; other lines and unknown
-    /// options are ignored. Without a nameserver, the local one (127.0.0.1).
-    pub fn parse(text: &str) -> ResolvConf {
-        let mut conf = ResolvConf {
-            nameservers: Vec::new(),
-            search: Vec::new(),
-            ndots: 1,
-            timeout: Duration::from_secs(5),
-            attempts: 2,
-        };
-        for line in text.lines() {
-            let mut words = line.split_whitespace();
-            match words.next() {
-                Some("nameserver") => {
-                    let Some(addr) = words.next().and_then(|a| a.parse::<IpAddr>().ok()) else {
-                        continue;
-                    };
-                    if conf.nameservers.len() < MAX_NAMESERVERS {
-                        conf.nameservers.push(SocketAddr::new(addr, 53));
-                    }
-                }
-                Some("search" | "domain") => {
-                    conf.search = words.map(|d| d.trim_end_matches('.').to_owned()).collect();
-                }
-                Some("options") => {
-                    for option in words {
-                        let Some((key, value)) = option.split_once(':') else {
-                            continue;
-                        };
-                        let Ok(value) = value.parse::<u64>() else {
-                            continue;
-                        };
-                        match key {
-                            "ndots" => conf.ndots = value.min(15) as usize,
-                            "timeout" => {
-                                conf.timeout = Duration::from_secs(value.max(1)).min(MAX_TIMEOUT)
-                            }
-                            "attempts" => conf.attempts = (value as usize).clamp(1, MAX_ATTEMPTS),
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if conf.nameservers.is_empty() {
-            conf.nameservers
-                .push(SocketAddr::from(([127, 0, 0, 1], 53)));
-        }
-        conf
-    }
-
-    /// The fully qualified names to ask for `name`, in order (RFC 1535's rule as glibc
-    /// applies it): a name ending in `.` as it is; one with at least `ndots` dots as given
-    /// first, then with each search domain; a shorter one with each search domain first.
-    pub fn candidates(&self, name: &str) -> Vec<String> {
-        if let Some(absolute) = name.strip_suffix('.') {
-            return vec![absolute.to_owned()];
-        }
-        let searched = self.search.iter().map(|domain| format!("{name}.{domain}"));
-        if name.matches('.').count() >= self.ndots {
-            std::iter::once(name.to_owned()).chain(searched).collect()
-        } else {
-            searched.chain(std::iter::once(name.to_owned())).collect()
-        }
+/// The nameservers to ask, as glibc would: the first three, or the local one without any.
+fn nameservers(conf: &ResolvConf) -> Vec<SocketAddr> {
+    let listed = conf.nameservers.iter().take(MAX_NAMESERVERS);
+    let servers: Vec<SocketAddr> = listed.map(|ip| SocketAddr::new(*ip, 53)).collect();
+    if servers.is_empty() {
+        vec![SocketAddr::from(([127, 0, 0, 1], 53))]
+    } else {
+        servers
     }
 }
 
@@ -198,7 +127,7 @@ pub async fn resolve(conf: &ResolvConf, hosts: &str, name: &str) -> Result<Vec<I
 async fn ask(conf: &ResolvConf, fqdn: &str, kind: RecordType) -> Result<Vec<IpAddr>, String> {
     let mut last = String::from("no nameserver answered");
     for _ in 0..conf.attempts {
-        for &server in &conf.nameservers {
+        for server in nameservers(conf) {
             let id = rand_id();
             let packet = query(id, fqdn, kind)?;
             match tokio::time::timeout(conf.timeout, exchange(server, id, &packet)).await {
@@ -250,51 +179,22 @@ mod tests {
     use hickory_proto::rr::Record;
 
     #[test]
-    fn resolv_conf_reads_like_glibc() {
+    fn the_first_three_nameservers_are_asked_or_the_local_one() {
         let conf = ResolvConf::parse(
-            "# kubelet\nnameserver 10.96.0.10\nnameserver fd00::a\nnameserver 1.1.1.1\n\
-             nameserver 8.8.8.8\nnameserver bogus\ndomain old.example\n\
-             search ns.svc.cluster.local svc.cluster.local. cluster.local\n\
-             options ndots:5 timeout:0 attempts:9 rotate\n",
+            "nameserver 10.96.0.10\nnameserver fd00::a\nnameserver 1.1.1.1\nnameserver 8.8.8.8\n",
         );
         assert_eq!(
-            conf.nameservers,
+            nameservers(&conf),
             [
-                "10.96.0.10:53".parse().unwrap(),
+                "10.96.0.10:53".parse::<SocketAddr>().unwrap(),
                 "[fd00::a]:53".parse().unwrap(),
                 "1.1.1.1:53".parse().unwrap(),
             ]
         );
         assert_eq!(
-            conf.search,
-            ["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+            nameservers(&ResolvConf::default()),
+            ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]
         );
-        assert_eq!(conf.ndots, 5);
-        assert_eq!(conf.timeout, Duration::from_secs(1));
-        assert_eq!(conf.attempts, MAX_ATTEMPTS);
-
-        let empty = ResolvConf::parse("");
-        assert_eq!(empty.nameservers, ["127.0.0.1:53".parse().unwrap()]);
-        assert_eq!((empty.ndots, empty.attempts), (1, 2));
-    }
-
-    #[test]
-    fn ndots_decides_whether_the_name_as_given_comes_first() {
-        let conf =
-            ResolvConf::parse("nameserver 10.0.0.1\nsearch a.example b.example\noptions ndots:2\n");
-        assert_eq!(
-            conf.candidates("web"),
-            ["web.a.example", "web.b.example", "web"]
-        );
-        assert_eq!(
-            conf.candidates("db.corp.example"),
-            [
-                "db.corp.example",
-                "db.corp.example.a.example",
-                "db.corp.example.b.example"
-            ]
-        );
-        assert_eq!(conf.candidates("web.svc."), ["web.svc"]);
     }
 
     #[test]

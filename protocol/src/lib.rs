@@ -16,7 +16,8 @@
 //! ([`fs`]), one stream per request, each opened with a stream-kind byte.
 //!
 //! Where only a byte stream reaches the agent, [`stream_datagrams`] frames the QUIC datagrams
-//! on it. The target's mount table, sent in the hello, is parsed by [`mountinfo`].
+//! on it. The target's mount table and resolv.conf, sent in the hello, are read by [`mountinfo`]
+//! and [`resolv_conf`].
 //!
 //! Nothing in this crate does I/O; the QUIC settings in [`transport`] are plain values. Its one
 //! process-wide effect is [`heap::tune_for_packets`], the allocator setting both binaries make
@@ -32,6 +33,7 @@ pub mod loopback;
 pub mod messages;
 pub mod mountinfo;
 pub mod ready;
+pub mod resolv_conf;
 pub mod stream_datagrams;
 pub mod transport;
 pub mod trust;

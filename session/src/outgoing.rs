@@ -39,6 +39,7 @@ use mirrord_net_netfilter::{
     NFT_META_NFPROTO, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER, NFT_REG_1,
     NFT_RETURN,
 };
+use mirrord_net_protocol::resolv_conf::ResolvConf;
 use serde::{Deserialize, Serialize};
 
 const TCP: u8 = libc::IPPROTO_TCP as u8;
@@ -141,13 +142,9 @@ impl OutgoingRules {
 
 /// The nameservers of a resolv.conf, each as an exempt destination on port 53.
 pub fn resolver_destinations(resolv_conf: &[u8]) -> Vec<Destination> {
-    String::from_utf8_lossy(resolv_conf)
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next() == Some("nameserver")).then(|| words.next())?
-        })
-        .filter_map(|addr| addr.split('%').next()?.parse::<IpAddr>().ok())
+    ResolvConf::parse_bytes(resolv_conf)
+        .nameservers
+        .into_iter()
         .map(|addr| {
             let prefix = if addr.is_ipv4() { 32 } else { 128 };
             Destination::new(addr, prefix, Some(53), true, true)

@@ -26,6 +26,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use mirrord_net_protocol::resolv_conf::ResolvConf;
+
 use super::{DNS_IPV4, POD_HOSTNAME, SERVICE_IPV4, SERVICE_IPV6, SERVICE_NAME, SERVICE_PORT};
 
 /// getaddrinfo has no deadline of its own; glibc may retry each search domain for a while.
@@ -126,7 +128,7 @@ fn resolver() -> Check {
     };
     let conf = ResolvConf::parse(&text);
     let ok = conf.nameservers.first() == Some(&IpAddr::V4(DNS_IPV4));
-    Check::new(ok, LABEL, conf.to_string())
+    Check::new(ok, LABEL, describe_resolv_conf(&conf))
 }
 
 fn resolution(resolved: &Result<Vec<SocketAddr>, String>) -> Check {
@@ -294,57 +296,20 @@ fn get(address: SocketAddr, host: &str) -> Result<HttpResponse, String> {
     HttpResponse::parse(&raw).map_err(|err| err.to_string())
 }
 
-/// What the probe reports of a resolv.conf.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ResolvConf {
-    pub nameservers: Vec<IpAddr>,
-    pub search: Vec<String>,
-    pub options: Vec<String>,
-}
-
-impl ResolvConf {
-    /// Parses the way glibc reads it: `#` and `;` start comments, the last `search` or
-    /// `domain` line wins, `options` accumulate, unknown lines are ignored.
-    pub fn parse(text: &str) -> Self {
-        let mut conf = Self::default();
-        for line in text.lines() {
-            let line = line.split(['#', ';']).next().unwrap_or_default();
-            let mut words = line.split_whitespace();
-            match words.next() {
-                Some("nameserver") => {
-                    // An IPv6 server may carry a zone (`fe80::1%eth0`); the address is before it.
-                    let address = words
-                        .next()
-                        .and_then(|w| w.split('%').next()?.parse::<IpAddr>().ok());
-                    conf.nameservers.extend(address);
-                }
-                Some("search") | Some("domain") => {
-                    conf.search = words.map(str::to_owned).collect();
-                }
-                Some("options") => conf.options.extend(words.map(str::to_owned)),
-                _ => {}
-            }
-        }
-        conf
+/// A resolv.conf as the probe reports it: its nameservers, search list and options.
+pub fn describe_resolv_conf(conf: &ResolvConf) -> String {
+    let nameservers: Vec<String> = conf.nameservers.iter().map(IpAddr::to_string).collect();
+    let mut text = match nameservers.is_empty() {
+        true => "no nameserver".to_owned(),
+        false => format!("nameserver {}", nameservers.join(" ")),
+    };
+    if !conf.search.is_empty() {
+        text += &format!("; search {}", conf.search.join(" "));
     }
-}
-
-impl fmt::Display for ResolvConf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nameservers: Vec<String> = self.nameservers.iter().map(IpAddr::to_string).collect();
-        if nameservers.is_empty() {
-            write!(f, "no nameserver")?;
-        } else {
-            write!(f, "nameserver {}", nameservers.join(" "))?;
-        }
-        if !self.search.is_empty() {
-            write!(f, "; search {}", self.search.join(" "))?;
-        }
-        if !self.options.is_empty() {
-            write!(f, "; options {}", self.options.join(" "))?;
-        }
-        Ok(())
+    if !conf.options.is_empty() {
+        text += &format!("; options {}", conf.options.join(" "));
     }
+    text
 }
 
 /// An HTTP/1.x response, read to its end.
@@ -428,46 +393,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolv_conf_of_a_kubernetes_pod_is_read_in_full() {
-        let conf = ResolvConf::parse(
-            "# generated\nsearch demo.svc.cluster.local svc.cluster.local cluster.local\n\
-             nameserver 10.89.0.53\noptions ndots:5\n",
-        );
-        assert_eq!(conf.nameservers, [IpAddr::V4(DNS_IPV4)]);
+    fn a_resolv_conf_is_described_in_one_line() {
+        let conf =
+            ResolvConf::parse("nameserver 10.89.0.53\nsearch demo.svc a\noptions ndots:5 edns0");
         assert_eq!(
-            conf.search,
-            [
-                "demo.svc.cluster.local",
-                "svc.cluster.local",
-                "cluster.local"
-            ]
-        );
-        assert_eq!(conf.options, ["ndots:5"]);
-        assert_eq!(
-            conf.to_string(),
-            "nameserver 10.89.0.53; search demo.svc.cluster.local svc.cluster.local \
-             cluster.local; options ndots:5"
-        );
-    }
-
-    #[test]
-    fn resolv_conf_comments_zones_and_repeated_keywords_follow_glibc() {
-        let conf = ResolvConf::parse(
-            "; old style comment\ndomain example.org\nsearch a.example b.example # trailing\n\
-             nameserver fe80::1%eth0\nnameserver not-an-address\nnameserver 192.0.2.1\n\
-             options ndots:2\noptions edns0 timeout:1\n  nameserver   192.0.2.2  \n",
+            describe_resolv_conf(&conf),
+            "nameserver 10.89.0.53; search demo.svc a; options ndots:5 edns0"
         );
         assert_eq!(
-            conf.nameservers,
-            [
-                "fe80::1".parse::<IpAddr>().unwrap(),
-                "192.0.2.1".parse().unwrap(),
-                "192.0.2.2".parse().unwrap()
-            ]
+            describe_resolv_conf(&ResolvConf::parse("")),
+            "no nameserver"
         );
-        assert_eq!(conf.search, ["a.example", "b.example"]);
-        assert_eq!(conf.options, ["ndots:2", "edns0", "timeout:1"]);
-        assert_eq!(ResolvConf::parse("").to_string(), "no nameserver");
     }
 
     #[test]
