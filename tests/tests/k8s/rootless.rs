@@ -1,8 +1,9 @@
 //! A rootless client: an unprivileged user (nobody) with only the documented RBAC Role runs a
 //! session on a pod. Its namespaces, TUN and FUSE mount are made inside a user namespace of
 //! its own; its command runs with its own uid and reaches the cluster's Service. Only the
-//! Service goes through the target (`--remote web`: a name the cluster's DNS resolves, asked
-//! through the agent with the pod's search list).
+//! Service and the pod itself go through the target (`--remote SERVICE-IP --remote app`: the
+//! pod's name, which the agent resolves from the pod's own hosts file; the test cluster has
+//! no DNS server).
 //!
 //! This machine's /dev/net/tun and /dev/fuse are mode 0600 (stock Debian udev makes them
 //! 0666, which a rootless client needs): the client runs in a private mount namespace where
@@ -29,7 +30,7 @@ fn an_unprivileged_user_runs_a_session_on_a_pod() {
     let kubeconfig = service_account_kubeconfig(&ns, "developer", "mirrord-net");
     let client = client_binary();
     let session = format!(
-        "{client} exec --target pod/app -n {ns} --quiet --remote web -- sh -c \
+        "{client} exec --target pod/app -n {ns} --quiet --remote {service_ip} --remote app -- sh -c \
          'id -u; hostname; printenv GREETING; curl -sS --max-time 10 http://{service_ip}/; \
          printenv MIRRORD_NET_REMOTE_ROOT'",
         client = client.display(),
