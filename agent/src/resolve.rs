@@ -7,9 +7,9 @@
 //! decides whether the name as given comes first or last), A and AAAA queries to the
 //! target's nameservers in their order, `attempts` rounds of `timeout` each. An answer
 //! with addresses ends the search; NXDOMAIN or an empty answer goes on to the next name;
-//! no answer from any server ends it with an error (the next names would fare no better). Answers are read over UDP only: a truncated one
-//! keeps the addresses it holds (a name with more addresses than fit in 512 bytes still
-//! gets a useful set).
+//! no answer from any server ends it with an error (the next names would fare no better).
+//! Answers are read over UDP only: a truncated one keeps the addresses it holds (a name with
+//! more addresses than fit in 512 bytes still gets a useful set).
 //!
 //! Everything but [`resolve`] is pure and unit-tested; `resolve` is exercised end to end
 //! (`tests/tests/e2e/outgoing_filter.rs`, a `--remote` name only the pod's DNS knows).
