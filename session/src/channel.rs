@@ -2,8 +2,9 @@
 //!
 //! Both ends use plain blocking system calls: the child is single-threaded and has nothing
 //! else to do, the client runs its side on a blocking-pool thread. The socket is a stream
-//! (not `SOCK_SEQPACKET`) so that a spec of any size fits; its frames are the wire crate's local
-//! JSON frames (`mirrord_net_protocol::framing`), its messages are [`child_messages`](super::child_messages)'s.
+//! (not `SOCK_SEQPACKET`) so that a spec of any size fits. Its frames are the wire crate's
+//! local JSON frames (`mirrord_net_protocol::framing`); its messages are
+//! [`child_messages`](super::child_messages)'s.
 //!
 //! Descriptors travel as `SCM_RIGHTS` on the `sendmsg` that carries the first bytes of their
 //! frame. On a stream socket the kernel never merges bytes with and without ancillary data
