@@ -10,16 +10,17 @@ use std::time::Duration;
 use mirrord_net_env_injector::{self as injector, dotenv, Var};
 
 use crate::cli::SessionArgs;
+use crate::connect;
 use crate::environment::{CommandEnv, EnvFormat};
-use crate::run::{self, RunError};
+use crate::run_error::RunError;
 use mirrord_net_session as session;
 
 /// `mirrord-net env`: starts the agent and connects as a session does, prints the
 /// environment the session's command would get, and exits. No namespaces, no TUN.
 pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, RunError> {
-    run::check_root_for_agent(args.target())?;
-    let privileges = run::session_privileges(args.target(), args.as_root)?;
-    let (agent, tunnel) = run::start_agent_and_connect(args).await?;
+    connect::check_root_for_agent(args.target())?;
+    let privileges = connect::session_privileges(args.target(), args.as_root)?;
+    let (agent, tunnel) = connect::start_agent_and_connect(args).await?;
     let env = CommandEnv::for_target(&args.env, &tunnel.target.environ);
     agent.end_session(tunnel, Duration::from_secs(2)).await;
 
@@ -33,7 +34,7 @@ pub async fn print_env(args: &SessionArgs, format: EnvFormat) -> Result<i32, Run
     // The session's command also learns where the target's root is mounted: the same
     // directory a session of this user would mount it on.
     let remote_root = (args.fs_mode != crate::remote_paths::FsMode::Off).then(|| {
-        run::session_remote_root(privileges)
+        connect::session_remote_root(privileges)
             .into_os_string()
             .into_vec()
     });

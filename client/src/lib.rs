@@ -14,7 +14,10 @@
 //! - [`remote_paths`]: which of the target's paths the session shows (`--fs-*`);
 //! - [`incoming`]: the steal flags and the session's side of stealing (its listening ports,
 //!   the heartbeat);
-//! - [`run`]: one session from start to exit code;
+//! - [`connect`]: the checks before a session and the agent started and connected, which
+//!   every command that needs the target shares;
+//! - [`run`]: `exec` and `shell`, one session from start to exit code;
+//! - [`run_error`]: why a session failed, and the class of any command's error;
 //! - [`environment`]: the command's environment (flags, composition);
 //! - [`env_command`]: `mirrord-net env`, which prints it;
 //! - [`progress`]: the one status line shown while a session starts;
@@ -24,6 +27,7 @@
 pub mod background;
 pub mod cli;
 pub mod config_file;
+pub mod connect;
 pub mod demo;
 pub mod doctor;
 pub mod env_command;
@@ -36,6 +40,7 @@ pub mod progress;
 pub mod remote_paths;
 pub mod report;
 pub mod run;
+pub mod run_error;
 pub mod session_agent;
 pub mod target;
 

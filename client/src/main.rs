@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use mirrord_net::background::{self, control, join};
 use mirrord_net::cli::{Cli, Command};
 use mirrord_net::report::Failure;
-use mirrord_net::run::classify;
+use mirrord_net::run_error::classify;
 use mirrord_net::{demo, env_command, environment, manual, run};
 
 fn main() -> ExitCode {

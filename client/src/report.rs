@@ -6,7 +6,7 @@
 //! ```
 //!
 //! The kinds are the error classes that exist: each error type says its own (`kind()`), and
-//! [`classify`](crate::run::classify) finds it for any error a command returns; this module
+//! [`classify`](crate::run_error::classify) finds it for any error a command returns; this module
 //! imports none of them. Their names never change meaning, and docs/agents.md lists them with
 //! the exit codes. Usage errors (clap's, a bad `-f` file) exit 2, everything else 1, as
 //! before: the kind, not the code, tells the classes apart. A usage error is JSON too when

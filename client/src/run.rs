@@ -1,150 +1,33 @@
-//! One session from start to exit code.
+//! `exec` and `shell`: one session from start to exit code, over the connect step
+//! ([`crate::connect`]).
 //!
 //! Order matters: the agent first (it reports the target's addresses and the datagram size),
 //! then the QUIC connection and handshake, then the session namespaces with a TUN sized to the
 //! datagram, then the user's command. Every step that fails leaves nothing behind: the agent
 //! dies with its `LocalAgent` handle (and with this process), the session's namespaces die
 //! with its last process.
-//!
-//! The preflight decides the session's privileges ([`session_privileges`]): a root client
-//! builds a root session as always; a client without root gets a rootless one (its own user
-//! namespace) where the target allows it, after checks that name what the machine forbids
-//! before anything is started.
 
-use crate::outgoing::OutgoingError;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrord_net_protocol::transport::PathProfile;
-use mirrord_net_protocol::trust::{SessionIdentity, TrustError};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::SessionArgs;
+use crate::connect::{preflight, session_remote_root, start_agent_and_connect, Preflight};
 use crate::environment::CommandEnv;
 use crate::incoming;
-use crate::local_agent::{self, AgentError};
 use crate::progress::Progress;
 use crate::remote_paths::{self, FsMode};
-use crate::report::{Failure, Kind};
+use crate::run_error::RunError;
 use crate::session_agent::SessionAgent;
-use crate::target::{Target, TargetError};
-use mirrord_net_kubernetes::{self as kubernetes, KubeError};
-use mirrord_net_session::{
-    self as session, userns, Session, SessionError, SessionPrivileges, SessionSpec,
-};
-use mirrord_net_tunnel::{self as tunnel, pump, Tunnel, TunnelError};
+use mirrord_net_session::{self as session, Session, SessionPrivileges, SessionSpec};
+use mirrord_net_tunnel::{self as tunnel, pump, Tunnel};
 
 /// How long the user's command gets to exit after the agent is lost, before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_secs(3);
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(
-        "mirrord-net needs root to enter the namespaces of pid/ targets and to create a \
-         session's: run it with sudo"
-    )]
-    NeedRoot,
-    #[error("/dev/net/tun is missing: load the tun module (modprobe tun) or run where TUN devices are allowed")]
-    NoTunDevice,
-    #[error("/dev/fuse is missing, which the target's files need: load the fuse module (modprobe fuse), or run with --fs-mode off")]
-    NoFuseDevice,
-    #[error("{0}")]
-    UserNamespacesDisabled(&'static str),
-    #[error("/dev/net/tun is not readable and writable by you: a session without root needs it mode 0666 (as Debian's udev makes it; `chmod 0666 /dev/net/tun`), or run mirrord-net with sudo")]
-    TunNotAccessible,
-    #[error("/dev/fuse is not readable and writable by you: a session without root needs it mode 0666 for the target's files (`chmod 0666 /dev/fuse`), or run with --fs-mode off")]
-    FuseNotAccessible,
-    #[error("{0}")]
-    Target(#[from] TargetError),
-    #[error("{0}")]
-    Agent(#[from] AgentError),
-    #[error("{0}")]
-    Kubernetes(#[from] KubeError),
-    #[error("{0}")]
-    Tunnel(#[from] TunnelError),
-    #[error("{0}")]
-    Session(#[from] SessionError),
-    #[error("{0}")]
-    Trust(#[from] TrustError),
-    #[error("{0}")]
-    Incoming(#[from] incoming::IncomingError),
-    #[error("{0}")]
-    Outgoing(#[from] OutgoingError),
-    #[error("{0}; the session was stopped")]
-    AgentLost(pump::PumpError),
-    /// The agent stayed silent through the reconnect window (`liveness::lost_line`).
-    #[error("{0}")]
-    AgentSilent(String),
-    #[error("cannot look up the invoking user: {0}")]
-    UserLookup(std::io::Error),
-    #[error("cannot write the output: {0}")]
-    Output(std::io::Error),
-    #[error("cannot hand the session's TUN device to the agent: {0}")]
-    TunHandOver(std::io::Error),
-}
-
-impl RunError {
-    /// The class of this failure (see [`report`](crate::report)).
-    pub fn kind(&self) -> Kind {
-        match self {
-            RunError::NeedRoot | RunError::TunNotAccessible | RunError::FuseNotAccessible => {
-                Kind::Permission
-            }
-            RunError::NoTunDevice
-            | RunError::NoFuseDevice
-            | RunError::UserNamespacesDisabled(_) => Kind::Environment,
-            RunError::Target(TargetError::NoSuchProcess(_)) => Kind::TargetNotFound,
-            RunError::Target(_) => Kind::Usage,
-            RunError::Agent(AgentError::NotFound(_)) => Kind::Environment,
-            RunError::Agent(_) => Kind::AgentFailed,
-            RunError::Kubernetes(err) => kube_kind(err),
-            RunError::Tunnel(_) | RunError::Trust(_) => Kind::Connection,
-            RunError::Incoming(_) | RunError::Outgoing(_) => Kind::BadConfig,
-            RunError::AgentLost(_) | RunError::AgentSilent(_) => Kind::AgentLost,
-            RunError::Session(_)
-            | RunError::UserLookup(_)
-            | RunError::Output(_)
-            | RunError::TunHandOver(_) => Kind::Internal,
-        }
-    }
-}
-
-/// The kind of any error the CLI's commands return.
-pub fn classify(err: &anyhow::Error) -> Kind {
-    if let Some(failure) = err.downcast_ref::<Failure>() {
-        return failure.kind;
-    }
-    if let Some(err) = err.downcast_ref::<RunError>() {
-        return err.kind();
-    }
-    if let Some(err) = err.downcast_ref::<KubeError>() {
-        return kube_kind(err);
-    }
-    Kind::Internal
-}
-
-/// The class of a Kubernetes failure.
-fn kube_kind(err: &KubeError) -> Kind {
-    match err {
-        KubeError::Config(_) => Kind::BadConfig,
-        KubeError::Denied(_) => Kind::Permission,
-        KubeError::NotFound { .. } => Kind::TargetNotFound,
-        KubeError::NoReadyPod { .. }
-        | KubeError::PodNotRunning { .. }
-        | KubeError::ContainerNotRunning { .. } => Kind::TargetUnavailable,
-        KubeError::ContainerNeeded { .. } | KubeError::NoSuchContainer { .. } => Kind::BadConfig,
-        KubeError::ImageMissing { .. }
-        | KubeError::AgentTimeout { .. }
-        | KubeError::AgentFailed { .. }
-        | KubeError::Interrupted => Kind::AgentFailed,
-        KubeError::Transport(_) => Kind::Connection,
-        KubeError::Api { .. } => Kind::Internal,
-    }
-}
 
 /// Runs `command` in a session on `args.target` and returns the shell-style exit code.
 pub async fn run_session(args: &SessionArgs, command: Vec<OsString>) -> Result<i32, RunError> {
@@ -354,177 +237,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Starts the agent for `args.target` and connects to it: the first half of a session, which
-/// `mirrord-net env` shares.
-pub(crate) async fn start_agent_and_connect(
-    args: &SessionArgs,
-) -> Result<(SessionAgent, Tunnel), RunError> {
-    args.target().check_exists()?;
-    let pid = match args.target() {
-        Target::Pid(pid) => *pid,
-        Target::Kubernetes(target) => {
-            let mut progress = Progress::new(args.quiet);
-            let identity = SessionIdentity::generate()?;
-            let (agent, tunnel) = kubernetes::start_agent_and_connect(
-                &args.kube,
-                target,
-                &identity,
-                kubernetes::SessionWants {
-                    fs_mode: args.fs_mode.as_arg(),
-                    incoming: args.incoming.agent_arg(),
-                    log_filter: agent_log_filter(args.verbose),
-                    reconnect_window: args.reconnect.window(),
-                },
-                &mut |step| progress.step(step),
-            )
-            .await?;
-            log_connected(&tunnel);
-            progress.clear();
-            return Ok((SessionAgent::Kubernetes(agent), tunnel));
-        }
-    };
-
-    let mut progress = Progress::new(args.quiet);
-    progress.step(&format!("starting the agent for {}", args.target()));
-    let identity = SessionIdentity::generate()?;
-    let packets = local_packets();
-    let listen = local_agent_listen();
-    let agent = local_agent::start_local(
-        pid,
-        identity.fingerprint(),
-        agent_log_filter(args.verbose),
-        args.fs_mode,
-        packets,
-        listen,
-        args.incoming.agent_arg(),
-    )
-    .await?;
-
-    progress.step("connecting to the agent");
-    let transport = local_transport();
-    let connected = match transport {
-        LocalTransport::Udp => {
-            tunnel::connect(
-                agent.ready.addr,
-                &identity,
-                agent.ready.cert_sha256,
-                match listen {
-                    Some(_) => PathProfile::Network,
-                    None => PathProfile::Loopback,
-                },
-                args.reconnect.window(),
-            )
-            .await
-        }
-        LocalTransport::Stream => match tokio::net::TcpStream::connect(agent.ready.addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let addr = agent.ready.addr;
-                let reopen: tunnel::ReopenStream = Box::new(move || {
-                    Box::pin(async move {
-                        let stream = tokio::net::TcpStream::connect(addr).await?;
-                        let _ = stream.set_nodelay(true);
-                        Ok(Box::new(stream) as Box<dyn tunnel::ByteStream>)
-                    })
-                });
-                tunnel::connect_over_stream(
-                    stream,
-                    &identity,
-                    agent.ready.cert_sha256,
-                    PathProfile::Stream,
-                    args.reconnect.window(),
-                    Some(reopen),
-                )
-                .await
-            }
-            Err(err) => Err(TunnelError::Socket(err)),
-        },
-    };
-    let tunnel = match connected {
-        Ok(tunnel) => tunnel,
-        Err(err) => {
-            // The agent usually knows better why (e.g. the target exited meanwhile).
-            return Err(match agent.last_error() {
-                Some(reason) => RunError::Agent(AgentError::Failed(reason)),
-                None => err.into(),
-            });
-        }
-    };
-    tracing::info!(?transport, ?packets, "local agent transport");
-    log_connected(&tunnel);
-    progress.clear();
-    Ok((SessionAgent::Local(agent), tunnel))
-}
-
-fn log_connected(tunnel: &Tunnel) {
-    tracing::info!(
-        hostname = %tunnel.target.hostname,
-        ipv4 = ?tunnel.target.ipv4,
-        ipv6 = ?tunnel.target.ipv6,
-        environ = tunnel.target.environ.len(),
-        mtu = tunnel.mtu,
-        "connected to the agent"
-    );
-}
-
-/// How the client reaches a local agent: QUIC over UDP, or QUIC framed on a TCP connection
-/// to the agent's same port (`MIRRORD_NET_LOCAL_TRANSPORT=stream`), the path a Kubernetes
-/// port-forward takes, which this exercises and measures without a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LocalTransport {
-    Udp,
-    Stream,
-}
-
-const LOCAL_TRANSPORT_ENV: &str = "MIRRORD_NET_LOCAL_TRANSPORT";
-
-fn local_transport() -> LocalTransport {
-    match std::env::var(LOCAL_TRANSPORT_ENV).as_deref() {
-        Ok("stream") => LocalTransport::Stream,
-        Ok("udp") | Ok("") | Err(_) => LocalTransport::Udp,
-        Ok(other) => {
-            tracing::warn!("{LOCAL_TRANSPORT_ENV}={other:?} is neither udp nor stream; using udp");
-            LocalTransport::Udp
-        }
-    }
-}
-
-const LOCAL_AGENT_LISTEN_ENV: &str = "MIRRORD_NET_LOCAL_AGENT_LISTEN";
-
-/// Where a local agent listens when not on loopback (`MIRRORD_NET_LOCAL_AGENT_LISTEN=ADDR`):
-/// with the agent started in another network namespace (`MIRRORD_NET_AGENT` pointing at a
-/// wrapper that enters it), the session then crosses a real link with a real MTU, as a
-/// cluster agent's does. Both ends use the network path profile (datagrams of one MTU).
-/// The bench's cluster-path mode measures that path this way.
-fn local_agent_listen() -> Option<std::net::SocketAddr> {
-    let value = std::env::var(LOCAL_AGENT_LISTEN_ENV).ok()?;
-    match value.parse() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            tracing::warn!(
-                "{LOCAL_AGENT_LISTEN_ENV}={value:?} is not an address and port; ignored"
-            );
-            None
-        }
-    }
-}
-
-const LOCAL_PACKETS_ENV: &str = "MIRRORD_NET_LOCAL_PACKETS";
-
-/// Which way a local target's packets go: by default the agent serves the session's TUN
-/// itself (`tun`); `MIRRORD_NET_LOCAL_PACKETS=quic` keeps them on the QUIC tunnel, as a
-/// remote agent's do (tests and measurements of that path without a cluster).
-fn local_packets() -> local_agent::LocalPackets {
-    match std::env::var(LOCAL_PACKETS_ENV).as_deref() {
-        Ok("quic") => local_agent::LocalPackets::Quic,
-        Ok("tun") | Ok("") | Err(_) => local_agent::LocalPackets::Tun,
-        Ok(other) => {
-            tracing::warn!("{LOCAL_PACKETS_ENV}={other:?} is neither tun nor quic; using tun");
-            local_agent::LocalPackets::Tun
-        }
-    }
-}
-
 /// The target's files for the session: its root at [`session::remote_root`], its own mounts
 /// (and `--fs-remote` paths) over the local ones, served over the session's connection.
 /// `target_mountinfo` is the target's mount table as the agent read it (the target may be on
@@ -608,153 +320,9 @@ async fn supervise(
     }
 }
 
-/// Checks what the session needs before anything is started, and chooses its privileges.
-pub(crate) fn preflight(args: &SessionArgs) -> Result<Preflight, RunError> {
-    // Before any agent starts: a `--local` name this machine cannot resolve is a usage error.
-    // `--remote` names wait for the target's resolver (`start_connected`).
-    let remote_names = args.outgoing.remote_names();
-    let outgoing = match remote_names.is_empty() {
-        true => args.outgoing.rules()?,
-        false => None,
-    };
-    let privileges = session_privileges(args.target(), args.as_root)?;
-    if !Path::new(TUN).exists() {
-        return Err(RunError::NoTunDevice);
-    }
-    let files = args.fs_mode != FsMode::Off;
-    if files && !Path::new(FUSE).exists() {
-        return Err(RunError::NoFuseDevice);
-    }
-    if let SessionPrivileges::Rootless(_) = privileges {
-        if let Some(reason) = userns::Sysctls::read().forbids() {
-            return Err(RunError::UserNamespacesDisabled(reason));
-        }
-        // Capabilities in a user namespace never override the modes of these devices.
-        if !read_writable(TUN) {
-            return Err(RunError::TunNotAccessible);
-        }
-        if files && !read_writable(FUSE) {
-            return Err(RunError::FuseNotAccessible);
-        }
-    }
-    Ok(Preflight {
-        privileges,
-        outgoing,
-        remote_names,
-        dns: args.outgoing.dns_rules(),
-    })
-}
-
-/// What the preflight decided: the session's privileges, and the outgoing filter with its
-/// `--local` names already resolved.
-pub(crate) struct Preflight {
-    pub privileges: SessionPrivileges,
-    /// `None` also while `remote_names` wait for the target.
-    pub outgoing: Option<mirrord_net_session::OutgoingRules>,
-    /// The `--remote` names, which the target resolves once the agent is connected.
-    pub remote_names: Vec<String>,
-    /// The DNS filter.
-    pub dns: Option<mirrord_net_session::DnsRules>,
-}
-
-const TUN: &str = "/dev/net/tun";
-const FUSE: &str = "/dev/fuse";
-
-/// Where a session with `privileges` mounts the target's root (see [`session::remote_root`]).
-pub(crate) fn session_remote_root(privileges: SessionPrivileges) -> std::path::PathBuf {
-    let rootless_uid = match privileges {
-        SessionPrivileges::Root => None,
-        SessionPrivileges::Rootless(maps) => Some(maps.uid.outside),
-    };
-    session::remote_root(
-        rootless_uid,
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .as_deref()
-            .map(std::path::Path::new),
-    )
-}
-
-/// Root sessions for a root client; without root, a rootless session (its own user
-/// namespace) unless the target needs root.
-pub(crate) fn session_privileges(
-    target: &Target,
-    as_root: bool,
-) -> Result<SessionPrivileges, RunError> {
-    if nix::unistd::geteuid().is_root() {
-        return Ok(SessionPrivileges::Root);
-    }
-    if target_needs_root(target) {
-        return Err(RunError::NeedRoot);
-    }
-    Ok(SessionPrivileges::Rootless(session::IdMaps::current_user(
-        as_root,
-    )))
-}
-
-/// A `pid/` target's agent runs here and enters the target's namespaces, which takes root.
-/// Targets whose agent runs elsewhere (in a cluster) need none.
-fn target_needs_root(target: &Target) -> bool {
-    matches!(target, Target::Pid(_))
-}
-
-fn read_writable(path: &str) -> bool {
-    nix::unistd::access(
-        path,
-        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
-    )
-    .is_ok()
-}
-
-/// Starting the agent needs root only where [`target_needs_root`] says so.
-pub(crate) fn check_root_for_agent(target: &Target) -> Result<(), RunError> {
-    if target_needs_root(target) && !nix::unistd::geteuid().is_root() {
-        return Err(RunError::NeedRoot);
-    }
-    Ok(())
-}
-
-/// The agent logs at the client's verbosity; without -v it logs warnings only (or as
-/// MIRRORD_NET_AGENT_LOG says), and its stderr is kept to explain failures.
-fn agent_log_filter(verbose: u8) -> Option<&'static str> {
-    match verbose {
-        0 => None,
-        1 => Some("info"),
-        2 => Some("debug"),
-        _ => Some("trace"),
-    }
-}
-
 /// The command of `mirrord-net shell`: the user's shell.
 pub fn shell_command() -> Vec<OsString> {
     vec![std::env::var_os("SHELL")
         .filter(|shell| !shell.is_empty())
         .unwrap_or_else(|| OsString::from("/bin/sh"))]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_errors_fall_into_their_classes() {
-        let kind = |err: RunError| classify(&anyhow::Error::from(err));
-        assert_eq!(
-            kind(RunError::Target(TargetError::NoSuchProcess(9))),
-            Kind::TargetNotFound
-        );
-        assert_eq!(kind(RunError::NeedRoot), Kind::Permission);
-        assert_eq!(kind(RunError::NoTunDevice), Kind::Environment);
-        assert_eq!(
-            kind(RunError::Agent(AgentError::Failed("x".into()))),
-            Kind::AgentFailed
-        );
-        assert_eq!(
-            kind(RunError::Kubernetes(KubeError::Denied("no".into()))),
-            Kind::Permission
-        );
-        assert_eq!(
-            classify(&anyhow::Error::from(Failure::new(Kind::SessionEnded, "x"))),
-            Kind::SessionEnded
-        );
-    }
 }

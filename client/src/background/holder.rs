@@ -46,9 +46,11 @@ use super::control_messages::{
     self as messages, Action, HolderState, JoinInfo, Phase, Reply, Request, SessionInfo,
 };
 use crate::cli::SessionArgs;
+use crate::connect;
 use crate::remote_paths::FsMode;
 use crate::report::{Failure, Kind};
-use crate::run::{self, classify};
+use crate::run;
+use crate::run_error::{classify, RunError};
 use crate::session_agent::SessionAgent;
 use crate::target::Target;
 use mirrord_net_session::SessionPrivileges;
@@ -390,10 +392,10 @@ async fn start_session(
     socket: &Path,
     owner: (u32, u32),
 ) -> anyhow::Result<Started> {
-    let checked = run::preflight(args)?;
+    let checked = connect::preflight(args)?;
     let privileges = checked.privileges;
-    let incoming = args.incoming.config().map_err(run::RunError::from)?;
-    let (mut agent, mut tunnel) = run::start_agent_and_connect(args).await?;
+    let incoming = args.incoming.config().map_err(RunError::from)?;
+    let (mut agent, mut tunnel) = connect::start_agent_and_connect(args).await?;
     let command = vec![OsString::from("/proc/self/exe"), OsString::from(KEEP_ARG)];
     let running =
         match run::start_connected(args, command, checked, incoming, &mut agent, &mut tunnel).await
@@ -469,7 +471,7 @@ async fn start_session(
         },
         remote_root: (args.fs_mode != FsMode::Off).then(|| {
             use std::os::unix::ffi::OsStringExt;
-            run::session_remote_root(privileges)
+            connect::session_remote_root(privileges)
                 .into_os_string()
                 .into_vec()
         }),

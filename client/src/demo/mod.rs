@@ -43,7 +43,8 @@ pub use probe::probe_main;
 
 use crate::cli::SessionArgs;
 use crate::local_agent::{self, AgentError};
-use crate::run::{self, RunError};
+use crate::run;
+use crate::run_error::RunError;
 use crate::target::Target;
 use pod::{Pod, PodError};
 
