@@ -204,10 +204,11 @@ struct TargetNames {
 
 impl TargetNames {
     fn of(target: &TargetInfo) -> TargetNames {
-        let bytes = |file: &Option<Vec<u8>>| file.as_deref().unwrap_or_default().to_vec();
+        let resolv_conf = target.resolv_conf.as_deref().unwrap_or_default();
+        let hosts = target.hosts.as_deref().unwrap_or_default();
         TargetNames {
-            conf: ResolvConf::parse_bytes(&bytes(&target.resolv_conf)),
-            hosts: String::from_utf8_lossy(&bytes(&target.hosts)).into_owned(),
+            conf: ResolvConf::parse_bytes(resolv_conf),
+            hosts: String::from_utf8_lossy(hosts).into_owned(),
         }
     }
 
