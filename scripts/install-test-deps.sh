@@ -23,6 +23,7 @@ PACKAGES=(
     dnsutils        # dig
     iputils-ping    # ping
     gron            # a Go program that fetches URLs with Go's own resolver
+    golang-go       # builds tests/go: Go programs that find interfaces by name
     python3         # the helper servers and clients in tests/scripts
     python3-h2      # HTTP/2 server and client of the agent's HTTP filter tests
     coreutils

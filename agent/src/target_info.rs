@@ -51,6 +51,9 @@ pub enum TargetInfoError {
 pub fn gather(root: &TargetRoot, pid: u32) -> Result<TargetInfo, TargetInfoError> {
     let mut ipv4 = Vec::new();
     let mut ipv6 = Vec::new();
+    // The interface of the first address kept, IPv4 before IPv6 (as the client uses them).
+    let mut interface_v4 = None;
+    let mut interface_v6 = None;
     let addrs = nix::ifaddrs::getifaddrs().map_err(TargetInfoError::Addresses)?;
     for addr in addrs {
         let Some(address) = addr.address else {
@@ -64,8 +67,14 @@ pub fn gather(root: &TargetRoot, pid: u32) -> Result<TargetInfo, TargetInfoError
             continue;
         };
         match ip {
-            IpAddr::V4(v4) if is_global_v4(v4) && !ipv4.contains(&v4) => ipv4.push(v4),
-            IpAddr::V6(v6) if is_global_v6(v6) && !ipv6.contains(&v6) => ipv6.push(v6),
+            IpAddr::V4(v4) if is_global_v4(v4) && !ipv4.contains(&v4) => {
+                ipv4.push(v4);
+                interface_v4.get_or_insert_with(|| addr.interface_name.clone());
+            }
+            IpAddr::V6(v6) if is_global_v6(v6) && !ipv6.contains(&v6) => {
+                ipv6.push(v6);
+                interface_v6.get_or_insert_with(|| addr.interface_name.clone());
+            }
             _ => {}
         }
     }
@@ -81,6 +90,7 @@ pub fn gather(root: &TargetRoot, pid: u32) -> Result<TargetInfo, TargetInfoError
         hostname,
         ipv4,
         ipv6,
+        interface: interface_v4.or(interface_v6),
         resolv_conf: read("/etc/resolv.conf")?,
         hosts: read("/etc/hosts")?,
         environ: environ_of(pid)?,

@@ -147,6 +147,7 @@ pub(crate) async fn start_connected(
     let framing = pump::Framing::for_mtu(tunnel.mtu);
     let options = session::SessionOptions {
         privileges,
+        tun_name: session::tun_name_for(tunnel.target.interface.as_deref()),
         tun_offload,
         tun_segmentation: !tun_offload && framing == pump::Framing::Segmented,
         target_localhost: !args.no_target_localhost,

@@ -223,7 +223,8 @@ fn rootless_session_has_its_own_network_hostname_and_files() {
             &scratch,
             "ip -o link show; ip -o addr show; echo ROUTES4; ip route; echo ROUTES6; \
              ip -6 route; echo HOSTNAME; hostname; echo RESOLV; cat /etc/resolv.conf; \
-             echo HOSTS; cat /etc/hosts; echo PID; echo $$",
+             echo HOSTS; cat /etc/hosts; echo PID; echo $$; \
+             echo SYS; ls /sys/class/net; cat /sys/class/net/mnet0/type /sys/class/net/mnet0/mtu",
             rootless_options(),
             None,
         ));
@@ -243,6 +244,12 @@ fn rootless_session_has_its_own_network_hostname_and_files() {
         );
         assert!(routes4.contains("default dev mnet0"), "{output}");
         assert!(routes6.contains("default dev mnet0"), "{output}");
+        // sysfs agrees with netlink: the session's interfaces, the TUN's type (ARPHRD_NONE)
+        // and MTU, not the host's.
+        assert!(
+            output.ends_with("SYS\nlo\nmnet0\n65534\n1400\n"),
+            "{output}"
+        );
         assert!(output.contains("HOSTNAME\nrootless-pod\n"), "{output}");
         assert!(
             output.contains(

@@ -69,13 +69,20 @@ async fn tun_carries_the_target_addresses_and_default_routes() {
     let scratch = Scratch::new("session", "tun");
     let (code, output) = run_script(
         &scratch,
-        "ip -o link show; ip -o addr show; echo ROUTES4; ip route; echo ROUTES6; ip -6 route",
+        "ip -o link show; ip -o addr show; echo ROUTES4; ip route; echo ROUTES6; ip -6 route; \
+         echo SYS; ls /sys/class/net; cat /sys/class/net/mnet0/type /sys/class/net/mnet0/mtu",
         |_| {},
     )
     .await;
     assert_eq!(code, 0, "{output}");
     let routes4 = &output[output.find("ROUTES4").unwrap()..output.find("ROUTES6").unwrap()];
-    let routes6 = &output[output.find("ROUTES6").unwrap()..];
+    let routes6 = &output[output.find("ROUTES6").unwrap()..output.find("SYS").unwrap()];
+    // sysfs agrees with netlink: the session's interfaces, the TUN's type (ARPHRD_NONE) and
+    // MTU, not the host's.
+    assert!(
+        output.ends_with("SYS\nlo\nmnet0\n65534\n1400\n"),
+        "{output}"
+    );
 
     assert!(
         output.contains("mnet0: <POINTOPOINT,MULTICAST,NOARP,UP,LOWER_UP> mtu 1400"),

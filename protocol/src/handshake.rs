@@ -84,6 +84,7 @@ mod tests {
             hostname: "pod-a".into(),
             ipv4: vec!["10.0.0.5".parse().unwrap()],
             ipv6: vec![],
+            interface: Some("eth0".into()),
             resolv_conf: Some(b"nameserver 10.0.0.2\n".to_vec()),
             hosts: None,
             environ: vec![(b"APP_MODE".to_vec(), b"prod".to_vec())],

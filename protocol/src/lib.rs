@@ -40,7 +40,7 @@ pub mod trust;
 
 /// Version of the session protocol. Bumped on any incompatible change to messages or to how
 /// datagrams are used; both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// ALPN token of the session protocol, so a QUIC peer of another kind fails the TLS handshake
 /// instead of misreading our streams.

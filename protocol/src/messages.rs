@@ -134,6 +134,10 @@ pub struct TargetInfo {
     /// The target's own addresses, global scope, in the order the kernel lists them.
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
+    /// The name of the interface that holds the target's first address (`eth0` in most pods),
+    /// which the session's TUN takes so that programs finding their address by interface
+    /// name find it; `None` when the target has no global address.
+    pub interface: Option<String>,
     /// The target's `/etc/resolv.conf` and `/etc/hosts`, as seen from its root; `None` when
     /// the target has no such file.
     pub resolv_conf: Option<Vec<u8>>,

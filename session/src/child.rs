@@ -14,7 +14,8 @@
 //!    ([`userns`](super::userns)). Then `unshare` the network, mount, UTS and PID namespaces;
 //!    make mounts private.
 //! 3. `lo` up, the TUN with its addresses and default routes ([`network`](super::network)).
-//! 4. resolv.conf and hosts ([`mounts`](super::mounts)); the hostname.
+//! 4. The session's own `/sys/class/net` ([`sysfs`](super::sysfs)); resolv.conf and hosts
+//!    ([`mounts`](super::mounts)); the hostname.
 //! 5. Send `Ready` with the TUN descriptor, close our copy, wait for `Go`. End of file here
 //!    means the client is gone: exit 1 without a word — the user already saw the client's
 //!    error, or the client was killed.
@@ -42,6 +43,7 @@ use super::namespaces;
 use super::network;
 use super::outgoing_relay::RelaySockets;
 use super::remote_files::{self, KeptLocal};
+use super::sysfs;
 
 /// Status of a child that could not build the session or lost its client.
 const SETUP_FAILED: i32 = 1;
@@ -199,6 +201,8 @@ fn build(
         .map(remote_files::mount_root)
         .transpose()?;
     let tun = network::build(spec, warnings)?;
+    // After the TUN exists, so the new sysfs lists it.
+    sysfs::show_own_interfaces(warnings)?;
     mounts::overlay_files(&spec.files, warnings)?;
     namespaces::set_hostname(&spec.hostname)
         .map_err(|err| SetupFailure::os(SetupStep::Hostname, err))?;

@@ -252,6 +252,8 @@ pub enum SetupStep {
     FuseDevice,
     /// Binding a remote path over the local one.
     RemotePath(String),
+    /// Showing the session's own interfaces under `/sys/class/net`.
+    Sysfs,
 }
 
 impl fmt::Display for SetupStep {
@@ -300,6 +302,9 @@ impl fmt::Display for SetupStep {
                 f.write_str("cannot mount the target's files (FUSE device /dev/fuse)")
             }
             SetupStep::RemotePath(path) => write!(f, "cannot show the target's {path}"),
+            SetupStep::Sysfs => {
+                f.write_str("cannot show the session's interfaces in /sys/class/net")
+            }
         }
     }
 }

@@ -63,6 +63,7 @@ mod remote_files;
 mod served;
 mod shadow;
 mod spec;
+mod sysfs;
 pub mod userns;
 
 pub use child::child_main;
@@ -83,6 +84,6 @@ pub use outgoing::{Destination, FilterMode, OutgoingRules};
 pub use parent::Session;
 pub use remote_files::{remote_root, REMOTE_ROOT, REMOTE_ROOT_ENV};
 pub use spec::{
-    InvalidSpec, RemoteFiles, RunAs, ServeFiles, SessionOptions, SessionSpec, DEFAULT_TUN_NAME,
-    HOSTS, RESOLV_CONF,
+    tun_name_for, InvalidSpec, RemoteFiles, RunAs, ServeFiles, SessionOptions, SessionSpec,
+    DEFAULT_TUN_NAME, HOSTS, RESOLV_CONF,
 };

@@ -83,16 +83,7 @@ pub fn overlay_files(
         return Ok(());
     }
 
-    let scratch = SCRATCH_CANDIDATES
-        .iter()
-        .map(Path::new)
-        .find(|dir| dir.is_dir())
-        .ok_or_else(|| {
-            SetupFailure::other(
-                SetupStep::ScratchMount,
-                format!("none of {} is a directory", SCRATCH_CANDIDATES.join(", ")),
-            )
-        })?;
+    let scratch = scratch_dir()?;
     mount(
         Some("mirrord-net"),
         scratch,
@@ -113,6 +104,20 @@ pub fn overlay_files(
         .map_err(|err| SetupFailure::os(SetupStep::ScratchMount, err))
 }
 
+/// A directory to mount a scratch file system on for a few system calls.
+pub(super) fn scratch_dir() -> Result<&'static Path, SetupFailure> {
+    SCRATCH_CANDIDATES
+        .iter()
+        .map(Path::new)
+        .find(|dir| dir.is_dir())
+        .ok_or_else(|| {
+            SetupFailure::other(
+                SetupStep::ScratchMount,
+                format!("none of {} is a directory", SCRATCH_CANDIDATES.join(", ")),
+            )
+        })
+}
+
 fn step(target: &Path) -> SetupStep {
     SetupStep::File(target.display().to_string())
 }
@@ -126,11 +131,11 @@ fn open_target(target: &Path) -> nix::Result<OwnedFd> {
     )
 }
 
-/// The scratch tmpfs; detached however the overlay ends.
-struct Scratch<'a>(&'a Path);
+/// A scratch mount; detached however the work on it ends.
+pub(super) struct Scratch<'a>(pub(super) &'a Path);
 
 impl Scratch<'_> {
-    fn detach(self) -> nix::Result<()> {
+    pub(super) fn detach(self) -> nix::Result<()> {
         let result = umount2(self.0, MntFlags::MNT_DETACH);
         std::mem::forget(self);
         result
@@ -152,9 +157,9 @@ fn write_new(path: &Path, contents: &[u8]) -> io::Result<()> {
     file.write_all(contents)
 }
 
-/// Mounts the file `source` on `target` (an `O_PATH` descriptor), on top of whatever
-/// `target` is, a symlink included.
-fn bind_over(source: &Path, target: &OwnedFd) -> io::Result<()> {
+/// Mounts the file or directory `source` on `target` (an `O_PATH` descriptor), on top of
+/// whatever `target` is, a symlink included.
+pub(super) fn bind_over(source: &Path, target: &OwnedFd) -> io::Result<()> {
     match clone_and_move(source, target) {
         Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => mount(
             Some(source),

@@ -25,6 +25,29 @@ pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 pub const HOSTS: &str = "/etc/hosts";
 /// Name of the session's TUN device unless [`SessionOptions::tun_name`] says otherwise.
 pub const DEFAULT_TUN_NAME: &str = "mnet0";
+
+/// The session's TUN name for a target whose address is on `target_interface`: that name,
+/// so that programs looking up their interface by name (`eth0` in most pods) find it, unless
+/// the session could not use it (`lo`, which the session has already, or a name the kernel
+/// refuses).
+pub fn tun_name_for(target_interface: Option<&str>) -> String {
+    match target_interface {
+        Some(name) if name != "lo" && is_interface_name(name) => name.to_owned(),
+        _ => DEFAULT_TUN_NAME.to_owned(),
+    }
+}
+
+/// What the kernel accepts as a new interface's name (`dev_valid_name`).
+fn is_interface_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= IFNAME_MAX
+        && name != "."
+        && name != ".."
+        && !bytes
+            .iter()
+            .any(|&b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':')
+}
 /// Longest hostname the kernel accepts (`HOST_NAME_MAX`).
 const HOSTNAME_MAX: usize = 64;
 /// Longest interface name (`IFNAMSIZ` minus the NUL).
@@ -197,13 +220,7 @@ pub(crate) fn child_spec(
     if hostname.len() > HOSTNAME_MAX || hostname.contains(&0) {
         return Err(InvalidSpec::BadHostname(spec.hostname.clone()));
     }
-    let tun = options.tun_name.as_bytes();
-    if tun.is_empty()
-        || tun.len() > IFNAME_MAX
-        || tun
-            .iter()
-            .any(|&b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':')
-    {
+    if !is_interface_name(&options.tun_name) {
         return Err(InvalidSpec::BadTunName(options.tun_name.clone()));
     }
     if spec.mtu < 68 {
@@ -409,5 +426,19 @@ mod tests {
             Err(InvalidSpec::RunAsWithoutRoot(0))
         );
         assert!(child_spec(&spec(), &rootless, None).is_ok());
+    }
+
+    #[test]
+    fn the_tun_takes_the_targets_interface_name_when_the_kernel_would() {
+        assert_eq!(tun_name_for(Some("eth0")), "eth0");
+        assert_eq!(tun_name_for(Some("net1")), "net1");
+        assert_eq!(tun_name_for(None), DEFAULT_TUN_NAME);
+        for unusable in ["lo", "", ".", "..", "a/b", "a b", "a:b", "sixteen-letters!"] {
+            assert_eq!(
+                tun_name_for(Some(unusable)),
+                DEFAULT_TUN_NAME,
+                "{unusable:?}"
+            );
+        }
     }
 }

@@ -29,6 +29,7 @@
 pub mod cgroup;
 pub mod cluster_path;
 pub mod exec;
+pub mod go;
 pub mod kube;
 pub mod leftovers;
 pub mod netns;

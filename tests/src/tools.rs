@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dig", "dnsutils"),
     ("ping", "iputils-ping"),
     ("gron", "gron"),
+    ("go", "golang-go"),
     ("python3", "python3"),
     ("getent", "libc-bin"),
     ("sha256sum", "coreutils"),

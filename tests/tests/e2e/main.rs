@@ -43,6 +43,7 @@ mod files;
 mod incoming;
 mod incoming_mirror;
 mod incoming_shared;
+mod interfaces;
 mod isolation;
 mod kill_storm;
 mod lifecycle;

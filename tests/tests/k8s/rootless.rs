@@ -32,7 +32,7 @@ fn an_unprivileged_user_runs_a_session_on_a_pod() {
     let session = format!(
         "{client} exec --target pod/app -n {ns} --quiet --remote {service_ip} --remote app -- sh -c \
          'id -u; hostname; printenv GREETING; curl -sS --max-time 10 http://{service_ip}/; \
-         printenv MIRRORD_NET_REMOTE_ROOT'",
+         printenv MIRRORD_NET_REMOTE_ROOT; echo $(ls /sys/class/net)'",
         client = client.display(),
         ns = ns.name(),
     );
@@ -72,7 +72,7 @@ fn an_unprivileged_user_runs_a_session_on_a_pod() {
     let out = exec::run(command, Duration::from_secs(90)).unwrap_or_else(|t| panic!("{t}"));
     let _ = std::fs::remove_file(&kubeconfig);
     let lines: Vec<&str> = out.assert_success().lines().collect();
-    assert_eq!(lines.len(), 6, "{out}");
+    assert_eq!(lines.len(), 7, "{out}");
     assert_eq!(lines[0], NOBODY.to_string(), "the user's own uid:\n{out}");
     assert_eq!(lines[1], "app", "the pod's hostname:\n{out}");
     assert_eq!(
@@ -85,7 +85,11 @@ fn an_unprivileged_user_runs_a_session_on_a_pod() {
         format!("/tmp/mirrord-net-{NOBODY}/root"),
         "the user's own remote root:\n{out}"
     );
-    let printed = lines[5]
+    assert_eq!(
+        lines[5], "eth0 lo",
+        "the session's interfaces, the TUN named as the pod's:\n{out}"
+    );
+    let printed = lines[6]
         .trim_start_matches("MIRRORD_NET_REMOTE_ROOT=")
         .trim_matches(|c| c == '"' || c == '\'');
     assert_eq!(printed, lines[4], "`env` agrees with the session:\n{out}");
