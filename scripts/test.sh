@@ -62,6 +62,7 @@ bash tests/k8s/cluster.sh up e2e >/dev/null
 source /var/lib/mirrord-net-k8s/e2e/env
 bash scripts/build-agent-image.sh --import "$K8S_CONTAINERD_SOCK"
 bash tests/k8s/test-images.sh import "$K8S_CONTAINERD_SOCK"
+bash tests/k8s/test-images.sh worker "$K8S_CONTAINERD_SOCK" target/release/mirrord-net
 
 step "running the Kubernetes end-to-end tests"
 nextest -E 'binary_id(mirrord-net-tests::k8s)' || status=$?

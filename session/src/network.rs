@@ -41,7 +41,9 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute};
+use rtnetlink::packet_route::link::{
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, LinkAttribute,
+};
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -144,7 +146,7 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
     let redirect = |err| SetupFailure::os(SetupStep::LoopbackRedirect, err);
     if spec.target_localhost {
         if !spec.ipv4.is_empty() {
-            route_localnet(&spec.tun_name).map_err(redirect)?;
+            route_localnet(&mut netlink, index).map_err(redirect)?;
         }
         if !ipv6.is_empty() {
             local_ipv6_loopback(&mut netlink, index).map_err(redirect)?;
@@ -204,11 +206,19 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
 
 /// Lets loopback addresses be routed through the TUN (`net.ipv4.conf.<tun>.route_localnet`),
 /// which the loopback redirect needs (see [`loopback`]).
-fn route_localnet(device: &str) -> std::io::Result<()> {
-    std::fs::write(
-        format!("/proc/sys/net/ipv4/conf/{device}/route_localnet"),
-        "1",
-    )
+///
+/// Set over netlink (`IFLA_INET_CONF` in `RTM_SETLINK`, only the one entry), not through
+/// `/proc/sys`: in a container /proc/sys is mounted read-only, and the session cannot mount a
+/// /proc of its own before its init does (nor at all where the container's has masked paths).
+fn route_localnet(netlink: &mut Netlink, index: u32) -> std::io::Result<()> {
+    let mut conf = InetDevConf::default();
+    conf.route_localnet = 1;
+    let mut link = LinkUnspec::new_with_index(index).build();
+    link.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+            AfSpecInet::DevConfRequest(conf),
+        ])]));
+    netlink.change(RouteNetlinkMessage::SetLink(link))
 }
 
 /// `ip -6 route add local ::1 dev <tun> table local`: the route that lets replies conntrack

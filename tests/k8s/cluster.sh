@@ -145,8 +145,8 @@ source_version() {
 # Everything that decides the build's output; its hash is part of the cache key.
 recipe_hash() {
     {
-        declare -f fetch_source gen_openapi build_go build_pause build_images
-        cat "$HERE/pause.c" "$HERE/oci-image.py"
+        declare -f fetch_source gen_openapi build_go build_device_plugin build_pause build_images
+        cat "$HERE/pause.c" "$HERE/oci-image.py" "$HERE/fuse-device-plugin.go"
         echo "$GO"
     } | sha256sum | cut -c1-16
 }
@@ -222,6 +222,20 @@ build_go() { # GOPATH OUTDIR
     ) || die "go build failed"
 }
 
+# The test cluster's FUSE device plugin (fuse-device-plugin.go), built inside the Kubernetes
+# tree so that GOPATH mode finds the kubelet's API and gRPC in its vendor directory.
+build_device_plugin() { # GOPATH OUTDIR
+    local gopath=$1 out=$2 dir=$1/src/k8s.io/kubernetes/cmd/mirrord-net-fuse-device-plugin
+    mkdir -p "$dir" "$out"
+    cp "$HERE/fuse-device-plugin.go" "$dir/main.go"
+    (
+        go_env "$gopath"
+        cd "$gopath/src/k8s.io/kubernetes"
+        nice -n 19 "$GO" build -trimpath -ldflags "-s -w" -o "$out/mirrord-net-fuse-device-plugin" \
+            ./cmd/mirrord-net-fuse-device-plugin
+    ) || die "go build of the FUSE device plugin failed"
+}
+
 build_pause() { # OUTDIR
     gcc -static -Os -o "$1/pause" "$HERE/pause.c" || die "gcc pause.c failed"
     strip "$1/pause"
@@ -287,6 +301,7 @@ cmd_build() {
     t1=$(now)
     rm -rf "$out.tmp"
     build_go "$gopath" "$out.tmp/bin"
+    build_device_plugin "$gopath" "$out.tmp/bin"
     log "go build took $(elapsed "$t1") s"
     build_pause "$out.tmp/bin"
     build_images "$out.tmp/bin" "$out.tmp/images"
@@ -648,6 +663,13 @@ cmd_up() {
         --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
         --root-dir="$S/kubelet" --cert-dir="$S/kubelet-certs" \
         --volume-plugin-dir="$S/volume-plugins" --pod-infra-container-image=localhost/pause:local
+    # The node's /dev/net/tun and /dev/fuse as udev makes them (mode 0666) for the agent-pool
+    # worker pods, under the state directory: this machine's own may be 0600, and the cluster
+    # never changes the host's. The plugin offers the FUSE node as mirrord-net/fuse.
+    mkdir -p "$S/dev/net"
+    mknod -m 0666 "$S/dev/net/tun" c 10 200
+    mknod -m 0666 "$S/dev/fuse" c 10 229
+    start_daemon fuse-device-plugin "$BIN/mirrord-net-fuse-device-plugin" "$S/dev/fuse"
     start_daemon kube-proxy "$BIN/kube-proxy" \
         --kubeconfig="$S/kube-proxy.kubeconfig" --hostname-override="$NODE_NAME" \
         --proxy-mode=iptables --cluster-cidr="$POD_CIDR" --bind-address=127.0.0.1 \
@@ -657,7 +679,8 @@ cmd_up() {
         --conntrack-tcp-timeout-close-wait=0
 
     wait_for 90 "node $NODE_NAME Ready" node_ready
-    ensure_alive kube-controller-manager kube-scheduler kubelet kube-proxy containerd
+    wait_for 30 "mirrord-net/fuse on node $NODE_NAME (the FUSE device plugin)" fuse_offered
+    ensure_alive kube-controller-manager kube-scheduler kubelet kube-proxy containerd fuse-device-plugin
     local ready
     ready=$(ms_since "$t0")
     log "node $NODE_NAME Ready ($ready s)"
@@ -666,6 +689,10 @@ cmd_up() {
     write_env "$ready" "$(ms_since "$t0")"
     log "cluster $NAME up in $(ms_since "$t0") s; env: $S/env"
     cat "$S/env"
+}
+
+fuse_offered() {
+    kc get node "$NODE_NAME" -o 'jsonpath={.status.allocatable}' 2>/dev/null | grep -qF '"mirrord-net/fuse":"'
 }
 
 node_ready() {
@@ -693,6 +720,7 @@ K8S_BUSYBOX_IMAGE=localhost/busybox:local
 K8S_PAUSE_IMAGE=localhost/pause:local
 K8S_CONTAINERD_SOCK=$SOCK
 K8S_STATE=$S
+K8S_DEVICE_DIR=$S/dev
 K8S_UP_STARTED=$(cat "$S/up-started")
 K8S_NODE_READY_SECONDS=$1
 K8S_UP_SECONDS=$2
@@ -856,7 +884,7 @@ cmd_down() {
     fi
     # 2. The daemons, in order, by PID.
     local d pid t1
-    for d in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    for d in fuse-device-plugin kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver etcd; do
         pid=$(daemon_pid "$d")
         [ -n "$pid" ] || continue
         t1=$(now)

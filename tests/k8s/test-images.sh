@@ -3,6 +3,7 @@
 # Debian packages (there is no registry), and imports them into a test cluster's containerd.
 #
 #   tests/k8s/test-images.sh import CONTAINERD_SOCK
+#   tests/k8s/test-images.sh worker CONTAINERD_SOCK CLIENT_BINARY
 #
 # localhost/postgres:local   PostgreSQL 15 (Debian's postgresql-15) with busybox for its shell:
 #                            the binaries, every shared library they load (ldd), the share and lib
@@ -11,6 +12,11 @@
 # localhost/python:local     This machine's python3 (Debian's python3.11) with its standard library
 #                            (no tests, IDLE, tkinter) and busybox for a shell: the incoming
 #                            tests' HTTP services (tests/scripts/*.py, given to pods as ConfigMaps).
+# localhost/mirrord-net-worker:local
+#                            An agent-pool worker (docs/kubernetes/agent-pool-worker.yaml): the
+#                            given mirrord-net client with its shared libraries at
+#                            /usr/local/bin/mirrord-net, and busybox with every applet. Built
+#                            from the binary under test on every run, never cached.
 #
 # The tars are cached next to the cluster build (MIRRORD_K8S_CACHE), keyed by the package
 # version and this script's text, so a second run only imports.
@@ -77,6 +83,43 @@ build_python() {
     rm -rf "$root"
 }
 
+build_worker() {
+    local out=$1 client=$2 root applet lib
+    root=$(mktemp -d)
+    install -D -m 0755 /bin/busybox "$root/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+    done
+    ln -s bin "$root/sbin"
+    mkdir -p "$root/usr"
+    ln -s ../bin "$root/usr/bin"
+    mkdir -p "$root/usr/local/bin"
+    # Symbols stay, the line tables go (most of the size), as in the agent's image.
+    objcopy --strip-debug "$client" "$root/usr/local/bin/mirrord-net"
+    chmod 0755 "$root/usr/local/bin/mirrord-net"
+    for lib in $(ldd "$client" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
+        [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+    done
+    mkdir -p "$root/etc"
+    printf 'root:x:0:0:root:/root:/bin/sh\nworker:x:1000:1000:worker:/tmp:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nworker:x:1000:\n' >"$root/etc/group"
+    install -d -m 1777 "$root/tmp"
+    python3 "$HERE/oci-image.py" "$root" localhost/mirrord-net-worker:local "$out"
+    rm -rf "$root"
+}
+
+cmd_worker() {
+    local sock=${1:?usage: test-images.sh worker CONTAINERD_SOCK CLIENT_BINARY}
+    local client=${2:?usage: test-images.sh worker CONTAINERD_SOCK CLIENT_BINARY} out
+    [ -x "$client" ] || die "$client is not an executable (cargo build --release builds it)"
+    out=$(mktemp --suffix=.tar)
+    build_worker "$out" "$client"
+    ctr -a "$sock" -n k8s.io images import "$out" >/dev/null \
+        || { rm -f "$out"; die "cannot import $out into $sock"; }
+    log "imported localhost/mirrord-net-worker:local ($(du -h "$out" | cut -f1))"
+    rm -f "$out"
+}
+
 # Builds IMAGE (a name for the log) with BUILDER into the cache, keyed by KEY, and imports it.
 build_and_import() {
     local sock=$1 image=$2 builder=$3 key=$4 stem=$5 out
@@ -107,5 +150,6 @@ cmd_import() {
 
 case "${1:-}" in
     import) shift; cmd_import "$@" ;;
-    *) echo "usage: $0 import CONTAINERD_SOCK" >&2; exit 2 ;;
+    worker) shift; cmd_worker "$@" ;;
+    *) echo "usage: $0 import CONTAINERD_SOCK | worker CONTAINERD_SOCK CLIENT_BINARY" >&2; exit 2 ;;
 esac

@@ -19,6 +19,7 @@ mod lifecycle;
 mod rootless;
 mod targets;
 mod transports;
+mod workers;
 
 use std::time::Duration;
 

@@ -60,6 +60,39 @@ spec:
     configMap: {name: app-config}
 "#;
 
+/// Pod `api`: a main container with an environment variable and a ConfigMap volume at
+/// /etc/api, and a sidecar serving HTTP on the pod's loopback only (127.0.0.1:8085, answering
+/// `sidecar`), as a mesh proxy or an admin port would.
+pub const API: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: api-config}
+data:
+  config.txt: "mode=api\n"
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, labels: {app: api}}
+spec:
+  dnsPolicy: Default
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: localhost/busybox:local
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+    env: [{name: GREETING, value: hello-from-api}]
+    volumeMounts: [{name: config, mountPath: /etc/api}]
+  - name: sidecar
+    image: localhost/busybox:local
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www && echo sidecar > /www/index.html && exec httpd -f -p 127.0.0.1:8085 -h /www"]
+    readinessProbe: {exec: {command: ["wget", "-qO-", "http://127.0.0.1:8085/"]}, periodSeconds: 1}
+  volumes:
+  - name: config
+    configMap: {name: api-config}
+"#;
+
 /// Pod `duo`: two containers that differ in their `ROLE` variable.
 pub const DUO: &str = r#"
 apiVersion: v1
