@@ -26,8 +26,8 @@ use mirrord_net_agent::files::{Access, FileServer};
 use mirrord_net_fuse_fs::transport::{Reply, Transport, TransportError};
 use mirrord_net_protocol::fs::FsRequest;
 use mirrord_net_session::{
-    Destination, FilterMode, IdMaps, OutgoingRules, RemoteFiles, Session, SessionError,
-    SessionOptions, SessionPrivileges, SessionSpec, SetupStep,
+    Destination, DnsMode, DnsRules, FilterMode, IdMaps, NamePattern, OutgoingRules, RemoteFiles,
+    Session, SessionError, SessionOptions, SessionPrivileges, SessionSpec, SetupStep,
 };
 
 mod support;
@@ -55,12 +55,16 @@ struct Setup {
     device_mode: libc::mode_t,
     /// Whether it may create user namespaces.
     user_namespaces: bool,
+    /// Whether the scratch directory's `resolv.conf` stands in for the machine's
+    /// `/etc/resolv.conf` (bound over it in the copy's mount namespace).
+    host_resolv_conf: bool,
 }
 
 /// A stock Debian machine: the devices 0666 (as udev makes them), user namespaces allowed.
 const STOCK: Setup = Setup {
     device_mode: 0o666,
     user_namespaces: true,
+    host_resolv_conf: false,
 };
 
 /// Starts this binary again running only `test`, as nobody (see the module documentation).
@@ -78,10 +82,11 @@ fn spawn_unprivileged(test: &str, scratch: &Scratch, setup: Setup) -> std::proce
     let devices = scratch.path("devices");
     std::fs::create_dir_all(&devices).unwrap();
     let c = |path: &Path| CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let (devices_c, tun_node, fuse_node) = (
+    let (devices_c, tun_node, fuse_node, resolv_conf) = (
         c(&devices),
         c(&devices.join("tun")),
         c(&devices.join("fuse")),
+        c(&scratch.path("resolv.conf")),
     );
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
@@ -137,6 +142,15 @@ fn spawn_unprivileged(test: &str, scratch: &Scratch, setup: Setup) -> std::proce
                     ))?;
                 }
                 check(libc::umount2(devices_c.as_ptr(), libc::MNT_DETACH))?;
+                if setup.host_resolv_conf {
+                    check(libc::mount(
+                        resolv_conf.as_ptr(),
+                        c"/etc/resolv.conf".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                }
             }
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setgid(NOBODY))?;
@@ -842,5 +856,139 @@ fn rootless_local_destinations_leave_from_the_host() {
         STOCK,
     );
     drop(server);
+    assert_eq!(host_links(), links, "no interface left on the host");
+}
+
+/// What this machine's resolver (a dnsmasq of the test's) answers for the one name the filter
+/// keeps local.
+const HOST_NAME: &str = "db.host.test";
+const HOST_NAME_ADDR: &str = "192.0.2.91";
+
+#[test]
+fn rootless_dns_filter_sends_listed_names_to_the_hosts_resolver() {
+    if let Some(scratch) = in_unprivileged_copy() {
+        let options = SessionOptions {
+            dns: Some(DnsRules {
+                mode: DnsMode::Local,
+                patterns: vec![NamePattern::parse("*.host.test").unwrap()],
+            }),
+            ..rootless_options()
+        };
+        let out = scratch.join("out");
+        // The target's resolver gets no answer here (no agent reads the TUN): one try.
+        let spec = SessionSpec {
+            resolv_conf: Some(b"nameserver 10.96.0.10\noptions timeout:1 attempts:1\n".to_vec()),
+            ..spec(
+                &format!(
+                    "getent ahostsv4 {HOST_NAME} | head -n 1; \
+                     getent ahostsv4 api.target.test; echo rc=$?"
+                ),
+                &out,
+            )
+        };
+        let code = block_on(async {
+            let mut session = Session::start_with(spec, options)
+                .await
+                .expect("the rootless session starts");
+            session.wait().await
+        });
+        let output = std::fs::read_to_string(&out).unwrap_or_default();
+        assert_eq!(code, 0, "{output}");
+        let lines: Vec<String> = output
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                format!("{HOST_NAME_ADDR} STREAM {HOST_NAME}"),
+                "rc=2".into()
+            ],
+            "{output}"
+        );
+        return;
+    }
+    /// dnsmasq, killed however the test ends.
+    struct Dnsmasq(std::process::Child);
+    impl Drop for Dnsmasq {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let scratch = Scratch::new("rootless", "dns");
+    let pid = std::process::id();
+    let addr = format!("127.53.{}.{}", (pid >> 8) & 0xff, (pid & 0xff).max(1));
+    let log = std::fs::File::create(scratch.path("dnsmasq.log")).unwrap();
+    let mut server = Dnsmasq(
+        Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--log-facility=-",
+                "--log-queries",
+                "--pid-file=",
+                "--port=53",
+                "--local=/test/",
+            ])
+            .arg(format!("--listen-address={addr}"))
+            .arg(format!("--host-record={HOST_NAME},{HOST_NAME_ADDR}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dnsmasq runs (Debian package dnsmasq-base)"),
+    );
+    // Up when it answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // A query for HOST_NAME, type A, id 0x4242.
+    let mut query = vec![0x42, 0x42, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in HOST_NAME.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    loop {
+        let _ = probe.send_to(&query, format!("{addr}:53"));
+        let mut answer = [0u8; 512];
+        if probe.recv(&mut answer).is_ok_and(|len| len > 12) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dnsmasq on {addr} did not answer"
+        );
+        if let Ok(Some(status)) = server.0.try_wait() {
+            panic!(
+                "dnsmasq exited ({status}): {}",
+                std::fs::read_to_string(scratch.path("dnsmasq.log")).unwrap_or_default()
+            );
+        }
+    }
+    std::fs::write(scratch.path("resolv.conf"), format!("nameserver {addr}\n")).unwrap();
+    let links = host_links();
+    run_unprivileged(
+        "rootless_dns_filter_sends_listed_names_to_the_hosts_resolver",
+        &scratch,
+        Setup {
+            host_resolv_conf: true,
+            ..STOCK
+        },
+    );
+    drop(server);
+    let log = std::fs::read_to_string(scratch.path("dnsmasq.log")).unwrap_or_default();
+    // The probe's query and the session's: the listed name reached this machine's resolver,
+    // the other never did.
+    assert!(
+        log.matches(&format!("query[A] {HOST_NAME} from")).count() >= 2,
+        "{log}"
+    );
+    assert!(!log.contains("target.test"), "{log}");
     assert_eq!(host_links(), links, "no interface left on the host");
 }
