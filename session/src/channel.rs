@@ -25,8 +25,8 @@ use serde::Serialize;
 use mirrord_net_protocol::framing::{self, FrameError, LEN_PREFIX, MAX_LOCAL_FRAME_LEN};
 
 /// Most descriptors accepted on one read: the TUN, the session table's socket, the outgoing
-/// relay's five, the DNS relay's five, FUSE, the sock_diag socket.
-const MAX_FDS: usize = 16;
+/// relay's five, the DNS relay's eight, FUSE, the sock_diag socket; room to spare.
+const MAX_FDS: usize = 24;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]

@@ -11,11 +11,13 @@
 //!
 //! 1. Tie the process to the client (`PR_SET_PDEATHSIG`) and read the spec.
 //! 2. Rootless only: `unshare` a user namespace and map the user's ids into it
-//!    ([`userns`](super::userns)). Then `unshare` the network, mount, UTS and PID namespaces;
-//!    make mounts private.
-//! 3. `lo` up, the TUN with its addresses and default routes ([`network`](super::network)).
+//!    ([`userns`](super::userns)). Then `unshare` the network, mount and UTS namespaces; make
+//!    mounts private.
+//! 3. `lo` up, the TUN with its addresses and default routes ([`network`](super::network));
+//!    with a DNS filter, the socket maker is forked here
+//!    ([`socket_maker`](super::socket_maker)).
 //! 4. The session's own `/sys/class/net` ([`sysfs`](super::sysfs)); resolv.conf and hosts
-//!    ([`mounts`](super::mounts)); the hostname.
+//!    ([`mounts`](super::mounts)); the hostname; last, `unshare` the PID namespace.
 //! 5. Send `Ready` with the TUN descriptor, close our copy, wait for `Go`. End of file here
 //!    means the client is gone: exit 1 without a word — the user already saw the client's
 //!    error, or the client was killed.
@@ -206,6 +208,9 @@ fn build(
     mounts::overlay_files(&spec.files, warnings)?;
     namespaces::set_hostname(&spec.hostname)
         .map_err(|err| SetupFailure::os(SetupStep::Hostname, err))?;
+    // Last: every process forked before this (the socket maker) stays out of the session's
+    // PID namespace; the next, init, is its PID 1.
+    namespaces::enter_pid_namespace()?;
     Ok((tun, root))
 }
 

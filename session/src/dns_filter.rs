@@ -4,11 +4,12 @@
 //! IDs, and the session table's rules; [`dns_relay`](super::dns_relay) moves the datagrams.
 //!
 //! Every query the session sends to one of its resolvers (the target's, from its resolv.conf)
-//! on UDP port 53 is redirected, in the session's nftables table, to a socket of the DNS
-//! relay on the session's loopback, before any other rule of the chain:
+//! on port 53, UDP and TCP, is redirected, in the session's nftables table, to a socket of the
+//! DNS relay on the session's loopback, before any other rule of the chain:
 //!
 //! ```text
 //! meta mark != 0x6d6e6453 meta l4proto udp ip daddr 10.96.0.10 udp dport 53 redirect to :<relay>
+//! meta mark != 0x6d6e6453 meta l4proto tcp ip daddr 10.96.0.10 tcp dport 53 redirect to :<relay>
 //! ... the kept ports, the outgoing filter, the loopback redirect (see `outgoing`) ...
 //! ```
 //!
@@ -33,8 +34,8 @@
 //! `*.corp.example`). A query without a question, or one that does not decode, goes where
 //! unmatched names go.
 //!
-//! Only UDP: a query over TCP (after a truncated answer, or `options use-vc`) still goes to
-//! the target's resolver whatever its name.
+//! A query over TCP (after a truncated answer, or `options use-vc`) is decided the same way,
+//! by the first query of its connection (see [`dns_relay`](super::dns_relay)).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -56,6 +57,7 @@ pub const FORWARD_MARK: u32 = 0x6d6e_6453;
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 const UDP: u8 = libc::IPPROTO_UDP as u8;
+const TCP: u8 = libc::IPPROTO_TCP as u8;
 
 /// Which way the listed names go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,14 +296,17 @@ fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
 pub struct DnsPorts {
     pub udp4: u16,
     pub udp6: Option<u16>,
+    /// The TCP listeners.
+    pub tcp4: u16,
+    pub tcp6: Option<u16>,
     /// The sockets toward the target's resolvers (unconnected: `/proc/net/udp` lists them).
     pub forward4: u16,
     pub forward6: Option<u16>,
 }
 
 impl DnsPorts {
-    /// Every port of the relay's own sockets, which are no program's.
-    pub fn all(&self) -> Vec<u16> {
+    /// Every UDP port of the relay's own sockets, which are no program's.
+    pub fn udp(&self) -> Vec<u16> {
         [
             Some(self.udp4),
             self.udp6,
@@ -311,6 +316,11 @@ impl DnsPorts {
         .into_iter()
         .flatten()
         .collect()
+    }
+
+    /// Every TCP port the relay listens on, which are no program's.
+    pub fn tcp(&self) -> Vec<u16> {
+        [Some(self.tcp4), self.tcp6].into_iter().flatten().collect()
     }
 }
 
@@ -324,24 +334,27 @@ pub fn redirect_rules(
     ports: &DnsPorts,
 ) {
     for &resolver in resolvers {
-        let Some(port) = (match resolver {
-            IpAddr::V4(_) => Some(ports.udp4),
-            IpAddr::V6(_) => ports.udp6,
-        }) else {
+        let family = match resolver {
+            IpAddr::V4(_) => Some((ports.udp4, ports.tcp4)),
+            IpAddr::V6(_) => ports.udp6.zip(ports.tcp6),
+        };
+        let Some((udp, tcp)) = family else {
             continue;
         };
-        push(&|seq| {
-            nf::new_rule(seq, table, chain, |m| {
-                redirect_rule(m, resolver, port);
-            })
-        });
+        for (protocol, port) in [(UDP, udp), (TCP, tcp)] {
+            push(&|seq| {
+                nf::new_rule(seq, table, chain, |m| {
+                    redirect_rule(m, resolver, protocol, port);
+                })
+            });
+        }
     }
 }
 
-/// `meta mark != FORWARD_MARK meta l4proto udp ip daddr R udp dport 53 redirect to :PORT`
-fn redirect_rule(m: &mut Message, resolver: IpAddr, port: u16) {
+/// `meta mark != FORWARD_MARK meta l4proto PROTOCOL ip daddr R th dport 53 redirect to :PORT`
+fn redirect_rule(m: &mut Message, resolver: IpAddr, protocol: u8, port: u16) {
     m.meta(NFT_META_MARK).cmp_neq(&FORWARD_MARK.to_ne_bytes());
-    m.meta(NFT_META_L4PROTO).cmp_eq(&[UDP]);
+    m.meta(NFT_META_L4PROTO).cmp_eq(&[protocol]);
     match resolver {
         IpAddr::V4(v4) => {
             m.meta(NFT_META_NFPROTO).cmp_eq(&[NFPROTO_IPV4]);
@@ -514,6 +527,8 @@ mod tests {
         let ports = DnsPorts {
             udp4: 40001,
             udp6: None,
+            tcp4: 40003,
+            tcp6: None,
             forward4: 40002,
             forward6: None,
         };
@@ -529,8 +544,9 @@ mod tests {
             }
             rest = &rest[len..];
         }
-        // No IPv6 socket: the IPv6 resolver is left alone.
-        assert_eq!(rules.len(), 1);
+        // No IPv6 socket: the IPv6 resolver is left alone. UDP and TCP for the IPv4 one.
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0], rules[1]);
         assert_eq!(
             rules[0],
             [

@@ -2,11 +2,12 @@
 //! resolver or the target's as [`dns_filter`](super::dns_filter) decides.
 //!
 //! The session child opens the sockets in the session's namespace and passes them to the
-//! client with the TUN ([`DnsSockets`]): a UDP socket on `127.0.0.1` (and `::1` when the
-//! session has IPv6) where the session's table redirects the queries, a UDP socket per family
-//! marked with [`FORWARD_MARK`] for the queries that go on to the target's resolvers, and a
-//! `NETLINK_NETFILTER` socket for conntrack (which resolver the asker sent to). The client
-//! serves them from its own namespaces ([`DnsRelay`]):
+//! client with the TUN ([`DnsSockets`]): a UDP socket and a TCP listener on `127.0.0.1` (and
+//! `::1` when the session has IPv6) where the session's table redirects the queries, a UDP
+//! socket per family marked with [`FORWARD_MARK`] for the queries that go on to the target's
+//! resolvers, a `NETLINK_NETFILTER` socket for conntrack (which resolver the asker sent to),
+//! and the [`socket_maker`](super::socket_maker)'s end, for marked TCP sockets of the session.
+//! The client serves them from its own namespaces ([`DnsRelay`]):
 //!
 //! - a query for this machine goes from a new host socket to each nameserver of the host's
 //!   `/etc/resolv.conf` in turn (127.0.0.1 without one), [`HOST_TRY`] each, and the first
@@ -14,8 +15,17 @@
 //! - a query for the target goes out of the marked socket, with an ID of its own, to the
 //!   resolver the asker chose; its answer, ID restored, goes back the same way.
 //!
-//! The relay never answers by itself: a query that cannot be sent is dropped and the asker's
-//! resolver retries or fails over as it would against a silent server.
+//! DNS over TCP (a resolver's retry after a truncated answer, or a resolver configured with
+//! `use-vc`) is decided per connection, by its first query: the relay accepts the connection,
+//! reads that query, and joins the connection to one to this machine's nameservers (in turn,
+//! [`HOST_TRY`] each to connect) or to the resolver the asker connected to (`SO_ORIGINAL_DST`),
+//! from a marked socket the maker made in the session. Later queries on the same connection go
+//! the same way: resolvers send one name's retries there, and a pipelining one can be given
+//! patterns that keep its names together.
+//!
+//! The relay never answers by itself: a query that cannot be sent is dropped (a TCP
+//! connection closed) and the asker's resolver retries or fails over as it would against a
+//! silent server.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -24,13 +34,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mirrord_net_netfilter::Socket as NetfilterSocket;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::dns_filter::{
     message_id, query_name, set_message_id, DnsPorts, DnsRules, Forwards, FORWARD_MARK,
 };
 use super::outgoing::resolver_destinations;
+use super::socket_maker::{self, SocketMaker};
 
 /// How long one nameserver of this machine gets to answer.
 const HOST_TRY: Duration = Duration::from_secs(2);
@@ -38,78 +51,118 @@ const HOST_TRY: Duration = Duration::from_secs(2);
 const DATAGRAM_MAX: usize = 65_536;
 /// This machine's resolver configuration.
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// How long a TCP asker may take to send its first query.
+const TCP_FIRST_QUERY: Duration = Duration::from_secs(10);
+/// How long connecting to the target's resolver may take.
+const TCP_CONNECT: Duration = Duration::from_secs(5);
+/// DNS-over-TCP connections relayed at once; more wait for a turn.
+const TCP_CONNECTIONS: usize = 256;
+
+/// One family's sockets: the relay's UDP socket and TCP listener on the session's loopback,
+/// and the marked UDP socket toward the target.
+pub struct FamilySockets {
+    pub udp: OwnedFd,
+    pub tcp: OwnedFd,
+    pub forward: OwnedFd,
+}
+
+impl FamilySockets {
+    fn open(loopback: IpAddr) -> io::Result<Self> {
+        let udp = std::net::UdpSocket::bind((loopback, 0))?;
+        let tcp = std::net::TcpListener::bind((loopback, 0))?;
+        let forward = marked(match loopback {
+            IpAddr::V4(_) => socket2::Domain::IPV4,
+            IpAddr::V6(_) => socket2::Domain::IPV6,
+        })?;
+        Ok(FamilySockets {
+            udp: udp.into(),
+            tcp: tcp.into(),
+            forward,
+        })
+    }
+}
 
 /// The relay's sockets, as the child opens them and the client receives them.
 pub struct DnsSockets {
-    pub udp4: OwnedFd,
-    pub forward4: OwnedFd,
+    pub v4: FamilySockets,
+    pub v6: Option<FamilySockets>,
     pub conntrack: OwnedFd,
-    /// `(udp6, forward6)`: both or neither.
-    pub v6: Option<(OwnedFd, OwnedFd)>,
+    /// The [`socket_maker`](super::socket_maker)'s end.
+    pub maker: OwnedFd,
 }
 
 impl DnsSockets {
     /// How many descriptors [`into_fds`](Self::into_fds) gives.
     pub fn fd_count(ipv6: bool) -> usize {
         if ipv6 {
-            5
+            8
         } else {
-            3
+            5
         }
     }
 
-    /// Opens them in the calling thread's network namespace (the session child's, `lo` up).
+    /// Opens them in the calling thread's network namespace (the session child's, `lo` up),
+    /// and forks the socket maker there.
     pub fn open(ipv6: bool) -> io::Result<Self> {
-        let udp4 = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let forward4 = marked(socket2::Domain::IPV4)?;
+        let v4 = FamilySockets::open(Ipv4Addr::LOCALHOST.into())?;
         let v6 = if ipv6 {
-            let udp6 = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))?;
-            Some((udp6.into(), marked(socket2::Domain::IPV6)?))
+            Some(FamilySockets::open(Ipv6Addr::LOCALHOST.into())?)
         } else {
             None
         };
         Ok(DnsSockets {
-            udp4: udp4.into(),
-            forward4,
-            conntrack: NetfilterSocket::open()?.into_fd(),
+            v4,
             v6,
+            conntrack: NetfilterSocket::open()?.into_fd(),
+            maker: socket_maker::spawn()?,
         })
     }
 
     /// Their local ports.
     pub fn ports(&self) -> io::Result<DnsPorts> {
+        let v6 = self.v6.as_ref();
         Ok(DnsPorts {
-            udp4: port(&self.udp4)?,
-            udp6: self.v6.as_ref().map(|(udp, _)| port(udp)).transpose()?,
-            forward4: port(&self.forward4)?,
-            forward6: self.v6.as_ref().map(|(_, fwd)| port(fwd)).transpose()?,
+            udp4: port(&self.v4.udp)?,
+            udp6: v6.map(|v6| port(&v6.udp)).transpose()?,
+            tcp4: port(&self.v4.tcp)?,
+            tcp6: v6.map(|v6| port(&v6.tcp)).transpose()?,
+            forward4: port(&self.v4.forward)?,
+            forward6: v6.map(|v6| port(&v6.forward)).transpose()?,
         })
     }
 
-    /// In the order they travel: UDP, forward, conntrack, then IPv6's UDP and forward.
+    /// In the order they travel: conntrack, the maker, IPv4's UDP, TCP and forward, then
+    /// IPv6's.
     pub fn into_fds(self) -> Vec<OwnedFd> {
-        let mut fds = vec![self.udp4, self.forward4, self.conntrack];
-        if let Some((udp6, forward6)) = self.v6 {
-            fds.push(udp6);
-            fds.push(forward6);
+        let mut fds = vec![self.conntrack, self.maker];
+        for family in std::iter::once(self.v4).chain(self.v6) {
+            fds.extend([family.udp, family.tcp, family.forward]);
         }
         fds
     }
 
-    /// From [`into_fds`](Self::into_fds)'s order; `None` when the count is not 3 or 5.
+    /// From [`into_fds`](Self::into_fds)'s order; `None` when the count is not 5 or 8.
     pub fn from_fds(fds: Vec<OwnedFd>) -> Option<Self> {
         let mut fds = fds.into_iter();
-        let (udp4, forward4, conntrack) = (fds.next()?, fds.next()?, fds.next()?);
-        let v6 = match (fds.next(), fds.next()) {
-            (Some(udp6), Some(forward6)) => Some((udp6, forward6)),
-            (None, None) => None,
+        let (conntrack, maker) = (fds.next()?, fds.next()?);
+        let family = |fds: &mut std::vec::IntoIter<OwnedFd>| {
+            Some(FamilySockets {
+                udp: fds.next()?,
+                tcp: fds.next()?,
+                forward: fds.next()?,
+            })
+        };
+        let v4 = family(&mut fds)?;
+        let v6 = match fds.len() {
+            0 => None,
+            3 => Some(family(&mut fds)?),
             _ => return None,
         };
-        fds.next().is_none().then_some(DnsSockets {
-            udp4,
-            forward4,
-            conntrack,
+        Some(DnsSockets {
+            v4,
             v6,
+            conntrack,
+            maker,
         })
     }
 }
@@ -152,13 +205,14 @@ impl DnsRelay {
             rules,
             host,
             conntrack: Mutex::new(NetfilterSocket::from_fd(sockets.conntrack)),
+            maker: Arc::new(SocketMaker::new(sockets.maker)),
+            tcp_turns: Arc::new(Semaphore::new(TCP_CONNECTIONS)),
         });
         let mut tasks = JoinSet::new();
-        let mut pairs = vec![(sockets.udp4, sockets.forward4)];
-        pairs.extend(sockets.v6);
-        for (udp, forward) in pairs {
-            let udp = Arc::new(UdpSocket::from_std(nonblocking(udp)?.into())?);
-            let forward = Arc::new(UdpSocket::from_std(nonblocking(forward)?.into())?);
+        for family in std::iter::once(sockets.v4).chain(sockets.v6) {
+            let udp = Arc::new(UdpSocket::from_std(nonblocking(family.udp)?.into())?);
+            let forward = Arc::new(UdpSocket::from_std(nonblocking(family.forward)?.into())?);
+            let tcp = TcpListener::from_std(nonblocking(family.tcp)?.into())?;
             let forwards = Arc::new(Mutex::new(Forwards::default()));
             tasks.spawn(serve(
                 udp.clone(),
@@ -167,6 +221,7 @@ impl DnsRelay {
                 shared.clone(),
             ));
             tasks.spawn(target_answers(forward, udp, forwards));
+            tasks.spawn(serve_tcp(tcp, shared.clone()));
         }
         Ok(DnsRelay { _tasks: tasks })
     }
@@ -189,6 +244,8 @@ struct Shared {
     rules: DnsRules,
     host: Vec<SocketAddr>,
     conntrack: Mutex<NetfilterSocket>,
+    maker: Arc<SocketMaker>,
+    tcp_turns: Arc<Semaphore>,
 }
 
 fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
@@ -314,6 +371,106 @@ async fn ask_one(query: &[u8], id: u16, server: SocketAddr) -> io::Result<Vec<u8
     })
     .await
     .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// Accepts the session's DNS-over-TCP connections.
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let asker = match listener.accept().await {
+            Ok((asker, _)) => asker,
+            Err(err) => {
+                tracing::debug!("the DNS relay's TCP listener: {err}");
+                // EMFILE and the like: give the table a moment rather than spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(turn) = shared.tcp_turns.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(err) = relay_tcp(asker, &shared).await {
+                tracing::debug!("DNS over TCP: {err}");
+            }
+            drop(turn);
+        });
+    }
+}
+
+/// Reads the connection's first query, joins it to this machine's nameservers or the
+/// target's resolver as the query's name decides, and relays both ways until either closes.
+async fn relay_tcp(mut asker: TcpStream, shared: &Shared) -> io::Result<()> {
+    let first = tokio::time::timeout(TCP_FIRST_QUERY, read_tcp_message(&mut asker))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    let name = query_name(&first);
+    let mut upstream = if shared.rules.to_host(name.as_deref()) {
+        tracing::debug!(?name, "DNS over TCP for this machine's resolver");
+        connect_host(&shared.host).await?
+    } else {
+        let resolver = original_destination(&asker)?;
+        tracing::debug!(?name, %resolver, "DNS over TCP for the target's resolver");
+        let maker = shared.maker.clone();
+        let socket = tokio::task::spawn_blocking(move || maker.marked_tcp(resolver.is_ipv6()))
+            .await
+            .map_err(io::Error::other)??;
+        let socket = TcpSocket::from_std_stream(nonblocking(socket)?.into());
+        tokio::time::timeout(TCP_CONNECT, socket.connect(resolver))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??
+    };
+    let mut framed = Vec::with_capacity(2 + first.len());
+    framed.extend_from_slice(&(first.len() as u16).to_be_bytes());
+    framed.extend_from_slice(&first);
+    upstream.write_all(&framed).await?;
+    tokio::io::copy_bidirectional(&mut asker, &mut upstream).await?;
+    Ok(())
+}
+
+/// One DNS-over-TCP message: a two-byte length, then the message.
+async fn read_tcp_message(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let len = stream.read_u16().await? as usize;
+    let mut message = vec![0u8; len];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+/// This machine's nameservers in turn, [`HOST_TRY`] each.
+async fn connect_host(servers: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    for &server in servers {
+        match tokio::time::timeout(HOST_TRY, TcpStream::connect(server)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(err)) => last = err,
+            Err(_) => last = io::ErrorKind::TimedOut.into(),
+        }
+        tracing::debug!(%server, "this machine's nameserver over TCP: {last}");
+    }
+    Err(last)
+}
+
+/// Where the asker connected before the session's redirect sent it here.
+fn original_destination(asker: &TcpStream) -> io::Result<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = asker.local_addr()?;
+    let to_io = |err: nix::Error| io::Error::from_raw_os_error(err as i32);
+    match local {
+        SocketAddr::V4(_) => {
+            let addr = getsockopt(asker, sockopt::OriginalDst).map_err(to_io)?;
+            Ok(SocketAddr::new(
+                Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)).into(),
+                u16::from_be(addr.sin_port),
+            ))
+        }
+        SocketAddr::V6(_) => {
+            let addr = getsockopt(asker, sockopt::Ip6tOriginalDst).map_err(to_io)?;
+            Ok(SocketAddr::new(
+                Ipv6Addr::from(addr.sin6_addr.s6_addr).into(),
+                u16::from_be(addr.sin6_port),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

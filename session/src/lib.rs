@@ -62,6 +62,7 @@ mod parent;
 mod remote_files;
 mod served;
 mod shadow;
+mod socket_maker;
 mod spec;
 mod sysfs;
 pub mod userns;

@@ -1,7 +1,10 @@
 //! The session child's namespaces and its tie to the client.
 //!
-//! The child leaves the host's network, mount, UTS and PID namespaces with one `unshare`; it
-//! stays in the host's IPC and cgroup namespaces, and a root session in the host's user
+//! The child leaves the host's network, mount and UTS namespaces with one `unshare`, and the
+//! PID namespace with a second one at the end of the setup ([`enter_pid_namespace`]), after
+//! the DNS filter's [`socket_maker`](super::socket_maker) was forked (a process forked
+//! after that `unshare` would be the session's PID 1). It stays in the host's IPC and cgroup
+//! namespaces, and a root session in the host's user
 //! namespace too, so the user's command sees the same files and runs under the same uids as
 //! anything else on the machine. A rootless session first makes a user namespace that maps
 //! the user's own ids ([`userns`](super::userns)) and unshares the others from inside it, so
@@ -30,11 +33,11 @@ use nix::sys::signal::Signal;
 use super::child_messages::{SessionPrivileges, SetupFailure, SetupStep};
 use super::userns;
 
-/// Namespaces every session gets (a rootless one inside its user namespace, made before).
+/// Namespaces every session gets at the start of its setup (a rootless one inside its user
+/// namespace, made before); the PID namespace comes last ([`enter_pid_namespace`]).
 pub const SESSION_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNET
     .union(CloneFlags::CLONE_NEWNS)
-    .union(CloneFlags::CLONE_NEWUTS)
-    .union(CloneFlags::CLONE_NEWPID);
+    .union(CloneFlags::CLONE_NEWUTS);
 
 /// Moves the calling (single-threaded) process into new namespaces; `parent` is the pid of
 /// the client, which a rootless child checks it still has after entering its user namespace.
@@ -57,6 +60,12 @@ pub fn enter_new_namespaces(
         .map_err(|err| SetupFailure::os(SetupStep::Namespaces, err))
 }
 
+/// Makes the next child of this process PID 1 of a new PID namespace: the session's init.
+pub fn enter_pid_namespace() -> Result<(), SetupFailure> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|err| SetupFailure::os(SetupStep::Namespaces, err))
+}
+
 /// Asks the kernel to SIGKILL this process when its parent dies.
 pub fn die_with_parent() -> nix::Result<()> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
@@ -75,12 +84,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sessions_get_a_pid_namespace_and_the_user_namespace_is_a_separate_step() {
+    fn the_user_and_pid_namespaces_are_separate_steps() {
         let flags = SESSION_NAMESPACES;
         assert!(flags.contains(CloneFlags::CLONE_NEWNET));
         assert!(flags.contains(CloneFlags::CLONE_NEWNS));
         assert!(flags.contains(CloneFlags::CLONE_NEWUTS));
-        assert!(flags.contains(CloneFlags::CLONE_NEWPID));
+        assert!(!flags.contains(CloneFlags::CLONE_NEWPID));
         assert!(!flags.contains(CloneFlags::CLONE_NEWUSER));
     }
 }

@@ -233,7 +233,8 @@ impl Session {
                 .extend([Some(ports.udp4), ports.udp6].into_iter().flatten());
         }
         if let Some((ports, _)) = &dns {
-            own.udp.extend(ports.all());
+            own.udp.extend(ports.udp());
+            own.tcp.extend(ports.tcp());
         }
         let served_watch = ServedWatch::start(ready.served.take(), child.pid, own);
         let loopback_follower = ready.loopback.take().map(|(socket, ipv6)| {

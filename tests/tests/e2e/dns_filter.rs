@@ -150,6 +150,30 @@ on_both_packet_paths! {
         );
     }
 
+    fn dns_over_tcp_is_decided_as_udp_is(packets: Packets) {
+        let pod = Pod::start();
+        let host = HostResolver::start(&pod);
+        // Each dig is one TCP connection to the pod's resolver, redirected to the relay,
+        // which joins it to this machine's resolver or (from a socket the session's maker
+        // made) to the pod's. Twice each, so the relay serves more than one connection.
+        let names = [
+            ("+tcp", WEB_FQDN),
+            ("+tcp", HOST_ONLY),
+            ("+tcp", "postgres.svc.cluster.local"),
+        ];
+        let script = format!("{}; {}", dig(&names), dig(&names));
+        let out = host.run(&session(
+            &pod,
+            &script,
+            packets,
+            &["--local-dns", WEB_FQDN, "--local-dns", "*.corp.example"],
+        ));
+        let lines: Vec<&str> = out.assert_success().lines().collect();
+        let services = SERVICES_V4.to_string();
+        let once = [HOST_WEB, HOST_ONLY_ADDR, services.as_str()];
+        assert_eq!(lines, [once, once].concat(), "{out}");
+    }
+
     fn remote_dns_names_are_answered_by_the_target_and_the_rest_by_this_machine(packets: Packets) {
         let pod = Pod::start();
         let host = HostResolver::start(&pod);
