@@ -8,8 +8,9 @@
 //! target's nameservers in their order, `attempts` rounds of `timeout` each. An answer
 //! with addresses ends the search; NXDOMAIN or an empty answer goes on to the next name;
 //! no answer from any server ends it with an error (the next names would fare no better).
-//! Answers are read over UDP only: a truncated one keeps the addresses it holds (a name with
-//! more addresses than fit in 512 bytes still gets a useful set).
+//! Answers come over UDP; a truncated one (more addresses than fit in the datagram) is asked
+//! again of the same server over TCP, as glibc does, and if that fails, the truncated
+//! answer's addresses are kept (a useful set rather than none).
 //!
 //! Everything but [`resolve`] is pure and unit-tested; `resolve` is exercised end to end
 //! (`tests/tests/e2e/outgoing_filter.rs`, a `--remote` name only the pod's DNS knows).
@@ -19,7 +20,8 @@ use std::net::{IpAddr, SocketAddr};
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use mirrord_net_protocol::resolv_conf::ResolvConf;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 
 /// glibc asks at most three nameservers.
 const MAX_NAMESERVERS: usize = 3;
@@ -67,6 +69,8 @@ pub fn query(id: u16, fqdn: &str, kind: RecordType) -> Result<Vec<u8>, String> {
 pub enum Answer {
     /// The addresses of the answer (possibly none: the name has no record of that kind).
     Addresses(Vec<IpAddr>),
+    /// A truncated answer (TC) and the addresses it still holds: ask again over TCP.
+    Truncated(Vec<IpAddr>),
     /// The name does not exist.
     NoSuchName,
     /// The server failed or refused: ask the next one.
@@ -80,18 +84,20 @@ pub fn answer(id: u16, packet: &[u8]) -> Option<Answer> {
     if message.metadata.id != id || message.metadata.message_type != MessageType::Response {
         return None;
     }
+    let addresses = || {
+        message
+            .answers
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                _ => None,
+            })
+            .collect()
+    };
     Some(match message.metadata.response_code {
-        ResponseCode::NoError => Answer::Addresses(
-            message
-                .answers
-                .iter()
-                .filter_map(|record| match &record.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-                    _ => None,
-                })
-                .collect(),
-        ),
+        ResponseCode::NoError if message.metadata.truncation => Answer::Truncated(addresses()),
+        ResponseCode::NoError => Answer::Addresses(addresses()),
         ResponseCode::NXDomain => Answer::NoSuchName,
         other => Answer::Failed(other),
     })
@@ -132,6 +138,14 @@ async fn ask(conf: &ResolvConf, fqdn: &str, kind: RecordType) -> Result<Vec<IpAd
             let packet = query(id, fqdn, kind)?;
             match tokio::time::timeout(conf.timeout, exchange(server, id, &packet)).await {
                 Ok(Ok(Answer::Addresses(addrs))) => return Ok(addrs),
+                Ok(Ok(Answer::Truncated(partial))) => {
+                    let whole =
+                        tokio::time::timeout(conf.timeout, exchange_tcp(server, id, &packet));
+                    return Ok(match whole.await {
+                        Ok(Ok(Answer::Addresses(addrs) | Answer::Truncated(addrs))) => addrs,
+                        _ => partial,
+                    });
+                }
                 Ok(Ok(Answer::NoSuchName)) => return Ok(Vec::new()),
                 Ok(Ok(Answer::Failed(code))) => last = format!("{server} answered {code}"),
                 Ok(Err(err)) => last = format!("{server}: {err}"),
@@ -158,6 +172,20 @@ async fn exchange(server: SocketAddr, id: u16, packet: &[u8]) -> std::io::Result
             return Ok(answer);
         }
     }
+}
+
+/// Sends `packet` to `server` over TCP (two-byte length, then the message) and reads the
+/// answer to `id`.
+async fn exchange_tcp(server: SocketAddr, id: u16, packet: &[u8]) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(server).await?;
+    let mut framed = Vec::with_capacity(2 + packet.len());
+    framed.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+    framed.extend_from_slice(packet);
+    stream.write_all(&framed).await?;
+    let len = stream.read_u16().await? as usize;
+    let mut message = vec![0u8; len];
+    stream.read_exact(&mut message).await?;
+    answer(id, &message).ok_or_else(|| std::io::Error::other("not the answer to the query"))
 }
 
 /// A query id no off-path sender can guess cheaply (the socket's random port does the rest).
@@ -253,6 +281,22 @@ mod tests {
         assert_eq!(
             answer(7, &response(7, ResponseCode::ServFail, vec![])),
             Some(Answer::Failed(ResponseCode::ServFail))
+        );
+        // A truncated answer keeps what it holds, and says it is not all.
+        let mut truncated = Message::from_vec(&response(
+            7,
+            ResponseCode::NoError,
+            vec![Record::from_rdata(
+                Name::from_ascii("web.svc.cluster.local.").unwrap(),
+                30,
+                RData::A(A::new(10, 0, 0, 8)),
+            )],
+        ))
+        .unwrap();
+        truncated.metadata.truncation = true;
+        assert_eq!(
+            answer(7, &truncated.to_vec().unwrap()),
+            Some(Answer::Truncated(vec!["10.0.0.8".parse().unwrap()]))
         );
         // Another id, the query itself, garbage: not the answer.
         assert_eq!(answer(8, &response(7, ResponseCode::NoError, vec![])), None);

@@ -96,6 +96,17 @@ pub(crate) async fn start_connected(
         false => {
             progress.step("resolving the --remote names in the target");
             let resolved = tunnel.resolve(remote_names).await?;
+            for answer in &resolved {
+                match &answer.addresses {
+                    Ok(addresses) => tracing::info!(
+                        name = %answer.name,
+                        count = addresses.len(),
+                        ?addresses,
+                        "a --remote name, as the target resolves it"
+                    ),
+                    Err(err) => tracing::info!(name = %answer.name, %err, "a --remote name"),
+                }
+            }
             args.outgoing.rules_with(|name| {
                 resolved
                     .iter()

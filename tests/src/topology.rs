@@ -32,6 +32,21 @@ pub const ECHO: &str = "echo";
 /// A name only the target's /etc/hosts knows (resolves to [`SERVICES_V4`]).
 pub const HOSTS_ONLY_NAME: &str = "web-from-hosts";
 
+/// A name with more addresses than a UDP answer without EDNS holds (512 bytes): the pod's
+/// DNS server truncates its UDP answer and gives them all over TCP. All but the last are in
+/// the guarded range no one reaches; the last is [`SERVICES_V4`].
+pub const MANY_ADDRESSES_FQDN: &str = "many.svc.cluster.local";
+pub const MANY_ADDRESSES: usize = 40;
+
+/// [`MANY_ADDRESSES_FQDN`]'s addresses, as a hosts file for the pod's DNS server.
+pub fn many_addresses_hosts() -> String {
+    let mut hosts: String = (1..MANY_ADDRESSES)
+        .map(|i| format!("10.213.1.{i} {MANY_ADDRESSES_FQDN}\n"))
+        .collect();
+    hosts.push_str(&format!("{SERVICES_V4} {MANY_ADDRESSES_FQDN}\n"));
+    hosts
+}
+
 /// Records the pod's DNS server answers (name, has A, has AAAA); all point at the services end.
 pub const DNS_RECORDS: &[(&str, bool, bool)] = &[
     (WEB_FQDN, true, true),

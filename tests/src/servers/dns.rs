@@ -1,6 +1,8 @@
 //! dnsmasq as the pod's DNS server.
 //!
-//! It knows only the records in [`DNS_RECORDS`] and is authoritative for `cluster.local`
+//! It knows only the records in [`DNS_RECORDS`] and
+//! [`MANY_ADDRESSES_FQDN`](crate::topology::MANY_ADDRESSES_FQDN)'s (from a hosts
+//! file of the pod's directory), and is authoritative for `cluster.local`
 //! (unknown names there are NXDOMAIN, so a search-list walk moves on at once), reads no
 //! /etc/resolv.conf, /etc/hosts or /etc/dnsmasq.conf of the host, and listens only on the
 //! services addresses.
@@ -14,7 +16,9 @@ use crate::probe;
 use crate::process::Supervised;
 use crate::testdir::TestDir;
 use crate::tools::tool;
-use crate::topology::{DNS_PORT, DNS_RECORDS, SERVICES_V4, SERVICES_V6, WEB_FQDN};
+use crate::topology::{
+    many_addresses_hosts, DNS_PORT, DNS_RECORDS, SERVICES_V4, SERVICES_V6, WEB_FQDN,
+};
 
 /// dnsmasq's arguments for a server that knows only the records it is given: no host
 /// configuration read, in the foreground, queries logged to stderr, bound to the addresses
@@ -42,6 +46,12 @@ pub fn spawn(ns: &Netns, dir: &TestDir) -> Result<Supervised> {
         "--dhcp-leasefile={}",
         dir.join("dnsmasq.leases").display()
     ));
+    let many = dir.write(
+        "many-addresses.hosts",
+        many_addresses_hosts().as_bytes(),
+        0o644,
+    )?;
+    command.arg(format!("--addn-hosts={}", many.display()));
     for (name, a, aaaa) in DNS_RECORDS {
         let mut record = format!("--host-record={name}");
         if *a {

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use mirrord_net_tests::exec::{Background, Running};
-use mirrord_net_tests::topology::{HOSTS_ONLY_NAME, WEB, WEB6_ONLY_FQDN};
+use mirrord_net_tests::topology::{
+    HOSTS_ONLY_NAME, MANY_ADDRESSES, MANY_ADDRESSES_FQDN, SERVICES_V4, WEB, WEB6_ONLY_FQDN,
+};
 use mirrord_net_tests::{sh, tool, Invocation, Packets, Pod};
 
 use super::localhost::sidecars;
@@ -168,6 +170,36 @@ fn remote_names_are_resolved_by_the_targets_resolver() {
         .client_flag(HOSTS_ONLY_NAME)
         .run();
     assert_eq!(lines(out.assert_success()), ["200"], "{out}");
+}
+
+#[test]
+fn a_remote_name_whose_udp_answer_is_truncated_is_asked_again_over_tcp() {
+    // The pod's DNS server gives many.svc.cluster.local's 40 addresses only over TCP (its UDP
+    // answer holds 29 and is truncated); the last is the services end, the rest unreachable.
+    let pod = Pod::start();
+    let out = Invocation::session(
+        &pod,
+        &sh(&format!(
+            "{curl} -sS -m 5 -o /dev/null -w '%{{http_code}}\\n' http://{SERVICES_V4}/",
+            curl = tool("curl")
+        )),
+    )
+    .client_flag("-v")
+    .client_flag("--remote")
+    .client_flag(MANY_ADDRESSES_FQDN)
+    .run();
+    assert_eq!(lines(out.assert_success()), ["200"], "{out}");
+    // `-v` logs the addresses the target gave: every one, from the answer over TCP.
+    let listed = out
+        .stderr
+        .lines()
+        .find(|line| line.contains("a --remote name"))
+        .unwrap_or_default();
+    assert_eq!(
+        listed.matches("10.213.1.").count() + listed.matches(&format!("{SERVICES_V4}]")).count(),
+        MANY_ADDRESSES,
+        "every address, from the answer over TCP:\n{out}"
+    );
 }
 
 #[test]
