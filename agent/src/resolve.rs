@@ -37,23 +37,6 @@ fn nameservers(conf: &ResolvConf) -> Vec<SocketAddr> {
     }
 }
 
-/// The addresses `/etc/hosts` text gives `name` (any case), in file order.
-pub fn hosts_lookup(hosts: &str, name: &str) -> Vec<IpAddr> {
-    let name = name.trim_end_matches('.');
-    let mut found = Vec::new();
-    for line in hosts.lines() {
-        let line = line.split('#').next().unwrap_or_default();
-        let mut words = line.split_whitespace();
-        let Some(addr) = words.next().and_then(|a| a.parse::<IpAddr>().ok()) else {
-            continue;
-        };
-        if words.any(|alias| alias.eq_ignore_ascii_case(name)) && !found.contains(&addr) {
-            found.push(addr);
-        }
-    }
-    found
-}
-
 /// A query for `fqdn`'s records of `kind`, with `id`, recursion desired.
 pub fn query(id: u16, fqdn: &str, kind: RecordType) -> Result<Vec<u8>, String> {
     let name = Name::from_ascii(format!("{fqdn}.")).map_err(|err| format!("{fqdn}: {err}"))?;
@@ -106,7 +89,7 @@ pub fn answer(id: u16, packet: &[u8]) -> Option<Answer> {
 /// Resolves `name` as the target would (see the module's documentation): its addresses,
 /// IPv4 first, or why there are none.
 pub async fn resolve(conf: &ResolvConf, hosts: &str, name: &str) -> Result<Vec<IpAddr>, String> {
-    let from_hosts = hosts_lookup(hosts, name);
+    let from_hosts = mirrord_net_protocol::hosts::addresses_of(hosts.as_bytes(), name);
     if !from_hosts.is_empty() {
         return Ok(from_hosts);
     }
@@ -223,24 +206,6 @@ mod tests {
             nameservers(&ResolvConf::default()),
             ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]
         );
-    }
-
-    #[test]
-    fn hosts_give_every_address_of_a_name_in_any_case() {
-        let hosts = "127.0.0.1 localhost\n10.1.2.3 db DB.internal # primary\n\
-                     fd00::3 db\n# 10.9.9.9 db\n10.1.2.3 db\nnot-an-address db\n";
-        assert_eq!(
-            hosts_lookup(hosts, "db"),
-            [
-                "10.1.2.3".parse::<IpAddr>().unwrap(),
-                "fd00::3".parse().unwrap()
-            ]
-        );
-        assert_eq!(
-            hosts_lookup(hosts, "db.internal."),
-            ["10.1.2.3".parse::<IpAddr>().unwrap()]
-        );
-        assert!(hosts_lookup(hosts, "primary").is_empty());
     }
 
     fn response(id: u16, code: ResponseCode, records: Vec<Record>) -> Vec<u8> {

@@ -27,6 +27,7 @@ pub mod framing;
 pub mod fs;
 pub mod handshake;
 pub mod heap;
+pub mod hosts;
 pub mod http_filter;
 pub mod listening;
 pub mod loopback;

@@ -9,8 +9,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// `hosts` with lines for `hostname` at `ipv4`/`ipv6` appended, unless a line already names
-/// it (names compare case-insensitively, as glibc's `files` backend does). An empty hostname
+use mirrord_net_protocol::hosts::addresses_of;
+
+/// `hosts` with lines for `hostname` at `ipv4`/`ipv6` appended, unless a line already gives
+/// it an address (as glibc's `files` backend reads the file: `protocol::hosts`). An empty hostname
 /// or no address leaves `hosts` as it is.
 pub fn with_hostname_entry(
     hosts: &[u8],
@@ -19,7 +21,10 @@ pub fn with_hostname_entry(
     ipv6: Option<Ipv6Addr>,
 ) -> Vec<u8> {
     let mut out = hosts.to_vec();
-    if hostname.is_empty() || (ipv4.is_none() && ipv6.is_none()) || names(hosts, hostname) {
+    if hostname.is_empty()
+        || (ipv4.is_none() && ipv6.is_none())
+        || !addresses_of(hosts, hostname).is_empty()
+    {
         return out;
     }
     if !out.is_empty() && !out.ends_with(b"\n") {
@@ -33,20 +38,6 @@ pub fn with_hostname_entry(
         out.extend_from_slice(format!("{ip}\t{hostname}\n").as_bytes());
     }
     out
-}
-
-/// Whether a line of `hosts` gives an address for `hostname` (as canonical name or alias).
-fn names(hosts: &[u8], hostname: &str) -> bool {
-    hosts.split(|&b| b == b'\n').any(|line| {
-        let line = match line.iter().position(|&b| b == b'#') {
-            Some(hash) => &line[..hash],
-            None => line,
-        };
-        line.split(|b| b.is_ascii_whitespace())
-            .filter(|field| !field.is_empty())
-            .skip(1)
-            .any(|name| name.eq_ignore_ascii_case(hostname.as_bytes()))
-    })
 }
 
 #[cfg(test)]
@@ -82,8 +73,8 @@ mod tests {
     }
 
     #[test]
-    fn names_in_comments_or_address_position_do_not_count() {
-        let hosts = b"# 10.9.9.9 pod-a\npod-a 10.0.0.1\n";
+    fn names_in_comments_address_position_or_lines_without_an_address_do_not_count() {
+        let hosts = b"# 10.9.9.9 pod-a\npod-a 10.0.0.1\nnot-an-address pod-a\n";
         let out = with_hostname_entry(hosts, "pod-a", V4, None);
         assert!(out.ends_with(b"10.0.0.5\tpod-a\n"));
         let hosts = b"10.9.9.9 pod-ab\n";
