@@ -199,16 +199,15 @@ fn connection_ended(reason: quinn::ConnectionError) -> anyhow::Result<()> {
 /// What the target's resolver reads: for the client's `--remote` names.
 struct TargetNames {
     conf: ResolvConf,
-    hosts: String,
+    hosts: Vec<u8>,
 }
 
 impl TargetNames {
     fn of(target: &TargetInfo) -> TargetNames {
         let resolv_conf = target.resolv_conf.as_deref().unwrap_or_default();
-        let hosts = target.hosts.as_deref().unwrap_or_default();
         TargetNames {
             conf: ResolvConf::parse_bytes(resolv_conf),
-            hosts: String::from_utf8_lossy(hosts).into_owned(),
+            hosts: target.hosts.clone().unwrap_or_default(),
         }
     }
 

@@ -28,13 +28,9 @@ const MAX_NAMESERVERS: usize = 3;
 
 /// The nameservers to ask, as glibc would: the first three, or the local one without any.
 fn nameservers(conf: &ResolvConf) -> Vec<SocketAddr> {
-    let listed = conf.nameservers.iter().take(MAX_NAMESERVERS);
-    let servers: Vec<SocketAddr> = listed.map(|ip| SocketAddr::new(*ip, 53)).collect();
-    if servers.is_empty() {
-        vec![SocketAddr::from(([127, 0, 0, 1], 53))]
-    } else {
-        servers
-    }
+    let mut servers = conf.servers();
+    servers.truncate(MAX_NAMESERVERS);
+    servers
 }
 
 /// A query for `fqdn`'s records of `kind`, with `id`, recursion desired.
@@ -88,8 +84,8 @@ pub fn answer(id: u16, packet: &[u8]) -> Option<Answer> {
 
 /// Resolves `name` as the target would (see the module's documentation): its addresses,
 /// IPv4 first, or why there are none.
-pub async fn resolve(conf: &ResolvConf, hosts: &str, name: &str) -> Result<Vec<IpAddr>, String> {
-    let from_hosts = mirrord_net_protocol::hosts::addresses_of(hosts.as_bytes(), name);
+pub async fn resolve(conf: &ResolvConf, hosts: &[u8], name: &str) -> Result<Vec<IpAddr>, String> {
+    let from_hosts = mirrord_net_protocol::hosts::addresses_of(hosts, name);
     if !from_hosts.is_empty() {
         return Ok(from_hosts);
     }

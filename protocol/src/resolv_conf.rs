@@ -5,7 +5,7 @@
 //!
 //! [`TargetInfo`]: crate::messages::TargetInfo
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// glibc's limits: `ndots` at most 15, `timeout` at most 30 s, `attempts` at most 5.
@@ -91,6 +91,16 @@ impl ResolvConf {
         }
     }
 
+    /// Every nameserver on port 53, or `127.0.0.1:53` without any (what the C library asks
+    /// then).
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        if self.nameservers.is_empty() {
+            return vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 53))];
+        }
+        let on_53 = |ip: &IpAddr| SocketAddr::new(*ip, 53);
+        self.nameservers.iter().map(on_53).collect()
+    }
+
     /// The fully qualified names glibc asks for `name`, in order (RFC 1535's rule): a name
     /// ending in `.` as it is; one with at least `ndots` dots as given first, then with each
     /// search domain; a shorter one with each search domain first.
@@ -113,6 +123,21 @@ impl ResolvConf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_nameserver_on_port_53_or_the_local_one() {
+        assert_eq!(
+            ResolvConf::parse("search x\nnameserver 192.0.2.53\nnameserver ::1\n").servers(),
+            [
+                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            ResolvConf::parse("# none\n").servers(),
+            ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]
+        );
+    }
 
     #[test]
     fn a_kubernetes_pods_resolv_conf_is_read_in_full() {

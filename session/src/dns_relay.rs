@@ -4,10 +4,11 @@
 //! The session child opens the sockets in the session's namespace and passes them to the
 //! client with the TUN ([`DnsSockets`]): a UDP socket and a TCP listener on `127.0.0.1` (and
 //! `::1` when the session has IPv6) where the session's table redirects the queries, a UDP
-//! socket per family marked with [`FORWARD_MARK`] for the queries that go on to the target's
-//! resolvers, a `NETLINK_NETFILTER` socket for conntrack (which resolver the asker sent to),
-//! and the [`socket_maker`](super::socket_maker)'s end, for marked TCP sockets of the session.
-//! The client serves them from its own namespaces ([`DnsRelay`]):
+//! socket per family marked with
+//! [`FORWARD_MARK`](super::dns_filter::FORWARD_MARK) for the queries that go on to the
+//! target's resolvers, a `NETLINK_NETFILTER` socket for conntrack (which resolver the asker
+//! sent to), and the [`socket_maker`](super::socket_maker)'s end, for marked TCP sockets of
+//! the session. The client serves them from its own namespaces ([`DnsRelay`]):
 //!
 //! - a query for this machine goes from a new host socket to each nameserver of the host's
 //!   `/etc/resolv.conf` in turn (127.0.0.1 without one), [`HOST_TRY`] each, and the first
@@ -34,15 +35,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mirrord_net_netfilter::Socket as NetfilterSocket;
+use mirrord_net_protocol::resolv_conf::ResolvConf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::dns_filter::{
-    message_id, query_name, set_message_id, DnsPorts, DnsRules, Forwards, FORWARD_MARK,
-};
-use super::outgoing::resolver_destinations;
+use super::dns_filter::{message_id, query_name, set_message_id, DnsPorts, DnsRules, Forwards};
 use super::socket_maker::{self, SocketMaker};
 
 /// How long one nameserver of this machine gets to answer.
@@ -70,10 +69,7 @@ impl FamilySockets {
     fn open(loopback: IpAddr) -> io::Result<Self> {
         let udp = std::net::UdpSocket::bind((loopback, 0))?;
         let tcp = std::net::TcpListener::bind((loopback, 0))?;
-        let forward = marked(match loopback {
-            IpAddr::V4(_) => socket2::Domain::IPV4,
-            IpAddr::V6(_) => socket2::Domain::IPV6,
-        })?;
+        let forward = marked_udp(loopback.is_ipv6())?;
         Ok(FamilySockets {
             udp: udp.into(),
             tcp: tcp.into(),
@@ -169,11 +165,9 @@ impl DnsSockets {
 
 /// An unconnected UDP socket on the family's unspecified address, marked so that the
 /// session's redirect lets its queries pass.
-fn marked(domain: socket2::Domain) -> io::Result<OwnedFd> {
-    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
-    socket.set_mark(FORWARD_MARK)?;
-    let any: SocketAddr = if domain == socket2::Domain::IPV6 {
-        socket.set_only_v6(true)?;
+fn marked_udp(ipv6: bool) -> io::Result<OwnedFd> {
+    let socket = socket_maker::marked(ipv6, socket2::Type::DGRAM)?;
+    let any: SocketAddr = if ipv6 {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -230,14 +224,7 @@ impl DnsRelay {
 /// The nameservers of this machine's resolv.conf, on port 53; 127.0.0.1 without any (what
 /// the C library does).
 fn host_nameservers(resolv_conf: &[u8]) -> Vec<SocketAddr> {
-    let mut servers: Vec<SocketAddr> = resolver_destinations(resolv_conf)
-        .into_iter()
-        .map(|d| SocketAddr::new(d.addr, 53))
-        .collect();
-    if servers.is_empty() {
-        servers.push((Ipv4Addr::LOCALHOST, 53).into());
-    }
-    servers
+    ResolvConf::parse_bytes(resolv_conf).servers()
 }
 
 struct Shared {

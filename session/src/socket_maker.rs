@@ -79,7 +79,7 @@ fn serve(socket: OwnedFd, session_child: nix::unistd::Pid) -> i32 {
             Err(_) => return 0,
         };
         let MakerRequest::MarkedTcp { ipv6 } = request;
-        let sent = match marked_tcp(ipv6) {
+        let sent = match marked(ipv6, socket2::Type::STREAM).map(OwnedFd::from) {
             Ok(made) => channel::send(socket.as_fd(), &MakerAnswer::Made, &[made.as_fd()]),
             Err(err) => channel::send(
                 socket.as_fd(),
@@ -109,18 +109,21 @@ fn close_all_but(keep: i32) {
     close_range(keep + 1, u32::MAX);
 }
 
-fn marked_tcp(ipv6: bool) -> io::Result<OwnedFd> {
+/// An unbound socket of the family and `kind`, marked with [`FORWARD_MARK`] so that the
+/// session's redirects let its traffic pass (IPv6 only for an IPv6 one). Made in the calling
+/// process's network namespace: the maker's, or the session child's.
+pub(super) fn marked(ipv6: bool, kind: socket2::Type) -> io::Result<socket2::Socket> {
     let domain = if ipv6 {
         socket2::Domain::IPV6
     } else {
         socket2::Domain::IPV4
     };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
+    let socket = socket2::Socket::new(domain, kind, None)?;
     socket.set_mark(FORWARD_MARK)?;
     if ipv6 {
         socket.set_only_v6(true)?;
     }
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// The client's side: asks the maker, one request at a time.
@@ -191,12 +194,9 @@ mod tests {
     #[test]
     fn marked_sockets_carry_the_forward_mark_where_this_process_may_set_it() {
         // SO_MARK needs CAP_NET_ADMIN: the tests run as root.
-        let socket = marked_tcp(false).unwrap();
-        assert_eq!(
-            socket2::SockRef::from(&socket).mark().unwrap(),
-            FORWARD_MARK
-        );
-        let socket = marked_tcp(true).unwrap();
-        assert!(socket2::SockRef::from(&socket).only_v6().unwrap());
+        let socket = marked(false, socket2::Type::STREAM).unwrap();
+        assert_eq!(socket.mark().unwrap(), FORWARD_MARK);
+        let socket = marked(true, socket2::Type::STREAM).unwrap();
+        assert!(socket.only_v6().unwrap());
     }
 }

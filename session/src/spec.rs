@@ -26,6 +26,11 @@ pub const HOSTS: &str = "/etc/hosts";
 /// Name of the session's TUN device unless [`SessionOptions::tun_name`] says otherwise.
 pub const DEFAULT_TUN_NAME: &str = "mnet0";
 
+/// Longest hostname the kernel accepts (`HOST_NAME_MAX`).
+const HOSTNAME_MAX: usize = 64;
+/// Longest interface name (`IFNAMSIZ` minus the NUL).
+const IFNAME_MAX: usize = 15;
+
 /// The session's TUN name for a target whose address is on `target_interface`: that name,
 /// so that programs looking up their interface by name (`eth0` in most pods) find it, unless
 /// the session could not use it (`lo`, which the session has already, or a name the kernel
@@ -48,10 +53,6 @@ fn is_interface_name(name: &str) -> bool {
             .iter()
             .any(|&b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':')
 }
-/// Longest hostname the kernel accepts (`HOST_NAME_MAX`).
-const HOSTNAME_MAX: usize = 64;
-/// Longest interface name (`IFNAMSIZ` minus the NUL).
-const IFNAME_MAX: usize = 15;
 
 /// What the session looks like and what runs in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,13 +30,18 @@ die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
-# Copies FILE and every shared library it loads into ROOT, at the same paths.
-copy_with_libs() {
+# Copies every shared library FILE loads into ROOT, at the same paths.
+copy_libs() {
     local root=$1 file=$2 lib
-    install -D -m 0755 "$file" "$root$file"
     for lib in $(ldd "$file" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
         [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
     done
+}
+
+# Copies FILE and every shared library it loads into ROOT, at the same paths.
+copy_with_libs() {
+    install -D -m 0755 "$2" "$1$2"
+    copy_libs "$1" "$2"
 }
 
 build_postgres() {
@@ -84,7 +89,7 @@ build_python() {
 }
 
 build_worker() {
-    local out=$1 client=$2 root applet lib
+    local out=$1 client=$2 root applet
     root=$(mktemp -d)
     install -D -m 0755 /bin/busybox "$root/bin/busybox"
     for applet in $(/bin/busybox --list); do
@@ -97,9 +102,7 @@ build_worker() {
     # Symbols stay, the line tables go (most of the size), as in the agent's image.
     objcopy --strip-debug "$client" "$root/usr/local/bin/mirrord-net"
     chmod 0755 "$root/usr/local/bin/mirrord-net"
-    for lib in $(ldd "$client" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
-        [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
-    done
+    copy_libs "$root" "$client"
     mkdir -p "$root/etc"
     printf 'root:x:0:0:root:/root:/bin/sh\nworker:x:1000:1000:worker:/tmp:/bin/sh\n' >"$root/etc/passwd"
     printf 'root:x:0:\nworker:x:1000:\n' >"$root/etc/group"
