@@ -26,6 +26,7 @@ pub mod container;
 pub mod control;
 pub mod files;
 pub mod incoming;
+pub mod memory_limit;
 pub mod namespaces;
 pub mod privileges;
 pub mod resolve;

@@ -21,6 +21,7 @@ use clap::Parser;
 use mirrord_net_agent::container::{self, ContainerId};
 use mirrord_net_agent::control;
 use mirrord_net_agent::files::{Access, FileServer};
+use mirrord_net_agent::memory_limit;
 use mirrord_net_agent::namespaces::TargetNamespaces;
 use mirrord_net_agent::privileges;
 use mirrord_net_agent::root_fs::TargetRoot;
@@ -63,23 +64,26 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     accept_timeout_secs: u64,
     /// Most flows a session may hold, per protocol (TCP, UDP, ICMP echo); new ones beyond
-    /// it are refused (RST, ICMP prohibited, dropped).
-    #[arg(long, default_value_t = Limits::default().max_flows, value_name = "N")]
-    max_flows: usize,
+    /// it are refused (RST, ICMP prohibited, dropped). Default: 16384, fewer where the
+    /// agent's memory limit would not hold them (`Limits::within_memory`), as for the caps
+    /// and the budget below.
+    #[arg(long, value_name = "N")]
+    max_flows: Option<usize>,
     /// Most TCP connects in progress at once for the session; SYNs beyond it get RST.
-    #[arg(long, default_value_t = Limits::default().max_half_open, value_name = "N")]
-    max_half_open: usize,
-    /// Most TCP connects in progress at once towards one destination address.
-    #[arg(long, default_value_t = Limits::default().max_half_open_per_host, value_name = "N")]
-    max_half_open_per_host: usize,
+    /// Default: 4096.
+    #[arg(long, value_name = "N")]
+    max_half_open: Option<usize>,
+    /// Most TCP connects in progress at once towards one destination address. Default: 1024.
+    #[arg(long, value_name = "N")]
+    max_half_open_per_host: Option<usize>,
     /// Seconds a TCP connect may take before the agent gives up and resets the session's
     /// connection.
     #[arg(long, default_value_t = Limits::default().connect_timeout.as_secs(), value_name = "SECS")]
     connect_timeout_secs: u64,
     /// MiB that all TCP flows together may hold in their buffers; beyond it flows wait
-    /// (upstream data stays unread, the session's segments are retransmitted).
-    #[arg(long, default_value_t = Limits::default().buffer_budget >> 20, value_name = "MIB")]
-    buffer_budget_mib: usize,
+    /// (upstream data stays unread, the session's segments are retransmitted). Default: 256.
+    #[arg(long, value_name = "MIB")]
+    buffer_budget_mib: Option<usize>,
     /// An inherited Unix socket on which a local client sends the session's TUN device; the
     /// stack then reads and writes the device itself instead of QUIC datagrams.
     #[arg(long, value_name = "FD", hide = true)]
@@ -108,14 +112,32 @@ fn parse_profile(value: &str) -> Result<PathProfile, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    mirrord_net_protocol::heap::tune_for_packets();
+    // Read before the agent enters the target's namespaces: these are its own cgroup files.
+    let memory_limit = memory_limit::own();
+    mirrord_net_protocol::heap::tune_for_packets_within(memory_limit);
     init_logging();
-    match run(args) {
+    match run(args, memory_limit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("mirrord-net-agent: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The stack's limits: the options given, the rest sized to the memory limit.
+fn limits(args: &Args, memory_limit: Option<u64>) -> Limits {
+    let sized = memory_limit.map_or_else(Limits::default, Limits::within_memory);
+    Limits {
+        max_flows: args.max_flows.unwrap_or(sized.max_flows),
+        max_half_open: args.max_half_open.unwrap_or(sized.max_half_open),
+        max_half_open_per_host: args
+            .max_half_open_per_host
+            .unwrap_or(sized.max_half_open_per_host),
+        connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+        buffer_budget: args
+            .buffer_budget_mib
+            .map_or(sized.buffer_budget, |mib| mib.saturating_mul(1 << 20)),
     }
 }
 
@@ -129,7 +151,7 @@ fn init_logging() {
         .init();
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, memory_limit: Option<u64>) -> anyhow::Result<()> {
     let pid = match (&args.target_container_id, args.target_pid) {
         (Some(id), _) => {
             let pid = container::find_main_process(std::path::Path::new("/proc"), id)?;
@@ -162,13 +184,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (socket, relay) = bind_sockets(args.listen)?;
     let stream_peers = relay.peers()?;
     let identity = SessionIdentity::generate()?;
-    let limits = Limits {
-        max_flows: args.max_flows,
-        max_half_open: args.max_half_open,
-        max_half_open_per_host: args.max_half_open_per_host,
-        connect_timeout: Duration::from_secs(args.connect_timeout_secs),
-        buffer_budget: args.buffer_budget_mib.saturating_mul(1 << 20),
-    };
+    let limits = limits(&args, memory_limit);
+    if let Some(bytes) = memory_limit {
+        tracing::debug!(
+            limit_mib = bytes >> 20,
+            ?limits,
+            "sized to the memory limit"
+        );
+    }
 
     // From here on, this thread (and every thread it starts) lives in the target's namespaces.
     namespaces.enter(pid)?;

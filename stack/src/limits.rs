@@ -48,6 +48,55 @@ impl Default for Limits {
     }
 }
 
+/// What one TCP flow costs its process's memory cgroup, for [`Limits::within_memory`]:
+/// ~4.1 KiB of the kernel's objects for the upstream socket (socket, inode, file, dentry,
+/// epoll entry: charged to the cgroup as kernel memory, and no fewer for the same
+/// connection made by a program in the pod) and ~1.6 KiB of the agent's own (the smoltcp
+/// socket in its set, the flow's slot and waker, the runtime's registration). Measured with
+/// 2,000 and 10,000 idle flows on cgroup v1 (tests/tests/e2e/limits.rs).
+pub const FLOW_MEMORY: u64 = 6 << 10;
+/// What the agent costs before its first flow, for [`Limits::within_memory`]: its code and
+/// libraries as they are paged in (~8 MiB), the runtime, the file server, the heap the
+/// allocator keeps (a sixteenth of the limit, `heap::tune_for_packets_within`) and slack.
+pub const BASE_MEMORY: u64 = 12 << 20;
+
+impl Limits {
+    /// The defaults, lowered where a memory limit of `bytes` (the agent's cgroup's) could
+    /// not hold them, so the agent refuses new flows (RST, counted, logged once) rather
+    /// than being OOM-killed with every flow of the session:
+    ///
+    /// * the buffer budget: an eighth of the limit;
+    /// * flows: what is left after [`BASE_MEMORY`] and the budget, at [`FLOW_MEMORY`]
+    ///   each (a connect in progress is a flow too: its socket costs the same);
+    /// * connects in progress: a quarter of the flows, a quarter of that towards one host,
+    ///   so a flood towards a silent host leaves the others room.
+    ///
+    /// With the Kubernetes agent's default limit (1 GiB) the caps are the defaults and the
+    /// budget half of its default; without a limit (a local agent) all are the defaults.
+    pub fn within_memory(bytes: u64) -> Self {
+        let defaults = Self::default();
+        let buffer_budget = defaults
+            .buffer_budget
+            .min(usize::try_from(bytes / 8).unwrap_or(usize::MAX));
+        let for_flows = bytes.saturating_sub(BASE_MEMORY + buffer_budget as u64);
+        let max_flows = defaults
+            .max_flows
+            .min(usize::try_from(for_flows / FLOW_MEMORY).unwrap_or(usize::MAX))
+            .max(1);
+        let max_half_open = defaults.max_half_open.min(max_flows / 4).max(1);
+        Self {
+            max_flows,
+            max_half_open,
+            max_half_open_per_host: defaults
+                .max_half_open_per_host
+                .min(max_half_open / 4)
+                .max(1),
+            connect_timeout: defaults.connect_timeout,
+            buffer_budget,
+        }
+    }
+}
+
 /// Which cap refused a new flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -192,5 +241,34 @@ mod tests {
         assert!(logged.first(Refusal::HalfOpen));
         assert!(!logged.first(Refusal::HalfOpen));
         assert!(logged.first(Refusal::Flows));
+    }
+
+    #[test]
+    fn a_memory_limit_lowers_the_caps_to_what_it_holds() {
+        let defaults = Limits::default();
+        let gib = Limits::within_memory(1 << 30);
+        assert_eq!(
+            (gib.max_flows, gib.max_half_open, gib.max_half_open_per_host),
+            (
+                defaults.max_flows,
+                defaults.max_half_open,
+                defaults.max_half_open_per_host
+            ),
+            "1 GiB (the Kubernetes agent's default limit) holds the default caps"
+        );
+        assert_eq!(gib.buffer_budget, 128 << 20, "an eighth of it for buffers");
+        assert_eq!(Limits::within_memory(u64::MAX), defaults, "no limit");
+        let small = Limits::within_memory(64 << 20);
+        assert_eq!(small.buffer_budget, 8 << 20);
+        assert_eq!(
+            small.max_flows,
+            ((64 - 12 - 8) << 10) / 6,
+            "44 MiB at 6 KiB a flow"
+        );
+        assert_eq!(small.max_half_open, small.max_flows / 4);
+        assert_eq!(small.max_half_open_per_host, small.max_flows / 16);
+        assert_eq!(small.connect_timeout, defaults.connect_timeout);
+        let tiny = Limits::within_memory(4096);
+        assert!(tiny.max_flows >= 1 && tiny.max_half_open >= 1 && tiny.max_half_open_per_host >= 1);
     }
 }

@@ -123,6 +123,20 @@ impl MemoryCgroup {
         self.read_number(file).ok()
     }
 
+    /// The kernel's breakdown of what is charged (`memory.stat`), plus on v1 the kernel's own
+    /// memory (`memory.kmem.usage_in_bytes`: sockets, page tables, slab), which v2 lists in
+    /// `memory.stat` already.
+    pub fn stat(&self) -> Result<String> {
+        let stat = self.read("memory.stat")?;
+        Ok(match self.version {
+            Version::V2 => stat,
+            Version::V1 => match self.read_number("memory.kmem.usage_in_bytes") {
+                Ok(kmem) => format!("{stat}kmem {kmem}\n"),
+                Err(_) => stat,
+            },
+        })
+    }
+
     /// The file that counts OOM kills, as text: `memory.events` (v2) or `memory.oom_control` (v1).
     pub fn events(&self) -> Result<String> {
         match self.version {

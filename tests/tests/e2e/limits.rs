@@ -174,26 +174,34 @@ fn a_syn_flood_to_a_silent_host_is_capped_and_starves_nothing_else() {
 
 /// The memory the agent gets in [`an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_flows`].
 ///
-/// Measured on cgroup v1 (the kernel's socket memory charged to the agent): 10,000 idle
-/// flows cost ~56 MiB before any data (~37 MiB of it the kernel's 10,000 upstream sockets),
-/// ~66 MiB with the flood's 1,024 connects in progress, 75 MiB at the peak. 64 MiB is not
-/// enough yet; with 1 MiB rings for every flow the peak was 122 MiB.
+/// Measured on cgroup v1, where the kernel's objects for the agent's upstream sockets are
+/// charged to it: 10,000 idle flows cost ~60 MiB (~42 MiB of it those sockets, ~4.1 KiB
+/// each; ~16 MiB the agent's own, ~1.6 KiB each), ~67 MiB at the flood's peak. The agent
+/// sizes its caps to its limit (`Limits::within_memory`): at 96 MiB 12,288 flows, 768
+/// connects in progress towards one host.
 const AGENT_MEMORY: u64 = 96 << 20;
+/// The memory of [`an_agent_in_a_64_mib_cgroup_refuses_the_flows_it_cannot_hold_and_serves_the_rest_under_a_syn_flood`]:
+/// less than 10,000 flows need, so the agent's caps (7,509 flows at 64 MiB) are what keep
+/// it alive.
+const SMALL_AGENT_MEMORY: u64 = 64 << 20;
 /// Idle flows held open through the flood.
 const IDLE_FLOWS: usize = 10_000;
 /// How long the flood runs, in seconds.
 const FLOOD_SECONDS: &str = "6";
 
 /// Opens `count` echo connections (in batches, under the per-host cap on connects in
-/// progress), proves each echoes a line, holds them, and waits for the file `go`; then sends
+/// progress), counting those the agent refuses (RST: ECONNREFUSED at once), proves each
+/// held one echoes a line, closes `spare` of them (room for new flows where the agent's cap
+/// refused some), and waits for the file `go`; then sends
 /// SYNs from a raw socket towards `silent` (random source ports, never answered) for
 /// `seconds` while it checks, one second in, that a request on a keep-alive HTTP connection
 /// opened before, a line on one of the idle flows and a NEW HTTP connection all answer.
 const IDLE_AND_FLOOD_PY: &str = r#"
-import http.client, os, random, resource, selectors, socket, struct, sys, threading, time
+import errno, http.client, os, random, resource, selectors, socket, struct, sys, threading, time
 
-server, port, silent, count, seconds, go = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
-                                            int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
+server, port, silent, count, seconds, go, spare = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
+                                                   int(sys.argv[4]), float(sys.argv[5]), sys.argv[6],
+                                                   int(sys.argv[7]))
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -208,28 +216,32 @@ keepalive = http.client.HTTPConnection(server, 80, timeout=5)
 assert get(keepalive)[0] == 200
 
 started = time.monotonic()
-idle = []
+idle, refused, other = [], 0, {}
 sel = selectors.DefaultSelector()
-while len(idle) < count:
-    batch = []
-    for _ in range(min(256, count - len(idle))):
+attempted = 0
+while attempted < count:
+    batch = min(256, count - attempted)
+    attempted += batch
+    for _ in range(batch):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
         s.connect_ex((server, port))
         sel.register(s, selectors.EVENT_WRITE)
-        batch.append(s)
-    pending = len(batch)
+    pending = batch
     deadline = time.monotonic() + 10
     while pending and time.monotonic() < deadline:
         for key, _ in sel.select(1):
             sel.unregister(key.fileobj)
             pending -= 1
-            if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                idle.append(key.fileobj)
-            else:
-                key.fileobj.close()
+            err = key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            key.fileobj.close() if err else idle.append(key.fileobj)
+            if err == errno.ECONNREFUSED:
+                refused += 1
+            elif err:
+                name = errno.errorcode.get(err, str(err))
+                other[name] = other.get(name, 0) + 1
     if pending:
-        sys.exit(f"{pending} connects of a batch did not finish, {len(idle)} open")
+        sys.exit(f"{pending} connects of a batch did not finish, {len(idle)} open, {refused} refused")
 opened = time.monotonic() - started
 for s in idle:
     s.sendall(b"x\n")
@@ -242,7 +254,10 @@ for s in idle:
         assert chunk, "an idle flow closed"
         got += chunk
     assert got == b"x\n", got
-print(f"held {len(idle)} opened in {opened:.1f} s, all echoed after {time.monotonic() - started:.1f} s", flush=True)
+print(f"held {len(idle)} refused {refused} other {other or '-'}: opened in {opened:.1f} s, all echoed after {time.monotonic() - started:.1f} s", flush=True)
+for s in idle[:spare]:
+    s.close()
+idle = idle[spare:]
 
 deadline = time.monotonic() + 30
 while not os.path.exists(go):
@@ -328,11 +343,14 @@ fn check_line(stdout: &str, name: &str, status: &str) -> f64 {
     seconds.parse().expect("seconds")
 }
 
-#[test]
-fn an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_flows() {
+/// How many of [`IDLE_FLOWS`] the agent held and refused, when it ran in `memory` bytes
+/// through [`IDLE_AND_FLOOD_PY`] with `spare` of the flows closed before the flood; the
+/// agent must not be OOM-killed, must keep at most `per_host_cap` connects in progress
+/// towards the silent host, and must keep serving old flows and open new ones.
+fn idle_flows_under_a_flood(memory: u64, spare: usize, per_host_cap: usize) -> (usize, usize) {
     let pod = Pod::builder().hold_echo().build();
     silence(&pod);
-    let cgroup = MemoryCgroup::create(&format!("mnet-{}", pod.id()), AGENT_MEMORY)
+    let cgroup = MemoryCgroup::create(&format!("mnet-{}", pod.id()), memory)
         .expect("a memory cgroup for the agent");
     let agent = cgroup
         .wrapper(pod.dir(), &bin_dir().join("mirrord-net-agent"))
@@ -352,6 +370,7 @@ fn an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_f
             &IDLE_FLOWS.to_string(),
             FLOOD_SECONDS,
             go.to_str().expect("a UTF-8 path"),
+            &spare.to_string(),
         ],
     )
     .env("MIRRORD_NET_AGENT", agent.to_str().expect("a UTF-8 path"))
@@ -375,6 +394,7 @@ fn an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_f
     std::thread::sleep(Duration::from_millis(1500));
     let idle_rss = rss_kib(procs[0]);
     let idle_charged = cgroup.usage().expect("the cgroup's usage");
+    let idle_stat = cgroup.stat().unwrap_or_else(|err| format!("{err:#}"));
     std::fs::write(&go, "").expect("writing go");
     assert!(
         running.wait_for_stdout("flooding", Duration::from_secs(10)),
@@ -390,14 +410,16 @@ fn an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_f
         .unwrap_or_else(|timed_out| panic!("{timed_out}"));
     let events = cgroup.events().expect("the cgroup's events");
     eprintln!(
-        "agent with {IDLE_FLOWS} idle flows: RSS {idle_rss} KiB, cgroup charged {} KiB; \
+        "agent in {} MiB with {IDLE_FLOWS} flows asked for: RSS {idle_rss} KiB, cgroup charged {} KiB; \
          during the flood: RSS {flood_rss:?} KiB, {half_open} connects in progress in the pod; \
-         peak charged {:?} KiB, limit hit {:?} times; {:?}:\n{events}{}",
+         peak charged {:?} KiB, limit hit {:?} times; {:?}:\n{events}{}\n\
+         charged when idle:\n{idle_stat}",
+        memory >> 20,
         idle_charged / 1024,
         cgroup.peak().map(|b| b / 1024),
         cgroup.limit_hits().ok(),
         cgroup.version(),
-        out.stdout
+        out.stdout,
     );
     assert_eq!(
         cgroup.oom_kills().expect("the OOM kill count"),
@@ -407,8 +429,8 @@ fn an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_f
     let stdout = out.assert_success();
     assert!(half_open > 0, "the flood never reached the pod:\n{out}");
     assert!(
-        half_open <= PER_HOST_CAP,
-        "{half_open} connects in progress to one host, above the cap of {PER_HOST_CAP}:\n{out}"
+        half_open <= per_host_cap,
+        "{half_open} connects in progress to one host, above the cap of {per_host_cap}:\n{out}"
     );
     let keepalive = check_line(stdout, "keepalive", "200");
     let idle = check_line(stdout, "idle", "still");
@@ -425,4 +447,34 @@ fn an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_f
             "{what} took {seconds} s during the flood:\n{out}"
         );
     }
+    let held = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("held "))
+        .unwrap_or_else(|| panic!("no held line:\n{out}"));
+    assert!(
+        held.contains(" other -:"),
+        "connects failed otherwise than refused:\n{out}"
+    );
+    let numbers: Vec<usize> = held
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn an_agent_in_a_96_mib_cgroup_keeps_serving_under_a_syn_flood_with_10000_idle_flows() {
+    let (held, refused) = idle_flows_under_a_flood(AGENT_MEMORY, 0, 768);
+    assert_eq!((held, refused), (IDLE_FLOWS, 0), "held and refused");
+}
+
+#[test]
+fn an_agent_in_a_64_mib_cgroup_refuses_the_flows_it_cannot_hold_and_serves_the_rest_under_a_syn_flood(
+) {
+    let (held, refused) = idle_flows_under_a_flood(SMALL_AGENT_MEMORY, 1_000, 469);
+    assert!(
+        held >= 7_000 && refused > 0 && held + refused == IDLE_FLOWS,
+        "{held} flows held and {refused} refused of {IDLE_FLOWS}: the agent should hold what \
+         64 MiB holds (7,509 flows, the keep-alive one included) and refuse the rest at once"
+    );
 }
