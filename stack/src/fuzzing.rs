@@ -1,9 +1,14 @@
 //! Entry points for the fuzz targets (`fuzz/`): the stack's packet parsing and the replies it
-//! builds about a packet, reached from outside the crate without making the parser public.
+//! builds about a packet, reached from outside the crate without making the parser public;
+//! and the whole flow engine driven by a script of packets (`engine`).
 //!
 //! Every entry point takes the bytes a hostile session could write to its TUN and must
 //! neither panic nor loop; the replies it builds must be packets this parser accepts again
 //! (the session's kernel reads them).
+
+mod engine;
+
+pub use engine::{flow_engine, Outcome as FlowEngineOutcome};
 
 use super::device::TxQueue;
 use super::packet::{self, DropReason, Parsed, Unreachable};

@@ -24,7 +24,7 @@ use smoltcp::wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::packet::tests::{echo_request_packet, tcp_segment, udp_datagram};
+use super::packet::{echo_request_packet, tcp_segment, udp_datagram};
 use super::*;
 
 const CLIENT_V4: &str = "10.0.0.2";

@@ -4,8 +4,10 @@
 //! - `parse`: each inbound packet classified once, with its flow key (pure);
 //! - `reply`: the packets smoltcp does not write — RSTs, ICMP errors, UDP and echo replies;
 //! - `fragment`: replies and rebuilt packets larger than the link's MTU, as IP fragments;
-//! - `header`: the IP header and the transport checksum they all write.
+//! - `header`: the IP header and the transport checksum they all write;
+//! - `craft`: packets as the session writes them, for tests and the fuzz harness.
 
+mod craft;
 mod fragment;
 mod header;
 mod parse;
@@ -13,6 +15,7 @@ mod reply;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub(crate) use craft::{echo_request_packet, tcp_segment, udp_datagram};
 pub(crate) use fragment::push_fragments;
 pub(crate) use header::IPV6_HEADER_LEN;
 pub(crate) use parse::{parse, DropReason, EchoKey, FlowKey, Parsed, Segment};
