@@ -68,6 +68,9 @@ counters! {
     tcp_opened,
     /// Connections the agent began to open into the session (stolen inbound ones).
     tcp_inbound,
+    /// Connections to open into the session given back (to the target) because the session
+    /// holds its cap of flows.
+    tcp_inbound_over_limit,
     /// Upstream connects refused (answered with RST).
     tcp_refused,
     /// Upstream connects that failed with a routing error (answered with ICMP unreachable).

@@ -1471,3 +1471,51 @@ fn stalled_readers_hold_no_more_than_the_buffer_budget_and_resume_when_it_frees(
             .await;
     });
 }
+
+#[test]
+fn stolen_connections_beyond_the_flow_cap_are_given_back_at_once() {
+    in_netns(|| async {
+        let (link, peer) = memory_link(256);
+        let config = StackConfig {
+            mtu: 1500,
+            limits: Limits {
+                max_flows: 1,
+                ..Limits::default()
+            },
+            ..StackConfig::default()
+        };
+        let stats = config.stats.clone();
+        let (inbound, inbound_rx) = inbound::channel();
+        let _task = tokio::spawn(serve_link_with_inbound(link, config, Some(inbound_rx)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut outcomes = Vec::new();
+        // Kept open: a client whose connection the stack gives back gets it closed otherwise.
+        let mut clients = Vec::new();
+        for port in [8080, 8081] {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (stream, _) = listener.accept().await.unwrap();
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            let _ = inbound.send(inbound::InboundConnection {
+                peer: sa("10.1.0.7", 51234),
+                session: sa(CLIENT_V4, port),
+                stream,
+                done,
+            });
+            outcomes.push(outcome);
+        }
+        // The first is opened into the session (its SYN goes out); the second is over the
+        // cap of one flow and comes back at once, without a SYN.
+        let syn = next_packet(&peer).await;
+        let (_, dst, _, body) = transport_of(&syn);
+        assert_eq!(dst, IpAddress::from(CLIENT_V4.parse::<IpAddr>().unwrap()));
+        assert_eq!(TcpPacket::new_checked(&body[..]).unwrap().dst_port(), 8080);
+        let second = tokio::time::timeout(Duration::from_secs(1), outcomes.pop().unwrap())
+            .await
+            .expect("the second connection came back at once")
+            .expect("an outcome");
+        assert!(second.is_err(), "the second connection was given back");
+        assert_eq!(stats.snapshot().tcp_inbound_over_limit, 1);
+        assert_eq!(stats.snapshot().tcp_inbound, 1);
+    });
+}

@@ -143,14 +143,17 @@ impl<C: Connector> Connector for KickingConnector<C> {
 }
 
 /// Serves `client` (from `peer`, to the target's listener at `original`) request by request
-/// over `routes`, on a task of the thread's `LocalSet`.
+/// over `routes`, on a task of the thread's `LocalSet`, holding `permit` (the agent's count
+/// of connections in hand) until the connection ends.
 pub fn spawn(
     client: TcpStream,
     routes: impl Routes + 'static,
     peer: SocketAddr,
     original: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     tokio::task::spawn_local(async move {
+        let _permit = permit;
         // Bytes through the client's and the target's sockets keep the runtime polling
         // briefly for the answer (see `busy_poll`); a session's own are the stack's traffic.
         let (client, target): (BoxedStream, Rc<dyn Connector>) = match BusyPoll::process() {

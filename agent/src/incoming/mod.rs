@@ -69,7 +69,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mirrord_net_protocol::listening::parse_listening;
 use mirrord_net_protocol::messages::{AgentMessage, IncomingConfig, SILENCE_LIMIT};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use self::http::HttpFilter;
@@ -82,6 +82,12 @@ use crate::stack::inbound::{InboundConnection, InboundSender};
 /// How often the redirect set is re-evaluated without news (the silence limit, the
 /// target's ports for `--steal-all`).
 const TICK: Duration = Duration::from_millis(250);
+/// Most accepted connections the agent holds at once: relayed to the target, served request
+/// by request, or waiting for the session to accept them. Each costs two sockets and their
+/// buffers; a flood of clients on a stolen port beyond this waits in the kernel's accept
+/// queue (as it would at a busy target) instead of growing the agent. Checked again within
+/// a [`TICK`] of a connection ending.
+const MAX_IN_HAND: usize = 4096;
 
 /// What the control stream tells the incoming side.
 #[derive(Debug)]
@@ -205,6 +211,8 @@ struct State {
     mirror: Option<Mirror>,
     /// The ports last reported as mirrored.
     mirrored: Vec<u16>,
+    /// Permits for the accepted connections the agent holds ([`MAX_IN_HAND`]).
+    in_hand: Arc<Semaphore>,
 }
 
 /// Runs the incoming side until the control stream ends (`events` closes). Dropping the
@@ -234,6 +242,7 @@ pub async fn run(
         addrs,
         mirror: None,
         mirrored: Vec::new(),
+        in_hand: Arc::new(Semaphore::new(MAX_IN_HAND)),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -283,10 +292,11 @@ pub async fn run(
                     }
                 }
             }
-            accepted = accept(&state.stealing) => match accepted {
+            accepted = accept(&state.stealing), if state.in_hand.available_permits() > 0 => match accepted {
                 Ok((stream, peer)) => {
                     tracing::debug!(%peer, "accepted");
-                    dispatch(&state, stream, peer)
+                    let permit = state.in_hand.clone().try_acquire_owned().expect("a permit was free");
+                    dispatch(&state, stream, peer, permit)
                 }
                 Err(err) => tracing::debug!("accept: {err}"),
             },
@@ -620,7 +630,10 @@ fn target_listening() -> Vec<u16> {
 /// session (unfiltered) or through the port's routes (filtered: this session's and those
 /// sharing the port); to the target when the port was given back meanwhile, or the session
 /// does not take it.
-fn dispatch(state: &State, stream: TcpStream, peer: SocketAddr) {
+///
+/// `permit` counts the connection against [`MAX_IN_HAND`] for as long as the agent holds it
+/// (given back once the session's stack took it: its flow cap counts it from then on).
+fn dispatch(state: &State, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
     let original = match original_dst::of(&stream) {
         Ok(original) => original,
         Err(err) => {
@@ -648,11 +661,11 @@ fn dispatch(state: &State, stream: TcpStream, peer: SocketAddr) {
             ))
         }),
     ) else {
-        tokio::spawn(to_target(stream, original));
+        tokio::spawn(to_target(stream, original, permit));
         return;
     };
     let Role::Router(routes) = &held.role else {
-        tokio::spawn(to_target(stream, original));
+        tokio::spawn(to_target(stream, original, permit));
         return;
     };
     let peer = canonical(peer);
@@ -662,6 +675,7 @@ fn dispatch(state: &State, stream: TcpStream, peer: SocketAddr) {
             routes.for_connection(peer, original),
             peer,
             original,
+            permit,
         );
         return;
     }
@@ -681,7 +695,7 @@ fn dispatch(state: &State, stream: TcpStream, peer: SocketAddr) {
             Ok(Ok(())) => tracing::debug!(%peer, %session, "stolen connection in the session"),
             Ok(Err(stream)) => {
                 tracing::debug!(%peer, %session, "the session did not take it; to the target");
-                to_target(stream, original).await;
+                to_target(stream, original, permit).await;
             }
             Err(_) => tracing::debug!(%peer, %session, "the stack dropped the connection"),
         }
@@ -699,7 +713,8 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Relays a connection to the target's own listener at `original`.
-async fn to_target(mut stream: TcpStream, original: SocketAddr) {
+/// Relays `stream` to the target's own listener at `original`, holding `_permit` until done.
+async fn to_target(mut stream: TcpStream, original: SocketAddr, _permit: OwnedSemaphorePermit) {
     match TcpStream::connect(original).await {
         Ok(mut upstream) => {
             let _ = upstream.set_nodelay(true);

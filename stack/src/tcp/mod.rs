@@ -71,7 +71,7 @@ use super::buffer::TcpEndpoint;
 use super::ctx::Ctx;
 use super::flow::{fired, FlowId, FlowWaker, Proto, Slab, Token};
 use super::inbound::InboundConnection;
-use super::limits::{HalfOpen, Limits, LoggedOnce};
+use super::limits::{self, HalfOpen, Limits, LoggedOnce};
 use super::packet::{push_tcp_reset, push_unreachable, FlowKey, Segment};
 use super::stats::Stats;
 use super::upstream;
@@ -289,6 +289,22 @@ impl TcpFlows {
             server: conn.peer,
         };
         if self.by_key.contains_key(&key) {
+            let _ = conn.done.send(Err(conn.stream));
+            return;
+        }
+        // Stolen connections are flows of the session like its own: a flood of clients of a
+        // stolen port must not take the agent past its cap (its memory), and the connections
+        // beyond go to the target, which would have had them anyway.
+        if let Err(refusal) = limits::admit_flow(&self.settings.limits, self.by_key.len()) {
+            Stats::inc(&ctx.stats.tcp_inbound_over_limit);
+            if self.logged.first(refusal) {
+                tracing::warn!(
+                    "giving stolen connections to the target beyond {} ({} flows); counted \
+                     as tcp_inbound_over_limit",
+                    refusal.describe(),
+                    self.by_key.len(),
+                );
+            }
             let _ = conn.done.send(Err(conn.stream));
             return;
         }

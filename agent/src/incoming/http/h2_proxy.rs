@@ -44,6 +44,10 @@ use super::routes::{BoxedStream, Connector, Routes};
 
 /// Streams opened on a new upstream connection before its SETTINGS tell its limit.
 const INITIAL_MAX_STREAMS: usize = 100;
+/// Streams a client may have open at once (h2 sets no limit of its own): each is a request
+/// the agent routes and forwards, so a client's concurrency is bounded as its pipelining is
+/// on HTTP/1.1 (`h1_proxy::MAX_PIPELINED`). Header lists are bounded like HTTP/1.1 heads.
+const MAX_CLIENT_STREAMS: u32 = 1024;
 
 type LocalFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
@@ -58,7 +62,10 @@ pub async fn serve(
         prefix: buf,
         inner: client,
     };
-    let mut connection = h2::server::handshake(client)
+    let mut connection = h2::server::Builder::new()
+        .max_concurrent_streams(MAX_CLIENT_STREAMS)
+        .max_header_list_size(super::h1::MAX_HEAD as u32)
+        .handshake(client)
         .await
         .map_err(io::Error::other)?;
     let ctx = Ctx {

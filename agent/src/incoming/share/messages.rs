@@ -77,11 +77,22 @@ pub const TAKEN: u8 = 1;
 /// Its session did not (nothing listens there now): the request goes to the target.
 pub const NOT_TAKEN: u8 = 0;
 
+/// Most sessions that steal one port at once (the router's own included): each is an entry
+/// every request's routing walks, and a registrant is anyone who reaches the router's
+/// socket, so the list is bounded.
+pub const MAX_SESSIONS_PER_PORT: usize = 64;
+
 /// Whether `newcomer` may steal `port` beside `holders` (every session holding it now,
 /// the router's own included). An unfiltered steal needs the port alone; a filtered one
 /// shares it only with other filtered ones. A refusal is one line naming the port and the
 /// session holding it (the earliest, when several do).
 pub fn admit(port: u16, holders: &[&Claim], newcomer: &Claim) -> Result<(), String> {
+    if holders.len() >= MAX_SESSIONS_PER_PORT {
+        return Err(format!(
+            "cannot steal port {port}: {} sessions steal it already, the most one port is shared by",
+            holders.len()
+        ));
+    }
     let mut holders: Vec<&Claim> = holders.to_vec();
     holders.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
     let blocking = if newcomer.filter.is_none() {
@@ -125,6 +136,23 @@ mod tests {
             }),
             session_port: 8080,
         }
+    }
+
+    #[test]
+    fn a_port_is_shared_by_at_most_so_many_sessions() {
+        let holders: Vec<Claim> = (0..MAX_SESSIONS_PER_PORT as u64)
+            .map(|i| claim(&format!("s{i}"), i, true))
+            .collect();
+        let refs: Vec<&Claim> = holders.iter().collect();
+        let line = admit(8080, &refs, &claim("one more", 99, true)).unwrap_err();
+        assert_eq!(
+            line,
+            "cannot steal port 8080: 64 sessions steal it already, the most one port is shared by"
+        );
+        assert_eq!(
+            admit(8080, &refs[1..], &claim("one more", 99, true)),
+            Ok(())
+        );
     }
 
     #[test]
