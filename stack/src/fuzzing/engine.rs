@@ -405,28 +405,100 @@ mod tests {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
-    fn seed(name: &str) -> Vec<u8> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus/flow_engine")
-            .join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    /// A TCP step (see the module's table).
+    fn tcp(ipv6: bool, which: u8, flags: u8, ack: bool, payload: &[u8]) -> Vec<u8> {
+        let mut step = vec![if ipv6 { 2 } else { 1 }, which, flags, u8::from(ack), 0];
+        step.push(payload.len() as u8);
+        step.extend_from_slice(payload);
+        step
+    }
+
+    /// A wait of 3 ms, twice: time for a connect and its answer.
+    const WAIT: [u8; 4] = [5, 3, 5, 3];
+
+    /// SYN, data, FIN and the last ACK from client port `which`, to the echo port.
+    fn conversation(ipv6: bool, which: u8) -> Vec<u8> {
+        [
+            tcp(ipv6, which, 1, false, b""),
+            WAIT.to_vec(),
+            tcp(ipv6, which, 0, true, b"hello"),
+            WAIT.to_vec(),
+            tcp(ipv6, which, 2, true, b""),
+            WAIT.to_vec(),
+            tcp(ipv6, which, 0, true, b""),
+            WAIT.to_vec(),
+        ]
+        .concat()
+    }
+
+    /// The scripts the corpus began with (`fuzz/corpus/flow_engine`), by what they do.
+    fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("tcp-v4-echo", conversation(false, 0)),
+            ("tcp-v6-echo", conversation(true, 1)),
+            (
+                "tcp-refused-and-unroutable",
+                [
+                    tcp(false, 0b0100, 1, false, b""),
+                    WAIT.to_vec(),
+                    tcp(true, 0b1101, 1, false, b""),
+                    WAIT.to_vec(),
+                ]
+                .concat(),
+            ),
+            (
+                "tcp-reset",
+                [
+                    tcp(false, 2, 1, false, b""),
+                    WAIT.to_vec(),
+                    tcp(false, 2, 0, true, b"x"),
+                    WAIT.to_vec(),
+                    tcp(false, 2, 3, true, b""),
+                    WAIT.to_vec(),
+                ]
+                .concat(),
+            ),
+            (
+                "udp",
+                [
+                    &[3, 0, 4][..],
+                    b"ping",
+                    &WAIT,
+                    &[3, 1, 4],
+                    b"pong",
+                    &WAIT,
+                    &[3, 2, 1, b'x'],
+                    &WAIT,
+                    &[3, 4, 1, b'y'],
+                    &WAIT,
+                ]
+                .concat(),
+            ),
+            (
+                "echo",
+                [
+                    &[4, 0, 1, 3][..],
+                    b"abc",
+                    &WAIT,
+                    &[4, 1, 2, 3],
+                    b"abc",
+                    &WAIT,
+                    &[4, 2, 3, 0],
+                    &WAIT,
+                ]
+                .concat(),
+            ),
+        ]
     }
 
     #[test]
     fn the_seeds_reach_echoed_data_udp_answers_and_errors() {
-        let names = [
-            "seed-tcp-v4-echo",
-            "seed-tcp-v6-echo",
-            "seed-udp",
-            "seed-echo",
-            "seed-tcp-refused-and-unroutable",
-            "seed-tcp-reset",
-        ];
-        let outcomes = run_all(names.iter().map(|n| seed(n)).collect());
+        let (names, scripts): (Vec<_>, Vec<_>) = seeds().into_iter().unzip();
+        let outcomes = run_all(scripts);
         let by_name: HashMap<_, _> = names.iter().zip(&outcomes).collect();
-        assert_eq!(by_name[&"seed-tcp-v4-echo"].echoed, 5, "{outcomes:?}");
-        assert_eq!(by_name[&"seed-tcp-v6-echo"].echoed, 5, "{outcomes:?}");
-        assert_eq!(by_name[&"seed-udp"].udp_answers, 2, "{outcomes:?}");
+        assert_eq!(by_name[&"tcp-v4-echo"].echoed, 5, "{outcomes:?}");
+        assert_eq!(by_name[&"tcp-v6-echo"].echoed, 5, "{outcomes:?}");
+        assert_eq!(by_name[&"udp"].udp_answers, 2, "{outcomes:?}");
         for (name, outcome) in &by_name {
             assert!(outcome.packets > 0, "{name}: the stack answered nothing");
         }
