@@ -8,6 +8,8 @@
 
 mod engine;
 
+#[cfg(test)]
+pub(crate) use engine::loopback_up;
 pub use engine::{flow_engine, Outcome as FlowEngineOutcome};
 
 use super::device::TxQueue;

@@ -24,6 +24,7 @@ use smoltcp::wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
+use super::fuzzing::loopback_up;
 use super::packet::{echo_request_packet, tcp_segment, udp_datagram};
 use super::*;
 
@@ -33,23 +34,6 @@ const CLIENT_V6: &str = "fd00::2";
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
-
-/// Brings `lo` up in the current network namespace.
-fn loopback_up() {
-    // SAFETY: plain ioctls on a local socket and a zeroed `ifreq`.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        assert!(fd >= 0);
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as libc::c_char;
-        }
-        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr), 0);
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr), 0);
-        libc::close(fd);
-    }
-}
 
 /// Runs `test` on a thread of its own in a new network namespace, on a current-thread
 /// runtime (so every socket, the stack's included, lives in that namespace).

@@ -126,8 +126,8 @@ fn make_world() -> tokio::runtime::Runtime {
     runtime
 }
 
-/// Brings `lo` up in the current network namespace.
-fn loopback_up() {
+/// Brings `lo` up in the current network namespace (the stack's tests use it too).
+pub(crate) fn loopback_up() {
     // SAFETY: plain ioctls on a local socket and a zeroed `ifreq`.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
