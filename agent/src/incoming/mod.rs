@@ -712,7 +712,6 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Relays a connection to the target's own listener at `original`.
 /// Relays `stream` to the target's own listener at `original`, holding `_permit` until done.
 async fn to_target(mut stream: TcpStream, original: SocketAddr, _permit: OwnedSemaphorePermit) {
     match TcpStream::connect(original).await {
