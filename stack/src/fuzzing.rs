@@ -8,9 +8,9 @@
 
 mod engine;
 
-#[cfg(test)]
-pub(crate) use engine::loopback_up;
 pub use engine::{flow_engine, Outcome as FlowEngineOutcome};
+#[cfg(test)]
+pub(crate) use engine::{private_network, tcp_echo_server};
 
 use super::device::TxQueue;
 use super::packet::{self, DropReason, Parsed, Unreachable};

@@ -24,7 +24,7 @@ use smoltcp::wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::fuzzing::loopback_up;
+use super::fuzzing::{private_network, tcp_echo_server};
 use super::packet::{echo_request_packet, tcp_segment, udp_datagram};
 use super::*;
 
@@ -43,13 +43,7 @@ where
     Fut: Future<Output = ()>,
 {
     let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET); these tests must run as root");
-        loopback_up();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = private_network();
         rt.block_on(async move {
             tokio::time::timeout(Duration::from_secs(60), test())
                 .await
@@ -282,19 +276,12 @@ impl Client {
 
 /// A TCP server on `addr` that echoes every connection until EOF, then closes.
 async fn echo_server(addr: &str) -> SocketAddr {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    let local = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    local
+    // `addr` as `bind` reads it: `::1:0` too.
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .unwrap()
+        .next()
+        .unwrap();
+    tcp_echo_server(addr).await
 }
 
 /// A port on `ip` where nothing listens.

@@ -91,29 +91,14 @@ pub fn flow_engine(data: &[u8]) -> Outcome {
 
 /// The namespace, its loopback and echo servers, and the runtime they and the stack run on.
 fn make_world() -> tokio::runtime::Runtime {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .expect("unshare(CLONE_NEWNET): the flow-engine harness must run as root");
-    loopback_up();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = private_network();
     runtime.block_on(async {
         for ip in [
             IpAddr::from(Ipv4Addr::LOCALHOST),
             Ipv6Addr::LOCALHOST.into(),
         ] {
             let addr = SocketAddr::new(ip, ECHO_PORT);
-            let tcp = TcpListener::bind(addr).await.expect("the TCP echo server");
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = tcp.accept().await {
-                    tokio::spawn(async move {
-                        let (mut rd, mut wr) = stream.into_split();
-                        let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                        let _ = wr.shutdown().await;
-                    });
-                }
-            });
+            tcp_echo_server(addr).await;
             let udp = UdpSocket::bind(addr).await.expect("the UDP echo server");
             tokio::spawn(async move {
                 let mut buf = vec![0; 65_536];
@@ -126,8 +111,38 @@ fn make_world() -> tokio::runtime::Runtime {
     runtime
 }
 
-/// Brings `lo` up in the current network namespace (the stack's tests use it too).
-pub(crate) fn loopback_up() {
+/// Moves this thread into a new network namespace with only `lo` up, and makes the
+/// current-thread runtime whose sockets (the stack's included) live there. For the harness
+/// and the stack's tests; root only.
+pub(crate) fn private_network() -> tokio::runtime::Runtime {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET): must run as root");
+    loopback_up();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A TCP server on `addr` that echoes every connection until its client half-closes, on
+/// tasks of the current runtime; returns the address it listens on (for port 0).
+pub(crate) async fn tcp_echo_server(addr: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.expect("the TCP echo server");
+    let local = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = stream.into_split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    });
+    local
+}
+
+/// Brings `lo` up in the current network namespace.
+fn loopback_up() {
     // SAFETY: plain ioctls on a local socket and a zeroed `ifreq`.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
