@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the agent image without Docker or a registry: a static mirrord-net-agent in an
-# otherwise empty image (what agent/Dockerfile describes), written as an OCI image-layout tar
+# Builds the agent image without Docker or a registry: a static mirrord-net-agent and
+# iptables-legacy's tools for the steal's iptables fallback (what agent/Dockerfile
+# describes), written as an OCI image-layout tar
 # tagged localhost/mirrord-net-agent:<workspace version>, and optionally imported into a
 # containerd.
 #
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --out) out="${2:?--out needs a file name}"; shift 2 ;;
         --import) containerd_sock="${2:?--import needs a containerd socket}"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-agent-image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -58,6 +59,35 @@ mkdir -p "$work/rootfs"
 # still names its functions.
 objcopy --strip-debug "$binary" "$work/rootfs/mirrord-net-agent"
 chmod 0755 "$work/rootfs/mirrord-net-agent"
+
+# The steal's iptables fallback (agent/src/incoming/iptables): iptables-legacy's restore and
+# save for both families, with the libraries and extension modules they load, taken from this
+# machine's iptables package. The agent itself stays static; these are run by its keeper
+# process only where the target's kernel has no nftables or the user asks for iptables.
+legacy=/usr/sbin/xtables-legacy-multi
+extensions=/usr/lib/x86_64-linux-gnu/xtables
+if [ ! -x "$legacy" ] || [ ! -d "$extensions" ]; then
+    echo "build-agent-image.sh: $legacy not found: install the iptables package" >&2
+    exit 1
+fi
+mkdir -p "$work/rootfs/usr/sbin" "$work/rootfs/run" "$work/rootfs$(dirname "$extensions")"
+cp "$legacy" "$work/rootfs/usr/sbin/"
+for tool in iptables-legacy-restore iptables-legacy-save ip6tables-legacy-restore ip6tables-legacy-save; do
+    ln -s xtables-legacy-multi "$work/rootfs/usr/sbin/$tool"
+done
+cp -r "$extensions" "$work/rootfs$extensions"
+# Every library the tool and its extensions load, the program interpreter included.
+ldd "$legacy" "$extensions"/*.so \
+    | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\/.*ld-linux/ { print $1 }' \
+    | sort -u \
+    | while read -r lib; do
+        mkdir -p "$work/rootfs$(dirname "$lib")"
+        cp -L "$lib" "$work/rootfs$lib"
+    done
+if ! chroot "$work/rootfs" /usr/sbin/iptables-legacy-save --version >/dev/null; then
+    echo "build-agent-image.sh: iptables-legacy-save does not run in the image" >&2
+    exit 1
+fi
 
 mkdir -p "$(dirname "$out")"
 python3 tests/k8s/oci-image.py --entrypoint /mirrord-net-agent "$work/rootfs" "$image" "$out"

@@ -12,6 +12,7 @@ PACKAGES=(
     mount           # mount (the target fixture's bind mounts)
     hostname        # hostname -i in the identity tests
     nftables        # nft
+    iptables        # iptables-legacy-save: the steal's iptables fallback tests
     dnsmasq-base    # the pod's DNS server (the binary only: no service)
     socat           # UDP echo and UDP client
     curl

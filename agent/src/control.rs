@@ -58,6 +58,18 @@ pub struct StreamClients {
     pub claimed: watch::Sender<Option<SocketAddr>>,
 }
 
+/// What the session's data plane and incoming side start from, prepared before the agent
+/// dropped its privileges where that was needed (the TUN's hand-over socket, the iptables
+/// keeper).
+pub struct SessionMeans {
+    /// The session's TUN device comes through this (a local client), else packets come as
+    /// QUIC datagrams.
+    pub tun: Option<TunHandoff>,
+    pub limits: stack::Limits,
+    /// How stolen ports are to be redirected.
+    pub redirect_with: incoming::RedirectWith,
+}
+
 /// Waits for the pinned client and serves its session to the end.
 pub async fn serve_one_session(
     endpoint: quinn::Endpoint,
@@ -65,9 +77,13 @@ pub async fn serve_one_session(
     accept_timeout: Duration,
     files: Option<Arc<FileServer>>,
     stream_clients: Option<StreamClients>,
-    tun: Option<TunHandoff>,
-    limits: stack::Limits,
+    means: SessionMeans,
 ) -> anyhow::Result<()> {
+    let SessionMeans {
+        tun,
+        limits,
+        redirect_with,
+    } = means;
     let accept = accept_pinned(&endpoint, stream_clients.as_ref());
     let connection = tokio::time::timeout(accept_timeout, accept)
         .await
@@ -126,7 +142,13 @@ pub async fn serve_one_session(
         names,
     ));
     // Local: filtered connections are served by tasks that are not `Send`.
-    tokio::task::spawn_local(incoming::run(events_rx, inbound, report, addrs));
+    tokio::task::spawn_local(incoming::run(
+        events_rx,
+        inbound,
+        report,
+        addrs,
+        redirect_with,
+    ));
     tokio::spawn(accept_streams(connection.clone(), files));
     let served = match tun {
         None => stack::serve_with_inbound(connection.clone(), config, Some(inbound_rx)).await,

@@ -21,6 +21,8 @@ use clap::Parser;
 use mirrord_net_agent::container::{self, ContainerId};
 use mirrord_net_agent::control;
 use mirrord_net_agent::files::{Access, FileServer};
+use mirrord_net_agent::incoming::iptables::keeper;
+use mirrord_net_agent::incoming::{RedirectChoice, RedirectWith};
 use mirrord_net_agent::memory_limit;
 use mirrord_net_agent::namespaces::TargetNamespaces;
 use mirrord_net_agent::privileges;
@@ -96,6 +98,11 @@ struct Args {
     /// or `off` (see `seccomp`).
     #[arg(long, default_value = "enforce", value_name = "MODE")]
     seccomp: seccomp::Mode,
+    /// How stolen ports are redirected in the target's namespace: `nftables`, `iptables`
+    /// (iptables-legacy, through a keeper process; see `incoming::iptables`) or `auto`
+    /// (nftables where the target's kernel has it).
+    #[arg(long, value_enum, default_value = "auto", value_name = "MEANS")]
+    redirect_with: RedirectChoice,
 }
 
 fn parse_container_id(value: &str) -> Result<ContainerId, String> {
@@ -111,6 +118,12 @@ fn parse_profile(value: &str) -> Result<PathProfile, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == keeper::ARG)
+    {
+        return keeper::run();
+    }
     let args = Args::parse();
     // Read before the agent enters the target's namespaces: these are its own cgroup files.
     let memory_limit = memory_limit::own();
@@ -204,6 +217,12 @@ fn run(args: Args, memory_limit: Option<u64>) -> anyhow::Result<()> {
         steal: matches!(args.incoming.as_str(), "steal" | "all"),
         raw_sockets: mirror || !privileges::ping_sockets_allowed(),
     };
+    // The iptables keeper, where it is needed, starts before the privileges go.
+    let redirect_with = if needs.steal {
+        RedirectWith::choose(args.redirect_with)
+    } else {
+        RedirectWith::Unavailable("the session may not steal (--incoming)".into())
+    };
     privileges::drop_to(privileges::kept(needs)).context("cannot drop the agent's privileges")?;
     seccomp::install(args.seccomp)?;
     tracing::debug!(?target.ipv4, ?target.ipv6, hostname = %target.hostname, "target");
@@ -245,8 +264,11 @@ fn run(args: Args, memory_limit: Option<u64>) -> anyhow::Result<()> {
             Duration::from_secs(args.accept_timeout_secs),
             files,
             Some(stream_clients),
-            tun,
-            limits,
+            control::SessionMeans {
+                tun,
+                limits,
+                redirect_with,
+            },
         )
         .await;
         relay.abort();

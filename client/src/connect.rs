@@ -43,6 +43,7 @@ pub(crate) async fn start_agent_and_connect(
                 kubernetes::SessionWants {
                     fs_mode: args.fs_mode.as_arg(),
                     incoming: args.incoming.agent_arg(),
+                    redirect_with: args.incoming.agent_redirect_arg(),
                     log_filter: agent_log_filter(args.verbose),
                     reconnect_window: args.reconnect.window(),
                 },
@@ -67,7 +68,7 @@ pub(crate) async fn start_agent_and_connect(
         args.fs_mode,
         packets,
         listen,
-        args.incoming.agent_arg(),
+        &args.incoming,
     )
     .await?;
 

@@ -171,7 +171,7 @@ pub async fn start_local(
     fs_mode: crate::remote_paths::FsMode,
     packets: LocalPackets,
     listen: Option<std::net::SocketAddr>,
-    incoming: &str,
+    incoming: &crate::incoming::IncomingArgs,
 ) -> Result<LocalAgent, AgentError> {
     let path = agent_path()?;
     let mut command = Command::new(&path);
@@ -206,7 +206,14 @@ pub async fn start_local(
         .arg("--fs-mode")
         .arg(fs_mode.as_arg())
         .arg("--incoming")
-        .arg(incoming)
+        .arg(incoming.agent_arg())
+        .args(
+            incoming
+                .agent_redirect_arg()
+                .map(|means| ["--redirect-with", means])
+                .into_iter()
+                .flatten(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -56,9 +56,10 @@ pub fn agent_args(target: &ResolvedTarget, settings: &AgentSettings) -> Vec<Stri
     args
 }
 
-/// Arguments every Kubernetes agent gets: who may connect, where to listen, the file mode.
+/// Arguments every Kubernetes agent gets: who may connect, where to listen, the file mode,
+/// the inbound traffic and, when asked for, how stolen ports are redirected.
 pub fn common_args(settings: &AgentSettings) -> Vec<String> {
-    vec![
+    let mut args: Vec<String> = vec![
         "--client-cert-sha256".into(),
         settings.client.to_string(),
         "--listen".into(),
@@ -69,7 +70,11 @@ pub fn common_args(settings: &AgentSettings) -> Vec<String> {
         settings.fs_mode.into(),
         "--incoming".into(),
         settings.incoming.into(),
-    ]
+    ];
+    if let Some(means) = settings.redirect_with {
+        args.extend(["--redirect-with".into(), means.into()]);
+    }
+    args
 }
 
 /// The labels of a session's agent objects.
@@ -291,6 +296,7 @@ pub(crate) mod tests {
             client: Fingerprint::of(b"client"),
             fs_mode: "read",
             incoming: "none",
+            redirect_with: None,
             log_filter: None,
             timeout: Duration::from_secs(60),
             resources: AgentResources::default(),

@@ -22,6 +22,8 @@ pub struct AgentSettings {
     pub fs_mode: &'static str,
     /// The agent's `--incoming` (see `IncomingArgs::agent_arg`).
     pub incoming: &'static str,
+    /// The agent's `--redirect-with`, when not its default (`auto`).
+    pub redirect_with: Option<&'static str>,
     pub log_filter: Option<&'static str>,
     pub timeout: Duration,
     /// The Job container's resource limits.

@@ -124,6 +124,8 @@ pub struct SessionWants {
     pub fs_mode: &'static str,
     /// The agent's `--incoming` (see `IncomingArgs::agent_arg`).
     pub incoming: &'static str,
+    /// The agent's `--redirect-with`, when not its default.
+    pub redirect_with: Option<&'static str>,
     pub log_filter: Option<&'static str>,
     /// How long the connection waits for a lost agent (see `tunnel::liveness`).
     pub reconnect_window: Duration,
@@ -141,6 +143,7 @@ pub async fn start_agent_and_connect(
     let SessionWants {
         fs_mode,
         incoming,
+        redirect_with,
         log_filter,
         reconnect_window,
     } = wants;
@@ -168,6 +171,7 @@ pub async fn start_agent_and_connect(
         client: identity.fingerprint(),
         fs_mode,
         incoming,
+        redirect_with,
         log_filter,
         timeout: Duration::from_secs(args.agent_timeout),
         resources: AgentResources {

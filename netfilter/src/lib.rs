@@ -59,6 +59,7 @@ pub const NFT_MSG_NEWTABLE: u16 = 0;
 pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_NEWRULE: u16 = 6;
 pub const NFT_MSG_DELRULE: u16 = 8;
+pub const NFT_MSG_GETGEN: u16 = 16;
 
 pub const NFTA_TABLE_NAME: u16 = 1;
 pub const NFTA_TABLE_FLAGS: u16 = 2;
@@ -483,35 +484,14 @@ impl Socket {
 
     /// Sends a batch and waits for the answer to each of its messages.
     pub fn talk(&self, batch: &Batch) -> io::Result<()> {
-        let fd = self.fd.as_raw_fd();
         self.drain();
-        // SAFETY: sockaddr_nl is plain data; zero is its "the kernel" address.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: sendto with a valid buffer and a sockaddr_nl of the right size.
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                batch.bytes.as_ptr() as *const libc::c_void,
-                batch.bytes.len(),
-                0,
-                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        self.send(&batch.bytes)?;
         let mut waiting: Vec<u32> = batch.acked.clone();
         let mut first_error = None;
         let mut buf = vec![0u8; 64 * 1024];
         while !waiting.is_empty() {
-            // SAFETY: recv into a buffer we own.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            for (seq, errno) in parse_answers(&buf[..n as usize]) {
+            let n = self.recv(&mut buf, 0)?;
+            for (seq, errno) in parse_answers(&buf[..n]) {
                 if errno != 0 && first_error.is_none() {
                     first_error = Some(io::Error::from_raw_os_error(errno));
                 }
@@ -528,23 +508,73 @@ impl Socket {
         }
     }
 
+    /// Whether this namespace's kernel speaks nf_tables: asks for the rule set's generation,
+    /// which every nf_tables kernel answers, without privileges and without changing anything.
+    /// A kernel without nf_tables (built without it, or its module neither loaded nor
+    /// loadable) answers `EINVAL` or `EOPNOTSUPP`; any error is returned as it came.
+    pub fn ask_generation(&mut self) -> io::Result<()> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.drain();
+        self.send(&Message::nft(NFT_MSG_GETGEN, NLM_F_ACK, seq).finish())?;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = self.recv(&mut buf, 0)?;
+            if let Some(&(_, errno)) = parse_answers(&buf[..n])
+                .iter()
+                .find(|(answered, _)| *answered == seq)
+            {
+                return match errno {
+                    0 => Ok(()),
+                    errno => Err(io::Error::from_raw_os_error(errno)),
+                };
+            }
+        }
+    }
+
+    /// Sends `bytes` (one or more messages) to the kernel.
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        // SAFETY: sockaddr_nl is plain data; zero is its "the kernel" address.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: sendto with a valid buffer and a sockaddr_nl of the right size.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                bytes.as_ptr() as *const libc::c_void,
+                bytes.len(),
+                0,
+                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// One `recv` into `buf`: how many bytes came.
+    fn recv(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+        // SAFETY: recv into a buffer we own.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                flags,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Drops answers left over from an earlier batch that failed half-way.
     fn drain(&self) {
         let mut buf = [0u8; 4096];
-        loop {
-            // SAFETY: recv into a buffer we own, without blocking.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                return;
-            }
-        }
+        while matches!(self.recv(&mut buf, libc::MSG_DONTWAIT), Ok(n) if n > 0) {}
     }
 }
 

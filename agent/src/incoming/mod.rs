@@ -19,14 +19,16 @@
 //! What the session takes is decided by [`plan::redirects`] from the client's request
 //! ([`IncomingConfig`]), the ports the session's programs listen on (the client reports
 //! them at least every second, which doubles as its heartbeat) and whether the client was
-//! heard within [`SILENCE_LIMIT`]. The rules follow that set (`nft::Nft::set_ports`), so:
+//! heard within [`SILENCE_LIMIT`]. The rules follow that set ([`redirect`]: an nftables
+//! table, or an iptables chain where the namespace has no nftables), so:
 //!
 //! * while the session's program does not listen, the port has no redirect and the target
 //!   answers as always; a connection that was redirected just before the program went away
 //!   is refused by the session's kernel and then taken to the target by the agent itself
 //!   (its connect leaves through `output`, which the redirect does not see);
 //! * a client silent for three seconds gives its ports back; the agent's exit (however it
-//!   exits) deletes its table, since the table is owned by the agent's netlink socket.
+//!   exits) deletes its table, since the table is owned by the agent's netlink socket (an
+//!   iptables chain goes with the agent's keeper process, see [`iptables`]).
 //!
 //! Connections already handed to the session stay there until they end.
 //!
@@ -52,10 +54,12 @@
 
 mod filtered;
 pub mod http;
+pub mod iptables;
 pub mod mirror;
 mod nft;
 mod original_dst;
 pub mod plan;
+mod redirect;
 mod session_addrs;
 pub mod share;
 
@@ -74,6 +78,8 @@ use tokio::time::Instant;
 
 use self::http::HttpFilter;
 use self::mirror::{Mirror, MirrorPort};
+use self::redirect::Redirect;
+pub use self::redirect::{RedirectChoice, RedirectWith};
 pub use self::session_addrs::SessionAddrs;
 use self::share::messages::Claim;
 use self::share::{ClaimTask, Own, Role, RoleChange};
@@ -118,6 +124,13 @@ impl Listeners {
             }
         }
         Err(last.unwrap_or_else(|| io::Error::other("no free port")))
+    }
+
+    fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        std::iter::once(self.v4.as_raw_fd())
+            .chain(self.v6.as_ref().map(|v6| v6.as_raw_fd()))
+            .collect()
     }
 
     /// Accepts from either listener.
@@ -167,7 +180,7 @@ impl Drop for Task {
 
 /// What is stolen now, and the means.
 struct Stealing {
-    nft: nft::Nft,
+    redirect: Redirect,
     listeners: Listeners,
     /// Into the session: loopback pairs to the stack.
     own: Own,
@@ -213,6 +226,8 @@ struct State {
     mirrored: Vec<u16>,
     /// Permits for the accepted connections the agent holds ([`MAX_IN_HAND`]).
     in_hand: Arc<Semaphore>,
+    /// How the redirect is to be made, until stealing starts and makes it.
+    redirect_with: Option<RedirectWith>,
 }
 
 /// Runs the incoming side until the control stream ends (`events` closes). Dropping the
@@ -222,6 +237,7 @@ pub async fn run(
     stack: InboundSender,
     report: mpsc::UnboundedSender<AgentMessage>,
     addrs: SessionAddrs,
+    redirect_with: RedirectWith,
 ) {
     let (roles, mut role_changes) = mpsc::unbounded_channel();
     let mut state = State {
@@ -243,6 +259,7 @@ pub async fn run(
         mirror: None,
         mirrored: Vec::new(),
         in_hand: Arc::new(Semaphore::new(MAX_IN_HAND)),
+        redirect_with: Some(redirect_with),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,7 +287,7 @@ pub async fn run(
                             .as_ref()
                             .is_some_and(|config| !config.steal.is_empty() || config.steal_all);
                         if state.stealing.is_none() && steals {
-                            match start(&state) {
+                            match start(&mut state) {
                                 Ok(stealing) => state.stealing = Some(stealing),
                                 Err(err) => say(&mut state, &report, format!("cannot steal incoming traffic: {err}")),
                             }
@@ -325,7 +342,7 @@ fn compile(config: &IncomingConfig) -> Result<Option<Arc<HttpFilter>>, String> {
     .map_err(|err| format!("cannot use the HTTP filter: {err}").replace('\n', " "))
 }
 
-fn start(state: &State) -> io::Result<Stealing> {
+fn start(state: &mut State) -> io::Result<Stealing> {
     let listeners = Listeners::bind()?;
     let own = Own {
         pairs: Arc::new(filtered::Pairs::bind()?),
@@ -344,22 +361,28 @@ fn start(state: &State) -> io::Result<Stealing> {
     )));
     // The table's socket last: a dying process's descriptors are released highest first
     // (the kernel runs the deferred closes in reverse), so on SIGKILL the redirects go
-    // before the listener they point at, and no connection meets a closed port.
+    // before the listener they point at, and no connection meets a closed port. (An
+    // iptables chain goes a few milliseconds after the agent, when its keeper sees its
+    // stdin close; a connection opened in between is refused.)
     // Named like the ingress socket, whose name is unique in the namespace: pids repeat
     // across agents from other pid namespaces (Kubernetes Job agents are often pid 1).
     let table = format!(
         "mirrord-net-{}",
         ingress.rsplit('/').next().unwrap_or_default()
     );
-    let nft = nft::Nft::create(&table).map_err(|err| {
-        io::Error::new(
-            err.kind(),
-            format!("cannot create nftables table inet {table}: {err}"),
-        )
-    })?;
-    tracing::info!(table = nft.table(), port = listeners.port, %ingress, "ready to steal");
+    let with = match state.redirect_with.take() {
+        Some(RedirectWith::Unavailable(why)) => {
+            // Kept: every later attempt fails for the same reason.
+            state.redirect_with = Some(RedirectWith::Unavailable(why.clone()));
+            return Err(io::Error::other(why));
+        }
+        Some(with) => with,
+        None => RedirectWith::Nftables,
+    };
+    let redirect = Redirect::make(with, &table, &listeners.fds())?;
+    tracing::info!(redirect = %redirect, port = listeners.port, %ingress, "ready to steal");
     Ok(Stealing {
-        nft,
+        redirect,
         listeners,
         own,
         ingress,
@@ -587,17 +610,17 @@ fn set_redirects(state: &mut State, report: &mpsc::UnboundedSender<AgentMessage>
     };
     let to = stealing.listeners.port;
     let rules: Vec<(u16, u16)> = ports.iter().map(|&port| (port, to)).collect();
-    match stealing.nft.set_ports(&rules) {
+    match stealing.redirect.set_ports(&rules) {
         Ok(()) => {
             tracing::info!(?ports, "redirected to this agent");
             state.redirected = ports;
         }
         Err(err) => {
-            let table = stealing.nft.table().to_owned();
+            let redirect = stealing.redirect.to_string();
             say(
                 state,
                 report,
-                format!("cannot change the redirects of nftables table inet {table}: {err}"),
+                format!("cannot change the redirects of {redirect}: {err}"),
             );
         }
     }

@@ -48,6 +48,21 @@ pub struct IncomingArgs {
     /// Replaces `{{ key }}` in the HTTP filters, regex-escaped.
     #[arg(long, value_name = "VALUE")]
     pub key: Option<String>,
+    /// How the agent redirects stolen ports in the target's network namespace: `nftables`,
+    /// `iptables` (iptables-legacy: for a target whose other redirects, a sidecar's say, are
+    /// iptables rules the steal must come before) or `auto` (nftables where the target's
+    /// kernel has it, iptables where not).
+    #[arg(long, value_enum, default_value_t, value_name = "MEANS")]
+    pub redirect_with: RedirectWith,
+}
+
+/// The agent's `--redirect-with`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedirectWith {
+    #[default]
+    Auto,
+    Nftables,
+    Iptables,
 }
 
 /// A combination of incoming flags this build cannot serve.
@@ -78,6 +93,15 @@ impl IncomingArgs {
             (true, false) => "steal",
             (false, true) => "mirror",
             (false, false) => "none",
+        }
+    }
+
+    /// The agent's `--redirect-with`, when it is not the agent's default (`auto`).
+    pub fn agent_redirect_arg(&self) -> Option<&'static str> {
+        match self.redirect_with {
+            RedirectWith::Auto => None,
+            RedirectWith::Nftables => Some("nftables"),
+            RedirectWith::Iptables => Some("iptables"),
         }
     }
 

@@ -73,7 +73,7 @@ pub(super) fn deployed(pod: &Pod) -> Group {
 }
 
 /// The session, running `script` (sh) with `flags` for the client.
-fn session(pod: &Pod, flags: &[&str], script: &str) -> Group {
+pub(super) fn session(pod: &Pod, flags: &[&str], script: &str) -> Group {
     let mut invocation = Invocation::session(pod, &["/bin/sh", "-c", script]).client_flag("-v");
     for flag in flags {
         invocation = invocation.client_flag(flag);
@@ -81,13 +81,13 @@ fn session(pod: &Pod, flags: &[&str], script: &str) -> Group {
     Group::start(invocation.command())
 }
 
-fn patched(pod: &Pod) -> String {
+pub(super) fn patched(pod: &Pod) -> String {
     format!("exec python3 {} {PORT} v2", pod.script("tagged_httpd.py"))
 }
 
 /// One request from the services namespace: (the answer's tag, the client address the server
 /// saw, curl's own address).
-fn get(pod: &Pod) -> Result<(String, String, String), String> {
+pub(super) fn get(pod: &Pod) -> Result<(String, String, String), String> {
     let mut command = pod.services_netns().command(&tool("curl")).unwrap();
     command.args([
         "-sS",
@@ -120,7 +120,7 @@ fn tag(pod: &Pod) -> String {
 
 /// Waits until requests get `want`; every request meanwhile must get an answer (none
 /// refused or lost). Returns how long it took.
-fn switches_to(pod: &Pod, want: &str, within: Duration, session: &Group) -> Duration {
+pub(super) fn switches_to(pod: &Pod, want: &str, within: Duration, session: &Group) -> Duration {
     let start = Instant::now();
     let mut seen = Vec::new();
     loop {
@@ -319,7 +319,7 @@ pub(super) fn keyed_steal(key: &str) -> [&str; 6] {
 }
 
 /// One request with `header` (`Name: value`, or none) to `path`: the answer's tag.
-fn tag_with(pod: &Pod, header: Option<&str>, path: &str) -> Option<String> {
+pub(super) fn tag_with(pod: &Pod, header: Option<&str>, path: &str) -> Option<String> {
     let mut command = pod.services_netns().command(&tool("curl")).unwrap();
     command.args(["-sS", "--max-time", "3"]);
     if let Some(header) = header {
@@ -338,7 +338,7 @@ fn tag_with(pod: &Pod, header: Option<&str>, path: &str) -> Option<String> {
 
 /// Waits until a request with `header` to `path` gets `want`; every request meanwhile must
 /// be answered.
-fn matching_switches_to(pod: &Pod, header: Option<&str>, path: &str, want: &str) {
+pub(super) fn matching_switches_to(pod: &Pod, header: Option<&str>, path: &str, want: &str) {
     let start = Instant::now();
     loop {
         let tag = tag_with(pod, header, path).expect("a request during the switch was lost");

@@ -1,7 +1,8 @@
 //! Incoming traffic on a Kubernetes target: a Deployment's pod (`echo`, answering `v1`)
 //! reached through its Service, a session on the host running the patched copy (`v2`) on the
 //! same port. Covered: a header-filtered steal (direct transport) and an unfiltered one
-//! (through the API server's port-forward) with a Job agent; a mirror with a Job agent and
+//! (through the API server's port-forward) with a Job agent; a header-filtered steal through
+//! the iptables fallback with a Job agent; a mirror with a Job agent and
 //! with an ephemeral one. The test cluster turns on Kubernetes 1.20's alpha ephemeral
 //! containers, which take no securityContext: a steal with an ephemeral agent is refused
 //! there with one clear line (tested), since the runtime's default set has no NET_ADMIN.
@@ -36,6 +37,15 @@ const PORT: &str = "8080";
 const SWITCH: Duration = Duration::from_secs(5);
 /// The run key of the filtered sessions (regex-escaped by the client: the `.` is literal).
 const KEY: &str = "run-7.k8s";
+/// The flags of a session that steals the requests tagged with [`KEY`].
+const FILTERED_STEAL: [&str; 6] = [
+    "--steal",
+    PORT,
+    "--http-header-filter",
+    "^X-Verifier-Run: {{ key }}$",
+    "--key",
+    KEY,
+];
 /// A finalizer the tests put on agent Jobs, so that their pod's final status can be read.
 const HOLD: &str = "mirrord-net.test/hold";
 
@@ -389,17 +399,10 @@ fn incoming_filtered_steal_through_a_service_with_a_job_agent() {
     let session = Session::start(
         &ns,
         &[
-            "--agent",
-            "job",
-            "--transport",
-            "direct",
-            "--steal",
-            PORT,
-            "--http-header-filter",
-            "^X-Verifier-Run: {{ key }}$",
-            "--key",
-            KEY,
-        ],
+            &["--agent", "job", "--transport", "direct"][..],
+            &FILTERED_STEAL,
+        ]
+        .concat(),
         &scratch.stop_file(),
     );
     let agent = HeldAgentJob::hold(&ns);
@@ -638,4 +641,87 @@ fn incoming_unfiltered_steal_sees_the_real_client_with_a_job_agent() {
     assert_session_left_nothing(&service_ip, None, pid, &before);
     assert_eq!(from_app(&to_pod), ("v1".to_owned(), app_ip));
     assert_eq!(agent.terminated(), ("0".to_owned(), "Completed".to_owned()));
+}
+
+/// The pod's legacy iptables state, both families, every table: chains and rules without
+/// counters or comments (an empty built-in table, which the kernel keeps once used, is no
+/// state).
+fn iptables_state(pid: u32) -> String {
+    let mut state = String::new();
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        let out = Command::new(tool("nsenter"))
+            .args(["-t", &pid.to_string(), "-n", &tool(save)])
+            .output()
+            .expect("nsenter iptables-legacy-save");
+        assert!(out.status.success(), "{save} failed: {out:?}");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let user_chain = line.starts_with(':') && line.split_whitespace().nth(1) == Some("-");
+            if line.starts_with("-A") || user_chain {
+                state.push_str(&format!(
+                    "{save} {}\n",
+                    line.split(" [").next().unwrap_or(line)
+                ));
+            }
+        }
+    }
+    state
+}
+
+/// The steal's iptables fallback in a real pod (`--redirect-with iptables`, what the agent
+/// picks by itself where the node's kernel has no nftables; this node's has): the agent
+/// image's iptables-legacy tools, run by the agent's keeper in the pod's namespace, redirect
+/// the tagged requests; the pod's nftables rule set is untouched; after the session the
+/// pod's iptables state is exactly as before.
+#[test]
+fn incoming_filtered_steal_through_iptables_with_a_job_agent() {
+    let (ns, service_ip, pod) = echo_service("steal-iptables");
+    let pid = container_pid(&ns, &pod);
+    let nft_before = ruleset(pid);
+    let iptables_before = iptables_state(pid);
+    let header = format!("X-Verifier-Run: {KEY}");
+
+    let scratch = Scratch::new("iptables-job");
+    let session = Session::start(
+        &ns,
+        &[
+            &[
+                "--agent",
+                "job",
+                "--transport",
+                "direct",
+                "--redirect-with",
+                "iptables",
+            ][..],
+            &FILTERED_STEAL,
+        ]
+        .concat(),
+        &scratch.stop_file(),
+    );
+    let agent = HeldAgentJob::hold(&ns);
+    switches_to(&service_ip, Some(&header), "v2", SWITCH);
+    let stealing = iptables_state(pid);
+    assert!(
+        stealing.contains("-A PREROUTING -j MNET-") && stealing.contains("--dport 8080"),
+        "the keeper's chain redirects the port:\n{stealing}"
+    );
+    assert_eq!(ruleset(pid), nft_before, "no nftables table");
+    assert_eq!(get(&service_ip, None).unwrap().0, "v1");
+    interleaved_on_one_connection(&service_ip);
+
+    std::fs::write(scratch.stop_file(), "").unwrap();
+    let stderr = session.stderr();
+    let out = session.finish();
+    assert_eq!(out.code(), Some(0), "{out}\n{stderr}");
+    assert_session_left_nothing(&service_ip, Some(&header), pid, &nft_before);
+    eventually_or_show(
+        "the pod's iptables state as before the session",
+        SWITCH,
+        || iptables_state(pid) == iptables_before,
+        || format!("before:\n{iptables_before}\nnow:\n{}", iptables_state(pid)),
+    );
+    assert_eq!(
+        agent.terminated(),
+        ("0".to_owned(), "Completed".to_owned()),
+        "the agent's exit"
+    );
 }

@@ -1,0 +1,209 @@
+//! Stealing through iptables (`--redirect-with iptables`): the redirect the agent falls back
+//! to where the target's kernel has no nftables, held by the agent's keeper process.
+//!
+//! The same pod, services and clients as `incoming`; what differs is what is checked: the
+//! pod's iptables (legacy) state holds the keeper's chain while the session steals, and is
+//! exactly as before once the agent is gone, whether the session ended, its agent was
+//! SIGKILLed (the keeper removes the chain), or agent and keeper were both SIGKILLed (the
+//! next session's keeper removes the stale chain). This machine's kernel has nf_tables, so
+//! the flag stands in for a kernel without it; the automatic choice is the same code path
+//! from the point where it is made.
+
+use std::time::{Duration, Instant};
+
+use mirrord_net_tests::{procfs, tool, Pod};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::incoming::{
+    deployed, get, keyed_steal, matching_switches_to, patched, ruleset, session, switches_to,
+    tag_with, SWITCH,
+};
+
+/// The pod's legacy iptables state, every table of both families: chains and rules, without
+/// counters or comments. An empty built-in table (the kernel keeps one once it is used) is
+/// no state.
+fn iptables_state(pod: &Pod) -> String {
+    let mut state = String::new();
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        let out = pod
+            .pod_netns()
+            .command(&tool(save))
+            .unwrap()
+            .output()
+            .expect(save);
+        assert!(out.status.success(), "{save} failed: {out:?}");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let user_chain = line.starts_with(':') && line.split_whitespace().nth(1) == Some("-");
+            if line.starts_with("-A") || user_chain {
+                state.push_str(save);
+                state.push(' ');
+                state.push_str(line.split(" [").next().unwrap_or(line));
+                state.push('\n');
+            }
+        }
+    }
+    state
+}
+
+fn assert_iptables_restored(pod: &Pod, before: &str) {
+    let start = Instant::now();
+    while iptables_state(pod) != before {
+        assert!(
+            start.elapsed() < SWITCH,
+            "the pod's iptables state is not as before:\nbefore:\n{before}\nnow:\n{}",
+            iptables_state(pod)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pod's agent and its keeper: `(agent, keeper)`.
+fn agent_and_keeper(pod: &Pod) -> (i32, i32) {
+    let wanted = ["--target-pid".to_owned(), pod.target_pid().to_string()];
+    let start = Instant::now();
+    loop {
+        let agent = procfs::pids().into_iter().find(|&pid| {
+            procfs::program_name(pid).is_some_and(|name| name == "mirrord-net-agent")
+                && procfs::cmdline(pid).windows(2).any(|pair| pair == wanted)
+        });
+        let keeper = agent.and_then(|agent| {
+            procfs::all()
+                .into_iter()
+                .find(|proc| {
+                    proc.ppid == agent
+                        && procfs::cmdline(proc.pid).get(1).map(String::as_str)
+                            == Some("__iptables-keeper")
+                })
+                .map(|proc| proc.pid)
+        });
+        if let (Some(agent), Some(keeper)) = (agent, keeper) {
+            return (agent, keeper);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no agent with a keeper for {wanted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn iptables_steal(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut flags = vec!["--redirect-with", "iptables"];
+    flags.extend_from_slice(extra);
+    flags
+}
+
+#[test]
+fn iptables_steal_takes_every_request_and_a_sigkilled_agents_chain_goes_with_its_keeper() {
+    let pod = Pod::start();
+    let iptables_before = iptables_state(&pod);
+    let nft_before = ruleset(&pod);
+    let _v1 = deployed(&pod);
+
+    let mut session = session(&pod, &iptables_steal(&["--steal", "8080"]), &patched(&pod));
+    session.wait_for("listening");
+    switches_to(&pod, "v2", SWITCH, &session);
+    let stealing = iptables_state(&pod);
+    assert!(
+        stealing.contains("-A PREROUTING -j MNET-") && stealing.contains("--dport 8080"),
+        "the keeper's chain redirects port 8080:\n{stealing}"
+    );
+    assert_eq!(
+        ruleset(&pod),
+        nft_before,
+        "no nftables table when stealing through iptables"
+    );
+    for _ in 0..20 {
+        let (tag, seen, own) = get(&pod).unwrap();
+        assert_eq!(tag, "v2", "every request goes to the session");
+        assert_eq!(seen, own, "the session's server sees the real client");
+    }
+
+    // SIGKILL the agent alone: its keeper sees its stdin close and removes the chain. The
+    // connections redirected meanwhile to the agent's listeners, which the keeper holds
+    // too, are taken to the target: none is refused or left hanging. A second client keeps
+    // asking through the kill, so some connections fall in that window.
+    let (agent, keeper) = agent_and_keeper(&pod);
+    let through_the_kill = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| {
+            let start = Instant::now();
+            let mut answers = Vec::new();
+            while start.elapsed() < Duration::from_millis(400) {
+                answers.push(get(&pod).map(|(tag, _, _)| tag));
+            }
+            answers
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let killed = Instant::now();
+        kill(Pid::from_raw(agent), Signal::SIGKILL).unwrap();
+        (killed, asking.join().unwrap())
+    });
+    let (killed, answers) = through_the_kill;
+    // A connection the agent had taken into the session ends with it (curl: 18, 52 or 56),
+    // as with nftables; one refused (7) or left unanswered (28) would be the redirect's.
+    let lost: Vec<&String> = answers
+        .iter()
+        .filter_map(|answer| answer.as_ref().err())
+        .filter(|err| err.contains("exit status: 7)") || err.contains("exit status: 28)"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "requests refused or unanswered through the agent's SIGKILL: {lost:?}"
+    );
+    let back = switches_to(&pod, "v1", SWITCH, &session);
+    assert_iptables_restored(&pod, &iptables_before);
+    let restored = killed.elapsed();
+    while procfs::is_alive(keeper) {
+        assert!(
+            killed.elapsed() < SWITCH,
+            "the keeper outlived its agent by {SWITCH:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "agent SIGKILLed: requests on the target after {back:?}, chain gone after {restored:?}"
+    );
+    assert_eq!(ruleset(&pod), nft_before);
+}
+
+#[test]
+fn iptables_filtered_steal_and_a_stale_chain_is_swept_by_the_next_keeper() {
+    let pod = Pod::start();
+    let before = iptables_state(&pod);
+    let _v1 = deployed(&pod);
+    let key = "sweep-1";
+    let header = format!("X-Verifier-Run: {key}");
+
+    // A session whose agent and keeper are both SIGKILLed, as when the pod goes at once:
+    // its chain stays behind.
+    let mut first = session(&pod, &iptables_steal(&keyed_steal(key)), &patched(&pod));
+    first.wait_for("listening");
+    matching_switches_to(&pod, Some(&header), "/", "v2");
+    assert_eq!(tag_with(&pod, None, "/").as_deref(), Some("v1"));
+    let (agent, keeper) = agent_and_keeper(&pod);
+    kill(Pid::from_raw(keeper), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(agent), Signal::SIGKILL).unwrap();
+    first.kill();
+    let stale = iptables_state(&pod);
+    assert!(
+        stale.contains(":MNET-"),
+        "a keeper killed with its agent leaves its chain:\n{stale}"
+    );
+
+    // The next session's keeper removes it before it makes its own.
+    let mut second = session(&pod, &iptables_steal(&keyed_steal(key)), &patched(&pod));
+    second.wait_for("listening");
+    matching_switches_to(&pod, Some(&header), "/", "v2");
+    let now = iptables_state(&pod);
+    let chains: std::collections::BTreeSet<&str> = now
+        .lines()
+        .filter_map(|line| line.split(" :").nth(1))
+        .collect();
+    assert_eq!(chains.len(), 1, "only the live keeper's chain:\n{now}");
+
+    // A session that ends normally leaves nothing.
+    second.kill();
+    matching_switches_to(&pod, Some(&header), "/", "v1");
+    assert_iptables_restored(&pod, &before);
+}
