@@ -362,8 +362,10 @@ fn start(state: &mut State) -> io::Result<Stealing> {
     // The table's socket last: a dying process's descriptors are released highest first
     // (the kernel runs the deferred closes in reverse), so on SIGKILL the redirects go
     // before the listener they point at, and no connection meets a closed port. (An
-    // iptables chain goes a few milliseconds after the agent, when its keeper sees its
-    // stdin close; a connection opened in between is refused.)
+    // iptables chain's redirects go a few milliseconds after the agent, when its keeper
+    // sees the agent's end of their socket close; a connection redirected in between waits
+    // in the listeners, of which the keeper holds copies, and the keeper relays it to the
+    // target.)
     // Named like the ingress socket, whose name is unique in the namespace: pids repeat
     // across agents from other pid namespaces (Kubernetes Job agents are often pid 1).
     let table = format!(
