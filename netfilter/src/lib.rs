@@ -115,6 +115,10 @@ pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 pub const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub const NFTA_IMMEDIATE_DATA: u16 = 2;
 pub const NFTA_REDIR_REG_PROTO_MIN: u16 = 1;
+/// `ct` expression: the register to load into, and what to load.
+pub const NFTA_CT_DREG: u16 = 1;
+pub const NFTA_CT_KEY: u16 = 2;
+pub const NFT_CT_STATE: u32 = 0;
 pub const NFTA_BITWISE_SREG: u16 = 1;
 pub const NFTA_BITWISE_DREG: u16 = 2;
 pub const NFTA_BITWISE_LEN: u16 = 3;

@@ -23,7 +23,13 @@
 //! (other pods, the node, a Service's DNAT), which is what stealing takes; the agent's own
 //! connections to the target's port (the fallback when the session does not take one) leave
 //! through `output` and are not redirected. Conntrack keeps each connection on the path it
-//! started on, so changing the rules never moves a connection already under way.
+//! started on, so changing the rules never moves a connection already under way, as long as
+//! conntrack runs: the chain's last rule is there to keep it running
+//! ([`conntrack_holder_rule`]).
+//!
+//! ```text
+//!         ct state                     # after the redirects, for the table's life
+//! ```
 //!
 //! [`set_ports`](Nft::set_ports) replaces the chain's rules in one batch (flush, then one
 //! rule per port), which the kernel applies atomically.
@@ -34,8 +40,9 @@
 use std::io;
 
 use mirrord_net_netfilter::{
-    self as nf, Message, Socket, NFTA_REDIR_REG_PROTO_MIN, NFT_META_L4PROTO,
-    NFT_PAYLOAD_TRANSPORT_HEADER, NFT_REG_1, NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST,
+    self as nf, Message, Socket, NFTA_CT_DREG, NFTA_CT_KEY, NFTA_REDIR_REG_PROTO_MIN, NFT_CT_STATE,
+    NFT_META_L4PROTO, NFT_PAYLOAD_TRANSPORT_HEADER, NFT_REG_1, NF_INET_PRE_ROUTING,
+    NF_IP_PRI_NAT_DST,
 };
 
 const TCP_SYN: u8 = 0x02;
@@ -75,6 +82,23 @@ fn redirect_rule(seq: u32, table: &str, port: u16, to: u16) -> Vec<u8> {
     })
 }
 
+/// `add rule inet TABLE steal ct state`: loads the connection's state and does nothing with
+/// it. Its point is that it uses conntrack: the kernel runs conntrack in a network namespace
+/// only while some rule there needs it (`nf_ct_netns_get`), and NAT rides on it. In a pod
+/// whose only NAT rules are the steal's, flushing the last redirect would stop conntrack, and
+/// with it the rewriting of the connections already redirected: their answers would leave
+/// from the agent's listener port and be reset by their clients (the e2e test
+/// `nftables_unsteal_keeps_a_stolen_connection_under_way`). So the chain keeps this rule
+/// after the redirects, for the table's life.
+fn conntrack_holder_rule(seq: u32, table: &str) -> Vec<u8> {
+    nf::new_rule(seq, table, CHAIN, |m: &mut Message| {
+        m.expr("ct", |m| {
+            m.be32(NFTA_CT_KEY, NFT_CT_STATE);
+            m.be32(NFTA_CT_DREG, NFT_REG_1);
+        });
+    })
+}
+
 /// The agent's table, owned by the netlink socket this holds.
 pub struct Nft {
     socket: Socket,
@@ -108,6 +132,7 @@ impl Nft {
             for &(port, to) in ports {
                 push(&|seq| redirect_rule(seq, table, port, to));
             }
+            push(&|seq| conntrack_holder_rule(seq, table));
         })
     }
 }
@@ -117,6 +142,12 @@ mod tests {
     use super::*;
     use nf::inspect::{attrs, expr_names};
     use nf::*;
+
+    #[test]
+    fn the_conntrack_holder_loads_the_state_and_nothing_else() {
+        let m = conntrack_holder_rule(4, "t");
+        assert_eq!(expr_names(&m), ["ct"]);
+    }
 
     #[test]
     fn chain_message_hooks_prerouting_at_dstnat() {

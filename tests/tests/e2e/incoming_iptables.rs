@@ -11,13 +11,15 @@
 
 use std::time::{Duration, Instant};
 
+use mirrord_net_tests::exec::Running;
+use mirrord_net_tests::topology::POD_V4;
 use mirrord_net_tests::{procfs, tool, Pod};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::incoming::{
     deployed, get, keyed_steal, matching_switches_to, patched, ruleset, session, switches_to,
-    tag_with, SWITCH,
+    tag_with, PORT, SWITCH,
 };
 
 /// The pod's legacy iptables state, every table of both families: chains and rules, without
@@ -206,4 +208,85 @@ fn iptables_filtered_steal_and_a_stale_chain_is_swept_by_the_next_keeper() {
     second.kill();
     matching_switches_to(&pod, Some(&header), "/", "v1");
     assert_iptables_restored(&pod, &before);
+}
+
+/// A connection stolen before the session gives its port back stays the session's: the
+/// redirect goes, and the keeper's chain keeps conntrack on, so the connection's NAT keeps
+/// working (without it, deleting the last REDIRECT of the namespace stops conntrack there,
+/// and the connection's answers leave from the agent's listener port and are reset). The
+/// client is stopped (SIGSTOP) so the agent hears nothing and unsteals after 3 s; the
+/// session's packets keep flowing, since the local agent writes the session's TUN itself.
+#[test]
+fn iptables_unsteal_keeps_a_stolen_connection_under_way() {
+    unsteal_keeps_a_stolen_connection_under_way(&iptables_steal(&["--steal", "8080"]), |pod| {
+        iptables_state(pod).contains("--dport 8080")
+    });
+}
+
+/// The same with nftables, whose `nat` chain holds conntrack for the table's life.
+#[test]
+fn nftables_unsteal_keeps_a_stolen_connection_under_way() {
+    unsteal_keeps_a_stolen_connection_under_way(&["--steal", "8080"], |pod| {
+        ruleset(pod).contains("dport 8080")
+    });
+}
+
+fn unsteal_keeps_a_stolen_connection_under_way(flags: &[&str], redirecting: impl Fn(&Pod) -> bool) {
+    let pod = Pod::start();
+    let _v1 = deployed(&pod);
+    let mut session = session(&pod, flags, &patched(&pod));
+    session.wait_for("listening");
+    switches_to(&pod, "v2", SWITCH, &session);
+
+    // One keep-alive connection: a request now, another once the port is given back.
+    let go_on = pod.dir().join("second-request");
+    let script = format!(
+        "import http.client, os, sys, time\n\
+         c = http.client.HTTPConnection('{POD_V4}', {PORT}, timeout=5)\n\
+         c.request('GET', '/'); print(c.getresponse().read().decode().split()[0], flush=True)\n\
+         while not os.path.exists('{go_on}'): time.sleep(0.05)\n\
+         try:\n\
+         \x20   c.request('GET', '/'); print(c.getresponse().read().decode().split()[0], flush=True)\n\
+         except Exception as err:\n\
+         \x20   print('lost', repr(err), flush=True)\n",
+        go_on = go_on.display()
+    );
+    let mut command = pod.services_netns().command(&tool("python3")).unwrap();
+    command.args(["-c", &script]);
+    let mut client = Running::start(command).expect("python3");
+    assert!(
+        client.wait_for_stdout("v2", Duration::from_secs(10)),
+        "the first request is the session's: {}{}",
+        client.stdout_so_far(),
+        client.stderr_so_far()
+    );
+
+    // The session's client falls silent: after 3 s the agent gives the port back.
+    let client_pid = Pid::from_raw(session.running().pid());
+    kill(client_pid, Signal::SIGSTOP).unwrap();
+    let start = Instant::now();
+    while redirecting(&pod) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the port was not given back:\n{}\n{}",
+            iptables_state(&pod),
+            ruleset(&pod)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        get(&pod).unwrap().0,
+        "v1",
+        "new connections are the target's"
+    );
+
+    std::fs::write(&go_on, "").unwrap();
+    let finished = client.finish(Duration::from_secs(10));
+    kill(client_pid, Signal::SIGCONT).unwrap();
+    let out = finished.expect("the client ends");
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["v2", "v2"],
+        "the connection stolen before stays the session's: {out:?}"
+    );
 }

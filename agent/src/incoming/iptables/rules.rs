@@ -64,8 +64,8 @@ pub fn ports(chain: &str, ports: &[(u16, u16)]) -> String {
 /// source port included) rides on conntrack. In a pod whose only NAT rules are the steal's,
 /// deleting the last redirect would stop conntrack and with it the rewriting, so the
 /// connections it had redirected (in the agent's hands, or in the keeper's) would answer
-/// from the listener's port and be reset by their clients. nftables has no such gap: the
-/// agent's `nat` chain itself holds conntrack for the table's life.
+/// from the listener's port and be reset by their clients. The nftables chain keeps a rule
+/// of the same kind (`nft::conntrack_holder_rule`).
 pub fn conntrack_holder(chain: &str) -> String {
     format!("-A {chain} -m conntrack --ctstate INVALID -j RETURN\n")
 }
