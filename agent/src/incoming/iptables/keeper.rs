@@ -167,7 +167,11 @@ fn take_to_the_target(listeners: Vec<TcpListener>) {
 
 fn relay(client: TcpStream) {
     let _ = client.set_nonblocking(false);
-    let Some(to) = original_destination(&client) else {
+    // Where it was going, as conntrack's NAT remembers it (the agent's own lookup).
+    let Ok(v6) = client.local_addr().map(|addr| addr.is_ipv6()) else {
+        return;
+    };
+    let Ok(to) = mirrord_net_netfilter::conntrack::original_destination_of(&client, v6) else {
         return;
     };
     let Ok(upstream) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else {
@@ -185,23 +189,6 @@ fn relay(client: TcpStream) {
     let _ = io::copy(&mut upstream_in, &mut client_out);
     let _ = client_out.shutdown(std::net::Shutdown::Write);
     let _ = up.join();
-}
-
-/// Where a redirected connection was going, as conntrack's NAT remembers it.
-fn original_destination(stream: &TcpStream) -> Option<std::net::SocketAddr> {
-    use nix::sys::socket::{getsockopt, sockopt};
-    match stream.local_addr().ok()? {
-        std::net::SocketAddr::V4(_) => {
-            let addr = getsockopt(stream, sockopt::OriginalDst).ok()?;
-            let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-            Some((ip, u16::from_be(addr.sin_port)).into())
-        }
-        std::net::SocketAddr::V6(_) => {
-            let addr = getsockopt(stream, sockopt::Ip6tOriginalDst).ok()?;
-            let ip = std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr);
-            Some((ip, u16::from_be(addr.sin6_port)).into())
-        }
-    }
 }
 
 /// The keeper's end of its channel to the agent (stdin, a unix socket): lines, and the
