@@ -10,11 +10,11 @@
 //! makes no session): the agent then serves until the connection closes, as always.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+use crate::fd_passing::recv_with_fds;
 
 /// The agent's end of the socket the client sends the TUN on.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl TunHandoff {
         let socket = unsafe { AsyncFd::register_with_interest(self.socket, Interest::READABLE) }?;
         loop {
             let mut ready = socket.readable().await?;
-            match ready.try_io(|fd| receive_once(fd.as_raw_fd())) {
+            match ready.try_io(|fd| receive_once(fd.get_ref().as_fd())) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
             }
@@ -71,33 +71,11 @@ impl TunHandoff {
 }
 
 /// One `recvmsg`: the descriptor that came with it, `None` at end of file.
-fn receive_once(socket: RawFd) -> io::Result<Option<OwnedFd>> {
+fn receive_once(socket: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
-    let mut iov = [io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 2]);
-    let message = loop {
-        match recvmsg::<()>(
-            socket,
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(message) => break message,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    };
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for cmsg in message.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            // SAFETY: the kernel installed these descriptors in this process for us.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    if message.bytes == 0 && fds.is_empty() {
+    let mut fds = Vec::new();
+    let bytes = recv_with_fds(socket, &mut byte, &mut fds)?;
+    if bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
     match fds.len() {
@@ -114,7 +92,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn send_fd(socket: &UnixStream, fd: Option<RawFd>) {
-        use nix::sys::socket::{sendmsg, ControlMessage};
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let raw: Vec<RawFd> = fd.into_iter().collect();
         let rights = [ControlMessage::ScmRights(&raw)];
         let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };

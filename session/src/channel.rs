@@ -88,6 +88,45 @@ pub fn recv<T: DeserializeOwned>(
     Ok((framing::decode_json_body(&body)?, fds))
 }
 
+/// One `recvmsg` into `buf`, retried on `EINTR`: how many bytes came (0 at end of file),
+/// with the descriptors that came with them appended to `fds`, close-on-exec. More than
+/// [`MAX_FDS`] descriptors on one message is an error.
+pub fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg,
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    };
+    // nix refuses to list the control messages of a truncated message (`MSG_CTRUNC`).
+    let controls = msg
+        .cmsgs()
+        .map_err(|_| io::Error::other("too many descriptors passed"))?;
+    for control in controls {
+        if let ControlMessageOwned::ScmRights(raw) = control {
+            // SAFETY: the kernel just installed these descriptors in this process for us;
+            // nothing else knows them.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok(msg.bytes)
+}
+
 /// Fills `buf`; `Ok(false)` if the peer closed before the first byte and `eof_ok` is set.
 fn read_exact(
     socket: BorrowedFd<'_>,
@@ -97,33 +136,10 @@ fn read_exact(
 ) -> Result<bool, ChannelError> {
     let mut filled = 0;
     while filled < buf.len() {
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let mut iov = [IoSliceMut::new(&mut buf[filled..])];
-        let received = match recvmsg::<()>(
-            socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => {
-                for control in msg.cmsgs().map_err(io::Error::from)? {
-                    if let ControlMessageOwned::ScmRights(raw) = control {
-                        // SAFETY: the kernel just installed these descriptors in this process
-                        // for us; nothing else knows them.
-                        fds.extend(
-                            raw.into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
-                    }
-                }
-                if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-                    return Err(io::Error::other("too many descriptors passed").into());
-                }
-                msg.bytes
-            }
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECONNRESET) => 0,
-            Err(err) => return Err(io::Error::from(err).into()),
+        let received = match recv_with_fds(socket, &mut buf[filled..], fds) {
+            Ok(n) => n,
+            Err(err) if err.raw_os_error() == Some(libc::ECONNRESET) => 0,
+            Err(err) => return Err(err.into()),
         };
         if received == 0 {
             if filled == 0 && eof_ok {

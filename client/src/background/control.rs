@@ -1,13 +1,14 @@
 //! The CLI's side of the control socket: connecting to a holder, `ps` and `down`.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use super::dir;
 use mirrord_net_protocol::framing::{self, FrameDecoder};
+use mirrord_net_session::recv_with_fds;
 
 use super::control_messages::{self as messages, Op, Phase, Reply, Request, SessionInfo};
 use crate::report::{Failure, Kind};
@@ -63,7 +64,6 @@ pub fn recv(
     decoder: &mut FrameDecoder,
     fds: &mut Vec<OwnedFd>,
 ) -> std::io::Result<Option<Reply>> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     loop {
         match decoder.next_json_message::<Reply>() {
             Ok(Some(reply)) => return Ok(Some(reply)),
@@ -71,34 +71,7 @@ pub fn recv(
             Err(err) => return Err(std::io::Error::other(err)),
         }
         let mut buf = [0u8; 16 << 10];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
-        let (n, received) = {
-            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-            let msg = match recvmsg::<()>(
-                stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(msg) => msg,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(err) => return Err(err.into()),
-            };
-            let mut received = Vec::new();
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for cmsg in cmsgs {
-                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                        // SAFETY: the kernel just gave us these descriptors.
-                        received.extend(
-                            raw.into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
-                    }
-                }
-            }
-            (msg.bytes, received)
-        };
-        fds.extend(received);
+        let n = recv_with_fds(stream.as_fd(), &mut buf, fds)?;
         if n == 0 {
             return Ok(None);
         }

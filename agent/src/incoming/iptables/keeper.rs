@@ -30,7 +30,7 @@
 
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -38,6 +38,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use super::rules;
+use crate::fd_passing::recv_with_fds;
 use crate::privileges::{self, cap};
 
 /// The first argument that makes `mirrord-net-agent` a keeper.
@@ -211,37 +212,18 @@ impl Channel {
 
     /// The next line; `None` once the agent's end is closed.
     fn next_line(&mut self) -> io::Result<Option<String>> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         loop {
             if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
                 return Ok(Some(String::from_utf8_lossy(&line).trim_end().to_owned()));
             }
             let mut chunk = [0u8; 4096];
-            let mut iov = [io::IoSliceMut::new(&mut chunk)];
-            let mut space = nix::cmsg_space!([RawFd; 4]);
-            let message = match recvmsg::<()>(
-                self.socket.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(message) => message,
-                Err(nix::errno::Errno::EINTR) => continue,
+            let bytes = match recv_with_fds(self.socket, &mut chunk, &mut self.fds) {
+                Ok(bytes) => bytes,
                 // The agent died with something unsent: as good as closed.
-                Err(nix::errno::Errno::ECONNRESET) => return Ok(None),
-                Err(err) => return Err(err.into()),
+                Err(err) if err.raw_os_error() == Some(libc::ECONNRESET) => return Ok(None),
+                Err(err) => return Err(err),
             };
-            for cmsg in message.cmsgs()? {
-                if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                    // SAFETY: the kernel installed these descriptors in this process for us.
-                    self.fds.extend(
-                        raw.into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
-                }
-            }
-            let bytes = message.bytes;
             if bytes == 0 {
                 return Ok(None);
             }
