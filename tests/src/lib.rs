@@ -32,6 +32,7 @@ pub mod exec;
 pub mod go;
 pub mod kube;
 pub mod leftovers;
+pub mod netfilter_state;
 pub mod netns;
 pub mod pod;
 pub mod probe;

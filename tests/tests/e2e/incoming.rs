@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mirrord_net_tests::exec::Running;
+use mirrord_net_tests::netfilter_state;
 use mirrord_net_tests::topology::POD_V4;
 use mirrord_net_tests::{tool, Invocation, Pod};
 use nix::sys::signal::{killpg, Signal};
@@ -156,15 +157,7 @@ pub(super) fn switches_to(pod: &Pod, want: &str, within: Duration, session: &Gro
 }
 
 pub(super) fn ruleset(pod: &Pod) -> String {
-    let out = pod
-        .pod_netns()
-        .command(&tool("nft"))
-        .unwrap()
-        .args(["list", "ruleset"])
-        .output()
-        .expect("nft");
-    assert!(out.status.success(), "nft list ruleset failed: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    netfilter_state::nft_ruleset(|program| pod.pod_netns().command(program).unwrap())
 }
 
 pub(super) fn assert_ruleset_restored(pod: &Pod, before: &str) {

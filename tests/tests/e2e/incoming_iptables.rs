@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use mirrord_net_tests::exec::Running;
+use mirrord_net_tests::netfilter_state;
 use mirrord_net_tests::topology::POD_V4;
 use mirrord_net_tests::{procfs, tool, Pod};
 use nix::sys::signal::{kill, Signal};
@@ -22,30 +23,9 @@ use super::incoming::{
     tag_with, PORT, SWITCH,
 };
 
-/// The pod's legacy iptables state, every table of both families: chains and rules, without
-/// counters or comments. An empty built-in table (the kernel keeps one once it is used) is
-/// no state.
+/// The pod's legacy iptables state (see `netfilter_state::iptables_state`).
 fn iptables_state(pod: &Pod) -> String {
-    let mut state = String::new();
-    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        let out = pod
-            .pod_netns()
-            .command(&tool(save))
-            .unwrap()
-            .output()
-            .expect(save);
-        assert!(out.status.success(), "{save} failed: {out:?}");
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let user_chain = line.starts_with(':') && line.split_whitespace().nth(1) == Some("-");
-            if line.starts_with("-A") || user_chain {
-                state.push_str(save);
-                state.push(' ');
-                state.push_str(line.split(" [").next().unwrap_or(line));
-                state.push('\n');
-            }
-        }
-    }
-    state
+    netfilter_state::iptables_state(|program| pod.pod_netns().command(program).unwrap())
 }
 
 fn assert_iptables_restored(pod: &Pod, before: &str) {

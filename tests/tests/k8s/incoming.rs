@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use mirrord_net_tests::exec::{Outcome, Running};
 use mirrord_net_tests::kube::{eventually_or_show, Namespace};
+use mirrord_net_tests::netfilter_state;
 use mirrord_net_tests::tool;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -160,19 +161,17 @@ fn container_pid(ns: &Namespace, pod: &str) -> u32 {
 
 /// The nftables rule set of the pod's network namespace.
 fn ruleset(pid: u32) -> String {
-    let out = Command::new(tool("nsenter"))
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-n",
-            &tool("nft"),
-            "list",
-            "ruleset",
-        ])
-        .output()
-        .expect("nsenter nft");
-    assert!(out.status.success(), "nft list ruleset failed: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    netfilter_state::nft_ruleset(in_container_netns(pid))
+}
+
+/// A command maker for `netfilter_state`: `nsenter` into the network namespace of process
+/// `pid` (a container's, seen from the node).
+fn in_container_netns(pid: u32) -> impl Fn(&str) -> Command {
+    move |program| {
+        let mut command = Command::new(tool("nsenter"));
+        command.args(["-t", &pid.to_string(), "-n", program]);
+        command
+    }
 }
 
 /// Waits (at most [`SWITCH`]) until the pod's rule set is `before` again.
@@ -643,28 +642,9 @@ fn incoming_unfiltered_steal_sees_the_real_client_with_a_job_agent() {
     assert_eq!(agent.terminated(), ("0".to_owned(), "Completed".to_owned()));
 }
 
-/// The pod's legacy iptables state, both families, every table: chains and rules without
-/// counters or comments (an empty built-in table, which the kernel keeps once used, is no
-/// state).
+/// The pod's legacy iptables state (see `netfilter_state::iptables_state`).
 fn iptables_state(pid: u32) -> String {
-    let mut state = String::new();
-    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        let out = Command::new(tool("nsenter"))
-            .args(["-t", &pid.to_string(), "-n", &tool(save)])
-            .output()
-            .expect("nsenter iptables-legacy-save");
-        assert!(out.status.success(), "{save} failed: {out:?}");
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let user_chain = line.starts_with(':') && line.split_whitespace().nth(1) == Some("-");
-            if line.starts_with("-A") || user_chain {
-                state.push_str(&format!(
-                    "{save} {}\n",
-                    line.split(" [").next().unwrap_or(line)
-                ));
-            }
-        }
-    }
-    state
+    netfilter_state::iptables_state(in_container_netns(pid))
 }
 
 /// The steal's iptables fallback in a real pod (`--redirect-with iptables`, what the agent
