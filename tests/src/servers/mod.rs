@@ -39,6 +39,10 @@ pub const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../../scripts/keepalive_requests.py"),
     ),
     ("burst_echo.py", include_str!("../../scripts/burst_echo.py")),
+    (
+        "held_beyond_cap.py",
+        include_str!("../../scripts/held_beyond_cap.py"),
+    ),
     ("tagged_h2d.py", include_str!("../../scripts/tagged_h2d.py")),
     (
         "h2_requests.py",

@@ -41,6 +41,7 @@ mod environment;
 mod exit_codes;
 mod files;
 mod incoming;
+mod incoming_flood;
 mod incoming_iptables;
 mod incoming_mirror;
 mod incoming_shared;
