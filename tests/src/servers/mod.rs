@@ -49,6 +49,10 @@ pub const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../../scripts/h2_requests.py"),
     ),
     (
+        "h2_stream_flood.py",
+        include_str!("../../scripts/h2_stream_flood.py"),
+    ),
+    (
         "logging_httpd.py",
         include_str!("../../scripts/logging_httpd.py"),
     ),

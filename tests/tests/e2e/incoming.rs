@@ -465,7 +465,7 @@ fn h2_requests(pod: &Pod, key: &str, pairs: usize, mode: &str) -> Result<Vec<Str
 
 /// Waits until a tagged HTTP/2 request (prior knowledge: the deployed server alone takes no
 /// upgrade) gets `want`; every request meanwhile must be answered.
-fn h2_matching_switches_to(pod: &Pod, key: &str, want: &str) {
+pub(super) fn h2_matching_switches_to(pod: &Pod, key: &str, want: &str) {
     let start = Instant::now();
     loop {
         let lines = h2_requests(pod, key, 1, "prior").expect("a request during the switch");

@@ -1,17 +1,21 @@
-//! The incoming side's cap on connections in hand (`MAX_IN_HAND` in `agent/src/incoming`):
-//! connections the agent relays or serves request by request (a filtered steal) count for
-//! their whole life, so a flood of clients on such a port beyond the cap waits in the
-//! kernel's accept queue, as at a busy target, and is served as soon as held connections
-//! end; the agent's descriptors stay bounded by the cap, not by the flood. (An unfiltered
-//! steal's connections leave the count once the session's stack took them: its flow cap
-//! bounds them from then on, tested in `limits`.)
+//! The incoming side's caps against clients that ask too much:
+//!
+//! - connections in hand (`MAX_IN_HAND` in `agent/src/incoming`): the ones the agent relays
+//!   or serves request by request (a filtered steal) count for their whole life, so a flood
+//!   of clients on such a port beyond the cap waits in the kernel's accept queue, as at a
+//!   busy target, and is served as soon as held connections end; the agent's descriptors
+//!   stay bounded by the cap, not by the flood. (An unfiltered steal's connections leave the
+//!   count once the session's stack took them: its flow cap bounds them from then on,
+//!   tested in `limits`.)
+//! - streams of one HTTP/2 connection (`MAX_CLIENT_STREAMS`): those beyond are refused in
+//!   the protocol's own way, and the connection lives on.
 
 use std::time::{Duration, Instant};
 
 use mirrord_net_tests::topology::POD_V4;
 use mirrord_net_tests::{procfs, tool, Pod};
 
-use super::incoming::{keyed_steal, patched, session, Group, PORT};
+use super::incoming::{h2_matching_switches_to, keyed_steal, patched, session, Group, PORT};
 
 /// The agent's cap on accepted connections it holds at once.
 const MAX_IN_HAND: usize = 4096;
@@ -105,4 +109,59 @@ fn connections_beyond_the_agents_cap_wait_in_the_accept_queue_and_are_served_whe
         session.stderr()
     );
     eprintln!("{}", said(&mut client));
+}
+
+/// Streams one HTTP/2 client connection may have open at once (`MAX_CLIENT_STREAMS` in
+/// `agent/src/incoming/http/h2_proxy.rs`).
+const MAX_CLIENT_STREAMS: usize = 1024;
+
+/// A client that opens 1,500 streams at once on a filtered HTTP/2 port (before it has heard
+/// the agent's limit) gets each answered or refused with `REFUSED_STREAM`, never both
+/// nor anything else; at least the cap's worth are answered, and the connection then takes
+/// a tagged request as before.
+#[test]
+fn an_http2_client_opening_more_streams_than_allowed_gets_the_rest_refused_and_keeps_its_connection(
+) {
+    let pod = Pod::start();
+    let mut command = pod.pod_netns().command(&tool("python3")).unwrap();
+    command.args([&pod.script("tagged_h2d.py"), &PORT.to_string(), "v1"]);
+    let mut deployed = Group::start(command);
+    deployed.wait_for("listening");
+    let mut session = session(
+        &pod,
+        &keyed_steal(KEY),
+        &format!("exec python3 {} {PORT} v2", pod.script("tagged_h2d.py")),
+    );
+    session.wait_for("listening");
+    h2_matching_switches_to(&pod, KEY, "v2");
+
+    let count = MAX_CLIENT_STREAMS + MAX_CLIENT_STREAMS / 2;
+    let mut client = pod.services_netns().command(&tool("python3")).unwrap();
+    client.args([
+        &pod.script("h2_stream_flood.py"),
+        &POD_V4.to_string(),
+        &PORT.to_string(),
+        KEY,
+        &count.to_string(),
+    ]);
+    let out = client.output().expect("run the client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout}{}\nsession: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        session.stderr()
+    );
+    eprintln!("{}", stdout.trim());
+    let answered: usize = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output {stdout:?}"));
+    assert!(
+        answered >= MAX_CLIENT_STREAMS,
+        "only {answered} streams answered: the agent refused streams under its cap"
+    );
+    assert!(stdout.trim().ends_with("then v2"), "{stdout}");
 }
