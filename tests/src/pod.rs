@@ -20,6 +20,7 @@ use anyhow::Result;
 
 use crate::netns::{self, Netns};
 use crate::process::Supervised;
+use crate::procfs;
 use crate::servers::{Server, SCRIPTS};
 use crate::sweep;
 use crate::target::Target;
@@ -239,6 +240,16 @@ impl Pod {
 
     pub fn target_pid(&self) -> u32 {
         self.target().pid() as u32
+    }
+
+    /// The local agent a session on this pod's target started (`--target-pid <target>`),
+    /// if one runs now.
+    pub fn local_agent(&self) -> Option<i32> {
+        let wanted = ["--target-pid".to_owned(), self.target_pid().to_string()];
+        procfs::pids().into_iter().find(|&pid| {
+            procfs::program_name(pid).is_some_and(|name| name == "mirrord-net-agent")
+                && procfs::cmdline(pid).windows(2).any(|pair| pair == wanted)
+        })
     }
 
     fn target(&self) -> &Target {

@@ -113,6 +113,13 @@ pub fn program_name(pid: i32) -> Option<String> {
     )
 }
 
+/// How many descriptors process `pid` has open (0 once it is gone).
+pub fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| fds.count())
+        .unwrap_or(0)
+}
+
 pub fn cmdline(pid: i32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|bytes| {

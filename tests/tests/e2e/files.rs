@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use mirrord_net_tests::target_files::{TargetFiles, CONFIG, TOKEN, TREE_FILES, TREE_LINKS};
-use mirrord_net_tests::{bash, sh, Invocation, Pod};
+use mirrord_net_tests::{bash, procfs, sh, Invocation, Pod};
 use nix::sys::signal::Signal;
 
 fn pod_with_files(big_file: bool) -> (Pod, TargetFiles) {
@@ -374,20 +374,7 @@ fn files_created_and_removed_on_the_target_show_in_listings_within_the_ttl() {
 
 /// Descriptors the pod's agent holds (one per node the session may still name).
 fn agent_descriptors(pod: &Pod) -> usize {
-    let wanted = format!("--target-pid\0{}\0", pod.target_pid());
-    let agent = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .find(|entry| {
-            std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                cmdline.contains("mirrord-net-agent") && cmdline.contains(&wanted)
-            })
-        })
-        .expect("the pod's agent runs");
-    std::fs::read_dir(agent.path().join("fd"))
-        .map(|fds| fds.count())
-        .unwrap_or(0)
+    procfs::open_fds(pod.local_agent().expect("the pod's agent runs"))
 }
 
 #[test]

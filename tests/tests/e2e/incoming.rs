@@ -465,7 +465,7 @@ fn h2_requests(pod: &Pod, key: &str, pairs: usize, mode: &str) -> Result<Vec<Str
 
 /// Waits until a tagged HTTP/2 request (prior knowledge: the deployed server alone takes no
 /// upgrade) gets `want`; every request meanwhile must be answered.
-pub(super) fn h2_matching_switches_to(pod: &Pod, key: &str, want: &str) {
+fn h2_matching_switches_to(pod: &Pod, key: &str, want: &str) {
     let start = Instant::now();
     loop {
         let lines = h2_requests(pod, key, 1, "prior").expect("a request during the switch");
@@ -483,6 +483,24 @@ pub(super) fn h2_matching_switches_to(pod: &Pod, key: &str, want: &str) {
     }
 }
 
+/// The HTTP/2 services: the deployed `tagged_h2d.py` answering `v1` in the pod, and a
+/// session running the patched one (`v2`) that steals the requests tagged with `key`, once
+/// they reach it: `(deployed, session)`.
+pub(super) fn h2_deployed_and_stolen(pod: &Pod, key: &str) -> (Group, Group) {
+    let mut command = pod.pod_netns().command(&tool("python3")).unwrap();
+    command.args([&pod.script("tagged_h2d.py"), &PORT.to_string(), "v1"]);
+    let mut deployed = Group::start(command);
+    deployed.wait_for("listening");
+    let mut session = session(
+        pod,
+        &keyed_steal(key),
+        &format!("exec python3 {} {PORT} v2", pod.script("tagged_h2d.py")),
+    );
+    session.wait_for("listening");
+    h2_matching_switches_to(pod, key, "v2");
+    (deployed, session)
+}
+
 /// The same as [`interleaved_on_one_connection`] with the HTTP/2 services: the deployed
 /// `tagged_h2d.py` answering `v1` in the pod, the patched one answering `v2` in the session,
 /// over prior knowledge and over `Upgrade: h2c`.
@@ -490,18 +508,8 @@ pub(super) fn h2_matching_switches_to(pod: &Pod, key: &str, want: &str) {
 fn header_filter_steals_only_tagged_requests_on_one_http2_connection_prior_knowledge_or_upgraded() {
     let pod = Pod::start();
     let before = ruleset(&pod);
-    let mut command = pod.pod_netns().command(&tool("python3")).unwrap();
-    command.args([&pod.script("tagged_h2d.py"), &PORT.to_string(), "v1"]);
-    let mut deployed = Group::start(command);
-    deployed.wait_for("listening");
     let key = "run-h2";
-    let mut session = session(
-        &pod,
-        &keyed_steal(key),
-        &format!("exec python3 {} {PORT} v2", pod.script("tagged_h2d.py")),
-    );
-    session.wait_for("listening");
-    h2_matching_switches_to(&pod, key, "v2");
+    let (mut deployed, mut session) = h2_deployed_and_stolen(&pod, key);
     for mode in ["prior", "upgrade"] {
         let lines = h2_requests(&pod, key, 100, mode).unwrap_or_else(|err| panic!("{mode}: {err}"));
         check_interleaved(&lines, mode);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mirrord_net_tests::topology::POD_V4;
 use mirrord_net_tests::{procfs, tool, Pod};
 
-use super::incoming::{h2_matching_switches_to, keyed_steal, patched, session, Group, PORT};
+use super::incoming::{h2_deployed_and_stolen, keyed_steal, patched, session, Group, PORT};
 
 /// The agent's cap on accepted connections it holds at once.
 const MAX_IN_HAND: usize = 4096;
@@ -30,25 +30,14 @@ const BASE_FDS: usize = 256;
 
 /// The pod's agent, once it runs.
 fn agent_of(pod: &Pod) -> i32 {
-    let wanted = ["--target-pid".to_owned(), pod.target_pid().to_string()];
     let start = Instant::now();
     loop {
-        let agent = procfs::pids().into_iter().find(|&pid| {
-            procfs::program_name(pid).is_some_and(|name| name == "mirrord-net-agent")
-                && procfs::cmdline(pid).windows(2).any(|pair| pair == wanted)
-        });
-        if let Some(agent) = agent {
+        if let Some(agent) = pod.local_agent() {
             return agent;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "no agent");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn open_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| dir.count())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -93,7 +82,7 @@ fn connections_beyond_the_agents_cap_wait_in_the_accept_queue_and_are_served_whe
         said(&mut client),
         session.stderr()
     );
-    let fds = open_fds(agent);
+    let fds = procfs::open_fds(agent);
     eprintln!("the agent holds {fds} descriptors with {MAX_IN_HAND} connections in hand");
     assert!(
         fds <= 2 * MAX_IN_HAND + BASE_FDS,
@@ -123,17 +112,7 @@ const MAX_CLIENT_STREAMS: usize = 1024;
 fn an_http2_client_opening_more_streams_than_allowed_gets_the_rest_refused_and_keeps_its_connection(
 ) {
     let pod = Pod::start();
-    let mut command = pod.pod_netns().command(&tool("python3")).unwrap();
-    command.args([&pod.script("tagged_h2d.py"), &PORT.to_string(), "v1"]);
-    let mut deployed = Group::start(command);
-    deployed.wait_for("listening");
-    let mut session = session(
-        &pod,
-        &keyed_steal(KEY),
-        &format!("exec python3 {} {PORT} v2", pod.script("tagged_h2d.py")),
-    );
-    session.wait_for("listening");
-    h2_matching_switches_to(&pod, KEY, "v2");
+    let (_deployed, session) = h2_deployed_and_stolen(&pod, KEY);
 
     let count = MAX_CLIENT_STREAMS + MAX_CLIENT_STREAMS / 2;
     let mut client = pod.services_netns().command(&tool("python3")).unwrap();

@@ -42,13 +42,9 @@ fn assert_iptables_restored(pod: &Pod, before: &str) {
 
 /// The pod's agent and its keeper: `(agent, keeper)`.
 fn agent_and_keeper(pod: &Pod) -> (i32, i32) {
-    let wanted = ["--target-pid".to_owned(), pod.target_pid().to_string()];
     let start = Instant::now();
     loop {
-        let agent = procfs::pids().into_iter().find(|&pid| {
-            procfs::program_name(pid).is_some_and(|name| name == "mirrord-net-agent")
-                && procfs::cmdline(pid).windows(2).any(|pair| pair == wanted)
-        });
+        let agent = pod.local_agent();
         let keeper = agent.and_then(|agent| {
             procfs::all()
                 .into_iter()
@@ -64,7 +60,8 @@ fn agent_and_keeper(pod: &Pod) -> (i32, i32) {
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "no agent with a keeper for {wanted:?}"
+            "no agent with a keeper for target {}",
+            pod.target_pid()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
