@@ -5,9 +5,11 @@ incoming tests.
     POST (Content-Length body, read whole) -> the same
 
 HTTP/1.1 with exact lengths (keep-alive works). Prints "listening" once its socket listens.
-With a STOP_FILE, exits (closing its socket) as soon as that file exists.
+With a STOP_FILE, exits (closing its socket) as soon as that file exists; with `drain`
+after it, closes only its listening socket then and goes on answering on the connections it
+has (as a server draining before a restart).
 
-    tagged_httpd.py PORT TAG [STOP_FILE]
+    tagged_httpd.py PORT TAG [STOP_FILE [drain]]
 """
 
 import os
@@ -19,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PORT = int(sys.argv[1])
 TAG = sys.argv[2]
 STOP_FILE = sys.argv[3] if len(sys.argv) > 3 else None
+DRAIN = len(sys.argv) > 4 and sys.argv[4] == "drain"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -47,7 +50,13 @@ if STOP_FILE:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     while not os.path.exists(STOP_FILE):
         time.sleep(0.05)
+    if DRAIN:
+        # No more accepts; the handler threads of open connections go on.
+        server.shutdown()
     server.server_close()
     print("stopped", flush=True)
+    if DRAIN:
+        while True:
+            time.sleep(3600)
     os._exit(0)
 server.serve_forever()

@@ -8,6 +8,10 @@
 //! next session's keeper removes the stale chain). This machine's kernel has nf_tables, so
 //! the flag stands in for a kernel without it; the automatic choice is the same code path
 //! from the point where it is made.
+//!
+//! Giving a port back while a connection stolen before is still open is tested here for
+//! both redirects (the session's client silent) and, with nftables, for the session's
+//! program closing its listener: the connection stays the session's either way.
 
 use std::time::{Duration, Instant};
 
@@ -195,23 +199,59 @@ fn iptables_filtered_steal_and_a_stale_chain_is_swept_by_the_next_keeper() {
 /// session's packets keep flowing, since the local agent writes the session's TUN itself.
 #[test]
 fn iptables_unsteal_keeps_a_stolen_connection_under_way() {
-    unsteal_keeps_a_stolen_connection_under_way(&iptables_steal(&["--steal", "8080"]), |pod| {
-        iptables_state(pod).contains("--dport 8080")
-    });
+    unsteal_keeps_a_stolen_connection_under_way(
+        &iptables_steal(&["--steal", "8080"]),
+        GiveBack::SilentClient,
+        |pod| iptables_state(pod).contains("--dport 8080"),
+    );
 }
 
 /// The same with nftables, whose `nat` chain holds conntrack for the table's life.
 #[test]
 fn nftables_unsteal_keeps_a_stolen_connection_under_way() {
-    unsteal_keeps_a_stolen_connection_under_way(&["--steal", "8080"], |pod| {
-        ruleset(pod).contains("dport 8080")
-    });
+    unsteal_keeps_a_stolen_connection_under_way(
+        &["--steal", "8080"],
+        GiveBack::SilentClient,
+        |pod| ruleset(pod).contains("dport 8080"),
+    );
 }
 
-fn unsteal_keeps_a_stolen_connection_under_way(flags: &[&str], redirecting: impl Fn(&Pod) -> bool) {
+/// The same when the port goes back because the session's program stops listening (as a
+/// server draining before a restart) but goes on answering on the connection it has.
+#[test]
+fn a_closed_listener_gives_the_port_back_and_keeps_its_stolen_connection() {
+    unsteal_keeps_a_stolen_connection_under_way(
+        &["--steal", "8080"],
+        GiveBack::ListenerClosed,
+        |pod| ruleset(pod).contains("dport 8080"),
+    );
+}
+
+/// Why the agent gives a stolen port back while a connection stolen before stays open.
+enum GiveBack {
+    /// The session's client falls silent (SIGSTOP): the agent hears nothing for 3 s.
+    SilentClient,
+    /// The session's program closes its listening socket and keeps its connections.
+    ListenerClosed,
+}
+
+fn unsteal_keeps_a_stolen_connection_under_way(
+    flags: &[&str],
+    give_back: GiveBack,
+    redirecting: impl Fn(&Pod) -> bool,
+) {
     let pod = Pod::start();
     let _v1 = deployed(&pod);
-    let mut session = session(&pod, flags, &patched(&pod));
+    let stop = pod.dir().join("stop-listening");
+    let server = match give_back {
+        GiveBack::SilentClient => patched(&pod),
+        GiveBack::ListenerClosed => format!(
+            "exec python3 {} {PORT} v2 {} drain",
+            pod.script("tagged_httpd.py"),
+            stop.display()
+        ),
+    };
+    let mut session = session(&pod, flags, &server);
     session.wait_for("listening");
     switches_to(&pod, "v2", SWITCH, &session);
 
@@ -238,9 +278,16 @@ fn unsteal_keeps_a_stolen_connection_under_way(flags: &[&str], redirecting: impl
         client.stderr_so_far()
     );
 
-    // The session's client falls silent: after 3 s the agent gives the port back.
     let client_pid = Pid::from_raw(session.running().pid());
-    kill(client_pid, Signal::SIGSTOP).unwrap();
+    match give_back {
+        // The agent gives the port back after 3 s of silence.
+        GiveBack::SilentClient => kill(client_pid, Signal::SIGSTOP).unwrap(),
+        // The session's watcher sees the listener gone, and the session unsteals.
+        GiveBack::ListenerClosed => {
+            std::fs::write(&stop, "").unwrap();
+            session.wait_for("stopped");
+        }
+    }
     let start = Instant::now();
     while redirecting(&pod) {
         assert!(
@@ -259,7 +306,9 @@ fn unsteal_keeps_a_stolen_connection_under_way(flags: &[&str], redirecting: impl
 
     std::fs::write(&go_on, "").unwrap();
     let finished = client.finish(Duration::from_secs(10));
-    kill(client_pid, Signal::SIGCONT).unwrap();
+    if let GiveBack::SilentClient = give_back {
+        kill(client_pid, Signal::SIGCONT).unwrap();
+    }
     let out = finished.expect("the client ends");
     assert_eq!(
         out.stdout.lines().collect::<Vec<_>>(),
