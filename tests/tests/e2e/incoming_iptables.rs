@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 
 use super::incoming::{
     deployed, get, keyed_steal, matching_switches_to, patched, ruleset, session, switches_to,
-    tag_with, PORT, SWITCH,
+    tag_with, Group, PORT, SWITCH,
 };
 
 /// The pod's legacy iptables state (see `netfilter_state::iptables_state`).
@@ -189,6 +189,67 @@ fn iptables_filtered_steal_and_a_stale_chain_is_swept_by_the_next_keeper() {
     second.kill();
     matching_switches_to(&pod, Some(&header), "/", "v1");
     assert_iptables_restored(&pod, &before);
+}
+
+/// A connection that reached the agent's listener unaccepted when the agent died is taken to
+/// the target by the keeper; one that then stays open is cut 5 s after the agent's end, so
+/// the keeper and its chain outlive the agent no longer than the liveness rule allows. The
+/// agent is stopped (SIGSTOP) first, so the connection is surely queued, then SIGKILLed.
+#[test]
+fn the_keeper_takes_a_queued_connection_to_the_target_and_cuts_it_after_five_seconds() {
+    let pod = Pod::start();
+    let iptables_before = iptables_state(&pod);
+    let _v1 = deployed(&pod);
+    let mut session = session(&pod, &iptables_steal(&["--steal", "8080"]), &patched(&pod));
+    session.wait_for("listening");
+    switches_to(&pod, "v2", SWITCH, &session);
+
+    let (agent, keeper) = agent_and_keeper(&pod);
+    kill(Pid::from_raw(agent), Signal::SIGSTOP).unwrap();
+    // Connects (the kernel queues it on the stopped agent's listener), then asks once the
+    // agent is gone, then waits for the connection to end.
+    let go_on = pod.dir().join("agent-killed");
+    let script = format!(
+        "import os, socket, time\n\
+         s = socket.create_connection(('{POD_V4}', {PORT}), timeout=5)\n\
+         print('connected', flush=True)\n\
+         while not os.path.exists('{go_on}'): time.sleep(0.02)\n\
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: pod\\r\\n\\r\\n')\n\
+         print(s.recv(4096).decode().split('\\r\\n\\r\\n')[1].split()[0], flush=True)\n\
+         s.settimeout(30)\n\
+         start = time.monotonic()\n\
+         try:\n\
+         \x20   while s.recv(4096): pass\n\
+         \x20   print('ended: closed', flush=True)\n\
+         except OSError as err:\n\
+         \x20   print('ended', repr(err), flush=True)\n",
+        go_on = go_on.display()
+    );
+    let mut command = pod.services_netns().command(&tool("python3")).unwrap();
+    command.args(["-c", &script]);
+    let mut client = Group::start(command);
+    client.wait_for("connected");
+    let killed = Instant::now();
+    kill(Pid::from_raw(agent), Signal::SIGKILL).unwrap();
+    std::fs::write(&go_on, "").unwrap();
+    client.wait_for("v1");
+
+    while procfs::is_alive(keeper) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the keeper still runs {:?} after its agent's SIGKILL",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gone = killed.elapsed();
+    assert!(
+        gone >= Duration::from_secs(4),
+        "the keeper ended after {gone:?}, before it had to cut the connection"
+    );
+    assert_iptables_restored(&pod, &iptables_before);
+    client.wait_for("ended");
+    eprintln!("the keeper cut the held connection and ended {gone:?} after the agent's SIGKILL");
 }
 
 /// A connection stolen before the session gives its port back stays the session's: the

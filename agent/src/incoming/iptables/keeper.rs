@@ -17,7 +17,9 @@
 //! - When its stdin ends, its agent is gone, however it went: it removes its chain, relays
 //!   the connections that reached the agent's listeners unaccepted (the agent died between
 //!   their redirect and the chain's removal) to the target's own port, and exits when they
-//!   end. A SIGKILLed agent so loses no connection, as with nftables.
+//!   end (cutting those still open after 5 s, so that the keeper outlives its agent no
+//!   longer than the liveness rule allows). A SIGKILLed agent so loses no connection, as
+//!   with nftables.
 //!   Only a keeper killed at the same time as its agent (the whole pod going, where the
 //!   namespace goes too, or `kill -9` of both) leaves a chain, and the next keeper in the
 //!   namespace removes it.
@@ -29,12 +31,13 @@
 //! not serialise agents of different containers.
 
 use std::io::{self, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::rules;
@@ -135,11 +138,20 @@ fn serve() -> io::Result<()> {
 
 /// How long after the redirects go a handshake begun before may still complete.
 const HANDSHAKE_GRACE: Duration = Duration::from_millis(50);
+/// How long the keeper relays the connections its agent left: the liveness rule's last step
+/// (the agent's rules gone within 5 s of its end) holds for the keeper too. A connection
+/// still open then (one that arrived in the milliseconds before the agent died and stayed,
+/// a WebSocket say) is cut both ways.
+const RELAY_LIMIT: Duration = Duration::from_secs(5);
 
 /// The connections redirected to the agent's listeners that the agent never took (it died
 /// between their arrival and the chain's removal), each relayed to where it was going: the
-/// target's own port. Returns when they have all ended.
+/// target's own port. Returns when they have all ended, or at [`RELAY_LIMIT`] after cutting
+/// those still open.
 fn take_to_the_target(listeners: Vec<TcpListener>) {
+    let started = Instant::now();
+    // The relays' sockets while they may run; `None` once they were cut.
+    let sockets: Arc<Mutex<Option<Vec<TcpStream>>>> = Arc::new(Mutex::new(Some(Vec::new())));
     let mut relays = Vec::new();
     for round in 0..2 {
         if round == 1 && !listeners.is_empty() {
@@ -150,23 +162,42 @@ fn take_to_the_target(listeners: Vec<TcpListener>) {
                 continue;
             }
             while let Ok((client, _)) = listener.accept() {
-                relays.push(std::thread::spawn(move || relay(client)));
+                let sockets = sockets.clone();
+                relays.push(std::thread::spawn(move || relay(client, &sockets)));
             }
         }
     }
     drop(listeners);
-    if !relays.is_empty() {
-        say(&format!(
-            "{} connection(s) the agent left taken to the target",
-            relays.len()
-        ));
+    if relays.is_empty() {
+        return;
+    }
+    say(&format!(
+        "{} connection(s) the agent left taken to the target",
+        relays.len()
+    ));
+    while !relays.iter().all(|relay| relay.is_finished()) {
+        if started.elapsed() >= RELAY_LIMIT {
+            let open = relays.iter().filter(|relay| !relay.is_finished()).count();
+            say(&format!(
+                "{open} connection(s) the agent left still open after {RELAY_LIMIT:?}: cut"
+            ));
+            let cut = sockets.lock().unwrap_or_else(|e| e.into_inner()).take();
+            for socket in cut.into_iter().flatten() {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     for relay in relays {
         let _ = relay.join();
     }
 }
 
-fn relay(client: TcpStream) {
+/// Relays `client` to its original destination until both ways end. Both sockets are
+/// listed in `sockets` so that [`take_to_the_target`] can cut them; a relay that connects
+/// after the cut ends at once.
+fn relay(client: TcpStream, sockets: &Mutex<Option<Vec<TcpStream>>>) {
     let _ = client.set_nonblocking(false);
     // Where it was going, as conntrack's NAT remembers it (the agent's own lookup).
     let Ok(v6) = client.local_addr().map(|addr| addr.is_ipv6()) else {
@@ -182,13 +213,20 @@ fn relay(client: TcpStream) {
     else {
         return;
     };
+    match sockets.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        Some(sockets) => {
+            sockets.extend(client.try_clone());
+            sockets.extend(upstream.try_clone());
+        }
+        None => return,
+    }
     let up = std::thread::spawn(move || {
         let _ = io::copy(&mut client_in, &mut upstream_out);
-        let _ = upstream_out.shutdown(std::net::Shutdown::Write);
+        let _ = upstream_out.shutdown(Shutdown::Write);
     });
     let (mut upstream_in, mut client_out) = (upstream, client);
     let _ = io::copy(&mut upstream_in, &mut client_out);
-    let _ = client_out.shutdown(std::net::Shutdown::Write);
+    let _ = client_out.shutdown(Shutdown::Write);
     let _ = up.join();
 }
 
