@@ -377,3 +377,72 @@ fn unsteal_keeps_a_stolen_connection_under_way(
         "the connection stolen before stays the session's: {out:?}"
     );
 }
+
+/// An agent that dies after asking for a change and before reading the answer breaks the
+/// keeper's channel with an answer nobody takes: that means the agent is gone as surely as
+/// a closed channel, and the keeper removes its chain and ends. The keeper is run as the
+/// agent runs it (its stdin and stdout one end of a socket pair), in the pod's namespace.
+#[test]
+fn a_keeper_whose_agent_dies_before_its_answer_removes_its_chain() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::process::Stdio;
+
+    let pod = Pod::start();
+    let before = iptables_state(&pod);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs = OwnedFd::from(theirs);
+    let agent = mirrord_net_tests::session::bin_dir().join("mirrord-net-agent");
+    let mut command = pod.pod_netns().command(agent.to_str().unwrap()).unwrap();
+    command
+        .arg("__iptables-keeper")
+        .stdin(Stdio::from(theirs.try_clone().unwrap()))
+        .stdout(Stdio::from(theirs))
+        .stderr(Stdio::piped());
+    /// The keeper, SIGKILLed if the test fails before it ends (its chain goes with the pod).
+    struct Keeper(std::process::Child);
+    impl Drop for Keeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut keeper = Keeper(command.spawn().unwrap());
+    let mut ready = String::new();
+    BufReader::new(&ours).read_line(&mut ready).unwrap();
+    assert!(
+        ready.starts_with("ready MNET-"),
+        "the keeper said {ready:?}"
+    );
+
+    // The request, and the agent's end gone before the keeper can answer.
+    (&ours).write_all(b"ports 8080:40000\n").unwrap();
+    drop(ours);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = keeper.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the keeper still runs {:?} after its agent's end",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut said = String::new();
+    keeper
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert!(status.success(), "the keeper failed ({status}):\n{said}");
+    assert!(
+        said.contains("the channel to the agent broke"),
+        "the keeper's answer should have failed:\n{said}"
+    );
+    assert_iptables_restored(&pod, &before);
+}

@@ -14,12 +14,12 @@
 //! - It reads requests from its stdin, a unix socket: `ports 8080:40000 …` (the chain's
 //!   rules now) and `listeners` (with the agent's steal listeners attached), applies each and
 //!   answers `ok` or `error …` on its stdout, the same socket.
-//! - When its stdin ends, its agent is gone, however it went: it removes its chain, relays
-//!   the connections that reached the agent's listeners unaccepted (the agent died between
-//!   their redirect and the chain's removal) to the target's own port, and exits when they
-//!   end (cutting those still open after 5 s, so that the keeper outlives its agent no
-//!   longer than the liveness rule allows). A SIGKILLed agent so loses no connection, as
-//!   with nftables.
+//! - When its stdin ends or its channel breaks (an answer its dead agent cannot take), its
+//!   agent is gone, however it went: it removes its chain, relays the connections that
+//!   reached the agent's listeners unaccepted (the agent died between their redirect and the
+//!   chain's removal) to the target's own port, and exits when they end (cutting those still
+//!   open after 5 s, so that the keeper outlives its agent no longer than the liveness rule
+//!   allows). A SIGKILLed agent so loses no connection, as with nftables.
 //!   Only a keeper killed at the same time as its agent (the whole pod going, where the
 //!   namespace goes too, or `kill -9` of both) leaves a chain, and the next keeper in the
 //!   namespace removes it.
@@ -88,29 +88,13 @@ fn serve() -> io::Result<()> {
         }
     }
     let mut channel = Channel::stdin();
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready {chain}")?;
-    out.flush()?;
-
     let mut listeners: Vec<TcpListener> = Vec::new();
-    while let Some(line) = channel.next_line()? {
-        let answer = if line == "listeners" {
-            listeners = channel.fds.drain(..).map(TcpListener::from).collect();
-            Ok(())
-        } else {
-            rules::parse_request(&line).and_then(|ports| {
-                let _lock = Lock::take().map_err(|err| err.to_string())?;
-                families
-                    .iter()
-                    .try_for_each(|family| family.restore(&rules::ports(&chain, &ports)))
-                    .map_err(|err| err.to_string())
-            })
-        };
-        match answer {
-            Ok(()) => writeln!(out, "ok")?,
-            Err(err) => writeln!(out, "error {}", one_line(&err))?,
-        }
-        out.flush()?;
+    if let Err(err) = answer(&mut channel, &families, &chain, &mut listeners) {
+        // A channel that breaks (an answer the dead agent cannot take, a read that fails)
+        // means the same as one that ends: nobody will ask again, and the chain must go.
+        say(&format!(
+            "the channel to the agent broke ({err}): removing chain {chain}"
+        ));
     }
 
     // The agent is gone. The redirects first, so nothing new comes; the chain (and its
@@ -132,6 +116,39 @@ fn serve() -> io::Result<()> {
         if let Err(err) = family.remove(&chain) {
             say(&format!("cannot remove chain {chain}: {err}"));
         }
+    }
+    Ok(())
+}
+
+/// Says `ready CHAIN`, then answers the agent's requests until its end of `channel` closes;
+/// `listeners` holds the steal listeners of the last `listeners` request.
+fn answer(
+    channel: &mut Channel,
+    families: &[Family],
+    chain: &str,
+    listeners: &mut Vec<TcpListener>,
+) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "ready {chain}")?;
+    out.flush()?;
+    while let Some(line) = channel.next_line()? {
+        let answer = if line == "listeners" {
+            *listeners = channel.fds.drain(..).map(TcpListener::from).collect();
+            Ok(())
+        } else {
+            rules::parse_request(&line).and_then(|ports| {
+                let _lock = Lock::take().map_err(|err| err.to_string())?;
+                families
+                    .iter()
+                    .try_for_each(|family| family.restore(&rules::ports(chain, &ports)))
+                    .map_err(|err| err.to_string())
+            })
+        };
+        match answer {
+            Ok(()) => writeln!(out, "ok")?,
+            Err(err) => writeln!(out, "error {}", one_line(&err))?,
+        }
+        out.flush()?;
     }
     Ok(())
 }
