@@ -1,0 +1,301 @@
+//! `mirrord-net-splice-probe`: what a round trip would cost if the kernel spliced a session's
+//! TCP connection to the agent's upstream socket, with no user-space hop (the design
+//! docs/benchmarks.md proposes for the loopback latency rows). Not a mode of mirrord-net: it
+//! measures sockets set up by hand, to say which sockmap design is worth building.
+//!
+//! Two network namespaces stand for the session (S) and the pod (P); an echo server runs in
+//! P. Every path but the direct one has the same sockets, as the design would:
+//!
+//! - `C`, the program's socket in S, connected to `A`, a listener's socket in S (where the
+//!   session's stack ends the connection today);
+//! - `B`, the agent's upstream socket in P, connected to the server's socket `D`.
+//!
+//! The paths, each a 64-byte ping-pong from `C`:
+//!
+//! - **direct**: a client in P to the server, no S at all;
+//! - **user-space relay**: a thread per direction copies between `A` and `B` (the agent's
+//!   relay without a stack);
+//! - **sk_skb both ways**: `A`'s and `B`'s received data are sent out of the other by the
+//!   kernel (`sk_skb` verdicts; the redirect runs in a workqueue);
+//! - **sk_skb both ways, stream parser**: the same through the older stream-parser
+//!   attachment;
+//! - **sk_msg out, sk_skb in**: what `C` sends goes out of `B` in its `sendmsg` (`sk_msg`),
+//!   and what `B` receives is queued on `C` (`sk_skb` with `BPF_F_INGRESS`). `A` idles. The
+//!   agent needs `C` in its map: a `sock_ops` program on the session's cgroup can put it
+//!   there. Nothing in the pod changes;
+//! - **sk_msg both ways**: `C`'s sends are queued on `D` and `D`'s on `C`, both in the
+//!   sender's `sendmsg`: the best case, which needs the pod's own socket `D` in the map.
+//!
+//! Root only (`bpf(2)` with socket maps needs `CAP_BPF` and `CAP_NET_ADMIN`). The vCPU
+//! wake-ups of docs/benchmarks.md ("where the round trip goes") make every path's figures
+//! bimodal on two vCPUs; `taskset -c 1` shows the work itself.
+
+mod bpf;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use mirrord_net_tests::netns::Netns;
+
+use crate::bpf::{SockHash, Verdict};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirrord-net-splice-probe",
+    about = "Measures a 64-byte TCP round trip spliced between two namespaces by socket maps"
+)]
+struct Args {
+    /// Round trips measured per path and round (after 1,000 not measured).
+    #[arg(long, default_value_t = 20_000)]
+    count: usize,
+    /// Rounds; the paths alternate within each.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+const WARMUP: usize = 1_000;
+const MESSAGE: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Direct,
+    Relay,
+    ReceivedBothWays,
+    ReceivedBothWaysParsed,
+    SentOutReceivedIn,
+    SentBothWays,
+}
+
+impl Path {
+    const ALL: [Path; 6] = [
+        Path::Direct,
+        Path::Relay,
+        Path::ReceivedBothWays,
+        Path::ReceivedBothWaysParsed,
+        Path::SentOutReceivedIn,
+        Path::SentBothWays,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Relay => "user-space relay",
+            Path::ReceivedBothWays => "sk_skb both ways",
+            Path::ReceivedBothWaysParsed => "sk_skb both ways, stream parser",
+            Path::SentOutReceivedIn => "sk_msg out, sk_skb in",
+            Path::SentBothWays => "sk_msg both ways",
+        }
+    }
+}
+
+/// The maps, made once: a socket map's programs stay attached to it.
+struct Maps {
+    received_out: SockHash,
+    received_out_parsed: SockHash,
+    received_in: SockHash,
+    sent_out: SockHash,
+    sent_in: SockHash,
+}
+
+/// The echo server in P: each accepted socket is handed to the caller, which starts its echo
+/// once the socket is where the path wants it (a reader already blocked in `recv` when its
+/// socket enters a map is not woken by data queued through the map).
+struct Server {
+    addr: SocketAddr,
+    accepted: mpsc::Receiver<TcpStream>,
+}
+
+impl Server {
+    fn start(pod: &Netns) -> Result<Server> {
+        let listener = pod.run(|| TcpListener::bind("127.0.0.1:0"))??;
+        let addr = listener.local_addr()?;
+        let (hand, accepted) = mpsc::channel();
+        std::thread::spawn(move || {
+            for socket in listener.incoming().flatten() {
+                if hand.send(socket).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Server { addr, accepted })
+    }
+}
+
+/// The sockets of one measured connection (see the module's doc).
+struct Connection {
+    c: TcpStream,
+    a: TcpStream,
+    b: TcpStream,
+    d: TcpStream,
+}
+
+impl Connection {
+    fn through_the_session(session: &Netns, pod: &Netns, server: &Server) -> Result<Connection> {
+        let listener = session.run(|| TcpListener::bind("127.0.0.1:0"))??;
+        let to = listener.local_addr()?;
+        let c = session.run(|| TcpStream::connect(to))??;
+        let (a, _) = listener.accept()?;
+        let server_addr = server.addr;
+        let b = pod.run(|| TcpStream::connect(server_addr))??;
+        let d = server.accepted.recv().context("the server stopped")?;
+        for socket in [&c, &a, &b, &d] {
+            socket.set_nodelay(true)?;
+        }
+        Ok(Connection { c, a, b, d })
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mirrord-net-splice-probe: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let id = std::process::id();
+    let session = Netns::create(&format!("mnet-splice-s-{id}"))?;
+    let pod = Netns::create(&format!("mnet-splice-p-{id}"))?;
+    session.ip_batch("link set lo up")?;
+    pod.ip_batch("link set lo up")?;
+    let server = Server::start(&pod)?;
+    let maps = Maps {
+        received_out: SockHash::new(Verdict::ReceivedOut)?,
+        received_out_parsed: SockHash::new(Verdict::ReceivedOutParsed)?,
+        received_in: SockHash::new(Verdict::ReceivedIn)?,
+        sent_out: SockHash::new(Verdict::SentOut)?,
+        sent_in: SockHash::new(Verdict::SentIn)?,
+    };
+
+    let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); Path::ALL.len()];
+    for round in 1..=args.rounds {
+        for (index, path) in Path::ALL.into_iter().enumerate() {
+            let times = measure(path, args.count, &session, &pod, &server, &maps)
+                .with_context(|| format!("{}, round {round}", path.name()))?;
+            let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+            println!(
+                "round {round}  {:32} p50 {p50:7.2} µs   p99 {p99:7.2} µs",
+                path.name()
+            );
+            p50s[index].push(p50);
+        }
+    }
+
+    let direct = median(&mut p50s[0].clone());
+    println!("\n| path | p50 per round, µs | median | / direct |\n|---|---|--:|--:|");
+    for (path, p50s) in Path::ALL.into_iter().zip(&mut p50s) {
+        let rounds: Vec<String> = p50s.iter().map(|p50| format!("{p50:.2}")).collect();
+        let median = median(p50s);
+        println!(
+            "| {} | {} | {median:.2} | {:.2}× |",
+            path.name(),
+            rounds.join(" / "),
+            median / direct
+        );
+    }
+    Ok(())
+}
+
+/// Sets `path` up on a new connection and times `count` round trips.
+fn measure(
+    path: Path,
+    count: usize,
+    session: &Netns,
+    pod: &Netns,
+    server: &Server,
+    maps: &Maps,
+) -> Result<Vec<f64>> {
+    if path == Path::Direct {
+        let to = server.addr;
+        let client = pod.run(|| TcpStream::connect(to))??;
+        client.set_nodelay(true)?;
+        echo(server.accepted.recv().context("the server stopped")?);
+        return ping_pong(client, count);
+    }
+    let Connection { c, a, b, d } = Connection::through_the_session(session, pod, server)?;
+    match path {
+        Path::Direct => unreachable!("handled above"),
+        Path::Relay => {
+            copy(a.try_clone()?, b.try_clone()?);
+            copy(b.try_clone()?, a.try_clone()?);
+        }
+        Path::ReceivedBothWays | Path::ReceivedBothWaysParsed => {
+            let map = if path == Path::ReceivedBothWays {
+                &maps.received_out
+            } else {
+                &maps.received_out_parsed
+            };
+            map.redirect(&a, &b)?;
+            map.redirect(&b, &a)?;
+        }
+        Path::SentOutReceivedIn => {
+            maps.sent_out.redirect(&c, &b)?;
+            maps.sent_out.hold(&c)?;
+            maps.received_in.redirect(&b, &c)?;
+            maps.received_in.hold(&b)?;
+        }
+        Path::SentBothWays => {
+            maps.sent_in.redirect(&c, &d)?;
+            maps.sent_in.redirect(&d, &c)?;
+        }
+    }
+    echo(d);
+    let times = ping_pong(c, count);
+    // A and B stay open until the round trips are done; the maps drop them when they close.
+    drop((a, b));
+    times
+}
+
+fn echo(mut socket: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 65536];
+        while let Ok(read) = socket.read(&mut buffer) {
+            if read == 0 || socket.write_all(&buffer[..read]).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn copy(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || std::io::copy(&mut from, &mut to));
+}
+
+/// Round-trip times in µs, sorted.
+fn ping_pong(mut socket: TcpStream, count: usize) -> Result<Vec<f64>> {
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let message = [7u8; MESSAGE];
+    let mut answer = [0u8; MESSAGE];
+    let mut times = Vec::with_capacity(count);
+    for turn in 0..WARMUP + count {
+        let start = Instant::now();
+        socket.write_all(&message)?;
+        socket
+            .read_exact(&mut answer)
+            .context("no echo within 5 s")?;
+        if turn >= WARMUP {
+            times.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    anyhow::ensure!(answer == message, "the echo differs from the message");
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * quantile) as usize]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
