@@ -24,7 +24,6 @@
 pub use mirrord_net_stack::busy_poll;
 pub mod container;
 pub mod control;
-pub mod fd_passing;
 pub mod files;
 pub mod incoming;
 pub mod memory_limit;

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::fd_passing::recv_with_fds;
+use mirrord_net_fd_passing::recv_with_fds;
 
 /// The agent's end of the socket the client sends the TUN on.
 #[derive(Debug)]
@@ -70,11 +70,15 @@ impl TunHandoff {
     }
 }
 
+/// Room for more descriptors than the one expected, so that a sender passing a few too many
+/// hears how many it sent.
+const ROOM: usize = 4;
+
 /// One `recvmsg`: the descriptor that came with it, `None` at end of file.
 fn receive_once(socket: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
     let mut fds = Vec::new();
-    let bytes = recv_with_fds(socket, &mut byte, &mut fds)?;
+    let bytes = recv_with_fds(socket, &mut byte, &mut fds, ROOM)?;
     if bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
@@ -92,18 +96,8 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn send_fd(socket: &UnixStream, fd: Option<RawFd>) {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let raw: Vec<RawFd> = fd.into_iter().collect();
-        let rights = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
-        sendmsg::<()>(
-            socket.as_raw_fd(),
-            &[io::IoSlice::new(&[1])],
-            cmsgs,
-            MsgFlags::empty(),
-            None,
-        )
-        .unwrap();
+        mirrord_net_fd_passing::send_with_fds(socket.as_fd(), &[1], &raw).unwrap();
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 //! process), never from a runtime worker or blocking-pool thread.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -70,25 +70,12 @@ impl LocalAgent {
 
     /// Sends the session's TUN descriptor to the agent, whose stack then serves it.
     pub fn hand_over_tun(&mut self, tun: BorrowedFd<'_>) -> std::io::Result<()> {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let socket = self
             .tun_socket
             .take()
             .ok_or_else(|| std::io::Error::other("this agent does not take the TUN"))?;
-        let fds = [tun.as_raw_fd()];
-        loop {
-            match sendmsg::<()>(
-                socket.as_raw_fd(),
-                &[std::io::IoSlice::new(&[1])],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(err) => return Err(err.into()),
-            }
-        }
+        mirrord_net_fd_passing::send_with_fds(socket.as_fd(), &[1], &[tun.as_raw_fd()])?;
+        Ok(())
     }
 
     /// The agent's process id, while it runs.

@@ -8,25 +8,25 @@
 //!
 //! Descriptors travel as `SCM_RIGHTS` on the `sendmsg` that carries the first bytes of their
 //! frame. On a stream socket the kernel never merges bytes with and without ancillary data
-//! into one read, so every read here is a `recvmsg` with room for a few descriptors; whatever
-//! arrives is collected, made close-on-exec on receipt (`MSG_CMSG_CLOEXEC`, so no other child
-//! of the client inherits the TUN), and returned with the frame it came with. Descriptors
-//! beyond the few expected are closed rather than leaked. `MSG_NOSIGNAL` keeps a dead peer
-//! from killing the writer with SIGPIPE: it becomes an `EPIPE` error instead.
+//! into one read, so every read here is a `recvmsg` with room for [`MAX_FDS`] descriptors;
+//! whatever arrives is collected and returned with the frame it came with. The rules of both
+//! calls (close-on-exec on receipt, so no other child of the client inherits the TUN; more
+//! descriptors than room an error; a dead peer an `EPIPE`, not a SIGPIPE) are the
+//! `mirrord-net-fd-passing` crate's.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use mirrord_net_fd_passing::{recv_with_fds, send_with_fds};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use mirrord_net_protocol::framing::{self, FrameError, LEN_PREFIX, MAX_LOCAL_FRAME_LEN};
 
 /// Most descriptors accepted on one read: the TUN, the session table's socket, the outgoing
-/// relay's five, the DNS relay's eight, FUSE, the sock_diag socket; room to spare.
-const MAX_FDS: usize = 24;
+/// relay's five, the DNS relay's eight, FUSE, the sock_diag socket; room to spare. The
+/// background session's control socket reads with the same room.
+pub const MAX_FDS: usize = 24;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -49,24 +49,13 @@ pub fn send<T: Serialize>(
     let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let mut sent = 0;
     while sent < frame.len() {
-        let iov = [IoSlice::new(&frame[sent..])];
-        let rights = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage] = if sent == 0 && !raw.is_empty() {
-            &rights
-        } else {
-            &[]
-        };
-        match sendmsg::<()>(
-            socket.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
+        let attached: &[RawFd] = if sent == 0 { &raw } else { &[] };
+        match send_with_fds(socket, &frame[sent..], attached) {
             Ok(n) => sent += n,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(ChannelError::Closed),
-            Err(err) => return Err(io::Error::from(err).into()),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
+                return Err(ChannelError::Closed)
+            }
+            Err(err) => return Err(err.into()),
         }
     }
     Ok(())
@@ -88,45 +77,6 @@ pub fn recv<T: DeserializeOwned>(
     Ok((framing::decode_json_body(&body)?, fds))
 }
 
-/// One `recvmsg` into `buf`, retried on `EINTR`: how many bytes came (0 at end of file),
-/// with the descriptors that came with them appended to `fds`, close-on-exec. More than
-/// [`MAX_FDS`] descriptors on one message is an error.
-pub fn recv_with_fds(
-    socket: BorrowedFd<'_>,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<usize> {
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = loop {
-        match recvmsg::<()>(
-            socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => break msg,
-            Err(Errno::EINTR) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    };
-    // nix refuses to list the control messages of a truncated message (`MSG_CTRUNC`).
-    let controls = msg
-        .cmsgs()
-        .map_err(|_| io::Error::other("too many descriptors passed"))?;
-    for control in controls {
-        if let ControlMessageOwned::ScmRights(raw) = control {
-            // SAFETY: the kernel just installed these descriptors in this process for us;
-            // nothing else knows them.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    Ok(msg.bytes)
-}
-
 /// Fills `buf`; `Ok(false)` if the peer closed before the first byte and `eof_ok` is set.
 fn read_exact(
     socket: BorrowedFd<'_>,
@@ -136,7 +86,7 @@ fn read_exact(
 ) -> Result<bool, ChannelError> {
     let mut filled = 0;
     while filled < buf.len() {
-        let received = match recv_with_fds(socket, &mut buf[filled..], fds) {
+        let received = match recv_with_fds(socket, &mut buf[filled..], fds, MAX_FDS) {
             Ok(n) => n,
             Err(err) if err.raw_os_error() == Some(libc::ECONNRESET) => 0,
             Err(err) => return Err(err.into()),

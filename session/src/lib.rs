@@ -20,8 +20,8 @@
 //! - `spec`: what the caller asks for ([`SessionSpec`], [`SessionOptions`]) and its checks;
 //! - `child_messages`: the messages on the socketpair (pure, unit-tested; framed by the wire
 //!   crate's `framing`);
-//! - `channel`: blocking frame I/O with descriptor passing (its [`recv_with_fds`] also reads
-//!   the client's background-session control socket);
+//! - `channel`: blocking frame I/O with descriptor passing (its [`MAX_FDS`] is also the room
+//!   of the client's background-session control socket);
 //! - `parent`: [`Session`] — starting the child, taking the TUN, waiting, signalling;
 //! - `child`: [`child_main`] — the child's steps, from exec to `Go`;
 //! - `init`: after `Go` — the child, the namespace's init and the command, and their signals;
@@ -68,7 +68,7 @@ mod spec;
 mod sysfs;
 pub mod userns;
 
-pub use channel::recv_with_fds;
+pub use channel::MAX_FDS;
 pub use child::child_main;
 // What a command joining a background session (the client's `background::join`) is made
 // with: the same steps as the session's own command.

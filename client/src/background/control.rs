@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::dir;
+use mirrord_net_fd_passing::recv_with_fds;
 use mirrord_net_protocol::framing::{self, FrameDecoder};
-use mirrord_net_session::recv_with_fds;
 
 use super::control_messages::{self as messages, Op, Phase, Reply, Request, SessionInfo};
 use crate::report::{Failure, Kind};
@@ -71,7 +71,7 @@ pub fn recv(
             Err(err) => return Err(std::io::Error::other(err)),
         }
         let mut buf = [0u8; 16 << 10];
-        let n = recv_with_fds(stream.as_fd(), &mut buf, fds)?;
+        let n = recv_with_fds(stream.as_fd(), &mut buf, fds, mirrord_net_session::MAX_FDS)?;
         if n == 0 {
             return Ok(None);
         }

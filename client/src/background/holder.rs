@@ -26,7 +26,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -701,22 +701,12 @@ async fn read_message<T: for<'de> Deserialize<'de>>(
 
 /// Writes `frame` with `fd` attached to its first bytes.
 async fn send_with_fd(stream: &UnixStream, frame: &[u8], fd: i32) -> std::io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let mut sent = 0;
     while sent < frame.len() {
         stream.writable().await?;
-        let fds = [fd];
-        let rights = [ControlMessage::ScmRights(&fds)];
-        let cmsgs: &[ControlMessage] = if sent == 0 { &rights } else { &[] };
+        let attached: &[i32] = if sent == 0 { &[fd] } else { &[] };
         let result = stream.try_io(tokio::io::Interest::WRITABLE, || {
-            sendmsg::<()>(
-                stream.as_raw_fd(),
-                &[std::io::IoSlice::new(&frame[sent..])],
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-            .map_err(std::io::Error::from)
+            mirrord_net_fd_passing::send_with_fds(stream.as_fd(), &frame[sent..], attached)
         });
         match result {
             Ok(n) => sent += n,

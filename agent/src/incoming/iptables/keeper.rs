@@ -41,11 +41,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::rules;
-use crate::fd_passing::recv_with_fds;
 use crate::privileges::{self, cap};
+use mirrord_net_fd_passing::recv_with_fds;
 
 /// The first argument that makes `mirrord-net-agent` a keeper.
 pub const ARG: &str = "__iptables-keeper";
+
+/// Most descriptors one request brings: the steal's listeners, IPv4 and IPv6, with room.
+const MAX_LISTENERS: usize = 4;
 
 /// The lock keepers of one network namespace take turns with.
 const LOCK_NAME: &str = "mirrord-net/iptables.lock";
@@ -273,7 +276,7 @@ impl Channel {
                 return Ok(Some(String::from_utf8_lossy(&line).trim_end().to_owned()));
             }
             let mut chunk = [0u8; 4096];
-            let bytes = match recv_with_fds(self.socket, &mut chunk, &mut self.fds) {
+            let bytes = match recv_with_fds(self.socket, &mut chunk, &mut self.fds, MAX_LISTENERS) {
                 Ok(bytes) => bytes,
                 // The agent died with something unsent: as good as closed.
                 Err(err) if err.raw_os_error() == Some(libc::ECONNRESET) => return Ok(None),

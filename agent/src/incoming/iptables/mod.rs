@@ -14,13 +14,13 @@ pub mod keeper;
 pub mod rules;
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use mirrord_net_fd_passing::send_with_fds;
 
 /// The agent's end of a running keeper.
 pub struct Keeper {
@@ -85,15 +85,8 @@ impl Keeper {
     /// in their queue instead of meeting a closed port, and the keeper takes it to the
     /// target.
     pub fn hand_listeners(&mut self, listeners: &[RawFd]) -> io::Result<()> {
-        let rights = [ControlMessage::ScmRights(listeners)];
         let request = b"listeners\n";
-        let sent = sendmsg::<()>(
-            self.channel.as_raw_fd(),
-            &[io::IoSlice::new(request)],
-            &rights,
-            MsgFlags::empty(),
-            None,
-        )?;
+        let sent = send_with_fds(self.channel.as_fd(), request, listeners)?;
         if sent != request.len() {
             return Err(io::Error::other(
                 "the iptables keeper took part of a request",
