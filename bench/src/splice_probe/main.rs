@@ -56,6 +56,10 @@ struct Args {
     /// Rounds; the paths alternate within each.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Measures only the paths whose names contain this (and direct, the reference), for a
+    /// profile of one path.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 const WARMUP: usize = 1_000;
@@ -176,9 +180,19 @@ fn run(args: &Args) -> Result<()> {
         sent_in: SockHash::new(Verdict::SentIn)?,
     };
 
-    let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); Path::ALL.len()];
+    let paths: Vec<Path> = Path::ALL
+        .into_iter()
+        .filter(|path| {
+            *path == Path::Direct
+                || args
+                    .only
+                    .as_ref()
+                    .is_none_or(|only| path.name().contains(only.as_str()))
+        })
+        .collect();
+    let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     for round in 1..=args.rounds {
-        for (index, path) in Path::ALL.into_iter().enumerate() {
+        for (index, &path) in paths.iter().enumerate() {
             let times = measure(path, args.count, &session, &pod, &server, &maps)
                 .with_context(|| format!("{}, round {round}", path.name()))?;
             let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
@@ -192,7 +206,7 @@ fn run(args: &Args) -> Result<()> {
 
     let direct = median(&mut p50s[0].clone());
     println!("\n| path | p50 per round, µs | median | / direct |\n|---|---|--:|--:|");
-    for (path, p50s) in Path::ALL.into_iter().zip(&mut p50s) {
+    for (path, p50s) in paths.iter().zip(&mut p50s) {
         let rounds: Vec<String> = p50s.iter().map(|p50| format!("{p50:.2}")).collect();
         let median = median(p50s);
         println!(
