@@ -40,9 +40,10 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mirrord_net_fd_passing::recv_with_fds;
+
 use super::rules;
 use crate::privileges::{self, cap};
-use mirrord_net_fd_passing::recv_with_fds;
 
 /// The first argument that makes `mirrord-net-agent` a keeper.
 pub const ARG: &str = "__iptables-keeper";
