@@ -378,71 +378,138 @@ fn unsteal_keeps_a_stolen_connection_under_way(
     );
 }
 
+/// A keeper run as the agent runs it (its stdin and stdout one end of a socket pair), in the
+/// pod's namespace, SIGKILLed if the test fails before it ends (its chain goes with the pod).
+struct DirectKeeper {
+    child: std::process::Child,
+}
+
+impl DirectKeeper {
+    /// Starts one and waits for its `ready`; returns it and the agent's end of its channel.
+    fn start(pod: &Pod) -> (DirectKeeper, std::os::unix::net::UnixStream) {
+        use std::io::{BufRead, BufReader};
+        use std::os::fd::OwnedFd;
+        use std::os::unix::net::UnixStream;
+        use std::process::Stdio;
+
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let theirs = OwnedFd::from(theirs);
+        let agent = mirrord_net_tests::session::bin_dir().join("mirrord-net-agent");
+        let mut command = pod.pod_netns().command(agent.to_str().unwrap()).unwrap();
+        command
+            .arg("__iptables-keeper")
+            .stdin(Stdio::from(theirs.try_clone().unwrap()))
+            .stdout(Stdio::from(theirs))
+            .stderr(Stdio::piped());
+        let keeper = DirectKeeper {
+            child: command.spawn().unwrap(),
+        };
+        let mut ready = String::new();
+        BufReader::new(&ours).read_line(&mut ready).unwrap();
+        assert!(
+            ready.starts_with("ready MNET-"),
+            "the keeper said {ready:?}"
+        );
+        (keeper, ours)
+    }
+
+    /// Waits for the keeper's exit (at most `within`); asserts it succeeded and returns what
+    /// it said on stderr.
+    fn wait_success(mut self, within: Duration) -> String {
+        use std::io::Read;
+
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the keeper still runs {:?} after its agent's end",
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut said = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut said)
+            .unwrap();
+        assert!(status.success(), "the keeper failed ({status}):\n{said}");
+        said
+    }
+}
+
+impl Drop for DirectKeeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An agent that dies after asking for a change and before reading the answer breaks the
 /// keeper's channel with an answer nobody takes: that means the agent is gone as surely as
-/// a closed channel, and the keeper removes its chain and ends. The keeper is run as the
-/// agent runs it (its stdin and stdout one end of a socket pair), in the pod's namespace.
+/// a closed channel, and the keeper removes its chain and ends.
 #[test]
 fn a_keeper_whose_agent_dies_before_its_answer_removes_its_chain() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::fd::OwnedFd;
-    use std::os::unix::net::UnixStream;
-    use std::process::Stdio;
+    use std::io::Write;
 
     let pod = Pod::start();
     let before = iptables_state(&pod);
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let theirs = OwnedFd::from(theirs);
-    let agent = mirrord_net_tests::session::bin_dir().join("mirrord-net-agent");
-    let mut command = pod.pod_netns().command(agent.to_str().unwrap()).unwrap();
-    command
-        .arg("__iptables-keeper")
-        .stdin(Stdio::from(theirs.try_clone().unwrap()))
-        .stdout(Stdio::from(theirs))
-        .stderr(Stdio::piped());
-    /// The keeper, SIGKILLed if the test fails before it ends (its chain goes with the pod).
-    struct Keeper(std::process::Child);
-    impl Drop for Keeper {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut keeper = Keeper(command.spawn().unwrap());
-    let mut ready = String::new();
-    BufReader::new(&ours).read_line(&mut ready).unwrap();
-    assert!(
-        ready.starts_with("ready MNET-"),
-        "the keeper said {ready:?}"
-    );
-
+    let (keeper, ours) = DirectKeeper::start(&pod);
     // The request, and the agent's end gone before the keeper can answer.
     (&ours).write_all(b"ports 8080:40000\n").unwrap();
     drop(ours);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = keeper.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the keeper still runs {:?} after its agent's end",
-            started.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut said = String::new();
-    keeper
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
-    assert!(status.success(), "the keeper failed ({status}):\n{said}");
+    let said = keeper.wait_success(Duration::from_secs(10));
     assert!(
         said.contains("the channel to the agent broke"),
         "the keeper's answer should have failed:\n{said}"
     );
     assert_iptables_restored(&pod, &before);
+}
+
+/// A keeper that cannot take the namespace's keeper lock when its agent is gone (another
+/// keeper stopped while holding it) removes its chain without the lock once it has waited
+/// its patience (5 s): a chain left with its redirects would refuse every connection to the
+/// stolen port. The test holds the lock itself.
+#[test]
+fn a_keeper_kept_from_the_lock_removes_its_chain_without_it() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+
+    let pod = Pod::start();
+    let before = iptables_state(&pod);
+    let (keeper, ours) = DirectKeeper::start(&pod);
+    (&ours).write_all(b"ports 8080:40000\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(&ours).read_line(&mut answer).unwrap();
+    assert_eq!(answer, "ok\n");
+    assert!(iptables_state(&pod).contains("--dport 8080"));
+
+    let lock = pod
+        .pod_netns()
+        .run(|| {
+            UnixListener::bind_addr(
+                &SocketAddr::from_abstract_name(b"mirrord-net/iptables.lock").unwrap(),
+            )
+        })
+        .unwrap()
+        .expect("the keepers' lock is free while no keeper changes anything");
+    let gone = Instant::now();
+    drop(ours);
+    let said = keeper.wait_success(Duration::from_secs(20));
+    let took = gone.elapsed();
+    assert!(
+        said.contains("removing chain") && said.contains("without it"),
+        "the keeper should have said it went on without the lock:\n{said}"
+    );
+    assert!(
+        took >= Duration::from_secs(5),
+        "the keeper ended {took:?} after its agent, before its patience ran out"
+    );
+    assert_iptables_restored(&pod, &before);
+    drop(lock);
 }

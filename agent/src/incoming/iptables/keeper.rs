@@ -26,7 +26,9 @@
 //!
 //! Keepers of several agents in one namespace take turns through a lock that is an abstract
 //! unix socket too (the kernel frees it when its holder dies): a `--noflush` restore reads
-//! the whole table and writes it back, so two at once could lose one's change.
+//! the whole table and writes it back, so two at once could lose one's change. A keeper
+//! whose agent is gone waits for the lock [`LOCK_PATIENCE`] at most, then takes its chain
+//! away without it (see [`Lock::take_or_go_on`]).
 //! `/run/xtables.lock`, iptables' own lock, is a file in each agent's own root and so does
 //! not serialise agents of different containers.
 
@@ -105,7 +107,7 @@ fn serve() -> io::Result<()> {
     // conntrack holder, `rules::conntrack_holder`) once the connections it redirected to
     // the agent's listeners and the keeper took to the target have ended.
     {
-        let _lock = Lock::take()?;
+        let _lock = Lock::take_or_go_on(&chain);
         for family in &families {
             if let Err(err) = family.restore(&rules::ports(&chain, &[])) {
                 say(&format!(
@@ -115,7 +117,7 @@ fn serve() -> io::Result<()> {
         }
     }
     take_to_the_target(listeners);
-    let _lock = Lock::take()?;
+    let _lock = Lock::take_or_go_on(&chain);
     for family in &families {
         if let Err(err) = family.remove(&chain) {
             say(&format!("cannot remove chain {chain}: {err}"));
@@ -473,5 +475,16 @@ impl Lock {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// The lock for taking `chain` away; without it when another keeper holds it too long
+    /// (one stopped mid-change). Removing without the lock is never worse than not
+    /// removing: at worst the other keeper's restore, read before, writes the chain back,
+    /// and a chain left with its redirects would refuse every connection to the stolen
+    /// ports until the next keeper sweeps it.
+    fn take_or_go_on(chain: &str) -> Option<Lock> {
+        Lock::take()
+            .map_err(|err| say(&format!("{err}: removing chain {chain} without it")))
+            .ok()
     }
 }
