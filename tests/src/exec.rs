@@ -129,6 +129,32 @@ impl fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
+/// A child process killed (SIGKILL) and reaped when dropped, also when the test panics: for a
+/// process the test talks to through its own pipes or sockets, which [`Running`] (whose
+/// stdout and stderr it collects) does not allow.
+pub struct KilledOnDrop(pub Child);
+
+impl std::ops::Deref for KilledOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KilledOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A server a test runs in the background: killed with its whole process group when dropped,
 /// also when the test panics.
 pub struct Background(Option<Running>);

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use mirrord_net_tests::exec::Running;
+use mirrord_net_tests::exec::{KilledOnDrop, Running};
 use mirrord_net_tests::netfilter_state;
 use mirrord_net_tests::topology::POD_V4;
 use mirrord_net_tests::{procfs, tool, Pod};
@@ -381,13 +381,14 @@ fn unsteal_keeps_a_stolen_connection_under_way(
 /// A keeper run as the agent runs it (its stdin and stdout one end of a socket pair), in the
 /// pod's namespace, SIGKILLed if the test fails before it ends (its chain goes with the pod).
 struct DirectKeeper {
-    child: std::process::Child,
+    child: KilledOnDrop,
 }
 
 impl DirectKeeper {
-    /// Starts one and waits for its `ready`; returns it and the agent's end of its channel.
-    fn start(pod: &Pod) -> (DirectKeeper, std::os::unix::net::UnixStream) {
-        use std::io::{BufRead, BufReader};
+    /// Starts one, waits for its `ready` and asks it to redirect port 8080; returns it and
+    /// the agent's end of its channel, on which the answer is still to be read.
+    fn start_asking(pod: &Pod) -> (DirectKeeper, std::os::unix::net::UnixStream) {
+        use std::io::{BufRead, BufReader, Write};
         use std::os::fd::OwnedFd;
         use std::os::unix::net::UnixStream;
         use std::process::Stdio;
@@ -402,7 +403,7 @@ impl DirectKeeper {
             .stdout(Stdio::from(theirs))
             .stderr(Stdio::piped());
         let keeper = DirectKeeper {
-            child: command.spawn().unwrap(),
+            child: KilledOnDrop(command.spawn().unwrap()),
         };
         let mut ready = String::new();
         BufReader::new(&ours).read_line(&mut ready).unwrap();
@@ -410,6 +411,7 @@ impl DirectKeeper {
             ready.starts_with("ready MNET-"),
             "the keeper said {ready:?}"
         );
+        (&ours).write_all(b"ports 8080:40000\n").unwrap();
         (keeper, ours)
     }
 
@@ -442,25 +444,15 @@ impl DirectKeeper {
     }
 }
 
-impl Drop for DirectKeeper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// An agent that dies after asking for a change and before reading the answer breaks the
 /// keeper's channel with an answer nobody takes: that means the agent is gone as surely as
 /// a closed channel, and the keeper removes its chain and ends.
 #[test]
 fn a_keeper_whose_agent_dies_before_its_answer_removes_its_chain() {
-    use std::io::Write;
-
     let pod = Pod::start();
     let before = iptables_state(&pod);
-    let (keeper, ours) = DirectKeeper::start(&pod);
     // The request, and the agent's end gone before the keeper can answer.
-    (&ours).write_all(b"ports 8080:40000\n").unwrap();
+    let (keeper, ours) = DirectKeeper::start_asking(&pod);
     drop(ours);
     let said = keeper.wait_success(Duration::from_secs(10));
     assert!(
@@ -476,14 +468,13 @@ fn a_keeper_whose_agent_dies_before_its_answer_removes_its_chain() {
 /// stolen port. The test holds the lock itself.
 #[test]
 fn a_keeper_kept_from_the_lock_removes_its_chain_without_it() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader};
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixListener};
 
     let pod = Pod::start();
     let before = iptables_state(&pod);
-    let (keeper, ours) = DirectKeeper::start(&pod);
-    (&ours).write_all(b"ports 8080:40000\n").unwrap();
+    let (keeper, ours) = DirectKeeper::start_asking(&pod);
     let mut answer = String::new();
     BufReader::new(&ours).read_line(&mut answer).unwrap();
     assert_eq!(answer, "ok\n");

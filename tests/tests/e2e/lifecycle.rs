@@ -238,7 +238,7 @@ fn start_time(pid: u32) -> u64 {
 
 /// A local agent started by hand with `identity` as its client, waited for until ready;
 /// killed when dropped.
-struct HandStartedAgent(std::process::Child);
+struct HandStartedAgent(mirrord_net_tests::exec::KilledOnDrop);
 
 impl HandStartedAgent {
     fn start(pod: &Pod, identity: &str) -> HandStartedAgent {
@@ -260,18 +260,11 @@ impl HandStartedAgent {
             .read_line(&mut line)
             .expect("the agent's ready line");
         assert!(!line.is_empty(), "the agent exited before its ready line");
-        HandStartedAgent(child)
+        HandStartedAgent(mirrord_net_tests::exec::KilledOnDrop(child))
     }
 
     fn pid(&self) -> u32 {
         self.0.id()
-    }
-}
-
-impl Drop for HandStartedAgent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::{agent_objects, app_and_web, assert_agent_objects_gone};
+use mirrord_net_tests::exec::KilledOnDrop;
 use mirrord_net_tests::kube::{eventually, Namespace};
 
 /// The agent Jobs of `ns` (names without the `job.batch/` prefix).
@@ -155,7 +156,7 @@ fn clean_removes_the_agent_of_a_sigkilled_client_and_never_a_live_ones() {
 /// minutes, which says nothing about the Job's deadline.) The port stays bound, never
 /// listening, so no one else takes it meanwhile.
 struct RefusingRegistry {
-    child: std::process::Child,
+    _child: KilledOnDrop,
     port: u16,
 }
 
@@ -180,14 +181,10 @@ impl RefusingRegistry {
             text.push(byte[0] as char);
         }
         let port = text.trim().parse().expect("the registry's port");
-        RefusingRegistry { child, port }
-    }
-}
-
-impl Drop for RefusingRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        RefusingRegistry {
+            _child: KilledOnDrop(child),
+            port,
+        }
     }
 }
 
