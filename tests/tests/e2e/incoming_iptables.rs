@@ -215,7 +215,13 @@ fn the_keeper_takes_a_queued_connection_to_the_target_and_cuts_it_after_five_sec
          print('connected', flush=True)\n\
          while not os.path.exists('{go_on}'): time.sleep(0.02)\n\
          s.sendall(b'GET / HTTP/1.1\\r\\nHost: pod\\r\\n\\r\\n')\n\
-         print(s.recv(4096).decode().split('\\r\\n\\r\\n')[1].split()[0], flush=True)\n\
+         answer = b''\n\
+         while not answer.partition(b'\\r\\n\\r\\n')[2].endswith(b'\\n'):\n\
+         \x20   chunk = s.recv(4096)\n\
+         \x20   if not chunk: break\n\
+         \x20   answer += chunk\n\
+         body = answer.partition(b'\\r\\n\\r\\n')[2].decode()\n\
+         print(body.split()[0] if body.strip() else 'no answer: %r' % answer, flush=True)\n\
          s.settimeout(30)\n\
          start = time.monotonic()\n\
          try:\n\
