@@ -1,9 +1,9 @@
-//! The little of BPF the probe needs, by the raw `bpf(2)` system call: a socket hash map, the
-//! four-instruction redirect programs written out as instructions (no compiler, no object
-//! file), and attaching a program to a map.
+//! The little of BPF the probe needs, by the raw `bpf(2)` system call: maps, their elements,
+//! programs written out as instructions (no compiler, no object file), and attaching a program
+//! to a map or a cgroup; and [`SockHash`], the simplest splices.
 //!
-//! Every program computes a 64-bit key from the socket it runs on and redirects to the socket
-//! stored under that key:
+//! Every [`SockHash`] program computes a 64-bit key from the socket it runs on and redirects to
+//! the socket stored under that key:
 //!
 //! - `sk_skb` verdicts (data a socket received) key by the socket's cookie
 //!   (`bpf_get_socket_cookie`);
@@ -15,26 +15,33 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{bail, Result};
 
 // From linux/bpf.h.
 const BPF_MAP_CREATE: i32 = 0;
+const BPF_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_MAP_UPDATE_ELEM: i32 = 2;
 const BPF_PROG_LOAD: i32 = 5;
 const BPF_PROG_ATTACH: i32 = 8;
-const MAP_TYPE_SOCKHASH: u32 = 18;
-const PROG_TYPE_SK_SKB: u32 = 14;
-const PROG_TYPE_SK_MSG: u32 = 16;
+pub const MAP_TYPE_HASH: u32 = 1;
+pub const MAP_TYPE_SOCKHASH: u32 = 18;
+pub const PROG_TYPE_SOCK_OPS: u32 = 13;
+pub const PROG_TYPE_SK_SKB: u32 = 14;
+pub const PROG_TYPE_SK_MSG: u32 = 16;
+pub const ATTACH_CGROUP_SOCK_OPS: u32 = 3;
 const ATTACH_SK_SKB_STREAM_PARSER: u32 = 4;
 const ATTACH_SK_SKB_STREAM_VERDICT: u32 = 5;
-const ATTACH_SK_MSG_VERDICT: u32 = 7;
-const ATTACH_SK_SKB_VERDICT: u32 = 38;
-const HELPER_GET_SOCKET_COOKIE: i32 = 46;
-const HELPER_MSG_REDIRECT_HASH: i32 = 71;
-const HELPER_SK_REDIRECT_HASH: i32 = 72;
-const F_INGRESS: i32 = 1;
+pub const ATTACH_SK_MSG_VERDICT: u32 = 7;
+pub const ATTACH_SK_SKB_VERDICT: u32 = 38;
+pub const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+pub const HELPER_GET_SOCKET_COOKIE: i32 = 46;
+pub const HELPER_SETSOCKOPT: i32 = 49;
+pub const HELPER_SOCK_HASH_UPDATE: i32 = 70;
+pub const HELPER_MSG_REDIRECT_HASH: i32 = 71;
+pub const HELPER_SK_REDIRECT_HASH: i32 = 72;
+pub const F_INGRESS: i32 = 1;
 /// `struct sk_msg_md`'s `local_port` (host byte order).
 const SK_MSG_LOCAL_PORT: i16 = 64;
 /// The byte size of `union bpf_attr` the probe passes: larger than any command it uses, and
@@ -67,12 +74,8 @@ pub struct SockHash {
 
 impl SockHash {
     pub fn new(verdict: Verdict) -> Result<SockHash> {
-        let mut attr = Attr::default();
-        attr.u32_at(0, MAP_TYPE_SOCKHASH);
-        attr.u32_at(4, 8); // key: u64
-        attr.u32_at(8, 4); // value: a socket's descriptor
-        attr.u32_at(12, 4096);
-        let map = attr.call_fd(BPF_MAP_CREATE, "creating a sockhash")?;
+        // Keys are u64; a value is a socket's descriptor.
+        let map = create_map(MAP_TYPE_SOCKHASH, 8, 4, 4096)?;
         let mut programs = Vec::new();
         let (prog_type, attach_type, helper, flags) = match verdict {
             Verdict::ReceivedOut => (
@@ -110,7 +113,7 @@ impl SockHash {
             // The parser: the message is the whole skb (`return skb->len`).
             let parser = [Insn::ldx_w(0, 1, 0), Insn::exit()];
             let parser = load(PROG_TYPE_SK_SKB, ATTACH_SK_SKB_STREAM_PARSER, &parser)?;
-            attach(&map, &parser, ATTACH_SK_SKB_STREAM_PARSER)?;
+            attach(map.as_fd(), &parser, ATTACH_SK_SKB_STREAM_PARSER)?;
             programs.push(parser);
         }
         let key = if prog_type == PROG_TYPE_SK_MSG {
@@ -132,7 +135,7 @@ impl SockHash {
             Insn::exit(),
         ];
         let program = load(prog_type, attach_type, &program)?;
-        attach(&map, &program, attach_type)?;
+        attach(map.as_fd(), &program, attach_type)?;
         programs.push(program);
         Ok(SockHash {
             map,
@@ -158,16 +161,44 @@ impl SockHash {
 
     fn update(&self, key: u64, socket: &TcpStream) -> Result<()> {
         let value = socket.as_raw_fd() as u32;
-        let mut attr = Attr::default();
-        attr.u32_at(0, self.map.as_raw_fd() as u32);
-        attr.u64_at(8, &key as *const u64 as u64);
-        attr.u64_at(16, &value as *const u32 as u64);
-        attr.call(BPF_MAP_UPDATE_ELEM, "adding a socket to the sockhash")?;
-        Ok(())
+        update(&self.map, &key.to_ne_bytes(), &value.to_ne_bytes())
     }
 }
 
-fn cookie(socket: &TcpStream) -> Result<u64> {
+/// A new map of `map_type` with keys and values of the sizes given.
+pub fn create_map(map_type: u32, key_size: u32, value_size: u32, entries: u32) -> Result<OwnedFd> {
+    let mut attr = Attr::default();
+    attr.u32_at(0, map_type);
+    attr.u32_at(4, key_size);
+    attr.u32_at(8, value_size);
+    attr.u32_at(12, entries);
+    attr.call_fd(BPF_MAP_CREATE, "creating a map")
+}
+
+/// Sets `key` to `value` in `map` (for a socket map, the value is a socket's descriptor).
+pub fn update(map: &OwnedFd, key: &[u8], value: &[u8]) -> Result<()> {
+    let mut attr = Attr::default();
+    attr.u32_at(0, map.as_raw_fd() as u32);
+    attr.u64_at(8, key.as_ptr() as u64);
+    attr.u64_at(16, value.as_ptr() as u64);
+    attr.call(BPF_MAP_UPDATE_ELEM, "updating a map")?;
+    Ok(())
+}
+
+/// Reads `key`'s value in `map` into `value`; `false` if there is no such key.
+pub fn lookup(map: &OwnedFd, key: &[u8], value: &mut [u8]) -> Result<bool> {
+    let mut attr = Attr::default();
+    attr.u32_at(0, map.as_raw_fd() as u32);
+    attr.u64_at(8, key.as_ptr() as u64);
+    attr.u64_at(16, value.as_mut_ptr() as u64);
+    match attr.call_raw(BPF_MAP_LOOKUP_ELEM) {
+        Ok(_) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(err) => bail!("looking a key up: {err}"),
+    }
+}
+
+pub fn cookie(socket: &TcpStream) -> Result<u64> {
     let mut cookie = 0u64;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: SO_COOKIE writes a u64 into the buffer whose size is given.
@@ -186,7 +217,7 @@ fn cookie(socket: &TcpStream) -> Result<u64> {
     Ok(cookie)
 }
 
-fn load(prog_type: u32, attach: u32, program: &[Insn]) -> Result<OwnedFd> {
+pub fn load(prog_type: u32, attach: u32, program: &[Insn]) -> Result<OwnedFd> {
     let license = b"GPL\0";
     let mut log = vec![0u8; 1 << 16];
     let mut attr = Attr::default();
@@ -205,12 +236,13 @@ fn load(prog_type: u32, attach: u32, program: &[Insn]) -> Result<OwnedFd> {
         })
 }
 
-fn attach(map: &OwnedFd, program: &OwnedFd, attach: u32) -> Result<()> {
+/// Attaches `program` to `target`: a socket map, or a cgroup's directory.
+pub fn attach(target: BorrowedFd, program: &OwnedFd, attach: u32) -> Result<()> {
     let mut attr = Attr::default();
-    attr.u32_at(0, map.as_raw_fd() as u32);
+    attr.u32_at(0, target.as_raw_fd() as u32);
     attr.u32_at(4, program.as_raw_fd() as u32);
     attr.u32_at(8, attach);
-    attr.call(BPF_PROG_ATTACH, "attaching a program to the sockhash")?;
+    attr.call(BPF_PROG_ATTACH, "attaching a program")?;
     Ok(())
 }
 
@@ -234,11 +266,16 @@ impl Attr {
 
     /// `bpf(cmd, self)`.
     fn call(&mut self, cmd: i32, what: &str) -> Result<i64> {
+        self.call_raw(cmd)
+            .map_err(|err| anyhow::anyhow!("{what}: {err}"))
+    }
+
+    fn call_raw(&mut self, cmd: i32) -> io::Result<i64> {
         // SAFETY: the attribute is ATTR_SIZE bytes, and every pointer set in it refers to
         // memory that outlives the call.
         let done = unsafe { libc::syscall(libc::SYS_bpf, cmd, self.0.as_mut_ptr(), ATTR_SIZE) };
         if done < 0 {
-            bail!("{what}: {}", io::Error::last_os_error());
+            return Err(io::Error::last_os_error());
         }
         Ok(done)
     }
@@ -254,7 +291,7 @@ impl Attr {
 /// `struct bpf_insn`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Insn {
+pub struct Insn {
     code: u8,
     regs: u8,
     off: i16,
@@ -270,32 +307,49 @@ impl Insn {
             imm,
         }
     }
-    fn mov64_reg(dst: u8, src: u8) -> Insn {
+    pub fn mov64_reg(dst: u8, src: u8) -> Insn {
         Insn::new(0xbf, dst, src, 0, 0)
     }
-    fn mov64_imm(dst: u8, imm: i32) -> Insn {
+    pub fn mov64_imm(dst: u8, imm: i32) -> Insn {
         Insn::new(0xb7, dst, 0, 0, imm)
     }
-    fn add64_imm(dst: u8, imm: i32) -> Insn {
+    pub fn add64_imm(dst: u8, imm: i32) -> Insn {
         Insn::new(0x07, dst, 0, 0, imm)
     }
-    fn ldx_w(dst: u8, src: u8, off: i16) -> Insn {
+    pub fn ldx_w(dst: u8, src: u8, off: i16) -> Insn {
         Insn::new(0x61, dst, src, off, 0)
     }
-    fn stx_dw(dst: u8, src: u8, off: i16) -> Insn {
+    pub fn stx_dw(dst: u8, src: u8, off: i16) -> Insn {
         Insn::new(0x7b, dst, src, off, 0)
     }
+    pub fn ldx_dw(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(0x79, dst, src, off, 0)
+    }
+    pub fn lsh64_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(0x67, dst, 0, 0, imm)
+    }
+    pub fn or64_reg(dst: u8, src: u8) -> Insn {
+        Insn::new(0x4f, dst, src, 0, 0)
+    }
+    /// `if dst == imm goto +off`.
+    pub fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn::new(0x15, dst, 0, off, imm)
+    }
+    /// `if dst != imm goto +off`.
+    pub fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn::new(0x55, dst, 0, off, imm)
+    }
     /// The first half of `dst = map` (`BPF_LD | BPF_IMM | BPF_DW`, `BPF_PSEUDO_MAP_FD`).
-    fn ld_map_fd(dst: u8, fd: i32) -> Insn {
+    pub fn ld_map_fd(dst: u8, fd: i32) -> Insn {
         Insn::new(0x18, dst, 1, 0, fd)
     }
-    fn ld_map_fd_high() -> Insn {
+    pub fn ld_map_fd_high() -> Insn {
         Insn::new(0, 0, 0, 0, 0)
     }
-    fn call(helper: i32) -> Insn {
+    pub fn call(helper: i32) -> Insn {
         Insn::new(0x85, 0, 0, 0, helper)
     }
-    fn exit() -> Insn {
+    pub fn exit() -> Insn {
         Insn::new(0x95, 0, 0, 0, 0)
     }
 }

@@ -23,14 +23,30 @@
 //!   and what `B` receives is queued on `C` (`sk_skb` with `BPF_F_INGRESS`). `A` idles. The
 //!   agent needs `C` in its map: a `sock_ops` program on the session's cgroup can put it
 //!   there. Nothing in the pod changes;
+//! - **sk_msg out, sk_skb in, by sock_ops**: the same splice set up as a session would
+//!   (see [`session_maps`]): `C` is created in a cgroup whose `sock_ops` program puts it in
+//!   the map when its connection is established, keyed by its 4-tuple, and raises its
+//!   receive buffer; the agent, which never holds `C`, adds `B` under that tuple and `B`'s
+//!   cookie to a second map;
 //! - **sk_msg both ways**: `C`'s sends are queued on `D` and `D`'s on `C`, both in the
 //!   sender's `sendmsg`: the best case, which needs the pod's own socket `D` in the map.
+//!
+//! Then, for the sock_ops splice only:
+//!
+//! - **bulk**: 64 MiB each way on one connection, against the same directly;
+//! - **the closing race**: the server sends and closes at once, while `C` reads to its end.
+//!   Either the agent, told of `B`'s end, ends `C`'s connection itself (`A`'s FIN, as the
+//!   session's stack would send it) while `B`'s last data may still be in the kernel's
+//!   worker, or `B`'s FIN is redirected behind its data (see [`session_maps::FinPath`]).
+//!   The probe counts the connections where `C` read every byte and then its end, those
+//!   whose end came early, and the reads that failed.
 //!
 //! Root only (`bpf(2)` with socket maps needs `CAP_BPF` and `CAP_NET_ADMIN`). The vCPU
 //! wake-ups of docs/benchmarks.md ("where the round trip goes") make every path's figures
 //! bimodal on two vCPUs; `taskset -c 1` shows the work itself.
 
 mod bpf;
+mod session_maps;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -43,6 +59,7 @@ use clap::Parser;
 use mirrord_net_tests::netns::Netns;
 
 use crate::bpf::{SockHash, Verdict};
+use crate::session_maps::{Cgroup, FinPath, SessionMaps};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +77,9 @@ struct Args {
     /// profile of one path.
     #[arg(long)]
     only: Option<String>,
+    /// Connections closed by the server per size and way in the closing race.
+    #[arg(long, default_value_t = 200)]
+    closes: usize,
 }
 
 const WARMUP: usize = 1_000;
@@ -72,16 +92,18 @@ enum Path {
     ReceivedBothWays,
     ReceivedBothWaysParsed,
     SentOutReceivedIn,
+    SessionSplice,
     SentBothWays,
 }
 
 impl Path {
-    const ALL: [Path; 6] = [
+    const ALL: [Path; 7] = [
         Path::Direct,
         Path::Relay,
         Path::ReceivedBothWays,
         Path::ReceivedBothWaysParsed,
         Path::SentOutReceivedIn,
+        Path::SessionSplice,
         Path::SentBothWays,
     ];
 
@@ -92,6 +114,7 @@ impl Path {
             Path::ReceivedBothWays => "sk_skb both ways",
             Path::ReceivedBothWaysParsed => "sk_skb both ways, stream parser",
             Path::SentOutReceivedIn => "sk_msg out, sk_skb in",
+            Path::SessionSplice => "sk_msg out, sk_skb in, by sock_ops",
             Path::SentBothWays => "sk_msg both ways",
         }
     }
@@ -104,6 +127,9 @@ struct Maps {
     received_in: SockHash,
     sent_out: SockHash,
     sent_in: SockHash,
+    session: SessionMaps,
+    /// The session's cgroup, whose `sock_ops` program fills `session`.
+    cgroup: Cgroup,
 }
 
 /// The echo server in P: each accepted socket is handed to the caller, which starts its echo
@@ -139,14 +165,25 @@ struct Connection {
 }
 
 impl Connection {
-    fn through_the_session(session: &Netns, pod: &Netns, server: &Server) -> Result<Connection> {
-        let listener = session.run(|| TcpListener::bind("127.0.0.1:0"))??;
-        let to = listener.local_addr()?;
-        let c = session.run(|| TcpStream::connect(to))??;
-        let (a, _) = listener.accept()?;
+    /// The four sockets; `C` is created in `cgroup` if one is given. `B` connects first, as
+    /// the agent connects upstream before it answers the session's SYN.
+    fn through_the_session(
+        session: &Netns,
+        pod: &Netns,
+        server: &Server,
+        cgroup: Option<&Cgroup>,
+    ) -> Result<Connection> {
         let server_addr = server.addr;
         let b = pod.run(|| TcpStream::connect(server_addr))??;
         let d = server.accepted.recv().context("the server stopped")?;
+        let listener = session.run(|| TcpListener::bind("127.0.0.1:0"))??;
+        let to = listener.local_addr()?;
+        let connect = || session.run(|| TcpStream::connect(to));
+        let c = match cgroup {
+            Some(cgroup) => cgroup.create_inside(connect)???,
+            None => connect()??,
+        };
+        let (a, _) = listener.accept()?;
         for socket in [&c, &a, &b, &d] {
             socket.set_nodelay(true)?;
         }
@@ -172,12 +209,15 @@ fn run(args: &Args) -> Result<()> {
     session.ip_batch("link set lo up")?;
     pod.ip_batch("link set lo up")?;
     let server = Server::start(&pod)?;
+    let cgroup = Cgroup::create("mnet-splice-")?;
     let maps = Maps {
         received_out: SockHash::new(Verdict::ReceivedOut)?,
         received_out_parsed: SockHash::new(Verdict::ReceivedOutParsed)?,
         received_in: SockHash::new(Verdict::ReceivedIn)?,
         sent_out: SockHash::new(Verdict::SentOut)?,
         sent_in: SockHash::new(Verdict::SentIn)?,
+        session: SessionMaps::new(&cgroup)?,
+        cgroup,
     };
 
     let paths: Vec<Path> = Path::ALL
@@ -216,7 +256,191 @@ fn run(args: &Args) -> Result<()> {
             median / direct
         );
     }
+
+    if args
+        .only
+        .as_ref()
+        .is_none_or(|only| "bulk".contains(only.as_str()))
+    {
+        println!();
+        bulk(&session, &pod, &server, &maps)?;
+    }
+    if args
+        .only
+        .as_ref()
+        .is_none_or(|only| "closing".contains(only.as_str()))
+    {
+        println!();
+        for fin in [FinPath::Stack, FinPath::Map] {
+            for size in [64, 16 << 20] {
+                let race = closing_race(args.closes, size, fin, &session, &pod, &server, &maps)
+                    .with_context(|| format!("the closing race, {size} bytes"))?;
+                println!(
+                    "closing, {size} bytes then the server's close, {}: C read every byte and \
+                     then its end on {} of {} connections; {} ended early ({} bytes missing \
+                     in all); {} reads failed{}",
+                    fin.name(),
+                    race.whole,
+                    args.closes,
+                    race.short,
+                    race.missing,
+                    race.failed,
+                    race.first_error
+                        .map(|err| format!(" (the first: {err})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
     Ok(())
+}
+
+/// One 64 MiB transfer each way, directly and through the splice set up by sock_ops, after
+/// one not measured.
+fn bulk(session: &Netns, pod: &Netns, server: &Server, maps: &Maps) -> Result<()> {
+    const SIZE: usize = 64 << 20;
+    let payload = vec![3u8; SIZE];
+    for spliced in [false, true] {
+        for upload in [true, false] {
+            let mut rates = Vec::new();
+            for _ in 0..4 {
+                // (the program's socket, the server's, the agent's thread)
+                let (program, server_side, agent) = if spliced {
+                    let Connection { c, a, b, d } =
+                        Connection::through_the_session(session, pod, server, Some(&maps.cgroup))?;
+                    maps.session
+                        .splice(session_maps::tuple_of(&c)?, &b, FinPath::Map)?;
+                    // The agent's part: `C`'s FIN comes through the stack (here `A`), after
+                    // every byte `C` sent went out of `B` in `C`'s own sendmsg; it ends `B`.
+                    let agent = std::thread::spawn(move || {
+                        let (mut a, b) = (a, b);
+                        let _ = a.read(&mut [0u8; 1]);
+                        let _ = b.shutdown(std::net::Shutdown::Write);
+                        (a, b)
+                    });
+                    (c, d, Some(agent))
+                } else {
+                    let to = server.addr;
+                    let client = pod.run(|| TcpStream::connect(to))??;
+                    (
+                        client,
+                        server.accepted.recv().context("the server stopped")?,
+                        None,
+                    )
+                };
+                let (mut from, mut to) = if upload {
+                    (program, server_side)
+                } else {
+                    (server_side, program)
+                };
+                let payload = payload.clone();
+                let started = Instant::now();
+                let sender = std::thread::spawn(move || {
+                    let sent = from.write_all(&payload);
+                    let _ = from.shutdown(std::net::Shutdown::Write);
+                    sent
+                });
+                to.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+                let mut got = Vec::with_capacity(SIZE);
+                to.read_to_end(&mut got)
+                    .context("the transfer stalled for 10 s")?;
+                let took = started.elapsed();
+                sender.join().expect("the sender")?;
+                // `C`'s close (when it received) is the agent's cue to end `B`.
+                drop(to);
+                if let Some(agent) = agent {
+                    drop(agent.join());
+                }
+                anyhow::ensure!(got.len() == SIZE, "{} of {SIZE} bytes arrived", got.len());
+                rates.push(SIZE as f64 * 8.0 / took.as_secs_f64() / 1e9);
+            }
+            println!(
+                "bulk {}, 64 MiB, {}: {:.2} Gbit/s (median of {:.2} / {:.2} / {:.2}, after one \
+                 at {:.2})",
+                if upload { "upload" } else { "download" },
+                if spliced {
+                    "sk_msg out, sk_skb in, by sock_ops"
+                } else {
+                    "direct"
+                },
+                median(&mut rates[1..].to_vec()),
+                rates[1],
+                rates[2],
+                rates[3],
+                rates[0]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the closing race measured.
+#[derive(Default)]
+struct Race {
+    whole: usize,
+    short: usize,
+    missing: usize,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+/// `count` connections spliced by sock_ops, each ended by the server right after it sent
+/// `size` bytes while `C` reads. With [`FinPath::Stack`], the agent ends `C`'s connection
+/// itself (`A`'s FIN, as the session's stack would) when `B` reports its peer's end
+/// (`POLLRDHUP`: it never reads `B`, whose data the verdict takes); with [`FinPath::Map`],
+/// `B`'s FIN follows its data into `C`'s queue and the agent sends none.
+fn closing_race(
+    count: usize,
+    size: usize,
+    fin: FinPath,
+    session: &Netns,
+    pod: &Netns,
+    server: &Server,
+    maps: &Maps,
+) -> Result<Race> {
+    let mut race = Race::default();
+    let payload = vec![5u8; size];
+    for _ in 0..count {
+        let Connection { mut c, a, b, mut d } =
+            Connection::through_the_session(session, pod, server, Some(&maps.cgroup))?;
+        maps.session.splice(session_maps::tuple_of(&c)?, &b, fin)?;
+        let agent = std::thread::spawn(move || {
+            if fin == FinPath::Stack {
+                let mut peer_end = [libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&b),
+                    events: libc::POLLRDHUP,
+                    revents: 0,
+                }];
+                // SAFETY: one pollfd, which outlives the call.
+                unsafe { libc::poll(peer_end.as_mut_ptr(), 1, 5_000) };
+                let _ = a.shutdown(std::net::Shutdown::Write);
+            }
+            (a, b)
+        });
+        let payload = payload.clone();
+        let sender = std::thread::spawn(move || {
+            let _ = d.write_all(&payload);
+        });
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut got = Vec::new();
+        let read = c.read_to_end(&mut got);
+        let _ = sender.join();
+        let kept = agent.join();
+        match read {
+            Ok(_) if got.len() == size => race.whole += 1,
+            Ok(_) => {
+                race.short += 1;
+                race.missing += size - got.len();
+            }
+            Err(err) => {
+                race.failed += 1;
+                race.first_error
+                    .get_or_insert_with(|| format!("{err} after {} of {size} bytes", got.len()));
+            }
+        }
+        drop(kept);
+    }
+    Ok(race)
 }
 
 /// Sets `path` up on a new connection and times `count` round trips.
@@ -235,7 +459,8 @@ fn measure(
         echo(server.accepted.recv().context("the server stopped")?);
         return ping_pong(client, count);
     }
-    let Connection { c, a, b, d } = Connection::through_the_session(session, pod, server)?;
+    let cgroup = (path == Path::SessionSplice).then_some(&maps.cgroup);
+    let Connection { c, a, b, d } = Connection::through_the_session(session, pod, server, cgroup)?;
     match path {
         Path::Direct => unreachable!("handled above"),
         Path::Relay => {
@@ -256,6 +481,14 @@ fn measure(
             maps.sent_out.hold(&c)?;
             maps.received_in.redirect(&b, &c)?;
             maps.received_in.hold(&b)?;
+        }
+        Path::SessionSplice => {
+            let tuple = session_maps::tuple_of(&c)?;
+            anyhow::ensure!(
+                maps.session.holds_program_socket(tuple),
+                "the sock_ops program did not put C in the map under {tuple:#x}"
+            );
+            maps.session.splice(tuple, &b, FinPath::Map)?;
         }
         Path::SentBothWays => {
             maps.sent_in.redirect(&c, &d)?;
