@@ -102,95 +102,81 @@ impl SessionMaps {
         let cookies_fd = cookies.as_raw_fd();
 
         let sock_ops = [
-            Insn::mov64_reg(6, 1),
-            Insn::ldx_w(2, 6, SOCK_OPS_OP),
-            Insn::jne_imm(2, ACTIVE_ESTABLISHED_CB, 27), // to `out`
-            Insn::ldx_w(2, 6, SOCK_OPS_FAMILY),
-            Insn::jne_imm(2, AF_INET, 25), // to `out`
-            Insn::ldx_w(2, 6, SOCK_OPS_REMOTE_IP4),
-            Insn::lsh64_imm(2, 32),
-            Insn::ldx_w(3, 6, SOCK_OPS_REMOTE_PORT),
-            Insn::or64_reg(2, 3),
-            Insn::ldx_w(3, 6, SOCK_OPS_LOCAL_PORT),
-            Insn::or64_reg(2, 3),
-            Insn::stx_dw(10, 2, -16), // key.tuple
-            Insn::mov64_imm(2, PROGRAM as i32),
-            Insn::stx_dw(10, 2, -8), // key.role
-            Insn::mov64_reg(1, 6),
-            Insn::ld_map_fd(2, sockets_fd),
-            Insn::ld_map_fd_high(),
-            Insn::mov64_reg(3, 10),
-            Insn::add64_imm(3, -16),
-            Insn::mov64_imm(4, 0), // BPF_ANY
-            Insn::call(bpf::HELPER_SOCK_HASH_UPDATE),
-            Insn::mov64_imm(2, PROGRAM_RCVBUF),
-            Insn::stx_dw(10, 2, -24), // the int's four bytes first (little endian)
-            Insn::mov64_reg(1, 6),
-            Insn::mov64_imm(2, SOL_SOCKET),
-            Insn::mov64_imm(3, SO_RCVBUF),
-            Insn::mov64_reg(4, 10),
-            Insn::add64_imm(4, -24),
-            Insn::mov64_imm(5, 4),
-            Insn::call(bpf::HELPER_SETSOCKOPT),
-            // out:
-            Insn::mov64_imm(0, 1),
-            Insn::exit(),
-        ];
+            &[
+                Insn::mov64_reg(6, 1),
+                Insn::ldx_w(2, 6, SOCK_OPS_OP),
+                Insn::jne_imm(2, ACTIVE_ESTABLISHED_CB, 27), // to `out`
+                Insn::ldx_w(2, 6, SOCK_OPS_FAMILY),
+                Insn::jne_imm(2, AF_INET, 25), // to `out`
+            ][..],
+            &tuple_into_r2(
+                SOCK_OPS_REMOTE_IP4,
+                SOCK_OPS_REMOTE_PORT,
+                SOCK_OPS_LOCAL_PORT,
+            ),
+            &call_with_key(PROGRAM, sockets_fd, 0, bpf::HELPER_SOCK_HASH_UPDATE),
+            &[
+                Insn::mov64_imm(2, PROGRAM_RCVBUF),
+                Insn::stx_dw(10, 2, -24), // the int's four bytes first (little endian)
+                Insn::mov64_reg(1, 6),
+                Insn::mov64_imm(2, SOL_SOCKET),
+                Insn::mov64_imm(3, SO_RCVBUF),
+                Insn::mov64_reg(4, 10),
+                Insn::add64_imm(4, -24),
+                Insn::mov64_imm(5, 4),
+                Insn::call(bpf::HELPER_SETSOCKOPT),
+                // out:
+                Insn::mov64_imm(0, 1),
+                Insn::exit(),
+            ],
+        ]
+        .concat();
 
         let sent = [
-            Insn::mov64_reg(6, 1),
-            Insn::ldx_w(2, 6, MSG_REMOTE_IP4),
-            Insn::lsh64_imm(2, 32),
-            Insn::ldx_w(3, 6, MSG_REMOTE_PORT),
-            Insn::or64_reg(2, 3),
-            Insn::ldx_w(3, 6, MSG_LOCAL_PORT),
-            Insn::or64_reg(2, 3),
-            Insn::stx_dw(10, 2, -16),
-            Insn::mov64_imm(2, UPSTREAM as i32),
-            Insn::stx_dw(10, 2, -8),
-            Insn::mov64_reg(1, 6),
-            Insn::ld_map_fd(2, sockets_fd),
-            Insn::ld_map_fd_high(),
-            Insn::mov64_reg(3, 10),
-            Insn::add64_imm(3, -16),
-            Insn::mov64_imm(4, 0), // out of the upstream socket
-            Insn::call(bpf::HELPER_MSG_REDIRECT_HASH),
-            // SK_DROP here only means "no upstream socket under that key": keep the data.
-            Insn::mov64_imm(0, SK_PASS),
-            Insn::exit(),
-        ];
+            &[Insn::mov64_reg(6, 1)][..],
+            &tuple_into_r2(MSG_REMOTE_IP4, MSG_REMOTE_PORT, MSG_LOCAL_PORT),
+            // Out of the upstream socket.
+            &call_with_key(UPSTREAM, sockets_fd, 0, bpf::HELPER_MSG_REDIRECT_HASH),
+            &[
+                // SK_DROP here only means "no upstream socket under that key": keep the data.
+                Insn::mov64_imm(0, SK_PASS),
+                Insn::exit(),
+            ],
+        ]
+        .concat();
 
         let received = [
-            Insn::mov64_reg(6, 1),
-            Insn::call(bpf::HELPER_GET_SOCKET_COOKIE),
-            Insn::stx_dw(10, 0, -8),
-            Insn::ld_map_fd(1, cookies_fd),
-            Insn::ld_map_fd_high(),
-            Insn::mov64_reg(2, 10),
-            Insn::add64_imm(2, -8),
-            Insn::call(bpf::HELPER_MAP_LOOKUP_ELEM),
-            Insn::jeq_imm(0, 0, 16), // no entry: to `pass`
-            Insn::ldx_dw(2, 0, 8),   // the FinPath
-            Insn::jne_imm(2, 0, 2),  // Map: to `redirect`
-            Insn::ldx_w(3, 6, SKB_LEN),
-            Insn::jeq_imm(3, 0, 12), // Stack, and the FIN: to `pass`
-            // redirect:
-            Insn::ldx_dw(2, 0, 0),
-            Insn::stx_dw(10, 2, -16),
-            Insn::mov64_imm(2, PROGRAM as i32),
-            Insn::stx_dw(10, 2, -8),
-            Insn::mov64_reg(1, 6),
-            Insn::ld_map_fd(2, sockets_fd),
-            Insn::ld_map_fd_high(),
-            Insn::mov64_reg(3, 10),
-            Insn::add64_imm(3, -16),
-            Insn::mov64_imm(4, bpf::F_INGRESS),
-            Insn::call(bpf::HELPER_SK_REDIRECT_HASH),
-            Insn::exit(),
-            // pass:
-            Insn::mov64_imm(0, SK_PASS),
-            Insn::exit(),
-        ];
+            &[
+                Insn::mov64_reg(6, 1),
+                Insn::call(bpf::HELPER_GET_SOCKET_COOKIE),
+                Insn::stx_dw(10, 0, -8),
+                Insn::ld_map_fd(1, cookies_fd),
+                Insn::ld_map_fd_high(),
+                Insn::mov64_reg(2, 10),
+                Insn::add64_imm(2, -8),
+                Insn::call(bpf::HELPER_MAP_LOOKUP_ELEM),
+                Insn::jeq_imm(0, 0, 16), // no entry: to `pass`
+                Insn::ldx_dw(2, 0, 8),   // the FinPath
+                Insn::jne_imm(2, 0, 2),  // Map: to `redirect`
+                Insn::ldx_w(3, 6, SKB_LEN),
+                Insn::jeq_imm(3, 0, 12), // Stack, and the FIN: to `pass`
+                // redirect:
+                Insn::ldx_dw(2, 0, 0), // the tuple
+            ][..],
+            &call_with_key(
+                PROGRAM,
+                sockets_fd,
+                bpf::F_INGRESS,
+                bpf::HELPER_SK_REDIRECT_HASH,
+            ),
+            &[
+                Insn::exit(),
+                // pass:
+                Insn::mov64_imm(0, SK_PASS),
+                Insn::exit(),
+            ],
+        ]
+        .concat();
 
         let sent = bpf::load(bpf::PROG_TYPE_SK_MSG, bpf::ATTACH_SK_MSG_VERDICT, &sent)
             .context("the sk_msg program")?;
@@ -231,6 +217,35 @@ impl SessionMaps {
         let mut cookie = [0u8; 8];
         bpf::lookup(&self.sockets, &key(tuple, PROGRAM), &mut cookie).unwrap_or(false)
     }
+}
+
+/// `r2` = the tuple of the socket whose context is in `r6`, from the context's remote
+/// address, remote port and local port at the offsets given.
+fn tuple_into_r2(remote_ip4: i16, remote_port: i16, local_port: i16) -> [Insn; 6] {
+    [
+        Insn::ldx_w(2, 6, remote_ip4),
+        Insn::lsh64_imm(2, 32),
+        Insn::ldx_w(3, 6, remote_port),
+        Insn::or64_reg(2, 3),
+        Insn::ldx_w(3, 6, local_port),
+        Insn::or64_reg(2, 3),
+    ]
+}
+
+/// `helper(r6's context, map, &(r2's tuple, role), flags)`, the key on the stack at -16.
+fn call_with_key(role: u64, map_fd: i32, flags: i32, helper: i32) -> [Insn; 10] {
+    [
+        Insn::stx_dw(10, 2, -16),
+        Insn::mov64_imm(2, role as i32),
+        Insn::stx_dw(10, 2, -8),
+        Insn::mov64_reg(1, 6),
+        Insn::ld_map_fd(2, map_fd),
+        Insn::ld_map_fd_high(),
+        Insn::mov64_reg(3, 10),
+        Insn::add64_imm(3, -16),
+        Insn::mov64_imm(4, flags),
+        Insn::call(helper),
+    ]
 }
 
 fn key(tuple: u64, role: u64) -> [u8; 16] {
