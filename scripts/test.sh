@@ -37,7 +37,7 @@ step "benchmark harness, smoke mode (checks it runs; no timing assertions)"
 # features of that one package.
 ./target/release/mirrord-net-bench --smoke --runs 1
 # The splice probe's BPF programs load and every path it measures echoes.
-./target/release/mirrord-net-splice-probe --count 200 --rounds 1 --closes 20
+./target/release/mirrord-net-splice-probe --count 200 --rounds 1 --closes 20 --banners 2
 
 status=0
 step "fuzzing, short mode (scripts/fuzz.sh: 15 s per target from the kept corpus)"

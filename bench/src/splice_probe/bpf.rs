@@ -23,6 +23,7 @@ use anyhow::{bail, Result};
 const BPF_MAP_CREATE: i32 = 0;
 const BPF_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_MAP_UPDATE_ELEM: i32 = 2;
+const BPF_MAP_DELETE_ELEM: i32 = 3;
 const BPF_PROG_LOAD: i32 = 5;
 const BPF_PROG_ATTACH: i32 = 8;
 pub const MAP_TYPE_HASH: u32 = 1;
@@ -182,6 +183,15 @@ pub fn update(map: &OwnedFd, key: &[u8], value: &[u8]) -> Result<()> {
     attr.u64_at(8, key.as_ptr() as u64);
     attr.u64_at(16, value.as_ptr() as u64);
     attr.call(BPF_MAP_UPDATE_ELEM, "updating a map")?;
+    Ok(())
+}
+
+/// Removes `key` from `map`.
+pub fn delete(map: &OwnedFd, key: &[u8]) -> Result<()> {
+    let mut attr = Attr::default();
+    attr.u32_at(0, map.as_raw_fd() as u32);
+    attr.u64_at(8, key.as_ptr() as u64);
+    attr.call(BPF_MAP_DELETE_ELEM, "removing a key")?;
     Ok(())
 }
 

@@ -28,7 +28,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -212,6 +212,15 @@ impl SessionMaps {
             .context("the upstream socket's cookie")
     }
 
+    /// Ends the splice of `upstream`, the upstream socket of `tuple`: once in no map, it is an
+    /// ordinary socket again, which the agent reads and relays through the session's stack.
+    /// What the verdict had already queued on the program's socket stays ahead of what comes
+    /// that way.
+    pub fn unsplice(&self, tuple: u64, upstream: &TcpStream) -> Result<()> {
+        bpf::delete(&self.cookies, &bpf::cookie(upstream)?.to_ne_bytes())?;
+        bpf::delete(&self.sockets, &key(tuple, UPSTREAM))
+    }
+
     /// Whether the `sock_ops` program put the program's socket of `tuple` in the map.
     pub fn holds_program_socket(&self, tuple: u64) -> bool {
         let mut cookie = [0u8; 8];
@@ -258,12 +267,17 @@ fn key(tuple: u64, role: u64) -> [u8; 16] {
 /// The tuple of a program's socket (IPv4), as the programs compute it.
 pub fn tuple_of(program_socket: &TcpStream) -> Result<u64> {
     let (local, remote) = (program_socket.local_addr()?, program_socket.peer_addr()?);
-    let IpAddr::V4(remote_ip) = remote.ip() else {
+    let SocketAddr::V4(remote) = remote else {
         bail!("IPv4 only");
     };
-    let ip = u64::from(u32::from_ne_bytes(remote_ip.octets()));
+    Ok(tuple(remote, local.port()))
+}
+
+/// The tuple of a connection from `local_port` to `remote`, as the programs compute it.
+pub fn tuple(remote: SocketAddrV4, local_port: u16) -> u64 {
+    let ip = u64::from(u32::from_ne_bytes(remote.ip().octets()));
     let port = u64::from(u16::from_ne_bytes(remote.port().to_be_bytes())) << 16;
-    Ok((ip << 32) | port | u64::from(local.port()))
+    (ip << 32) | port | u64::from(local_port)
 }
 
 /// A cgroup (v2) of the probe's own, removed when dropped. Sockets created while the probe is
