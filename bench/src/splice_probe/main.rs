@@ -79,6 +79,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use mirrord_net_tests::netns::Netns;
+use mirrord_net_tests::sweep;
 
 use crate::bpf::{SockHash, Verdict};
 use crate::routed::ServiceLink;
@@ -236,25 +237,29 @@ struct Lab {
 }
 
 impl Lab {
-    fn set_up(id: u32) -> Result<Lab> {
-        let session = Netns::create(&format!("mnet-splice-s-{id}"))?;
-        let pod = Netns::create(&format!("mnet-splice-p-{id}"))?;
+    /// Makes the namespaces (named as the tests name theirs, so that those a killed probe left
+    /// are swept by the next probe or test), links and servers, and the maps.
+    fn set_up() -> Result<Lab> {
+        sweep::sweep_once();
+        let name = sweep::unique_name();
+        let session = Netns::create(&format!("{name}-splice-session"))?;
+        let pod = Netns::create(&format!("{name}-splice-pod"))?;
         session.ip_batch("link set lo up")?;
         pod.ip_batch("link set lo up")?;
         let server = Server::start(&pod)?;
-        let routed_pod = Netns::create(&format!("mnet-splice-r-{id}"))?;
+        let routed_pod = Netns::create(&format!("{name}-splice-routed"))?;
         routed_pod.ip_batch("link set lo up")?;
         let routed = RoutedPod {
             server: Server::start(&routed_pod)?,
             pod: routed_pod,
         };
-        routed::join(&session, &routed.pod, id)?;
-        let service = Netns::create(&format!("mnet-splice-v-{id}"))?;
+        routed::join(&session, &routed.pod)?;
+        let service = Netns::create(&format!("{name}-splice-service"))?;
         service.ip_batch("link set lo up")?;
-        routed::link_service(&pod, &service, id, ServiceLink::Plain)?;
-        routed::link_service(&routed.pod, &service, id, ServiceLink::Routed)?;
+        routed::link_service(&pod, &service, ServiceLink::Plain)?;
+        routed::link_service(&routed.pod, &service, ServiceLink::Routed)?;
         let far = Server::start(&service)?;
-        let cgroup = Cgroup::create("mnet-splice-")?;
+        let cgroup = Cgroup::create(&format!("{name}-splice"))?;
         let maps = Maps {
             received_out: SockHash::new(Verdict::ReceivedOut)?,
             received_out_parsed: SockHash::new(Verdict::ReceivedOutParsed)?,
@@ -321,7 +326,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let lab = Lab::set_up(std::process::id())?;
+    let lab = Lab::set_up()?;
 
     let paths: Vec<Path> = Path::ALL
         .into_iter()

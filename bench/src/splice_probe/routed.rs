@@ -10,10 +10,9 @@
 //! pod of its own, so that the direct rows stay without it, and shows that cost apart.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use mirrord_net_tests::netns::Netns;
+use mirrord_net_tests::netns::{self, Netns};
 
 /// The pod's own address, on its loopback (the probe's pod has no other link).
 pub const POD: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
@@ -21,11 +20,11 @@ pub const POD: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 const SESSION_END: &str = "169.254.77.2";
 const POD_END: &str = "169.254.77.1";
 
-/// Joins `session` to `pod` (names carry `id`, so parallel probes never share one). The veth
-/// goes with the namespaces; nothing else is made outside them.
-pub fn join(session: &Netns, pod: &Netns, id: u32) -> Result<()> {
-    let (session_link, pod_link) = (format!("mnrs{id}"), format!("mnrp{id}"));
-    veth(session, &session_link, pod, &pod_link)?;
+/// Joins `session` to `pod`. The veth is made in the two namespaces and goes with them;
+/// nothing is made outside them.
+pub fn join(session: &Netns, pod: &Netns) -> Result<()> {
+    let (session_link, pod_link) = ("to-pod", "to-session");
+    netns::veth_pair(session, session_link, pod, pod_link)?;
     session.ip_batch(&format!(
         "addr add {SESSION_END}/30 dev {session_link}\n\
          link set {session_link} mtu 65535 up\n\
@@ -73,11 +72,13 @@ impl ServiceLink {
 /// Gives `pod` a link to `service`, as a pod has to the rest of its cluster. Over the routed
 /// link the session's connections go beyond the pod: forwarding on in the pod's namespace,
 /// and a masquerade to the pod's address on the way out.
-pub fn link_service(pod: &Netns, service: &Netns, id: u32, link: ServiceLink) -> Result<()> {
-    let tag = if link == ServiceLink::Plain { 'p' } else { 'r' };
-    let (pod_link, service_link) = (format!("mnv{tag}{id}"), format!("mnw{tag}{id}"));
+pub fn link_service(pod: &Netns, service: &Netns, link: ServiceLink) -> Result<()> {
+    let (pod_link, service_link) = match link {
+        ServiceLink::Plain => ("to-service", "to-plain-pod"),
+        ServiceLink::Routed => ("to-service", "to-routed-pod"),
+    };
     let (pod_address, service_address) = link.addresses();
-    veth(pod, &pod_link, service, &service_link)?;
+    netns::veth_pair(pod, pod_link, service, service_link)?;
     pod.ip_batch(&format!(
         "addr add {pod_address}/30 dev {pod_link}\n\
          link set {pod_link} mtu 65535 up\n"
@@ -105,18 +106,6 @@ pub fn link_service(pod: &Netns, service: &Netns, id: u32, link: ServiceLink) ->
     ]);
     let status = nft.status().context("running nft")?;
     ensure!(status.success(), "nft in the pod's namespace: {status}");
-    Ok(())
-}
-
-/// A veth pair: `one` named `one_name` in the namespace `one`, its peer `other_name` in
-/// `other`. Made from the root namespace, so the names carry the probe's id.
-fn veth(one: &Netns, one_name: &str, other: &Netns, other_name: &str) -> Result<()> {
-    let made = Command::new("ip")
-        .args(["link", "add", one_name, "netns", one.name(), "type", "veth"])
-        .args(["peer", "name", other_name, "netns", other.name()])
-        .status()
-        .context("running ip")?;
-    ensure!(made.success(), "ip link add {one_name}: {made}");
     Ok(())
 }
 

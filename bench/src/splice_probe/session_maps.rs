@@ -33,6 +33,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use mirrord_net_tests::{procfs, sweep};
 
 use crate::bpf::{self, Insn};
 
@@ -290,26 +291,25 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Makes `<prefix><our pid>`, after removing those a probe killed before its end left
-    /// (an empty cgroup whose pid is gone).
-    pub fn create(prefix: &str) -> Result<Cgroup> {
+    /// Makes cgroup `name` (a test-style name, `mnet-<pid>-<n>-…`), after removing those a
+    /// probe killed before its end left: empty cgroups of that form whose process is gone
+    /// (as the tests' sweep does for namespaces).
+    pub fn create(name: &str) -> Result<Cgroup> {
         let mount = cgroup2_mount()?;
         for entry in fs::read_dir(&mount)?.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|name| name.strip_prefix(prefix)) else {
-                continue;
-            };
-            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let stale = entry.file_name().to_str().is_some_and(|name| {
+                sweep::owner_of(name).is_some_and(|pid| !procfs::is_alive(pid))
+            });
+            if stale {
                 let _ = fs::remove_dir(entry.path());
             }
         }
-        let name = format!("{prefix}{}", std::process::id());
         let own = fs::read_to_string("/proc/self/cgroup")?
             .lines()
             .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
             .context("no cgroup v2 line in /proc/self/cgroup")?;
         let home = mount.join(own.trim_start_matches('/'));
-        let path = mount.join(&name);
+        let path = mount.join(name);
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         let dir = fs::File::open(&path)?;
         Ok(Cgroup { path, dir, home })
