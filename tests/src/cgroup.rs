@@ -23,6 +23,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 const V2_ROOT: &str = "/sys/fs/cgroup";
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a unified system,
+/// `/sys/fs/cgroup/unified` on a hybrid one; `None` without one.
+pub fn v2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        // "... MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS"
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next() == Some("cgroup2"))
+            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
 const V1_ROOT: &str = "/sys/fs/cgroup/memory";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,16 +1,20 @@
 //! Names that identify the test process that made them, and removal of those whose test
 //! process is gone.
 //!
-//! Every namespace and directory a pod makes is named `mnet-<test pid>-<n>-...`. A test
-//! process killed outright (SIGKILL, a crashed runner) cannot run its destructors; the next
-//! pod any test builds removes what such a process left: it kills the processes inside the
-//! stale namespaces, deletes them, and removes the directories. Names of live test processes
-//! are never touched, so parallel tests do not disturb each other.
+//! Every namespace and directory a pod makes is named `mnet-<test pid>-<n>-...`, and so is a
+//! cgroup a test or the splice probe makes at the cgroup v2 root. A test process killed
+//! outright (SIGKILL, a crashed runner) cannot run its destructors; the next pod any test
+//! builds removes what such a process left: it kills the processes inside the stale
+//! namespaces, deletes them, removes the directories, and removes the stale cgroups that are
+//! empty. Names of live test processes are never touched, so parallel tests do not disturb
+//! each other.
 
 use std::fs;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
 
+use crate::cgroup;
 use crate::netns;
 use crate::procfs;
 use crate::testdir;
@@ -38,7 +42,8 @@ pub fn sweep_once() {
     ONCE.call_once(sweep);
 }
 
-/// Removes every namespace and directory named by a test process that is no longer alive.
+/// Removes every namespace, directory and (empty) cgroup named by a test process that is no
+/// longer alive.
 pub fn sweep() {
     let stale = |name: &str| owner_of(name).is_some_and(|pid| !procfs::is_alive(pid));
     for name in names_in("/run/netns") {
@@ -48,12 +53,20 @@ pub fn sweep() {
     }
     for name in names_in(testdir::ROOT) {
         if stale(&name) {
-            let _ = fs::remove_dir_all(std::path::Path::new(testdir::ROOT).join(&name));
+            let _ = fs::remove_dir_all(Path::new(testdir::ROOT).join(&name));
+        }
+    }
+    if let Some(root) = cgroup::v2_mount() {
+        for name in names_in(&root) {
+            if stale(&name) {
+                // Fails, and keeps it, if processes are still inside.
+                let _ = fs::remove_dir(root.join(&name));
+            }
         }
     }
 }
 
-fn names_in(dir: &str) -> Vec<String> {
+fn names_in(dir: impl AsRef<Path>) -> Vec<String> {
     fs::read_dir(dir)
         .map(|entries| {
             entries

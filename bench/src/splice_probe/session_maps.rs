@@ -27,13 +27,12 @@
 //! local address is left out.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use mirrord_net_tests::{procfs, sweep};
+use mirrord_net_tests::cgroup;
 
 use crate::bpf::{self, Insn};
 
@@ -291,19 +290,10 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Makes cgroup `name` (a test-style name, `mnet-<pid>-<n>-…`), after removing those a
-    /// probe killed before its end left: empty cgroups of that form whose process is gone
-    /// (as the tests' sweep does for namespaces).
+    /// Makes cgroup `name` at the cgroup v2 root. A test-style name (`mnet-<pid>-<n>-…`) lets
+    /// the tests' sweep remove it if the probe is killed before its end.
     pub fn create(name: &str) -> Result<Cgroup> {
-        let mount = cgroup2_mount()?;
-        for entry in fs::read_dir(&mount)?.flatten() {
-            let stale = entry.file_name().to_str().is_some_and(|name| {
-                sweep::owner_of(name).is_some_and(|pid| !procfs::is_alive(pid))
-            });
-            if stale {
-                let _ = fs::remove_dir(entry.path());
-            }
-        }
+        let mount = cgroup::v2_mount().context("no cgroup v2 hierarchy is mounted")?;
         let own = fs::read_to_string("/proc/self/cgroup")?
             .lines()
             .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
@@ -335,23 +325,4 @@ fn move_to(cgroup: &Path) -> Result<()> {
     let procs = cgroup.join("cgroup.procs");
     fs::write(&procs, std::process::id().to_string())
         .with_context(|| format!("moving into {}", cgroup.display()))
-}
-
-/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a unified system,
-/// `/sys/fs/cgroup/unified` on a hybrid one.
-fn cgroup2_mount() -> Result<PathBuf> {
-    let mountinfo = BufReader::new(fs::File::open("/proc/self/mountinfo")?);
-    for line in mountinfo.lines() {
-        let line = line?;
-        // "... MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS"
-        let Some((before, after)) = line.split_once(" - ") else {
-            continue;
-        };
-        if after.split_whitespace().next() == Some("cgroup2") {
-            if let Some(point) = before.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(point));
-            }
-        }
-    }
-    bail!("no cgroup v2 hierarchy is mounted")
 }
