@@ -43,8 +43,12 @@ pub const HELPER_SOCK_HASH_UPDATE: i32 = 70;
 pub const HELPER_MSG_REDIRECT_HASH: i32 = 71;
 pub const HELPER_SK_REDIRECT_HASH: i32 = 72;
 pub const F_INGRESS: i32 = 1;
-/// `struct sk_msg_md`'s `local_port` (host byte order).
-const SK_MSG_LOCAL_PORT: i16 = 64;
+// `struct sk_msg_md` offsets.
+pub const SK_MSG_REMOTE_IP4: i16 = 20;
+/// Network byte order, shifted 16 bits up.
+pub const SK_MSG_REMOTE_PORT: i16 = 60;
+/// Host byte order.
+pub const SK_MSG_LOCAL_PORT: i16 = 64;
 /// The byte size of `union bpf_attr` the probe passes: larger than any command it uses, and
 /// zero beyond what it sets, as the kernel requires.
 const ATTR_SIZE: usize = 128;
@@ -178,9 +182,7 @@ pub fn create_map(map_type: u32, key_size: u32, value_size: u32, entries: u32) -
 
 /// Sets `key` to `value` in `map` (for a socket map, the value is a socket's descriptor).
 pub fn update(map: &OwnedFd, key: &[u8], value: &[u8]) -> Result<()> {
-    let mut attr = Attr::default();
-    attr.u32_at(0, map.as_raw_fd() as u32);
-    attr.u64_at(8, key.as_ptr() as u64);
+    let mut attr = Attr::element(map, key);
     attr.u64_at(16, value.as_ptr() as u64);
     attr.call(BPF_MAP_UPDATE_ELEM, "updating a map")?;
     Ok(())
@@ -188,18 +190,13 @@ pub fn update(map: &OwnedFd, key: &[u8], value: &[u8]) -> Result<()> {
 
 /// Removes `key` from `map`.
 pub fn delete(map: &OwnedFd, key: &[u8]) -> Result<()> {
-    let mut attr = Attr::default();
-    attr.u32_at(0, map.as_raw_fd() as u32);
-    attr.u64_at(8, key.as_ptr() as u64);
-    attr.call(BPF_MAP_DELETE_ELEM, "removing a key")?;
+    Attr::element(map, key).call(BPF_MAP_DELETE_ELEM, "removing a key")?;
     Ok(())
 }
 
 /// Reads `key`'s value in `map` into `value`; `false` if there is no such key.
 pub fn lookup(map: &OwnedFd, key: &[u8], value: &mut [u8]) -> Result<bool> {
-    let mut attr = Attr::default();
-    attr.u32_at(0, map.as_raw_fd() as u32);
-    attr.u64_at(8, key.as_ptr() as u64);
+    let mut attr = Attr::element(map, key);
     attr.u64_at(16, value.as_mut_ptr() as u64);
     match attr.call_raw(BPF_MAP_LOOKUP_ELEM) {
         Ok(_) => Ok(true),
@@ -266,6 +263,15 @@ impl Default for Attr {
 }
 
 impl Attr {
+    /// The attribute of a command on one element of `map`: the map and the key (which must
+    /// outlive the call).
+    fn element(map: &OwnedFd, key: &[u8]) -> Attr {
+        let mut attr = Attr::default();
+        attr.u32_at(0, map.as_raw_fd() as u32);
+        attr.u64_at(8, key.as_ptr() as u64);
+        attr
+    }
+
     fn u32_at(&mut self, offset: usize, value: u32) {
         self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
     }

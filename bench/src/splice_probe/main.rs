@@ -436,7 +436,7 @@ fn run(args: &Args) -> Result<()> {
 fn bulk(lab: &Lab) -> Result<()> {
     let maps = &lab.maps;
     const SIZE: usize = 64 << 20;
-    let payload = vec![3u8; SIZE];
+    let payload: Arc<[u8]> = vec![3u8; SIZE].into();
     for way in [Path::Direct, Path::SessionSplice, Path::Routed] {
         for upload in [true, false] {
             let mut rates = Vec::new();
@@ -493,7 +493,7 @@ fn bulk(lab: &Lab) -> Result<()> {
 fn leaving_the_splice(count: usize, size: usize, at: usize, lab: &Lab) -> Result<Race> {
     let maps = &lab.maps;
     let mut race = Race::default();
-    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let payload: Arc<[u8]> = (0..size).map(|i| (i % 251) as u8).collect();
     for _ in 0..count {
         let Connection { mut c, a, b, mut d } = Connection::through_the_session(lab, true)?;
         let tuple = session_maps::tuple_of(&c)?;
@@ -528,11 +528,11 @@ fn leaving_the_splice(count: usize, size: usize, at: usize, lab: &Lab) -> Result
         let _ = sender.join();
         let relayed = agent.join().expect("the agent's thread");
         match read.and(relayed) {
-            Ok(_) if got == payload => race.whole += 1,
+            Ok(_) if *got == *payload => race.whole += 1,
             Ok(_) => {
                 race.short += 1;
                 race.missing += payload.len().saturating_sub(got.len());
-                let first_difference = got.iter().zip(&payload).position(|(g, p)| g != p);
+                let first_difference = got.iter().zip(payload.iter()).position(|(g, p)| g != p);
                 race.first_error
                     .get_or_insert_with(|| match first_difference {
                         Some(at) => format!("{} bytes, the first out of order at {at}", got.len()),
@@ -665,6 +665,13 @@ fn nonblocking_writer(lab: &Lab) -> Result<String> {
         unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
         (fds[0].revents, started.elapsed())
     };
+    let ready = |revents: i16| {
+        if revents & libc::POLLOUT != 0 {
+            "ready"
+        } else {
+            "not ready"
+        }
+    };
     let taken = fill(&mut c)?;
     let (full_revents, full_waited) = poll_out(&c, 200);
     let again = fill(&mut c)?;
@@ -712,16 +719,8 @@ fn nonblocking_writer(lab: &Lab) -> Result<String> {
          EAGAIN; then POLLOUT {} after {full_waited:.1?} and {again} bytes more; once the \
          server read them all, POLLOUT {} after {drained_waited:.1?} and {after} bytes more; \
          edge-triggered, after EAGAIN with {full} bytes more, the server's reading brought {}",
-        if full_revents & libc::POLLOUT != 0 {
-            "ready"
-        } else {
-            "not ready"
-        },
-        if drained_revents & libc::POLLOUT != 0 {
-            "ready"
-        } else {
-            "not ready"
-        },
+        ready(full_revents),
+        ready(drained_revents),
         if edge > 0 {
             format!("an EPOLLOUT edge after {edge_after:.1?}")
         } else {
@@ -730,12 +729,17 @@ fn nonblocking_writer(lab: &Lab) -> Result<String> {
     ))
 }
 
-/// What the closing race measured.
+/// What a row of connections measured (the closing race, leaving the splice, a server that
+/// speaks first).
 #[derive(Default)]
 struct Race {
+    /// Connections whose `C` read every byte, in order, then its end.
     whole: usize,
+    /// Those whose `C` read an end early, or bytes that differ.
     short: usize,
+    /// Bytes those never got.
     missing: usize,
+    /// Those whose `C` got an error.
     failed: usize,
     first_error: Option<String>,
 }
@@ -758,14 +762,14 @@ impl Race {
 fn closing_race(count: usize, size: usize, fin: FinPath, lab: &Lab) -> Result<Race> {
     let maps = &lab.maps;
     let mut race = Race::default();
-    let payload = vec![5u8; size];
+    let payload: Arc<[u8]> = vec![5u8; size].into();
     for _ in 0..count {
         let Connection { mut c, a, b, mut d } = Connection::through_the_session(lab, true)?;
         maps.session.splice(session_maps::tuple_of(&c)?, &b, fin)?;
         let agent = std::thread::spawn(move || {
             if fin == FinPath::Stack {
                 let mut peer_end = [libc::pollfd {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&b),
+                    fd: b.as_raw_fd(),
                     events: libc::POLLRDHUP,
                     revents: 0,
                 }];
@@ -775,9 +779,9 @@ fn closing_race(count: usize, size: usize, fin: FinPath, lab: &Lab) -> Result<Ra
             }
             (a, b)
         });
-        let payload = payload.clone();
+        let sent = payload.clone();
         let sender = std::thread::spawn(move || {
-            let _ = d.write_all(&payload);
+            let _ = d.write_all(&sent);
         });
         c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         let mut got = Vec::new();
@@ -913,8 +917,8 @@ fn new_connection_rows(count: usize, lab: &Lab) -> Result<()> {
 }
 
 /// Sends `payload` from `from` to `to` and closes both: Gbit/s.
-fn transfer(mut from: TcpStream, mut to: TcpStream, payload: &[u8]) -> Result<f64> {
-    let sent = payload.to_vec();
+fn transfer(mut from: TcpStream, mut to: TcpStream, payload: &Arc<[u8]>) -> Result<f64> {
+    let sent = payload.clone();
     let started = Instant::now();
     let sender = std::thread::spawn(move || {
         let done = from.write_all(&sent);
@@ -943,7 +947,7 @@ fn beyond_the_pod(count: usize, lab: &Lab) -> Result<()> {
     let Lab {
         session, pod, far, ..
     } = lab;
-    let payload = vec![4u8; 64 << 20];
+    let payload: Arc<[u8]> = vec![4u8; 64 << 20].into();
     let mut direct_p50s = None;
     for (name, from, link) in [
         ("direct, from the pod", pod, ServiceLink::Plain),

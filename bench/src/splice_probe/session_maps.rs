@@ -46,15 +46,13 @@ pub const UPSTREAM: u64 = 0;
 /// kernel's worker retrying a full queue once a tick.
 pub const PROGRAM_RCVBUF: i32 = 4 << 20;
 
-// `struct bpf_sock_ops`, `struct sk_msg_md` and `struct __sk_buff` offsets (linux/bpf.h).
+// `struct bpf_sock_ops` and `struct __sk_buff` offsets (linux/bpf.h); `struct sk_msg_md`'s
+// are in `bpf`.
 const SOCK_OPS_OP: i16 = 0;
 const SOCK_OPS_FAMILY: i16 = 20;
 const SOCK_OPS_REMOTE_IP4: i16 = 24;
 const SOCK_OPS_REMOTE_PORT: i16 = 64;
 const SOCK_OPS_LOCAL_PORT: i16 = 68;
-const MSG_REMOTE_IP4: i16 = 20;
-const MSG_REMOTE_PORT: i16 = 60;
-const MSG_LOCAL_PORT: i16 = 64;
 const SKB_LEN: i16 = 0;
 const ACTIVE_ESTABLISHED_CB: i32 = 4;
 const AF_INET: i32 = 2;
@@ -134,7 +132,11 @@ impl SessionMaps {
 
         let sent = [
             &[Insn::mov64_reg(6, 1)][..],
-            &tuple_into_r2(MSG_REMOTE_IP4, MSG_REMOTE_PORT, MSG_LOCAL_PORT),
+            &tuple_into_r2(
+                bpf::SK_MSG_REMOTE_IP4,
+                bpf::SK_MSG_REMOTE_PORT,
+                bpf::SK_MSG_LOCAL_PORT,
+            ),
             // Out of the upstream socket.
             &call_with_key(UPSTREAM, sockets_fd, 0, bpf::HELPER_MSG_REDIRECT_HASH),
             &[
