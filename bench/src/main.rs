@@ -177,6 +177,7 @@ fn harness(args: &Args) -> Result<()> {
     let mut modes = vec![
         Mode::Direct,
         Mode::MirrordNet,
+        Mode::MirrordNetRouted,
         Mode::MirrordNetQuic,
         Mode::MirrordNet1500,
         Mode::MirrordNetStream,

@@ -4,6 +4,9 @@
 //!   sits where the target sits, so this is the physical limit of the path;
 //! - **mirrord-net**: `mirrord-net exec -q --as-root --target pid/<target> -- …`, the local
 //!   agent serving the session's TUN itself (the default packet path of local targets);
+//! - **mirrord-net-routed**: the same with `MIRRORD_NET_LOCAL_PACKETS=routed`: the session's
+//!   namespace joined to the pod's by a veth, its IPv4 flows to other hosts routed and
+//!   masqueraded by the pod's namespace, no user-space hop;
 //! - **mirrord-net-quic**: the same with `MIRRORD_NET_LOCAL_PACKETS=quic`: every packet
 //!   relayed by the client as a QUIC datagram, the path a remote agent's packets take;
 //! - **mirrord-net-1500**: the QUIC path across a veth of MTU 1500 between the client's and
@@ -42,6 +45,7 @@ use crate::job::{Answer, Job};
 pub enum Mode {
     Direct,
     MirrordNet,
+    MirrordNetRouted,
     MirrordNetQuic,
     MirrordNet1500,
     MirrordNetStream,
@@ -53,6 +57,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::MirrordNet => "mirrord-net",
+            Mode::MirrordNetRouted => "mirrord-net-routed",
             Mode::MirrordNetQuic => "mirrord-net-quic",
             Mode::MirrordNet1500 => "mirrord-net-1500",
             Mode::MirrordNetStream => "mirrord-net-stream",
@@ -60,11 +65,24 @@ impl Mode {
         }
     }
 
+    /// The packet path of a mirrord-net mode.
+    fn packets(self) -> Packets {
+        match self {
+            Mode::MirrordNet => Packets::Tun,
+            Mode::MirrordNetRouted => Packets::Routed,
+            _ => Packets::Quic,
+        }
+    }
+
     /// Whether this is a mirrord-net session (whatever its packet path).
     pub fn is_mirrord_net(self) -> bool {
         matches!(
             self,
-            Mode::MirrordNet | Mode::MirrordNetQuic | Mode::MirrordNet1500 | Mode::MirrordNetStream
+            Mode::MirrordNet
+                | Mode::MirrordNetRouted
+                | Mode::MirrordNetQuic
+                | Mode::MirrordNet1500
+                | Mode::MirrordNetStream
         )
     }
 
@@ -73,7 +91,10 @@ impl Mode {
     pub fn is_packet_path_variant(self) -> bool {
         matches!(
             self,
-            Mode::MirrordNetQuic | Mode::MirrordNet1500 | Mode::MirrordNetStream
+            Mode::MirrordNetRouted
+                | Mode::MirrordNetQuic
+                | Mode::MirrordNet1500
+                | Mode::MirrordNetStream
         )
     }
 }
@@ -110,14 +131,11 @@ impl Launcher {
                 cleanup::with_fixture(|fixture| Invocation::in_pod(fixture.pod(), args).command())?
             }
             Mode::MirrordNet
+            | Mode::MirrordNetRouted
             | Mode::MirrordNetQuic
             | Mode::MirrordNet1500
             | Mode::MirrordNetStream => {
-                let packets = if mode == Mode::MirrordNet {
-                    Packets::Tun
-                } else {
-                    Packets::Quic
-                };
+                let packets = mode.packets();
                 let mut invocation = Invocation::session_on(self.target_pid, args)
                     .client_flag("--as-root")
                     .packets(packets);
@@ -291,11 +309,7 @@ impl Launcher {
         let dir = std::env::temp_dir().join(format!("mnet-bench-bg-{}", std::process::id()));
         let dir_text = dir.to_string_lossy().into_owned();
         let name = "bench";
-        let packets = if mode == Mode::MirrordNet {
-            Packets::Tun
-        } else {
-            Packets::Quic
-        };
+        let packets = mode.packets();
         let target = format!("pid/{}", self.target_pid);
         let up = Invocation::client(&[
             "up",

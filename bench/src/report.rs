@@ -55,6 +55,7 @@ pub fn markdown(outcome: &Outcome, wrapper: bool) -> String {
     let figures = &outcome.figures;
     // Beside direct and the default path: the other packet paths, then the wrapper.
     let mut others = vec![
+        Mode::MirrordNetRouted,
         Mode::MirrordNetQuic,
         Mode::MirrordNet1500,
         Mode::MirrordNetStream,

@@ -59,7 +59,7 @@ pub(crate) async fn start_agent_and_connect(
     let mut progress = Progress::new(args.quiet);
     progress.step(&format!("starting the agent for {}", args.target()));
     let identity = SessionIdentity::generate()?;
-    let packets = local_packets();
+    let packets = local_packets(nix::unistd::geteuid().is_root());
     let listen = local_agent_listen();
     let agent = local_agent::start_local(
         pid,
@@ -184,15 +184,29 @@ fn local_agent_listen() -> Option<std::net::SocketAddr> {
 const LOCAL_PACKETS_ENV: &str = "MIRRORD_NET_LOCAL_PACKETS";
 
 /// Which way a local target's packets go: by default the agent serves the session's TUN
-/// itself (`tun`); `MIRRORD_NET_LOCAL_PACKETS=quic` keeps them on the QUIC tunnel, as a
-/// remote agent's do (tests and measurements of that path without a cluster).
-fn local_packets() -> local_agent::LocalPackets {
+/// itself (`tun`); `MIRRORD_NET_LOCAL_PACKETS=routed` (root sessions) joins the session's
+/// namespace to the target's by a veth, so that its IPv4 flows to other hosts take the
+/// kernel's path through the target's namespace (`session::routed`); `quic` keeps them on
+/// the QUIC tunnel, as a remote agent's do (tests and measurements of that path without a
+/// cluster).
+fn local_packets(root: bool) -> local_agent::LocalPackets {
+    use local_agent::LocalPackets;
     match std::env::var(LOCAL_PACKETS_ENV).as_deref() {
-        Ok("quic") => local_agent::LocalPackets::Quic,
-        Ok("tun") | Ok("") | Err(_) => local_agent::LocalPackets::Tun,
+        Ok("quic") => LocalPackets::Quic,
+        Ok("routed") if root => LocalPackets::Routed,
+        Ok("routed") => {
+            tracing::warn!(
+                "{LOCAL_PACKETS_ENV}=routed needs a root session (it changes the target's \
+                 network namespace); using tun"
+            );
+            LocalPackets::Tun
+        }
+        Ok("tun") | Ok("") | Err(_) => LocalPackets::Tun,
         Ok(other) => {
-            tracing::warn!("{LOCAL_PACKETS_ENV}={other:?} is neither tun nor quic; using tun");
-            local_agent::LocalPackets::Tun
+            tracing::warn!(
+                "{LOCAL_PACKETS_ENV}={other:?} is none of tun, routed and quic; using tun"
+            );
+            LocalPackets::Tun
         }
     }
 }

@@ -51,6 +51,11 @@ pub enum LocalPackets {
     Tun,
     /// The client relays them as QUIC datagrams, as for a remote agent.
     Quic,
+    /// The session's namespace is joined to the target's by a veth, and its IPv4 flows to
+    /// other hosts take the kernel's path through the target's namespace; the rest (IPv6,
+    /// the pod's localhost, answers to incoming connections) takes the TUN the agent serves,
+    /// as with [`LocalPackets::Tun`]. Root sessions only (`session::routed`).
+    Routed,
 }
 
 /// A running local agent. Killed when dropped.
@@ -60,12 +65,20 @@ pub struct LocalAgent {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     /// Our end of the socket the session's TUN is sent on ([`LocalPackets::Tun`]).
     tun_socket: Option<UnixStream>,
+    /// The target's pid, when its namespace and the session's are to be joined
+    /// ([`LocalPackets::Routed`]).
+    routed_target: Option<u32>,
 }
 
 impl LocalAgent {
     /// Whether the agent takes the session's TUN itself.
     pub fn takes_tun(&self) -> bool {
         self.tun_socket.is_some()
+    }
+
+    /// The target's pid, when the session's namespace is to be routed into the target's.
+    pub fn routed_target(&self) -> Option<u32> {
+        self.routed_target
     }
 
     /// Sends the session's TUN descriptor to the agent, whose stack then serves it.
@@ -172,7 +185,7 @@ pub async fn start_local(
     // Close-on-exec in this process (no other child inherits it); the agent's copy is made
     // inheritable between fork and exec below.
     let (tun_socket, agent_end) = match packets {
-        LocalPackets::Tun => {
+        LocalPackets::Tun | LocalPackets::Routed => {
             let (ours, theirs) = UnixStream::pair().map_err(|source| AgentError::Spawn {
                 path: path.clone(),
                 source,
@@ -262,6 +275,7 @@ pub async fn start_local(
             ready,
             stderr_tail,
             tun_socket,
+            routed_target: (packets == LocalPackets::Routed).then_some(pid),
         }),
         Ok(None) => {
             // The agent closed stdout without a ready line: it is exiting. Give its stderr

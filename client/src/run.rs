@@ -155,6 +155,12 @@ pub(crate) async fn start_connected(
     // this process relays over QUIC carries bare packets, except on an MTU-limited path,
     // where it segments and coalesces (virtio-net headers with TSO, `tunnel::offload`).
     let tun_offload = matches!(agent, SessionAgent::Local(local) if local.takes_tun());
+    let routed_target = match &*agent {
+        SessionAgent::Local(local) if privileges == SessionPrivileges::Root => {
+            local.routed_target()
+        }
+        _ => None,
+    };
     let framing = pump::Framing::for_mtu(tunnel.mtu);
     let options = session::SessionOptions {
         privileges,
@@ -164,6 +170,7 @@ pub(crate) async fn start_connected(
         target_localhost: !args.no_target_localhost,
         outgoing,
         dns,
+        routed_target,
         ..session::SessionOptions::default()
     };
     let mut session = Session::start_with_files(spec, options, files).await?;

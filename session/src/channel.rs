@@ -187,6 +187,7 @@ mod tests {
             target_localhost: false,
             outgoing: None,
             dns_resolvers: None,
+            routed_target: None,
         };
         let message = ParentMessage::Spec(Box::new(spec));
         send(a.as_fd(), &message, &[]).unwrap();

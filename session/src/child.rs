@@ -127,7 +127,11 @@ fn run() -> i32 {
         loopback,
         relay,
         dns,
+        routed,
     } = network;
+    // Held until this process ends (and by init, which inherits it): the target's side of
+    // the routed path lives as long as the session.
+    let _routed = routed;
     // Opened here, in the session's network namespace, which it then answers for wherever
     // it is used; without it the client reads /proc instead.
     let served = mirrord_net_netfilter::sock_diag::Diag::open()

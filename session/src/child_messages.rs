@@ -137,6 +137,10 @@ pub struct ChildSpec {
     /// table redirects to the DNS relay; its sockets travel after the outgoing relay's.
     #[serde(default)]
     pub dns_resolvers: Option<Vec<IpAddr>>,
+    /// The routed path (`session::routed`): the pid of the local target whose network
+    /// namespace the session's is joined to.
+    #[serde(default)]
+    pub routed_target: Option<u32>,
 }
 
 /// Where the target's root is mounted and which of its paths are shown over local ones.
@@ -254,6 +258,8 @@ pub enum SetupStep {
     RemotePath(String),
     /// Showing the session's own interfaces under `/sys/class/net`.
     Sysfs,
+    /// The routed path: the veth to the target's namespace, its table there, the routes.
+    RoutedLink,
 }
 
 impl fmt::Display for SetupStep {
@@ -305,6 +311,10 @@ impl fmt::Display for SetupStep {
             SetupStep::Sysfs => {
                 f.write_str("cannot show the session's interfaces in /sys/class/net")
             }
+            SetupStep::RoutedLink => f.write_str(
+                "cannot route the session into the target's network namespace (a veth, \
+                 nftables there; MIRRORD_NET_LOCAL_PACKETS=tun keeps every packet on the TUN)",
+            ),
         }
     }
 }
@@ -427,6 +437,7 @@ mod tests {
                 exempt: vec![],
             }),
             dns_resolvers: Some(vec!["10.96.0.10".parse().unwrap()]),
+            routed_target: Some(4242),
         }
     }
 

@@ -33,6 +33,8 @@
 //!   session's queries answered by this machine's resolver or the target's by name.
 //! - `served`: the ports the session's programs serve, watched once for the loopback redirect
 //!   and the incoming side.
+//! - `routed`: the routed path of a local target, the session's namespace joined to the
+//!   target's by a veth.
 //! - `remote_files`: the FUSE mount of the target's root and the binds of its paths.
 //! - `userns`: what a session without root does differently: its user namespace and id maps,
 //!   and the errors of a machine that forbids them.
@@ -61,6 +63,7 @@ mod outgoing;
 mod outgoing_relay;
 mod parent;
 mod remote_files;
+mod routed;
 mod served;
 mod shadow;
 mod socket_maker;

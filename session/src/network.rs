@@ -22,7 +22,10 @@
 //!    the default route like everything else.
 //! 5. A default route per family that has an address, `dev mnet0` without a gateway (a TUN is
 //!    point-to-point and has no neighbours to resolve). IPv4's is link-scoped, as `ip route add
-//!    default dev X` makes it; the kernel picks the TUN's address as the source.
+//!    default dev X` makes it; the kernel picks the TUN's address as the source. On the routed
+//!    path ([`routed`]) IPv4's default route is the veth to the target's namespace instead,
+//!    and the TUN keeps 240.0.0.0/8 (the pod's localhost) and what is sent from the pod's
+//!    addresses.
 //!
 //! 6. With the loopback redirect (`target_localhost`): `route_localnet` on the TUN, a
 //!    `local ::1` route on it, and the session's nftables table ([`loopback`] says why each).
@@ -53,6 +56,7 @@ use super::dns_relay::DnsSockets;
 use super::loopback::{self, NatPlan};
 use super::netlink::Netlink;
 use super::outgoing_relay::RelaySockets;
+use super::routed;
 
 /// IPv6's minimum link MTU (RFC 8200).
 const IPV6_MIN_MTU: u16 = 1280;
@@ -74,6 +78,8 @@ pub struct Built {
     pub relay: Option<RelaySockets>,
     /// With the DNS filter, its relay's sockets.
     pub dns: Option<DnsSockets>,
+    /// On the routed path, what holds the target's side of it.
+    pub routed: Option<routed::Joined>,
 }
 
 /// Builds the whole network of the session.
@@ -126,7 +132,14 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
         add_ipv6(&mut netlink, index, addr)
             .map_err(|err| SetupFailure::os(SetupStep::Address(IpAddr::V6(addr)), err))?;
     }
-    if !spec.ipv4.is_empty() {
+    let routed = match (spec.routed_target, spec.ipv4.first()) {
+        (Some(target), Some(&pod)) => routed::join(target, pod, &mut netlink, warnings)?,
+        _ => None,
+    };
+    if routed.is_some() {
+        routed::keep_on_tun(&mut netlink, index, &spec.ipv4)
+            .map_err(|err| SetupFailure::os(SetupStep::RoutedLink, err))?;
+    } else if !spec.ipv4.is_empty() {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .output_interface(index)
             .scope(RouteScope::Link)
@@ -201,6 +214,7 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
         loopback,
         relay: relay.map(|(sockets, _, _)| sockets),
         dns: dns.map(|(sockets, _, _)| sockets),
+        routed,
     })
 }
 

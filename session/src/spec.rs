@@ -118,6 +118,10 @@ pub struct SessionOptions {
     /// The DNS filter: the names this machine's resolver answers
     /// ([`dns_filter`](super::dns_filter)).
     pub dns: Option<DnsRules>,
+    /// The routed path: the pid of a local target whose network namespace the session's is
+    /// joined to by a veth, for the session's IPv4 flows to other hosts
+    /// ([`routed`](super::routed)). Root sessions only.
+    pub routed_target: Option<u32>,
 }
 
 impl Default for SessionOptions {
@@ -133,6 +137,7 @@ impl Default for SessionOptions {
             target_localhost: false,
             outgoing: None,
             dns: None,
+            routed_target: None,
         }
     }
 }
@@ -307,6 +312,10 @@ pub(crate) fn child_spec(
                 .map(|d| d.addr)
                 .collect()
         }),
+        // A rootless session cannot change the target's namespace.
+        routed_target: options
+            .routed_target
+            .filter(|_| options.privileges == SessionPrivileges::Root),
     })
 }
 

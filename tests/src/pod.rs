@@ -16,7 +16,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::netns::{self, Netns};
 use crate::process::Supervised;
@@ -33,6 +33,7 @@ pub struct PodBuilder {
     servers: Vec<Server>,
     target_env: Vec<(OsString, OsString)>,
     hosts_names_hostname: bool,
+    forwards: bool,
 }
 
 impl Default for PodBuilder {
@@ -41,6 +42,7 @@ impl Default for PodBuilder {
             servers: vec![Server::Dns, Server::Http],
             target_env: Vec::new(),
             hosts_names_hostname: true,
+            forwards: true,
         }
     }
 }
@@ -56,6 +58,13 @@ impl PodBuilder {
     /// The target's /etc/hosts has no line for its own hostname (as in a plain container).
     pub fn hosts_without_hostname(mut self) -> Self {
         self.hosts_names_hostname = false;
+        self
+    }
+
+    /// The pod's namespace does not forward IPv4 (`net.ipv4.ip_forward=0`). By default it
+    /// does, as a pod's namespace on a Kubernetes node inherits the node's setting.
+    pub fn without_forwarding(mut self) -> Self {
+        self.forwards = false;
         self
     }
 
@@ -116,7 +125,7 @@ impl PodBuilder {
             .services_ns
             .insert(Netns::create(&format!("{name}-svc"))?);
         let pod_ns = pod.pod_ns.insert(Netns::create(&format!("{name}-pod"))?);
-        wire(services, pod_ns)?;
+        wire(services, pod_ns, self.forwards)?;
 
         for server in &self.servers {
             let process = server.spawn(services, dir)?;
@@ -146,8 +155,17 @@ impl PodBuilder {
     }
 }
 
-/// The two namespaces joined by a veth, addressed, with the pod's default routes.
-fn wire(services: &Netns, pod: &Netns) -> Result<()> {
+/// The two namespaces joined by a veth, addressed, with the pod's default routes; the pod's
+/// namespace forwarding IPv4 when `forwards`.
+fn wire(services: &Netns, pod: &Netns, forwards: bool) -> Result<()> {
+    if forwards {
+        let status = pod
+            .command("sysctl")?
+            .args(["-qw", "net.ipv4.ip_forward=1"])
+            .status()
+            .context("running sysctl")?;
+        anyhow::ensure!(status.success(), "sysctl in the pod's namespace: {status}");
+    }
     netns::veth_pair(pod, "eth0", services, "svc0")?;
     services.ip_batch(&format!(
         "link set lo up\n\

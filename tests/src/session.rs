@@ -60,11 +60,13 @@ pub fn run_in_session_via(pod: &Pod, packets: Packets, args: &[&str]) -> Outcome
 }
 
 /// Which way a local session's packets travel (`MIRRORD_NET_LOCAL_PACKETS`): the agent
-/// serving the session's TUN itself (the default), or QUIC datagrams relayed by the client,
-/// as for a remote agent.
+/// serving the session's TUN itself (the default); the session's namespace routed into the
+/// target's, its IPv4 flows to other hosts never leaving the kernel; or QUIC datagrams
+/// relayed by the client, as for a remote agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packets {
     Tun,
+    Routed,
     Quic,
 }
 
@@ -72,6 +74,7 @@ impl Packets {
     pub fn env_value(self) -> &'static str {
         match self {
             Packets::Tun => "tun",
+            Packets::Routed => "routed",
             Packets::Quic => "quic",
         }
     }

@@ -3,7 +3,7 @@
 use mirrord_net_tests::topology::*;
 use mirrord_net_tests::{run_in_session_via, tool, Packets, Pod};
 
-on_both_packet_paths! {
+on_every_packet_path! {
     fn static_busybox_wget_fetches_a_pod_only_name(packets: Packets) {
         let pod = Pod::start();
         let out = run_in_session_via(

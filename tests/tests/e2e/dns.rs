@@ -4,7 +4,7 @@
 use mirrord_net_tests::topology::*;
 use mirrord_net_tests::{run_in_session, run_in_session_via, tool, Packets, Pod};
 
-on_both_packet_paths! {
+on_every_packet_path! {
     fn curl_resolves_a_short_name_through_the_pods_search_domain(packets: Packets) {
         let pod = Pod::start();
         let out = run_in_session_via(&pod, packets, &[&tool("curl"), "-sS", "http://web/"]);

@@ -125,7 +125,7 @@ fn session(pod: &Pod, script: &str, packets: Packets, flags: &[&str]) -> Invocat
     invocation
 }
 
-on_both_packet_paths! {
+on_every_packet_path! {
     fn local_dns_names_are_answered_by_this_machine_and_the_rest_by_the_target(packets: Packets) {
         let pod = Pod::start();
         let host = HostResolver::start(&pod);

@@ -34,7 +34,7 @@ fn lines(out: &str) -> Vec<&str> {
     out.lines().collect()
 }
 
-on_both_packet_paths! {
+on_every_packet_path! {
     fn curl_and_busybox_reach_the_targets_loopback(packets: Packets) {
         let pod = Pod::start();
         let _sidecars = sidecars(&pod, PORT);

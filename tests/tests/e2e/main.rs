@@ -3,11 +3,12 @@
 //! the topology). Each test pins one behaviour a user relies on; the fixture self-tests in
 //! `tests/fixture.rs` show the same clients working when run directly in the pod.
 
-/// Defines each test twice, as a module holding a `tun` and a `quic` test: the session's
-/// packets served by the local agent on the session's TUN itself (the default), and carried
-/// as QUIC datagrams relayed by the client (`MIRRORD_NET_LOCAL_PACKETS=quic`, the path a
-/// remote agent's packets take).
-macro_rules! on_both_packet_paths {
+/// Defines each test three times, as a module holding a `tun`, a `routed` and a `quic` test:
+/// the session's packets served by the local agent on the session's TUN itself (the
+/// default); the session's namespace routed into the pod's, its IPv4 flows to other hosts on
+/// the kernel's path (`MIRRORD_NET_LOCAL_PACKETS=routed`); and carried as QUIC datagrams
+/// relayed by the client (`quic`, the path a remote agent's packets take).
+macro_rules! on_every_packet_path {
     ($($(#[$meta:meta])* fn $name:ident($packets:ident: Packets) $body:block)*) => {
         $(
             $(#[$meta])*
@@ -15,6 +16,11 @@ macro_rules! on_both_packet_paths {
                 use super::*;
 
                 fn run($packets: Packets) $body
+
+                #[test]
+                fn routed() {
+                    run(Packets::Routed)
+                }
 
                 #[test]
                 fn tun() {
@@ -58,6 +64,7 @@ mod outgoing_filter;
 mod packet_paths;
 mod preload_blind_spots;
 mod reconnect;
+mod routed;
 mod shell;
 mod stream_transport;
 mod transfer;

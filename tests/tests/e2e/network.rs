@@ -5,7 +5,7 @@ use std::time::Duration;
 use mirrord_net_tests::topology::*;
 use mirrord_net_tests::{run_in_session_via, sh, tool, Packets, Pod};
 
-on_both_packet_paths! {
+on_every_packet_path! {
     fn ping_reaches_the_services_ipv4_address(packets: Packets) {
         let pod = Pod::start();
         let out = run_in_session_via(

@@ -61,7 +61,7 @@ fn host_address() -> String {
         .expect("this machine has a global IPv4 address")
 }
 
-on_both_packet_paths! {
+on_every_packet_path! {
     fn local_entries_leave_from_the_host_and_the_rest_reach_the_target(packets: Packets) {
         let pod = Pod::builder().udp_echo().build();
         let (_host, port) = host_servers(&pod, "127.0.0.1");

@@ -1,7 +1,8 @@
 //! The packet path a local session takes is the one asked for: by default the agent serves
 //! the session's TUN itself and the client relays no packet; with
 //! `MIRRORD_NET_LOCAL_PACKETS=quic` every packet crosses the client as a QUIC datagram. (The
-//! network tests run on both paths; this shows they really are two paths.)
+//! network tests run on every path; this shows these two really are different paths. The
+//! routed path has tests of its own in `routed`.)
 
 use mirrord_net_tests::{tool, Invocation, Packets, Pod};
 

@@ -20,7 +20,7 @@ fn expected_sha256(pod: &Pod, size: u64) -> String {
     out.assert_success().trim().to_string()
 }
 
-on_both_packet_paths! {
+on_every_packet_path! {
     fn one_gib_download_arrives_intact(packets: Packets) {
         let pod = Pod::start();
         let script = format!(
