@@ -113,7 +113,7 @@ impl Baseline {
             pod_links: pod
                 .map(|pod| pod.pod_netns().links().expect("pod links"))
                 .unwrap_or_default(),
-            pod_ruleset: pod.map(pod_ruleset),
+            pod_ruleset: pod.map(crate::netfilter_state::pod_nft_ruleset),
             fixture_pgids: pod.map(Pod::fixture_pgids).unwrap_or_default(),
             host_mounts: host_mounts(),
             host_tuns: host_tuns(),
@@ -289,7 +289,7 @@ impl Baseline {
                     )));
                 }
             }
-            let ruleset = pod_ruleset(pod);
+            let ruleset = crate::netfilter_state::pod_nft_ruleset(pod);
             if Some(&ruleset) != self.pod_ruleset.as_ref() {
                 left.push(Leftover::other(format!(
                     "the pod's nftables rule set changed:\n{ruleset}"
@@ -384,15 +384,6 @@ fn host_tuns() -> HashSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// `nft list ruleset` in the pod's namespace.
-fn pod_ruleset(pod: &Pod) -> String {
-    crate::netfilter_state::nft_ruleset(|program| {
-        pod.pod_netns()
-            .command(program)
-            .expect("a command in the pod's namespace")
-    })
 }
 
 #[cfg(test)]

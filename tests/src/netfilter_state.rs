@@ -9,6 +9,16 @@
 use std::process::Command;
 
 use crate::tools::tool;
+use crate::Pod;
+
+/// `nft list ruleset` in a local pod's namespace.
+pub fn pod_nft_ruleset(pod: &Pod) -> String {
+    nft_ruleset(|program| {
+        pod.pod_netns()
+            .command(program)
+            .expect("a command in the pod's namespace")
+    })
+}
 
 /// The legacy tools that print each family's tables.
 const IPTABLES_SAVE: [&str; 2] = ["iptables-legacy-save", "ip6tables-legacy-save"];

@@ -157,7 +157,7 @@ pub(super) fn switches_to(pod: &Pod, want: &str, within: Duration, session: &Gro
 }
 
 pub(super) fn ruleset(pod: &Pod) -> String {
-    netfilter_state::nft_ruleset(|program| pod.pod_netns().command(program).unwrap())
+    netfilter_state::pod_nft_ruleset(pod)
 }
 
 pub(super) fn assert_ruleset_restored(pod: &Pod, before: &str) {

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use mirrord_net_tests::topology::*;
-use mirrord_net_tests::{sh, tool, Invocation, Packets, Pod};
+use mirrord_net_tests::{sh, tool, Invocation, Outcome, Packets, Pod};
 
 use super::incoming::Group;
 
@@ -27,6 +27,15 @@ fn tagged_service(pod: &Pod) -> Group {
     group
 }
 
+/// Runs `script` in a routed session on `pod`: its output lines, and the run for messages.
+fn routed_lines(pod: &Pod, script: &str) -> (Vec<String>, Outcome) {
+    let out = Invocation::session(pod, &sh(script))
+        .packets(Packets::Routed)
+        .run();
+    let lines = out.assert_success().lines().map(String::from).collect();
+    (lines, out)
+}
+
 #[test]
 fn a_routed_connection_takes_the_veth_and_reaches_the_service_from_the_pods_address() {
     let pod = Pod::start();
@@ -38,11 +47,7 @@ fn a_routed_connection_takes_the_veth_and_reaches_the_service_from_the_pods_addr
         ip = tool("ip"),
         curl = tool("curl"),
     );
-    let out = Invocation::session(&pod, &sh(&script))
-        .packets(Packets::Routed)
-        .run();
-    let output = out.assert_success();
-    let lines: Vec<&str> = output.lines().collect();
+    let (lines, out) = routed_lines(&pod, &script);
     assert!(lines[0].contains("dev mnet-pod"), "not routed:\n{out}");
     assert!(
         lines[1].starts_with(&format!("beyond {POD_V4}:")),
@@ -73,11 +78,7 @@ fn what_is_sent_from_the_pods_address_and_ipv6_stay_on_the_tun() {
         ip = tool("ip"),
         curl = tool("curl"),
     );
-    let out = Invocation::session(&pod, &sh(&script))
-        .packets(Packets::Routed)
-        .run();
-    let output = out.assert_success();
-    let lines: Vec<&str> = output.lines().collect();
+    let (lines, out) = routed_lines(&pod, &script);
     // The session's TUN is named after the pod's interface.
     assert!(lines[0].contains("dev eth0"), "{out}");
     assert!(lines[1].contains("dev eth0"), "{out}");
@@ -179,9 +180,5 @@ fn routed_links(pod: &Pod) -> Vec<String> {
 }
 
 fn pod_ruleset(pod: &Pod) -> String {
-    mirrord_net_tests::netfilter_state::nft_ruleset(|program| {
-        pod.pod_netns()
-            .command(program)
-            .expect("a command in the pod")
-    })
+    mirrord_net_tests::netfilter_state::pod_nft_ruleset(pod)
 }
