@@ -155,10 +155,9 @@ pub(crate) async fn start_connected(
     // this process relays over QUIC carries bare packets, except on an MTU-limited path,
     // where it segments and coalesces (virtio-net headers with TSO, `tunnel::offload`).
     let tun_offload = matches!(agent, SessionAgent::Local(local) if local.takes_tun());
+    // A rootless session leaves it out (`session::spec`).
     let routed_target = match &*agent {
-        SessionAgent::Local(local) if privileges == SessionPrivileges::Root => {
-            local.routed_target()
-        }
+        SessionAgent::Local(local) => local.routed_target(),
         _ => None,
     };
     let framing = pump::Framing::for_mtu(tunnel.mtu);

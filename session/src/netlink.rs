@@ -9,13 +9,16 @@
 //! is opened after `unshare`, so it speaks to the session's network namespace.
 
 use std::io;
+use std::net::Ipv4Addr;
 
 use rtnetlink::packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_EXCL, NLM_F_REQUEST,
 };
+use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use rtnetlink::{AddressMessageBuilder, LinkUnspec};
 
 /// A blocking rtnetlink socket in the caller's network namespace.
 pub struct Netlink {
@@ -48,6 +51,34 @@ impl Netlink {
             message,
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+
+    /// `ip link set dev INDEX up`
+    pub fn set_up(&mut self, index: u32) -> io::Result<()> {
+        self.change(RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(index).up().build(),
+        ))
+    }
+
+    /// `ip addr add ADDR/PREFIX dev INDEX`
+    pub fn add_ipv4(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let message = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(addr, prefix)
+            .build();
+        self.create(RouteNetlinkMessage::NewAddress(message))
+    }
+
+    /// Sets the device's IPv4 settings (`net.ipv4.conf.<dev>.*`) that are non-zero in `conf`
+    /// (`IFLA_INET_CONF` in `RTM_SETLINK`). Over netlink rather than through `/proc/sys`,
+    /// which a container may mount read-only.
+    pub fn set_inet_conf(&mut self, index: u32, conf: InetDevConf) -> io::Result<()> {
+        let mut link = LinkUnspec::new_with_index(index).build();
+        link.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.change(RouteNetlinkMessage::SetLink(link))
     }
 
     fn request(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {

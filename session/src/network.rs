@@ -45,7 +45,7 @@ use std::path::Path;
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
-    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, LinkAttribute,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, LinkAttribute,
 };
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -119,13 +119,12 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
         .change(RouteNetlinkMessage::SetLink(link.build()))
         .map_err(|err| SetupFailure::os(SetupStep::TunLink, err))?;
     netlink
-        .change(RouteNetlinkMessage::SetLink(
-            LinkUnspec::new_with_index(index).up().build(),
-        ))
+        .set_up(index)
         .map_err(|err| SetupFailure::os(SetupStep::TunLink, err))?;
 
     for &addr in &spec.ipv4 {
-        add_ipv4(&mut netlink, index, addr)
+        netlink
+            .add_ipv4(index, addr, 32)
             .map_err(|err| SetupFailure::os(SetupStep::Address(IpAddr::V4(addr)), err))?;
     }
     for &addr in ipv6 {
@@ -221,18 +220,13 @@ pub fn build(spec: &ChildSpec, warnings: &mut Vec<String>) -> Result<Built, Setu
 /// Lets loopback addresses be routed through the TUN (`net.ipv4.conf.<tun>.route_localnet`),
 /// which the loopback redirect needs (see [`loopback`]).
 ///
-/// Set over netlink (`IFLA_INET_CONF` in `RTM_SETLINK`, only the one entry), not through
+/// Set over netlink ([`Netlink::set_inet_conf`], only the one entry), not through
 /// `/proc/sys`: in a container /proc/sys is mounted read-only, and the session cannot mount a
 /// /proc of its own before its init does (nor at all where the container's has masked paths).
 fn route_localnet(netlink: &mut Netlink, index: u32) -> std::io::Result<()> {
     let mut conf = InetDevConf::default();
     conf.route_localnet = 1;
-    let mut link = LinkUnspec::new_with_index(index).build();
-    link.attributes
-        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
-            AfSpecInet::DevConfRequest(conf),
-        ])]));
-    netlink.change(RouteNetlinkMessage::SetLink(link))
+    netlink.set_inet_conf(index, conf)
 }
 
 /// `ip -6 route add local ::1 dev <tun> table local`: the route that lets replies conntrack
@@ -274,10 +268,7 @@ fn set_offloads(tun: &impl std::os::fd::AsRawFd, segmentation: bool) -> std::io:
 }
 
 fn loopback_up(netlink: &mut Netlink) -> std::io::Result<()> {
-    let index = nix::net::if_::if_nametoindex("lo")?;
-    netlink.change(RouteNetlinkMessage::SetLink(
-        LinkUnspec::new_with_index(index).up().build(),
-    ))
+    netlink.set_up(nix::net::if_::if_nametoindex("lo")?)
 }
 
 /// The IPv6 addresses that can be configured, with a warning when some cannot.
@@ -319,14 +310,6 @@ fn enable_ipv6(device: &str) -> std::io::Result<()> {
         return Ok(());
     }
     std::fs::write(&path, "0")
-}
-
-fn add_ipv4(netlink: &mut Netlink, index: u32, addr: Ipv4Addr) -> std::io::Result<()> {
-    let message = AddressMessageBuilder::<Ipv4Addr>::new()
-        .index(index)
-        .address(addr, 32)
-        .build();
-    netlink.create(RouteNetlinkMessage::NewAddress(message))
 }
 
 fn add_ipv6(netlink: &mut Netlink, index: u32, addr: Ipv6Addr) -> std::io::Result<()> {

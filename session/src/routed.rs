@@ -56,12 +56,11 @@ use mirrord_net_netfilter::{
     NF_INET_LOCAL_IN, NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC,
 };
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind};
-use rtnetlink::packet_route::link::{InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::link::{InetDevConf, InfoData, InfoKind, InfoVeth};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::child_messages::{SetupFailure, SetupStep};
 use super::netlink::Netlink;
@@ -128,12 +127,11 @@ pub fn join(
             return Ok(None);
         }
         let mut pod_netlink = Netlink::open()?;
-        let table = Socket::open()?;
+        let mut table = Socket::open()?;
         let n = create_veth(&mut pod_netlink, own.as_fd(), first)?;
         let (pod_end, session_end) = link_addresses(n);
         let index = nix::net::if_::if_nametoindex(pod_link_name(n).as_str())?;
         set_up_pod_end(&mut pod_netlink, index, pod_end)?;
-        let mut table = table;
         table.apply(|push| table_messages(push, n, session_end, pod_ipv4))?;
         Ok(Some(PodSide {
             n,
@@ -149,7 +147,8 @@ pub fn join(
         );
         return Ok(None);
     };
-    set_up_session_end(netlink, n).map_err(failed)?;
+    let (pod_end, session_end) = link_addresses(n);
+    set_up_session_end(netlink, session_end, pod_end).map_err(failed)?;
     Ok(Some(Joined {
         _table_owner: table,
     }))
@@ -270,34 +269,17 @@ fn create_veth(
 fn set_up_pod_end(netlink: &mut Netlink, index: u32, addr: Ipv4Addr) -> io::Result<()> {
     let mut conf = InetDevConf::default();
     conf.forwarding = 1;
-    let mut link = LinkUnspec::new_with_index(index).build();
-    link.attributes
-        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
-            AfSpecInet::DevConfRequest(conf),
-        ])]));
-    netlink.change(RouteNetlinkMessage::SetLink(link))?;
-    let address = AddressMessageBuilder::<Ipv4Addr>::new()
-        .index(index)
-        .address(addr, 30)
-        .build();
-    netlink.create(RouteNetlinkMessage::NewAddress(address))?;
-    netlink.change(RouteNetlinkMessage::SetLink(
-        LinkUnspec::new_with_index(index).up().build(),
-    ))
+    netlink.set_inet_conf(index, conf)?;
+    netlink.add_ipv4(index, addr, 30)?;
+    netlink.set_up(index)
 }
 
-/// The session's end: its address, up, and the session's IPv4 default route through it.
-fn set_up_session_end(netlink: &mut Netlink, n: u32) -> io::Result<()> {
-    let (pod_end, session_end) = link_addresses(n);
+/// The session's end: its address, up, and the session's IPv4 default route through the pod's
+/// end.
+fn set_up_session_end(netlink: &mut Netlink, addr: Ipv4Addr, pod_end: Ipv4Addr) -> io::Result<()> {
     let index = nix::net::if_::if_nametoindex(SESSION_LINK)?;
-    let address = AddressMessageBuilder::<Ipv4Addr>::new()
-        .index(index)
-        .address(session_end, 30)
-        .build();
-    netlink.create(RouteNetlinkMessage::NewAddress(address))?;
-    netlink.change(RouteNetlinkMessage::SetLink(
-        LinkUnspec::new_with_index(index).up().build(),
-    ))?;
+    netlink.add_ipv4(index, addr, 30)?;
+    netlink.set_up(index)?;
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(pod_end)
         .output_interface(index)

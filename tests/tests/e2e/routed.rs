@@ -122,26 +122,21 @@ fn two_sessions_on_one_target_get_links_of_their_own_and_leave_neither() {
             curl = tool("curl"),
         )
     };
-    let mut first = Invocation::session(&pod, &sh(&script("echo ready && exec sleep 30")))
-        .packets(Packets::Routed)
-        .start();
-    assert!(
-        first.wait_for_stdout("ready", Duration::from_secs(30)),
-        "the first session did not start:\n{}\n{}",
-        first.stdout_so_far(),
-        first.stderr_so_far()
+    let mut first = Group::start(
+        Invocation::session(&pod, &sh(&script("echo ready && exec sleep 30")))
+            .packets(Packets::Routed)
+            .command(),
     );
+    first.wait_for("ready");
     assert_eq!(routed_links(&pod).len(), 1, "{:?}", routed_links(&pod));
-    let second = Invocation::session(&pod, &sh(&script("true")))
-        .packets(Packets::Routed)
-        .run();
-    let first_lines: Vec<String> = first.stdout_so_far().lines().map(String::from).collect();
-    let second_lines: Vec<&str> = second.assert_success().lines().collect();
-    for lines in [
-        first_lines.iter().map(String::as_str).collect(),
-        second_lines.clone(),
-    ] {
-        let lines: Vec<&str> = lines;
+    let (second_lines, _) = routed_lines(&pod, &script("true"));
+    let first_lines: Vec<String> = first
+        .running()
+        .stdout_so_far()
+        .lines()
+        .map(String::from)
+        .collect();
+    for lines in [&first_lines, &second_lines] {
         assert!(lines[0].starts_with("169.254."), "{lines:?}");
         assert!(
             lines[1].starts_with(&format!("beyond {POD_V4}:")),
@@ -153,8 +148,7 @@ fn two_sessions_on_one_target_get_links_of_their_own_and_leave_neither() {
         "one link address for two sessions"
     );
 
-    first.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = first.finish(Duration::from_secs(10));
+    first.kill();
     // The links go with the sessions' namespaces, the tables with their last processes; the
     // kernel removes a namespace in the background, so give it a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
